@@ -1,0 +1,33 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Both bootstrap .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test test-fast demo bench proto clean
+
+venv: $(STAMP)
+
+# torch is pinned through constraints.txt: 2.13.0 is the local CPU wheel; anything else pulls CUDA.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow'
+
+demo: $(STAMP)
+	$(BIN)/securefed demo --out demo-output
+
+bench: $(STAMP)
+	$(BIN)/python bench/secagg.py --json
+	$(BIN)/python bench/training.py --json
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

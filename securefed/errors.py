@@ -1,0 +1,68 @@
+"""The one exception tree of securefed.
+
+Every error a user can cause is a ``SecureFedError`` whose message is one line that says
+what to change. The CLI prints that line and exits non-zero; it never shows a traceback
+for these. Authentication failures say *that* a check failed, not *which* one.
+"""
+
+from __future__ import annotations
+
+
+class SecureFedError(Exception):
+    """Base of every error securefed raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(SecureFedError):
+    """A configuration value is missing, malformed or unsafe. The message names file and key."""
+
+    exit_code = 2
+
+
+class InvalidInput(SecureFedError):
+    """Bad user-supplied data: wrong vector length, NaN/Inf, malformed JSONL, ..."""
+
+    exit_code = 2
+
+
+class InvalidMessage(SecureFedError):
+    """A message from the network or disk failed to decode or validate (size, shape, range)."""
+
+
+class CryptoError(SecureFedError):
+    """A cryptographic check failed (bad key, low-order point, authentication failure)."""
+
+
+class ProtocolAbort(SecureFedError):
+    """The secure-aggregation protocol must stop: no aggregate is released for this session."""
+
+
+class InsecureParameters(ConfigError):
+    """Parameters that would break a security or correctness guarantee (overflow, weak HE, low threshold)."""
+
+
+class PrivacyError(SecureFedError):
+    """Base for differential-privacy accounting errors."""
+
+
+class BudgetExceeded(PrivacyError):
+    """Training would exceed (or has exceeded) the client's configured privacy budget."""
+
+
+class AccountingError(PrivacyError):
+    """The accountant cannot account for this event (unknown event, unsupported sampler)."""
+
+
+class LedgerError(PrivacyError):
+    """The privacy ledger is corrupt: a broken hash chain, a bad signature, a gap or reordering."""
+
+
+class ModelError(SecureFedError):
+    """The base model or tokenizer could not be loaded or does not match."""
+
+    exit_code = 2
+
+
+class TransportError(SecureFedError):
+    """A network or TLS failure in the daemons."""

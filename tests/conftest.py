@@ -1,0 +1,22 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+VECTORS = Path(__file__).parent / "vectors"
+
+
+def load_vectors(primitive: str, kind: str) -> list[dict]:
+    """Read ``tests/vectors/<primitive>/<kind>.json`` (a JSON list of cases)."""
+    return json.loads((VECTORS / primitive / f"{kind}.json").read_text())
+
+
+def json_parametrize(primitive: str, kind: str):
+    """Parametrize a test over the cases of one vector file, with readable ids."""
+    cases = load_vectors(primitive, kind)
+    ids = [str(c.get("id", i)) for i, c in enumerate(cases)]
+    return pytest.mark.parametrize("vector", cases, ids=ids)
