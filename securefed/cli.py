@@ -14,7 +14,7 @@ import sys
 from securefed import __version__
 from securefed.errors import SecureFedError
 
-# (module, description). A module that is not there yet is skipped, so the CLI works while it grows.
+# A module that is not there yet is skipped, so the CLI works while it grows.
 COMMAND_MODULES = (
     "securefed.demo_cli",
     "securefed.privacy.cli",
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # the command is not built yet; anything else is a real error
+            # The command's module (or its package) is not built yet; any other missing import is a bug.
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
                 continue
             raise
         module.register(sub)
