@@ -25,6 +25,7 @@ __all__ = [
     "HKDF_MAX_LENGTH",
     "PURPOSE_MASK",
     "PURPOSE_SHARE_ENCRYPTION",
+    "SESSION_ID_SIZE",
     "X25519_KEY_SIZE",
     "AgreementKeyPair",
     "IdentityKeyPair",
@@ -38,6 +39,9 @@ ED25519_PRIVATE_SIZE = 32
 ED25519_PUBLIC_SIZE = 32
 ED25519_SIGNATURE_SIZE = 64
 HKDF_MAX_LENGTH = 255 * 32  # RFC 5869: L <= 255 * HashLen
+# Session ids are SHA-256 digests. A fixed length also matters for HKDF: HMAC zero-pads short
+# keys, so salts that differ only by trailing zero bytes (b"\x00" vs b"\x00\x00") would collide.
+SESSION_ID_SIZE = 32
 
 PURPOSE_MASK = b"securefed/mask/v1"
 PURPOSE_SHARE_ENCRYPTION = b"securefed/share-enc/v1"
@@ -157,13 +161,13 @@ def derive_key(
 ) -> bytes:
     """HKDF-SHA256(ikm=shared_secret, salt=session_id, info=purpose || min(a,b) || max(a,b)).
 
-    Ids are 8-byte big-endian and ordered so both ends derive the same key; the session id as
-    salt makes every round's keys independent even if a shared secret repeated. Use a different
-    ``purpose`` (PURPOSE_MASK, PURPOSE_SHARE_ENCRYPTION) for every use of one secret.
+    Ids are 8-byte big-endian and ordered so both ends derive the same key. The session id (a
+    32-byte digest, SESSION_ID_SIZE) as salt makes every round's keys independent even if a
+    shared secret repeated. Use a different ``purpose`` (PURPOSE_MASK, PURPOSE_SHARE_ENCRYPTION)
+    for every use of one secret.
     """
     ikm = require_bytes(shared_secret, "shared secret", CryptoError, size=X25519_KEY_SIZE)
-    salt = require_bytes(session_id, "session id", CryptoError)
-    ensure(len(salt) > 0, "session id must not be empty", CryptoError)
+    salt = require_bytes(session_id, "session id", CryptoError, size=SESSION_ID_SIZE)
     label = require_bytes(purpose, "purpose", CryptoError)
     ensure(len(label) > 0, "purpose must not be empty", CryptoError)
     a = require_int(party_a, "party_a", CryptoError, lo=0, hi=2**64 - 1)
