@@ -1,0 +1,31 @@
+"""Size limits of the securefed wire protocol, set explicitly on both ends.
+
+gRPC's defaults (4 MiB receive, unlimited send) are implicit and differ by language; a federation
+should refuse oversized input by policy, not by accident. A 7B-parameter LoRA adapter under CKKS
+runs to hundreds of MB, so large payloads are always streamed as chunks, never sent whole.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MIB: Final = 1024 * 1024
+
+# Hard cap for one gRPC message, either direction (grpc.max_{send,receive}_message_length).
+MAX_MESSAGE_BYTES: Final = 8 * MIB
+
+# Payload bytes per chunk. Half the message cap leaves ample room for the header and framing.
+CHUNK_BYTES: Final = 4 * MIB
+
+# Upper bound on one streamed payload (a whole masked vector, CKKS ciphertext set or aggregate).
+# 4 GiB: well above a 7B adapter's LoRA update under CKKS, yet bounded so a peer cannot make the
+# other side buffer without end.
+MAX_PAYLOAD_BYTES: Final = 4 * 1024 * MIB
+
+# How long a PollTask long-poll may be held open by the server before it answers "wait".
+MAX_POLL_WAIT_MS: Final = 30_000
+
+# Protocol identifier reported in StatusResponse.protocol_version.
+PROTOCOL_VERSION: Final = "securefed.v1"
+
+SESSION_ID_BYTES: Final = 32
