@@ -1,0 +1,361 @@
+"""DP-SGD local training of the LoRA adapter with Opacus (Poisson sampling, per-sample clipping, Gaussian noise).
+
+What the accountant needs comes back in :class:`LocalTrainResult`: sample rate ``q``, number of steps,
+noise multiplier, clipping norm, and whether the noise came from a CSPRNG. The caller (the privacy
+module) turns exactly these into a DP event; this module does no accounting.
+
+Implementation notes
+- Batches are drawn by Poisson sampling (each example independently with probability q), which is what
+  the RDP/PRV accountants assume; in secure mode the coin flips come from the CSPRNG as well.
+- The Opacus ``PrivacyEngine`` wraps model and optimizer. Its noise step is replaced by ours (see
+  :mod:`securefed.training.rng`) because Opacus' secure mode needs torchcsprng, unavailable for this torch.
+- Clipping: Opacus ghost clipping (per-sample norms without per-sample gradients) or classic grad_sample
+  hooks. ``auto`` tries ghost first and falls back to hooks on failure, logging and returning which ran.
+- An empty Poisson batch still takes a step with pure noise: skipping it would leak that the batch was empty
+  and break the accountant's assumption.
+- Strategy corrections (FedProx proximal term, SCAFFOLD control variates) depend only on weights and
+  public/previous-round state, not on this round's data, so they are added *after* clipping and noise: no
+  privacy cost, and they do not eat into the clipping budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from securefed.errors import ConfigError, InvalidInput, ModelError
+from securefed.training.adapter import adapter_to_vector
+from securefed.training.config import ClippingMode, LocalTrainingSettings
+from securefed.training.data import IGNORE_INDEX, TokenDataset
+from securefed.training.rng import CsprngSource, RandomSource, TorchSource
+
+log = logging.getLogger(__name__)
+
+
+class GradientCorrection(Protocol):
+    """A data-independent term added to the (already private) gradient at every local step."""
+
+    def correction(self, current: Any, initial: Any) -> Any | None:
+        """``current``/``initial``: flat float32 torch tensors of the adapter; return a same-shape tensor or None."""
+
+
+ProgressFn = Callable[[int, int, float], None]  # (step, total_steps, loss)
+
+
+@dataclass(frozen=True)
+class LocalTrainResult:
+    """The outcome of one round of local DP-SGD, and the facts the privacy accountant needs."""
+
+    delta: np.ndarray  # float32: trained adapter - adapter at the start (the global adapter)
+    num_samples: int  # dataset size N
+    steps: int  # DP-SGD steps taken (each one a Poisson-subsampled Gaussian mechanism)
+    sample_rate: float  # q = expected batch size / N
+    noise_multiplier: float  # sigma; noise std = sigma * clip_norm on the summed clipped gradients
+    clip_norm: float  # C
+    secure_rng: bool  # noise and sampling from a CSPRNG
+    clipping_mode: ClippingMode  # GHOST or HOOKS: what actually ran
+    train_loss: float  # mean per-sample loss over the round's non-empty batches (before the update)
+    learning_rate: float
+    expected_batch_size: int
+    empty_batches: int = 0
+    seconds: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def per_sample_loss(logits, labels):
+    """Mean next-token cross-entropy of each sequence (the privacy unit): shape [B]."""
+    import torch
+
+    shift_logits = logits[:, :-1, :]
+    shift_labels = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    valid = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return ce.sum(dim=1) / valid
+
+
+def _unwrap(model):
+    return getattr(model, "model", model) if type(model).__name__ == "LoadedModel" else model
+
+
+def _noise_add(optimizer, source: RandomSource) -> None:
+    """Replacement for ``DPOptimizer.add_noise``: same contract, our random source."""
+    import torch
+
+    std = optimizer.noise_multiplier * optimizer.max_grad_norm
+    for p in optimizer.params:
+        summed = p.summed_grad
+        if summed is None:
+            raise ModelError("DP-SGD: a trainable parameter got no clipped gradient; refusing to step")
+        noise = torch.from_numpy(source.gaussian(summed.numel(), std)).to(summed.dtype).view_as(summed)
+        p.grad = (summed + noise.to(summed.device)).view_as(p)
+        # Opacus marks summed_grad as processed; mirror that so its own checks stay meaningful.
+        p.summed_grad._processed = True  # type: ignore[attr-defined]
+
+
+class DPTrainer:
+    """Opacus-wrapped model + optimizer for one round; :meth:`step` takes one DP-SGD step on a given batch.
+
+    ``train_local`` drives it with Poisson batches; tests drive it with fixed batches.
+    """
+
+    def __init__(
+        self,
+        model,
+        settings: LocalTrainingSettings,
+        noise_multiplier: float,
+        expected_batch_size: int,
+        mode: ClippingMode,
+        source: RandomSource,
+        correction: GradientCorrection | None = None,
+    ) -> None:
+        import torch
+        from opacus import PrivacyEngine
+        from torch.utils.data import DataLoader, TensorDataset
+
+        if mode is ClippingMode.AUTO:
+            raise ValueError("DPTrainer needs a concrete clipping mode")
+        self.model = model
+        self.mode = mode
+        self.source = source
+        self.correction = correction
+        self.noise_multiplier = float(noise_multiplier)
+        self.clip_norm = float(settings.clip_norm)
+        self.expected_batch_size = int(expected_batch_size)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            self.initial = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
+        model.train()
+        optimizer = torch.optim.SGD(self.params, lr=settings.learning_rate)
+        # The loader only tells Opacus what a batch looks like; we sample batches ourselves (Poisson).
+        dummy = DataLoader(TensorDataset(torch.zeros(self.expected_batch_size, 1)), batch_size=self.expected_batch_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Opacus warns about secure_mode=False; train_local logs our own line
+            engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+            out = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=dummy,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.clip_norm,
+                poisson_sampling=True,
+                grad_sample_mode="ghost" if mode is ClippingMode.GHOST else "hooks",
+                loss_reduction="mean",
+            )
+        if mode is ClippingMode.GHOST:
+            self.module, self.optimizer, _criterion, _ = out
+        else:
+            self.module, self.optimizer, _ = out
+        # Opacus derives expected batch = N * (1/len(loader)); pin it to ours so scaling matches q * N.
+        self.optimizer.expected_batch_size = self.expected_batch_size
+        self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source), self.optimizer)
+
+    def close(self) -> None:
+        """Remove Opacus hooks and attributes so the model can be used (or trained) again."""
+        try:
+            self.module._close()
+        except Exception:  # pragma: no cover - best effort cleanup
+            log.debug("opacus cleanup failed", exc_info=True)
+        for p in self.params:
+            for attr in ("grad_sample", "summed_grad", "_norm_sample", "_forward_counter", "_current_grad_sample"):
+                if hasattr(p, attr):
+                    try:
+                        delattr(p, attr)
+                    except AttributeError:
+                        pass
+            p.grad = None
+
+    def _flat(self):
+        import torch
+
+        return torch.cat([p.detach().reshape(-1) for p in self.params])
+
+    def _apply_correction(self) -> None:
+        if self.correction is None:
+            return
+        corr = self.correction.correction(self._flat(), self.initial)
+        if corr is None:
+            return
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad.add_(corr[offset : offset + n].view_as(p).to(p.grad.dtype))
+            offset += n
+
+    def step(self, batch: dict | None) -> float | None:
+        with warnings.catch_warnings():
+            # torch warns that full backward hooks fire w.r.t. outputs because the frozen base's inputs need
+            # no grad: expected here (only the adapter trains), and Opacus hooks need exactly that.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._step(batch)
+
+    def _step(self, batch: dict | None) -> float | None:
+        """One DP-SGD step on ``batch`` (a dict from TokenDataset.batch) or a pure-noise step if None/empty.
+
+        Returns the batch's mean per-sample loss (None for an empty batch).
+        """
+        import torch
+
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        loss_value: float | None = None
+        if batch is None or batch["input_ids"].shape[0] == 0:
+            # Pure noise step: the clipped sum of an empty batch is 0.
+            for p in self.params:
+                p.summed_grad = torch.zeros_like(p)
+            opt.add_noise()
+            for p in self.params:  # same scaling as Opacus' scale_grad for loss_reduction="mean"
+                p.grad /= self.expected_batch_size
+        else:
+            logits = self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            losses = per_sample_loss(logits, batch["labels"])
+            loss_value = float(losses.detach().mean())
+            if self.mode is ClippingMode.GHOST:
+                from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+                DPTensorFastGradientClipping(self.module, opt, losses, "mean").backward()
+                for p in self.params:
+                    if p.grad is None:
+                        raise ModelError("ghost clipping produced no gradient for an adapter parameter")
+                self.last_norms = self.module.per_sample_gradient_norms.detach().clone()
+            else:
+                losses.mean().backward()
+                for p in self.params:
+                    # Guard against opacus#820-style failures: a missing per-sample gradient would make
+                    # Opacus fall back to the plain (unclipped, un-noised) gradient.
+                    if getattr(p, "grad_sample", None) is None:
+                        raise ModelError(
+                            "per-sample gradients missing for an adapter parameter (Opacus hooks not attached); "
+                            "use clipping='ghost' or a supported model"
+                        )
+                gs = [p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in self.params]
+                self.last_norms = torch.cat(gs, dim=1).norm(2, dim=1).detach().clone()
+            if not opt.pre_step():  # clip (hooks), noise, scale
+                raise ModelError("DP optimizer skipped a step unexpectedly")
+        self._apply_correction()
+        opt.original_optimizer.step()
+        return loss_value
+
+
+def _resolve_sigma(settings: LocalTrainingSettings, noise_multiplier: float | None) -> float:
+    sigma = noise_multiplier if noise_multiplier is not None else settings.noise_multiplier
+    if sigma is None:
+        raise ConfigError("noise_multiplier: not set; the client's accountant must calibrate it to the budget")
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ConfigError(f"noise_multiplier: {sigma} is invalid; use a finite value >= 0")
+    return float(sigma)
+
+
+def plan_steps(settings: LocalTrainingSettings, num_samples: int) -> tuple[float, int]:
+    """(q, steps) for this dataset size, exactly as train_local will use them (for budget projection)."""
+    if num_samples < 1:
+        raise InvalidInput("training dataset is empty")
+    if settings.batch_size > num_samples:
+        raise InvalidInput(
+            f"batch_size {settings.batch_size} exceeds the {num_samples} training examples; lower batch_size"
+        )
+    q = settings.batch_size / num_samples
+    steps = settings.steps if settings.steps is not None else max(1, math.ceil(settings.epochs / q))
+    return q, steps
+
+
+def train_local(
+    model,
+    train_data: TokenDataset,
+    settings: LocalTrainingSettings,
+    noise_multiplier: float | None,
+    *,
+    strategy_state: GradientCorrection | None = None,
+    progress: ProgressFn | None = None,
+) -> LocalTrainResult:
+    """Train the adapter of ``model`` (a peft model, or a ``LoadedModel``) with DP-SGD for one round.
+
+    The adapter currently loaded in ``model`` is the starting point (load the global adapter first);
+    on return the model holds the locally trained adapter and ``result.delta`` is new - start.
+    """
+    import torch
+
+    model = _unwrap(model)
+    sigma = _resolve_sigma(settings, noise_multiplier)
+    if not isinstance(train_data, TokenDataset):
+        raise InvalidInput("train_data must be a TokenDataset (see securefed.training.data)")
+    n = len(train_data)
+    q, steps = plan_steps(settings, n)
+    start_vec, _layout = adapter_to_vector(model)
+    source: RandomSource = CsprngSource() if settings.secure_mode else TorchSource()
+    if not source.secure:
+        log.warning("DP-SGD noise and sampling use torch's NON-cryptographic RNG (secure_mode=false): "
+                    "for testing only, not a production privacy guarantee")
+    if sigma == 0.0:
+        log.warning("noise_multiplier is 0: this training is NOT differentially private")
+
+    modes = [settings.clipping] if settings.clipping is not ClippingMode.AUTO else [ClippingMode.GHOST, ClippingMode.HOOKS]
+    last_error: Exception | None = None
+    for mode in modes:
+        t0 = time.perf_counter()
+        trainer = None
+        try:
+            trainer = DPTrainer(model, settings, sigma, settings.batch_size, mode, source, strategy_state)
+            losses: list[float] = []
+            empty = 0
+            for step in range(steps):
+                mask = source.bernoulli(n, q)
+                idx = np.flatnonzero(mask)
+                batch = train_data.batch(idx.tolist()) if idx.size else None
+                loss = trainer.step(batch)
+                if loss is None:
+                    empty += 1
+                else:
+                    losses.append(loss)
+                if progress is not None:
+                    progress(step + 1, steps, float("nan") if loss is None else loss)
+        except (NotImplementedError, RuntimeError, AttributeError, TypeError, ValueError) as exc:
+            if len(modes) == 1 or mode is not ClippingMode.GHOST:
+                raise ModelError(f"DP-SGD with clipping={mode.value} failed on this model: {exc}") from exc
+            # Auto: restore the starting adapter and retry with hooks. Nothing was released.
+            log.warning("ghost clipping failed on this model (%s); falling back to hooks", exc)
+            last_error = exc
+            from securefed.training.adapter import load_adapter_vector
+
+            if trainer is not None:
+                trainer.close()
+                trainer = None
+            load_adapter_vector(model, start_vec, _layout)
+            continue
+        finally:
+            if trainer is not None:
+                trainer.close()
+        end_vec, _ = adapter_to_vector(model)
+        if not np.all(np.isfinite(end_vec)):
+            raise ModelError("training diverged (NaN/Inf in the adapter); lower learning_rate")
+        log.info(
+            "local DP-SGD: clipping=%s steps=%d q=%.5f sigma=%.4f C=%.3g secure_rng=%s",
+            mode.value, steps, q, sigma, settings.clip_norm, source.secure,
+        )
+        return LocalTrainResult(
+            delta=(end_vec - start_vec).astype(np.float32),
+            num_samples=n,
+            steps=steps,
+            sample_rate=q,
+            noise_multiplier=sigma,
+            clip_norm=float(settings.clip_norm),
+            secure_rng=source.secure,
+            clipping_mode=mode,
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            learning_rate=float(settings.learning_rate),
+            expected_batch_size=settings.batch_size,
+            empty_batches=empty,
+            seconds=time.perf_counter() - t0,
+        )
+    raise ModelError(f"DP-SGD failed with every clipping mode: {last_error}")  # pragma: no cover
