@@ -81,13 +81,14 @@ def test_the_same_agreement_keys_in_two_sessions_give_unrelated_masks():
     # Even if round keys were (wrongly) reused, the session id salts HKDF: masks do not repeat.
     u, v = AgreementKeyPair.generate(), AgreementKeyPair.generate()
     shared = u.exchange(v.public_bytes())
-    k1 = derive_key(shared, session_id=b"session-1" * 4, purpose=PURPOSE_MASK, party_a=1, party_b=2)
-    k2 = derive_key(shared, session_id=b"session-2" * 4, purpose=PURPOSE_MASK, party_a=1, party_b=2)
-    k_enc = derive_key(shared, session_id=b"session-1" * 4, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=1, party_b=2)
+    sid1, sid2 = secrets.token_bytes(32), secrets.token_bytes(32)
+    k1 = derive_key(shared, session_id=sid1, purpose=PURPOSE_MASK, party_a=1, party_b=2)
+    k2 = derive_key(shared, session_id=sid2, purpose=PURPOSE_MASK, party_a=1, party_b=2)
+    k_enc = derive_key(shared, session_id=sid1, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=1, party_b=2)
     assert len({k1, k2, k_enc}) == 3
     assert_unrelated(expand_mask(k1, D, 32), expand_mask(k2, D, 32))
     # Both ends derive the same key and the pair's masks cancel exactly in the sum.
-    k1_other_end = derive_key(v.exchange(u.public_bytes()), session_id=b"session-1" * 4, purpose=PURPOSE_MASK,
+    k1_other_end = derive_key(v.exchange(u.public_bytes()), session_id=sid1, purpose=PURPOSE_MASK,
                               party_a=2, party_b=1)
     assert k1_other_end == k1
     acc = np.zeros(D, dtype=np.uint32)
