@@ -1,0 +1,261 @@
+"""A client's privacy budget, the guard that enforces it before training, and noise calibration.
+
+The client enforces its own budget: before each round the ``BudgetGuard`` projects epsilon after the
+round (every event already in the ledger plus the planned one) and raises ``BudgetExceeded`` if the
+projection passes the target (or the per-round cap). The client then declines and trains nothing.
+
+``calibrate_noise`` picks the smallest noise multiplier for which the *whole planned run* (all the
+rounds the client may still join, on top of what it already spent) stays within the target. Its
+binary search only ever returns a sigma whose epsilon it has computed and found within the target,
+so it cannot overshoot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from pydantic import Field, model_validator
+
+from securefed.config import StrictModel
+from securefed.errors import AccountingError, BudgetExceeded, ConfigError
+from securefed.privacy.accountants import accountant_class, mechanism_of
+from securefed.privacy.events import AccountantName, DpEvent, parse_accountant_name
+from securefed.privacy.formulas import SubsampledGaussian
+
+#: Largest noise multiplier calibration will consider. Beyond it the RDP bound no longer moves (its
+#: floor is set by the largest order and delta), so a target that needs more is unreachable.
+MAX_NOISE_MULTIPLIER = 1e4
+
+
+class PrivacyBudget(StrictModel):
+    """``[privacy]`` in client.toml: the (epsilon, delta) this client will never exceed."""
+
+    target_epsilon: float = Field(
+        gt=0, allow_inf_nan=False, description="Total epsilon the client may spend over the whole federation."
+    )
+    delta: float = Field(
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Delta of the (epsilon, delta) guarantee; must be below 1 / (number of training examples).",
+    )
+    per_round_epsilon: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Optional cap on the epsilon of a single round taken alone; a round above it is declined.",
+    )
+    accountant: AccountantName = Field(
+        AccountantName.RDP, description="Accountant that enforces the budget: 'rdp' (default) or 'prv' (tighter)."
+    )
+
+    @model_validator(mode="after")
+    def _cap_within_total(self) -> PrivacyBudget:
+        if self.per_round_epsilon is not None and self.per_round_epsilon > self.target_epsilon:
+            raise ValueError(
+                f"per_round_epsilon ({self.per_round_epsilon}) exceeds target_epsilon ({self.target_epsilon}); "
+                "lower per_round_epsilon or remove it"
+            )
+        return self
+
+    def check_dataset_size(self, dataset_size: int) -> None:
+        """delta must be well below 1/n, else 'leak one record outright with probability delta' is allowed."""
+        check_delta_for_dataset(self.delta, dataset_size)
+
+    def to_dict(self) -> dict:
+        return {
+            "target_epsilon": self.target_epsilon,
+            "delta": self.delta,
+            "per_round_epsilon": self.per_round_epsilon,
+            "accountant": self.accountant.value,
+        }
+
+
+def check_delta_for_dataset(delta: float, dataset_size: int) -> None:
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+        raise ConfigError(f"dataset size must be a positive integer, got {dataset_size!r}")
+    if delta >= 1.0 / dataset_size:
+        raise ConfigError(
+            f"privacy.delta = {delta:g} is not below 1/dataset_size = 1/{dataset_size} = {1.0 / dataset_size:.3g}; "
+            f"set privacy.delta to at most {suggest_delta(dataset_size):.1g}"
+        )
+
+
+def suggest_delta(dataset_size: int) -> float:
+    """A conventional choice: 1 / (10 n), rounded down to one significant digit."""
+    raw = 1.0 / (10 * dataset_size)
+    exp = math.floor(math.log10(raw))
+    return math.floor(raw / 10**exp) * 10**exp
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Poisson sampling schedule of one round: q = batch_size / n, steps = ceil(epochs / q)."""
+
+    sample_rate: float
+    steps_per_round: int
+
+
+def plan_schedule(dataset_size: int, batch_size: int, epochs_per_round: float) -> Schedule:
+    """The same rule as ``securefed.training`` uses (q = B / n capped at 1, steps = ceil(E / q))."""
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or dataset_size < 1:
+        raise ConfigError(f"dataset size must be a positive integer, got {dataset_size!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not (math.isfinite(epochs_per_round) and epochs_per_round > 0):
+        raise ConfigError(f"epochs per round must be > 0, got {epochs_per_round!r}")
+    q = min(1.0, batch_size / dataset_size)
+    # round() guards against 0.3/0.1 = 2.9999999999999996 style error before ceil
+    return Schedule(sample_rate=q, steps_per_round=max(1, math.ceil(round(epochs_per_round / q, 9))))
+
+
+def _mechanisms(events: Iterable[DpEvent]) -> list[SubsampledGaussian]:
+    return [mechanism_of(e) for e in events]
+
+
+def calibrate_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str | AccountantName,
+    *,
+    prior_events: Sequence[DpEvent] = (),
+    rel_tol: float = 1e-3,
+) -> float:
+    """Smallest noise multiplier (to ``rel_tol``) such that prior events + ``steps`` steps at
+    (sigma, ``sample_rate``) cost at most ``target_epsilon`` at ``delta``.
+
+    ``steps`` is the whole planned future: steps per round x rounds the client may still join (the
+    same (sigma, q) every round composes exactly like one long run).
+
+    The result is always a sigma whose epsilon was computed and found <= target (safe side).
+    Raises ``BudgetExceeded`` if prior events already use the budget up, ``ConfigError`` if the target
+    is unreachable for any sigma up to ``MAX_NOISE_MULTIPLIER`` or the inputs cannot be calibrated.
+    """
+    cls = accountant_class(accountant)
+    if not (math.isfinite(target_epsilon) and target_epsilon > 0):
+        raise ConfigError(f"target epsilon must be > 0 and finite, got {target_epsilon!r}")
+    if not (0 < delta < 1):
+        raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
+    if not (0 < sample_rate <= 1):
+        raise ConfigError(f"sample rate must be in (0, 1] to calibrate noise, got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be a positive integer to calibrate noise, got {steps!r}")
+    if not (0 < rel_tol < 1):
+        raise ConfigError(f"rel_tol must be in (0, 1), got {rel_tol!r}")
+    prior = _mechanisms(prior_events)
+    spent = cls.epsilon_of_mechanisms(prior, delta) if prior else 0.0
+    if spent >= target_epsilon:
+        raise BudgetExceeded(
+            f"the budget is already spent: prior rounds used epsilon {spent:.4g} of target {target_epsilon:g}; "
+            "raise target_epsilon or stop training"
+        )
+
+    def eps(sigma: float) -> float:
+        try:
+            return cls.epsilon_of_mechanisms([*prior, SubsampledGaussian(sigma, sample_rate, steps)], delta)
+        except AccountingError:
+            return math.inf  # numerically unusable sigma: treat as too little noise (the safe side)
+
+    lo, hi = 0.0, 1.0  # invariant once bracketed: eps(hi) <= target (checked), eps(lo) > target or lo = 0
+    eps_hi = eps(hi)
+    while eps_hi > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > MAX_NOISE_MULTIPLIER:
+            floor = eps(MAX_NOISE_MULTIPLIER)
+            raise ConfigError(
+                f"target epsilon {target_epsilon:g} is unreachable at delta {delta:g} with the {cls.name.value} "
+                f"accountant (even noise multiplier {MAX_NOISE_MULTIPLIER:g} gives {floor:.4g}); "
+                "raise target_epsilon or delta, or use fewer steps or a smaller sample rate"
+            )
+        eps_hi = eps(hi)
+    while hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        eps_mid = eps(mid)
+        if eps_mid <= target_epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetProjection:
+    """What the guard computed before a round (all epsilons at the budget's delta)."""
+
+    accountant: AccountantName
+    delta: float
+    target_epsilon: float
+    epsilon_before: float
+    epsilon_after: float
+    round_epsilon: float
+    per_round_cap: float | None
+
+    @property
+    def remaining_after(self) -> float:
+        return self.target_epsilon - self.epsilon_after
+
+    @property
+    def within_budget(self) -> bool:
+        cap_ok = self.per_round_cap is None or self.round_epsilon <= self.per_round_cap
+        return self.epsilon_after <= self.target_epsilon and cap_ok
+
+
+class BudgetGuard:
+    """Refuses a round whose projected epsilon would pass the budget. Holds no state of its own:
+    prior spending always comes from the ledger's events."""
+
+    def __init__(self, budget: PrivacyBudget, *, dataset_size: int | None = None) -> None:
+        if not isinstance(budget, PrivacyBudget):
+            raise ConfigError("BudgetGuard needs a PrivacyBudget")
+        if dataset_size is not None:
+            budget.check_dataset_size(dataset_size)
+        self.budget = budget
+        self._cls = accountant_class(budget.accountant)
+
+    def project(self, prior_events: Sequence[DpEvent], planned: DpEvent) -> BudgetProjection:
+        """Epsilon before and after the planned round, and of the round alone."""
+        b = self.budget
+        if parse_accountant_name(planned.accountant) is not b.accountant:
+            raise ConfigError(
+                f"planned event uses the {planned.accountant.value} accountant but the budget uses "
+                f"{b.accountant.value}; build events with the budget's accountant"
+            )
+        if planned.delta != b.delta:
+            raise ConfigError(
+                f"planned event has delta {planned.delta:g} but the budget's delta is {b.delta:g}; "
+                "build events with the budget's delta"
+            )
+        prior = _mechanisms(prior_events)
+        this = mechanism_of(planned)
+        before = self._cls.epsilon_of_mechanisms(prior, b.delta) if prior else 0.0
+        after = self._cls.epsilon_of_mechanisms([*prior, this], b.delta)
+        alone = self._cls.epsilon_of_mechanisms([this], b.delta)
+        return BudgetProjection(
+            accountant=b.accountant,
+            delta=b.delta,
+            target_epsilon=b.target_epsilon,
+            epsilon_before=before,
+            epsilon_after=after,
+            round_epsilon=alone,
+            per_round_cap=b.per_round_epsilon,
+        )
+
+    def check(self, prior_events: Sequence[DpEvent], planned: DpEvent) -> BudgetProjection:
+        """Return the projection, or raise ``BudgetExceeded`` (the client must decline the round)."""
+        p = self.project(prior_events, planned)
+        if p.epsilon_after > p.target_epsilon:
+            raise BudgetExceeded(
+                f"round {planned.round_id} declined: epsilon would reach {p.epsilon_after:.4g} > target "
+                f"{p.target_epsilon:g} (spent {p.epsilon_before:.4g}, delta {p.delta:g}, {p.accountant.value}); "
+                "raise the noise multiplier, train fewer steps, or stop"
+            )
+        if p.per_round_cap is not None and p.round_epsilon > p.per_round_cap:
+            raise BudgetExceeded(
+                f"round {planned.round_id} declined: this round alone costs epsilon {p.round_epsilon:.4g} > "
+                f"per_round_epsilon {p.per_round_cap:g}; raise the noise multiplier or train fewer steps"
+            )
+        return p

@@ -1,0 +1,307 @@
+"""DP events: one frozen, validated record per release of a noisy update.
+
+A ``DpEvent`` says *what was done* (noise multiplier, sampling rate, number of steps, delta,
+clip norm, sampler, RNG mode, library versions, config hash); epsilon is never stored in it. The
+accountants derive epsilon from a sequence of events on request, so a ledger can always be
+re-accounted by an auditor with a different implementation.
+
+Validation happens on construction, so an invalid event can neither be composed nor written to a
+ledger. Only Poisson subsampling is accepted: the subsampled-Gaussian analyses in Opacus and
+dp-accounting assume it, and accounting a shuffled or fixed-size batch with them would under-count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from importlib import metadata
+from typing import Any
+
+from securefed.errors import AccountingError, InvalidInput, InvalidMessage
+
+#: Version of the event record layout; part of the canonical bytes so a format change cannot be
+#: confused with an old event.
+EVENT_SCHEMA_VERSION = 1
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_MAX_ROUND = 2**53  # JSON numbers stay exact up to here
+
+
+class Sampler(str, Enum):
+    """How batches were drawn. Only ``POISSON`` can be accounted by the subsampled-Gaussian analysis."""
+
+    POISSON = "poisson"
+    SHUFFLE = "shuffle"
+    FIXED_SIZE = "fixed_size"
+
+
+class AccountantName(str, Enum):
+    """Registered accountants (see ``securefed.privacy.accountants``)."""
+
+    RDP = "rdp"
+    PRV = "prv"
+
+
+def parse_accountant_name(name: str | AccountantName) -> AccountantName:
+    """``"rdp"``/``"prv"`` -> enum; anything else is refused, never guessed."""
+    if isinstance(name, AccountantName):
+        return name
+    try:
+        return AccountantName(str(name).lower())
+    except ValueError:
+        known = ", ".join(a.value for a in AccountantName)
+        raise AccountingError(f"unknown accountant {name!r}: use one of {known}") from None
+
+
+def canonical_json(obj: Any) -> bytes:
+    """The one byte encoding that is hashed and signed: sorted keys, no spaces, UTF-8, no NaN/Inf.
+
+    Floats are written with ``repr`` (shortest round-trip form), so decode -> encode is the identity.
+    """
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """ISO-8601 UTC with microseconds and a ``Z``: ``2026-11-28T05:00:00.000000Z``."""
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _version_of(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "absent"
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryVersions:
+    """Versions of the code that trained and accounted (read from package metadata; imports nothing heavy)."""
+
+    opacus: str
+    torch: str
+    securefed: str
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, str) or not v or len(v) > 64:
+                raise InvalidInput(f"library_versions.{f.name} must be a non-empty string of at most 64 characters")
+
+    @classmethod
+    def current(cls) -> LibraryVersions:
+        from securefed import __version__
+
+        return cls(opacus=_version_of("opacus"), torch=_version_of("torch"), securefed=__version__)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"opacus": self.opacus, "securefed": self.securefed, "torch": self.torch}
+
+
+def _finite_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InvalidInput(f"{name} must be finite, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DpEvent:
+    """One client's DP-SGD run in one round: ``steps`` Poisson-subsampled Gaussian mechanisms.
+
+    Fields (all validated on construction; bad values raise ``InvalidInput``, an unsupported
+    sampler raises ``AccountingError``):
+
+    - ``client_id``: the client whose data was used.
+    - ``round_id``: federation round (>= 0).
+    - ``noise_multiplier`` (sigma >= 0): noise std / clip norm. 0 means no privacy (epsilon = inf).
+    - ``sample_rate`` (q in [0, 1]): Poisson sampling probability per step.
+    - ``steps`` (>= 0): number of noisy gradient steps.
+    - ``delta`` (0 < delta < 1): the delta of the client's budget.
+    - ``clip_norm`` (C > 0): per-sample gradient clip norm (recorded for audit; epsilon does not depend on it).
+    - ``accountant``: the accountant the client enforced its budget with.
+    - ``sampler``: must be ``Sampler.POISSON``.
+    - ``secure_rng``: whether noise came from a cryptographically secure RNG.
+    - ``library_versions``: opacus / torch / securefed versions.
+    - ``config_hash``: SHA-256 (hex) of the training configuration.
+    - ``timestamp``: ISO-8601 UTC, see ``utc_timestamp``.
+    """
+
+    client_id: str
+    round_id: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    delta: float
+    clip_norm: float
+    accountant: AccountantName
+    sampler: Sampler = Sampler.POISSON
+    secure_rng: bool
+    library_versions: LibraryVersions
+    config_hash: str
+    timestamp: str
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise types in place once, here
+        if not isinstance(self.client_id, str) or not _CLIENT_ID.fullmatch(self.client_id):
+            raise InvalidInput(
+                f"client_id {self.client_id!r} must be 1-128 characters of letters, digits and ._:@- "
+                "(starting with a letter or digit)"
+            )
+        for name in ("round_id", "steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _MAX_ROUND:
+                raise InvalidInput(f"{name} must be an integer >= 0, got {v!r}")
+        sigma = _finite_float("noise_multiplier", self.noise_multiplier)
+        if sigma < 0:
+            raise InvalidInput(f"noise_multiplier must be >= 0, got {sigma}")
+        q = _finite_float("sample_rate", self.sample_rate)
+        if not 0.0 <= q <= 1.0:
+            raise InvalidInput(f"sample_rate must be in [0, 1], got {q}")
+        delta = _finite_float("delta", self.delta)
+        if not 0.0 < delta < 1.0:
+            raise InvalidInput(f"delta must be in (0, 1), got {delta}")
+        clip = _finite_float("clip_norm", self.clip_norm)
+        if clip <= 0:
+            raise InvalidInput(f"clip_norm must be > 0, got {clip}")
+        set_(self, "noise_multiplier", sigma)
+        set_(self, "sample_rate", q)
+        set_(self, "delta", delta)
+        set_(self, "clip_norm", clip)
+        set_(self, "accountant", parse_accountant_name(self.accountant))
+        try:
+            sampler = Sampler(self.sampler)
+        except ValueError:
+            raise AccountingError(
+                f"unknown sampler {self.sampler!r}: the accountant only supports Poisson subsampling"
+            ) from None
+        if sampler is not Sampler.POISSON:
+            raise AccountingError(
+                f"sampler {sampler.value!r} cannot be accounted: the accountant only supports Poisson "
+                "subsampling; train with Poisson sampling (Opacus DPDataLoader)"
+            )
+        set_(self, "sampler", sampler)
+        if not isinstance(self.secure_rng, bool):
+            raise InvalidInput(f"secure_rng must be true or false, got {self.secure_rng!r}")
+        if not isinstance(self.library_versions, LibraryVersions):
+            raise InvalidInput("library_versions must be a LibraryVersions")
+        if not isinstance(self.config_hash, str) or not _HEX64.fullmatch(self.config_hash):
+            raise InvalidInput("config_hash must be 64 lowercase hex characters (SHA-256)")
+        if not isinstance(self.timestamp, str):
+            raise InvalidInput("timestamp must be an ISO-8601 UTC string")
+        try:
+            parsed = datetime.strptime(self.timestamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+        except ValueError:
+            raise InvalidInput(
+                f"timestamp {self.timestamp!r} must look like 2026-01-31T12:00:00.000000Z"
+            ) from None
+        if utc_timestamp(parsed.replace(tzinfo=UTC)) != self.timestamp:
+            raise InvalidInput(f"timestamp {self.timestamp!r} is not in canonical form")
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": EVENT_SCHEMA_VERSION,
+            "client_id": self.client_id,
+            "round_id": self.round_id,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "delta": self.delta,
+            "clip_norm": self.clip_norm,
+            "accountant": self.accountant.value,
+            "sampler": self.sampler.value,
+            "secure_rng": self.secure_rng,
+            "library_versions": self.library_versions.to_dict(),
+            "config_hash": self.config_hash,
+            "timestamp": self.timestamp,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DpEvent:
+        """Strict inverse of ``to_dict``: unknown or missing keys raise ``InvalidMessage``."""
+        if not isinstance(data, dict):
+            raise InvalidMessage("DP event must be a JSON object")
+        expected = _EVENT_KEYS
+        keys = set(data)
+        if keys != expected:
+            missing, extra = sorted(expected - keys), sorted(keys - expected)
+            raise InvalidMessage(f"DP event keys do not match schema (missing {missing}, unexpected {extra})")
+        if data["schema"] != EVENT_SCHEMA_VERSION:
+            raise InvalidMessage(f"unsupported DP event schema {data['schema']!r}")
+        lv = data["library_versions"]
+        if not isinstance(lv, dict) or set(lv) != {"opacus", "torch", "securefed"}:
+            raise InvalidMessage("DP event library_versions must have exactly opacus, torch, securefed")
+        kwargs = {k: v for k, v in data.items() if k not in ("schema", "library_versions")}
+        try:
+            return cls(library_versions=LibraryVersions(**lv), **kwargs)
+        except InvalidInput as exc:
+            raise InvalidMessage(f"invalid DP event: {exc}") from None
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> DpEvent:
+        """Parse canonical JSON; the bytes must be exactly canonical (no second encoding of one event)."""
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidMessage("DP event is not valid JSON") from None
+        event = cls.from_dict(data)
+        raw_bytes = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        if event.canonical_bytes() != raw_bytes:
+            raise InvalidMessage("DP event JSON is not in canonical form")
+        return event
+
+
+# The exact key set of ``DpEvent.to_dict`` (a test checks they agree).
+_EVENT_KEYS = frozenset(
+    {"schema", "client_id", "round_id", "noise_multiplier", "sample_rate", "steps", "delta", "clip_norm",
+     "accountant", "sampler", "secure_rng", "library_versions", "config_hash", "timestamp"}
+)
+
+
+def event_from_training(
+    result: Any,
+    *,
+    client_id: str,
+    round_id: int,
+    delta: float,
+    accountant: str | AccountantName,
+    config_hash: str,
+    library_versions: LibraryVersions | None = None,
+    timestamp: str | None = None,
+) -> DpEvent:
+    """Build the event for a ``securefed.training`` result (duck-typed: steps, sample_rate,
+    noise_multiplier, clip_norm, secure_rng, and optionally sampler)."""
+    sampler = getattr(result, "sampler", Sampler.POISSON)
+    try:
+        return DpEvent(
+            client_id=client_id,
+            round_id=round_id,
+            noise_multiplier=result.noise_multiplier,
+            sample_rate=result.sample_rate,
+            steps=result.steps,
+            delta=delta,
+            clip_norm=result.clip_norm,
+            accountant=accountant,
+            sampler=getattr(sampler, "value", sampler),
+            secure_rng=bool(result.secure_rng),
+            library_versions=library_versions or LibraryVersions.current(),
+            config_hash=config_hash,
+            timestamp=timestamp or utc_timestamp(),
+        )
+    except AttributeError as exc:
+        raise InvalidInput(f"training result lacks a field the DP event needs: {exc.name}") from None
