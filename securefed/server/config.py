@@ -1,0 +1,164 @@
+"""``server.toml``: what the federation operator sets.
+
+Example (see clients/server.toml for the annotated version)::
+
+    [server]
+    address = "127.0.0.1:50051"
+    credentials_dir = "pki/server"      # ca.pem, server.pem, server.key from `securefed keys`
+    state_dir = "state"                 # round log (SQLite) and adapter checkpoints
+    base_model_dir = "models/tiny"
+
+    [federation]
+    rounds = 3
+    cohort_size = 3
+    min_clients = 3
+    threshold = 2
+    neighbour_degree = 0                # 0 = complete graph (plain Bonawitz)
+    mode = "secagg"                     # secagg | ckks | plaintext
+
+    [strategy]
+    name = "fedavg"
+
+    [deadlines]
+    training_s = 120
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from securefed.config import StrictModel, load_toml
+from securefed.errors import InsecureParameters
+
+
+class AggregationMode(str, enum.Enum):
+    SECAGG = "secagg"
+    CKKS = "ckks"
+    PLAINTEXT = "plaintext"
+
+
+class StrategyName(str, enum.Enum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    SCAFFOLD = "scaffold"
+    FEDNOVA = "fednova"
+
+
+class ServerSection(StrictModel):
+    address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    credentials_dir: Path = Field(description="directory with ca.pem, server.pem, server.key")
+    state_dir: Path = Field(description="round log (SQLite) and global adapter checkpoints live here")
+    base_model_dir: Path = Field(description="local HF model directory; fixes the adapter layout")
+    max_message_mb: int = Field(64, gt=0, le=1024, description="gRPC message size limit")
+
+
+class LoraSection(StrictModel):
+    """The adapter every member trains; the server fixes it so all updates have the same layout."""
+
+    rank: int = Field(4, gt=0, le=256)
+    alpha: float = Field(8.0, gt=0)
+    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class FederationSection(StrictModel):
+    rounds: int = Field(3, gt=0, le=100_000, description="completed rounds to run")
+    max_attempts: int | None = Field(
+        None, gt=0, description="round attempts before giving up (default: 3 x rounds); aborted rounds count"
+    )
+    cohort_size: int = Field(3, gt=0, le=10_000, description="clients selected per round")
+    min_clients: int = Field(3, gt=0, description="clients that must be connected before a round starts")
+    threshold: int = Field(2, gt=0, description="Shamir threshold t: survivors needed to unmask")
+    neighbour_degree: int = Field(0, ge=0, description="SecAgg+ graph degree k (0 = complete graph)")
+    mode: AggregationMode = AggregationMode.SECAGG
+    allow_plaintext_for_debugging: bool = Field(
+        False, description="plaintext shows each update to the server; refused unless this is true"
+    )
+    clip: float = Field(4.0, gt=0, description="fixed-point clip range per coordinate of the summed payload")
+    frac_bits: int = Field(16, gt=0, le=40, description="fixed-point fractional bits")
+    ring_bits: int = Field(64, description="fixed-point ring Z_(2^ring_bits): 32 or 64")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FederationSection":
+        if self.ring_bits not in (32, 64):
+            raise ValueError("ring_bits must be 32 or 64")
+        if self.min_clients > self.cohort_size:
+            raise ValueError(f"min_clients ({self.min_clients}) must be <= cohort_size ({self.cohort_size})")
+        return self
+
+
+class StrategySection(StrictModel):
+    name: StrategyName = StrategyName.FEDAVG
+    server_lr: float = Field(1.0, gt=0, description="server step size applied to the averaged delta")
+    mu: float = Field(0.0, ge=0, description="FedProx proximal coefficient (clients)")
+
+
+class TrainingPlanSection(StrictModel):
+    """Local-training settings the server proposes in the plan (clients may train fewer steps)."""
+
+    local_steps: int = Field(4, gt=0, le=100_000)
+    learning_rate: float = Field(5e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_length: int = Field(64, gt=0)
+
+
+class DeadlinesSection(StrictModel):
+    """Seconds per stage. A client silent past its stage deadline is a dropout for the round."""
+
+    join_s: float = Field(300.0, gt=0, description="wait for min_clients to connect")
+    training_s: float = Field(300.0, gt=0, description="plan -> round keys (includes local training)")
+    share_keys_s: float = Field(30.0, gt=0)
+    masked_input_s: float = Field(60.0, gt=0)
+    unmask_s: float = Field(30.0, gt=0)
+    decrypt_s: float = Field(60.0, gt=0, description="CKKS: clients decrypt the aggregate")
+    poll_s: float = Field(5.0, gt=0, le=60, description="long-poll wait per client request")
+
+
+class ServerConfig(StrictModel):
+    server: ServerSection
+    federation: FederationSection = FederationSection()
+    strategy: StrategySection = StrategySection()
+    lora: LoraSection = LoraSection()
+    training: TrainingPlanSection = TrainingPlanSection()
+    deadlines: DeadlinesSection = DeadlinesSection()
+
+    def check_safety(self, source: str = "<config>") -> None:
+        """Refuse setups that silently weaken the guarantees (InsecureParameters naming the key)."""
+        fed = self.federation
+        if fed.mode is AggregationMode.PLAINTEXT and not fed.allow_plaintext_for_debugging:
+            raise InsecureParameters(
+                f"{source}: federation.mode: 'plaintext' shows every update to the server; use 'secagg' "
+                "or 'ckks', or set federation.allow_plaintext_for_debugging = true (debugging only)"
+            )
+        if fed.mode is AggregationMode.SECAGG:
+            if fed.threshold > fed.cohort_size:
+                raise InsecureParameters(
+                    f"{source}: federation.threshold ({fed.threshold}) must be <= cohort_size ({fed.cohort_size})"
+                )
+            if fed.min_clients < fed.threshold:
+                raise InsecureParameters(
+                    f"{source}: federation.min_clients ({fed.min_clients}) must be >= threshold ({fed.threshold})"
+                )
+
+    @property
+    def attempts_limit(self) -> int:
+        return self.federation.max_attempts or 3 * self.federation.rounds
+
+    def resolve_paths(self, base: Path) -> "ServerConfig":
+        """Paths in the file are relative to the file's directory."""
+        s = self.server
+        upd = {
+            k: (base / getattr(s, k)) if not getattr(s, k).is_absolute() else getattr(s, k)
+            for k in ("credentials_dir", "state_dir", "base_model_dir")
+        }
+        return self.model_copy(update={"server": s.model_copy(update=upd)})
+
+
+def load_server_config(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    cfg = load_toml(ServerConfig, path)
+    cfg.check_safety(str(path))
+    return cfg.resolve_paths(path.resolve().parent)
