@@ -1,0 +1,435 @@
+"""The client side of secure aggregation as a pure state machine: messages in, messages out.
+
+``SecAggClient.handle(message) -> reply`` does no I/O, starts no threads and reads no clock;
+the daemon carries messages and decides deadlines. Every check that makes the protocol secure
+against a malicious server runs here; any failure moves the client to ``ABORTED`` and raises
+``ProtocolAbort`` (that session is dead for this client: it never answers again).
+
+Masking (Bonawitz et al. 2017, SecAgg+ graph of Bell et al. 2020), all mod 2^ring_bits:
+
+    y_u = x_u + PRG(b_u) + sum_{v in N(u) ∩ U2, v > u} PRG(s_uv) - sum_{v in N(u) ∩ U2, v < u} PRG(s_uv)
+
+with s_uv = HKDF(X25519(s_sk_u, s_pk_v), salt=session id, info=PURPOSE_MASK || u || v).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from securefed.crypto.aead import decrypt_share, encrypt_share
+from securefed.crypto.fixedpoint import encode
+from securefed.crypto.keys import (
+    PURPOSE_MASK,
+    PURPOSE_SHARE_ENCRYPTION,
+    AgreementKeyPair,
+    IdentityKeyPair,
+    derive_key,
+    verify_signature,
+    x25519_shared_secret,
+)
+from securefed.crypto.prg import add_mask_
+from securefed.crypto.shamir import SHARE_SIZE, Share, split
+from securefed.errors import CryptoError, InsecureParameters, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg.messages import (
+    AdvertisedKeys,
+    AdvertiseKeys,
+    ClientStage,
+    ConsistencySignature,
+    EncryptedShare,
+    KeyBroadcast,
+    MaskedInput,
+    RevealedShare,
+    RoundSetup,
+    ShareDelivery,
+    ShareKeys,
+    Stage,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from securefed.secagg.params import SecAggParams
+from securefed.secagg.session import (
+    SELF_MASK_PURPOSE,
+    NeighbourGraph,
+    advertise_payload,
+    consistency_payload,
+    plan_digest,
+    session_id,
+)
+
+SECRET_SIZE = 32
+
+
+class ShareKind(Enum):
+    SELF_MASK = "b"  # share of b_u: revealed only for survivors
+    MASK_KEY = "s_sk"  # share of s_sk_u: revealed only for dropped clients
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Non-secret facts about this client's round (for logs and benchmarks)."""
+
+    clipped: int  # coordinates clipped to [-clip, clip] during encoding
+    neighbours_masked: int  # pairwise masks applied (|N(u) ∩ U2|)
+    upload_bytes: int  # size of the masked vector
+
+
+def params_from_setup(msg: RoundSetup) -> SecAggParams:
+    return SecAggParams(
+        threshold=msg.threshold,
+        neighbour_degree=msg.neighbour_degree or None,
+        ring_bits=msg.ring_bits,
+        frac_bits=msg.frac_bits,
+        clip=msg.clip,
+    )
+
+
+def setup_digest(msg: RoundSetup) -> bytes:
+    """Recompute the plan digest a RoundSetup should carry."""
+    return plan_digest(
+        round_id=msg.round_id, plan=msg.plan, model_hash=msg.model_hash, vector_length=msg.vector_length,
+        threshold=msg.threshold, neighbour_degree=msg.neighbour_degree, ring_bits=msg.ring_bits,
+        frac_bits=msg.frac_bits, clip=msg.clip, cohort=msg.cohort,
+    )
+
+
+def encode_share_pair(b_share: Share, s_share: Share) -> bytes:
+    return b_share.to_bytes() + s_share.to_bytes()
+
+
+def decode_share_pair(data: bytes) -> tuple[Share, Share]:
+    if len(data) != 2 * SHARE_SIZE:
+        raise CryptoError("share plaintext has the wrong length")
+    return Share.from_bytes(data[:SHARE_SIZE]), Share.from_bytes(data[SHARE_SIZE:])
+
+
+class SecAggClient:
+    """One client in one secure-aggregation session.
+
+    >>> client = SecAggClient(client_id=7, identity=identity_key)      # doctest: +SKIP
+    >>> client.set_input(update_vector)                                 # any time before ShareDelivery
+    >>> reply = client.handle(round_setup)                              # -> AdvertiseKeys, and so on
+
+    Optional ``expected`` hooks let the caller pin what it agreed to (e.g. the model hash it
+    trained on): ``accept_setup(setup) -> None`` may raise ``ProtocolAbort``/``InsecureParameters``.
+    """
+
+    def __init__(self, client_id: int, identity: IdentityKeyPair, *,
+                 accept_setup: Callable[[RoundSetup], None] | None = None) -> None:
+        if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < 2**63:
+            raise InvalidInput(f"client_id must be an integer in [0, 2^63 - 1], got {client_id!r}")
+        if not isinstance(identity, IdentityKeyPair):
+            raise InvalidInput("identity must be an IdentityKeyPair")
+        self.client_id = client_id
+        self._identity = identity
+        self._accept_setup = accept_setup
+        self._stage = ClientStage.AWAIT_SETUP
+        self._input: np.ndarray | None = None
+        self._stats: ClientStats | None = None
+        # Filled as the session advances.
+        self._setup: RoundSetup | None = None
+        self._params: SecAggParams | None = None
+        self._plan_digest = b""
+        self._session_id = b""
+        self._identities: dict[int, bytes] = {}
+        self._c_key: AgreementKeyPair | None = None
+        self._s_key: AgreementKeyPair | None = None
+        self._keys: dict[int, AdvertisedKeys] = {}
+        self._graph: NeighbourGraph | None = None
+        self._own_shares: tuple[Share, Share] | None = None  # my shares of my own b_u and s_sk_u
+        self._held: dict[int, tuple[Share, Share]] = {}  # neighbour -> (share of b, share of s_sk)
+        self._u2_neighbours: frozenset[int] = frozenset()
+        self._signed_survivors: tuple[int, ...] | None = None
+        self._revealed: dict[int, ShareKind] = {}
+        self._b_u = b""
+
+    # ---- public surface --------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> ClientStage:
+        return self._stage
+
+    @property
+    def session_id(self) -> bytes:
+        """The session id (the plan digest before keys are known; b"" before the setup)."""
+        return self._session_id or self._plan_digest
+
+    @property
+    def stats(self) -> ClientStats | None:
+        return self._stats
+
+    @property
+    def revealed(self) -> dict[int, ShareKind]:
+        """Which share of which client this client revealed (at most one kind per client)."""
+        return dict(self._revealed)
+
+    def set_input(self, values: np.ndarray) -> None:
+        """The real-valued update to aggregate (encoded and masked when ShareDelivery arrives)."""
+        if self._stage not in (ClientStage.AWAIT_SETUP, ClientStage.AWAIT_KEYS, ClientStage.AWAIT_SHARES):
+            raise InvalidInput("the input can only be set before the masked-input stage")
+        arr = np.asarray(values)
+        if arr.ndim != 1 or arr.size == 0:
+            raise InvalidInput(f"input must be a non-empty 1-D vector, got shape {arr.shape}")
+        if self._setup is not None and arr.size != self._setup.vector_length:
+            raise InvalidInput(f"input has {arr.size} values but the round plan expects {self._setup.vector_length}")
+        self._input = arr
+
+    def handle(self, message: object):
+        """Process one server message; return the reply. ``ProtocolAbort`` on any failed check."""
+        if self._stage in (ClientStage.DONE, ClientStage.ABORTED):
+            raise ProtocolAbort(f"session is over for client {self.client_id} ({self._stage.name}); no more messages accepted")
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
+            self._abort(f"unexpected message type {type(message).__name__}")
+        expected = Stage(self._stage.value)
+        if message.stage != expected or type(message).STAGE != expected:  # type: ignore[attr-defined]
+            self._abort(f"{type(message).__name__} for stage {getattr(message, 'stage', '?')!r} while waiting for stage {expected.name}")
+        try:
+            message.validate()  # type: ignore[attr-defined]
+        except InvalidMessage as exc:
+            self._abort(f"malformed {type(message).__name__}: {exc}")
+        # RoundSetup and KeyBroadcast carry ids this client recomputes in their handlers.
+        if expected >= Stage.MASKED_INPUT and message.session_id != self._session_id:  # type: ignore[attr-defined]
+            self._abort("message belongs to another session")
+        if self._input is None and expected is Stage.MASKED_INPUT:
+            # Caller error, not an attack: keep the state so the daemon can set the input and retry.
+            raise InvalidInput("set_input() must be called before the masked-input stage")
+        try:
+            return handler(self, message)
+        except ProtocolAbort:
+            self._stage = ClientStage.ABORTED
+            self._wipe()
+            raise
+        except (CryptoError, InvalidMessage, InsecureParameters) as exc:
+            self._abort(str(exc))
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _abort(self, reason: str):
+        self._stage = ClientStage.ABORTED
+        self._wipe()
+        raise ProtocolAbort(f"client {self.client_id}: {reason}")
+
+    def _wipe(self) -> None:
+        # Drop references to secrets; Python cannot zero memory, but nothing keeps them alive.
+        self._c_key = self._s_key = None
+        self._b_u = b""
+        self._own_shares = None
+        self._held = {}
+        self._input = None
+
+    @property
+    def _t(self) -> int:
+        assert self._params is not None
+        return self._params.threshold
+
+    # ---- stage handlers -------------------------------------------------------------------------
+
+    def _on_setup(self, msg: RoundSetup) -> AdvertiseKeys:
+        digest = setup_digest(msg)
+        if msg.session_id != digest:
+            self._abort("plan digest does not match the plan")
+        mine = [m for m in msg.cohort if m.client_id == self.client_id]
+        if len(mine) != 1:
+            self._abort("this client is not in the cohort exactly once")
+        if mine[0].identity_key != self._identity.public_bytes():
+            self._abort("the cohort lists another identity key for this client")
+        if len({m.identity_key for m in msg.cohort}) != len(msg.cohort):
+            self._abort("two cohort members share an identity key")
+        params = params_from_setup(msg)
+        try:
+            params.check_cohort(len(msg.cohort))
+        except InsecureParameters as exc:
+            self._abort(f"refusing insecure parameters: {exc}")
+        if msg.neighbour_degree != 0 and msg.neighbour_degree >= len(msg.cohort) - 1:
+            self._abort("neighbour_degree >= n - 1 must be sent as 0 (complete graph)")
+        if self._input is not None and self._input.size != msg.vector_length:
+            self._abort(f"plan vector_length {msg.vector_length} does not match the input ({self._input.size})")
+        if self._accept_setup is not None:
+            self._accept_setup(msg)
+        self._setup, self._params, self._plan_digest = msg, params, digest
+        self._identities = {m.client_id: m.identity_key for m in msg.cohort}
+        self._c_key, self._s_key = AgreementKeyPair.generate(), AgreementKeyPair.generate()
+        c_pk, s_pk = self._c_key.public_bytes(), self._s_key.public_bytes()
+        sig = self._identity.sign(advertise_payload(digest, self.client_id, c_pk, s_pk))
+        self._stage = ClientStage.AWAIT_KEYS
+        return AdvertiseKeys(digest, Stage.ADVERTISE_KEYS, self.client_id, c_pk, s_pk, sig)
+
+    def _on_keys(self, msg: KeyBroadcast) -> ShareKeys:
+        assert self._c_key is not None and self._s_key is not None and self._params is not None
+        mine = [k for k in msg.keys if k.client_id == self.client_id]
+        if len(mine) != 1:
+            self._abort("own keys are missing from (or repeated in) the key broadcast")
+        if mine[0].c_pk != self._c_key.public_bytes() or mine[0].s_pk != self._s_key.public_bytes():
+            self._abort("the key broadcast carries other keys for this client")
+        all_pks = [k.c_pk for k in msg.keys] + [k.s_pk for k in msg.keys]
+        if len(set(all_pks)) != len(all_pks):
+            # A repeated key would make two pairwise masks equal (or cancel) and leak inputs.
+            self._abort("duplicate public keys in the key broadcast")
+        for k in msg.keys:
+            if k.client_id not in self._identities:
+                self._abort(f"key broadcast lists client {k.client_id}, who is not in the cohort")
+            try:
+                verify_signature(self._identities[k.client_id], k.signature,
+                                 advertise_payload(self._plan_digest, k.client_id, k.c_pk, k.s_pk))
+            except CryptoError:
+                self._abort("a key signature does not verify")
+        sid = session_id(self._plan_digest, msg.keys)
+        if msg.session_id != sid:
+            self._abort("session id does not match the plan and keys")
+        n1 = len(msg.keys)
+        if n1 < self._t:
+            self._abort(f"only {n1} clients advertised keys, fewer than the threshold {self._t}")
+        graph = NeighbourGraph.build(sid, [k.client_id for k in msg.keys], self._params.effective_degree(n1))
+        holders = graph.holders(self.client_id)
+        if len(holders) < self._t:
+            self._abort(f"only {len(holders)} share holders, fewer than the threshold {self._t}")
+        self._session_id, self._graph = sid, graph
+        self._keys = {k.client_id: k for k in msg.keys}
+
+        b_u = secrets.token_bytes(SECRET_SIZE)
+        self._b_u = b_u
+        b_shares = split(b_u, len(holders), self._t)
+        s_shares = split(self._s_key.private_bytes(), len(holders), self._t)
+        out = []
+        for i, v in enumerate(holders):
+            if v == self.client_id:
+                self._own_shares = (b_shares[i], s_shares[i])
+                continue
+            key = derive_key(x25519_shared_secret(self._c_key.private_bytes(), self._keys[v].c_pk),
+                             session_id=sid, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=self.client_id, party_b=v)
+            ct = encrypt_share(key, encode_share_pair(b_shares[i], s_shares[i]), session_id=sid,
+                               sender=self.client_id, receiver=v)
+            out.append(EncryptedShare(self.client_id, v, ct))
+        self._stage = ClientStage.AWAIT_SHARES
+        return ShareKeys(sid, Stage.SHARE_KEYS, self.client_id, tuple(out))
+
+    def _on_shares(self, msg: ShareDelivery) -> MaskedInput:
+        assert self._graph is not None and self._c_key is not None and self._s_key is not None
+        assert self._params is not None and self._setup is not None and self._input is not None
+        if msg.recipient != self.client_id:
+            self._abort("share delivery addressed to another client")
+        me, sid = self.client_id, self._session_id
+        neighbours = self._graph.of(me)
+        held: dict[int, tuple[Share, Share]] = {}
+        for s in msg.shares:
+            if s.receiver != me:
+                self._abort("a delivered share is addressed to another client")
+            if s.sender not in neighbours:
+                self._abort(f"a delivered share comes from client {s.sender}, who is not a neighbour")
+            key = derive_key(x25519_shared_secret(self._c_key.private_bytes(), self._keys[s.sender].c_pk),
+                             session_id=sid, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=me, party_b=s.sender)
+            try:
+                b_share, s_share = decode_share_pair(
+                    decrypt_share(key, s.ciphertext, session_id=sid, sender=s.sender, receiver=me))
+            except CryptoError:
+                self._abort("an encrypted share failed to decrypt or decode")
+            x = self._graph.share_x(s.sender, me)
+            if b_share.x != x or s_share.x != x:
+                self._abort("a delivered share has the wrong Shamir x-coordinate")
+            held[s.sender] = (b_share, s_share)
+        u2 = frozenset(held)
+        alive_holders = len(u2) + 1
+        if alive_holders < self._t:
+            self._abort(f"only {alive_holders} of this client's share holders are still in the round, fewer than the threshold {self._t}")
+
+        fp = self._params.fixed_point()
+        acc, clipped = encode(self._input, fp)
+        acc = np.ascontiguousarray(acc)
+        add_mask_(acc, derive_key(self._b_u, session_id=sid, purpose=SELF_MASK_PURPOSE, party_a=me, party_b=me), +1)
+        s_sk = self._s_key.private_bytes()
+        for v in sorted(u2):
+            s_uv = derive_key(x25519_shared_secret(s_sk, self._keys[v].s_pk), session_id=sid,
+                              purpose=PURPOSE_MASK, party_a=me, party_b=v)
+            add_mask_(acc, s_uv, +1 if v > me else -1)
+        self._held, self._u2_neighbours = held, u2
+        self._input = None  # the plaintext update is not needed any more
+        self._b_u = b""
+        self._s_key = None
+        self._c_key = None
+        self._stats = ClientStats(clipped=clipped, neighbours_masked=len(u2), upload_bytes=int(acc.nbytes))
+        self._stage = ClientStage.AWAIT_SURVIVORS
+        return MaskedInput(sid, Stage.MASKED_INPUT, me, acc)
+
+    def _on_survivors(self, msg: SurvivorList) -> ConsistencySignature:
+        assert self._graph is not None
+        me = self.client_id
+        survivors = set(msg.survivors)
+        if me not in survivors:
+            self._abort("the survivor list omits this client, which sent its masked input")
+        if not survivors <= set(self._keys):
+            self._abort("the survivor list names clients that never advertised keys")
+        if len(survivors) < self._t:
+            self._abort(f"only {len(survivors)} survivors, fewer than the threshold {self._t}")
+        bad = (survivors & self._graph.of(me)) - self._u2_neighbours
+        if bad:
+            self._abort(f"survivor {min(bad)} never sent this client its shares")
+        self._signed_survivors = msg.survivors
+        sig = self._identity.sign(consistency_payload(self._session_id, msg.survivors))
+        self._stage = ClientStage.AWAIT_UNMASK
+        return ConsistencySignature(self._session_id, Stage.CONSISTENCY, me, sig)
+
+    def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
+        assert self._graph is not None and self._own_shares is not None
+        me, graph = self.client_id, self._graph
+        if msg.survivors != self._signed_survivors:
+            self._abort("the unmask request carries another survivor list than the one this client signed")
+        survivors, dropped = set(msg.survivors), set(msg.dropped)
+        if survivors & dropped:
+            self._abort(f"client {min(survivors & dropped)} is listed both as survivor and as dropped")
+        if not dropped <= set(self._keys):
+            self._abort("the dropped list names clients that never advertised keys")
+        neighbours = graph.of(me)
+        for v in neighbours:
+            in_u2 = v in self._u2_neighbours
+            listed = v in survivors or v in dropped
+            if in_u2 != listed:
+                self._abort(f"neighbour {v}'s status disagrees with the shares this client received")
+        # Consistency check: every signature must verify over the list this client signed, and
+        # each client whose share this client reveals needs >= t signers among its holders (so two
+        # different lists can never both gather a majority of one client's holders).
+        payload = consistency_payload(self._session_id, msg.survivors)
+        signers = set()
+        for s in msg.signatures:
+            if s.client_id not in survivors:
+                self._abort(f"consistency signature from client {s.client_id}, who is not a survivor")
+            try:
+                verify_signature(self._identities[s.client_id], s.signature, payload)
+            except CryptoError:
+                self._abort("a consistency signature does not verify")
+            signers.add(s.client_id)
+        if me not in signers:
+            self._abort("this client's own consistency signature is missing")
+        for owner in sorted(self._u2_neighbours | {me}):
+            got = len(signers.intersection(graph.holders(owner)))
+            if got < self._t:
+                self._abort(f"only {got} consistency signatures among the share holders of client {owner}, fewer than the threshold {self._t}")
+
+        b_out, s_out = [], []
+        for owner in sorted(self._u2_neighbours | {me}):
+            b_share, s_share = self._own_shares if owner == me else self._held[owner]
+            kind = ShareKind.SELF_MASK if owner in survivors else ShareKind.MASK_KEY
+            if self._revealed.get(owner, kind) is not kind:
+                self._abort(f"refusing to reveal both shares of client {owner}")
+            self._revealed[owner] = kind
+            if kind is ShareKind.SELF_MASK:
+                b_out.append(RevealedShare(owner, b_share.to_bytes()))
+            else:
+                s_out.append(RevealedShare(owner, s_share.to_bytes()))
+        self._stage = ClientStage.DONE
+        self._wipe()
+        return UnmaskResponse(self._session_id, Stage.UNMASK, me, tuple(b_out), tuple(s_out))
+
+
+_HANDLERS: dict[type, Callable] = {
+    RoundSetup: SecAggClient._on_setup,
+    KeyBroadcast: SecAggClient._on_keys,
+    ShareDelivery: SecAggClient._on_shares,
+    SurvivorList: SecAggClient._on_survivors,
+    UnmaskRequest: SecAggClient._on_unmask,
+}

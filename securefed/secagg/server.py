@@ -1,0 +1,377 @@
+"""The server side of secure aggregation as a pure state machine.
+
+The daemon feeds it client messages (``receive``) and, at each stage's deadline (or once
+``pending()`` is empty), calls ``close_stage()``, which declares the silent clients dropped and
+returns the next server messages keyed by recipient. No I/O, no threads, no clock.
+
+A bad message from one client is refused with ``InvalidMessage`` and leaves the round as it
+was (that client simply counts as dropped when the stage closes): one client must not be able
+to abort everyone's round. ``ProtocolAbort`` is raised when the round itself cannot finish
+(too few clients or shares left); then no aggregate is ever released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from securefed.crypto.fixedpoint import decode_sum
+from securefed.crypto.keys import PURPOSE_MASK, AgreementKeyPair, derive_key, verify_signature, x25519_shared_secret
+from securefed.crypto.prg import add_mask_, ring_dtype
+from securefed.crypto.shamir import Share, combine
+from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg.messages import (
+    AdvertisedKeys,
+    AdvertiseKeys,
+    CohortMember,
+    ConsistencySignature,
+    KeyBroadcast,
+    MaskedInput,
+    RoundSetup,
+    ServerStage,
+    ShareDelivery,
+    ShareKeys,
+    SignedSurvivors,
+    Stage,
+    SurvivorList,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from securefed.secagg.params import SecAggParams
+from securefed.secagg.session import (
+    SELF_MASK_PURPOSE,
+    NeighbourGraph,
+    advertise_payload,
+    consistency_payload,
+    plan_digest,
+    session_id,
+)
+
+SECRET_SIZE = 32
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The unmasked sum: exact in the ring, and decoded to floats."""
+
+    ring_sum: np.ndarray = field(repr=False)  # uint32/uint64: sum of the encoded inputs of ``survivors``
+    values: np.ndarray = field(repr=False)  # float64 decode of ring_sum
+    survivors: tuple[int, ...]  # U3: exactly the clients whose inputs are in the sum
+    dropouts: Mapping[int, Stage]  # cohort members left out, with the stage they failed to answer
+    session_id: bytes
+
+    @property
+    def n_summed(self) -> int:
+        return len(self.survivors)
+
+
+class SecAggServer:
+    """The aggregator for one round. See the module docstring for the calling pattern."""
+
+    def __init__(self, params: SecAggParams, *, round_id: int, vector_length: int,
+                 cohort: Mapping[int, bytes] | Iterable[CohortMember], plan: bytes = b"",
+                 model_hash: bytes = bytes(32)) -> None:
+        if not isinstance(params, SecAggParams):
+            raise InvalidInput("params must be SecAggParams")
+        members = (tuple(CohortMember(cid, key) for cid, key in cohort.items()) if isinstance(cohort, Mapping)
+                   else tuple(cohort))
+        members = tuple(sorted(members, key=lambda m: m.client_id))
+        n = len(members)
+        params.check_cohort(n)
+        k = params.effective_degree(n)
+        setup = RoundSetup(
+            session_id=bytes(32), stage=Stage.ADVERTISE_KEYS, round_id=round_id, plan=plan, model_hash=model_hash,
+            vector_length=vector_length, threshold=params.threshold, neighbour_degree=0 if k == n - 1 else k,
+            ring_bits=params.ring_bits, frac_bits=params.frac_bits, clip=float(params.clip), cohort=members,
+        )
+        try:
+            setup.validate()
+        except InvalidMessage as exc:
+            raise InvalidInput(f"round setup: {exc}") from None
+        if len({m.identity_key for m in members}) != n:
+            raise InvalidInput("two cohort members share an identity key; each client needs its own")
+        digest = plan_digest(round_id=round_id, plan=plan, model_hash=model_hash, vector_length=vector_length,
+                             threshold=setup.threshold, neighbour_degree=setup.neighbour_degree,
+                             ring_bits=setup.ring_bits, frac_bits=setup.frac_bits, clip=setup.clip, cohort=members)
+        self._setup = RoundSetup(**{**setup.__dict__, "session_id": digest})
+        self.params = params
+        self._fp = params.fixed_point()
+        self._t = params.threshold
+        self._d = vector_length
+        self._dtype = ring_dtype(params.ring_bits)
+        self._identities = {m.client_id: m.identity_key for m in members}
+        self._plan_digest = digest
+        self._session_id = b""
+        self._stage = ServerStage.COLLECT_KEYS
+        self._expected: frozenset[int] = frozenset(self._identities)
+        self._received: dict[int, object] = {}
+        self._dropouts: dict[int, Stage] = {}
+        self._keys: dict[int, AdvertisedKeys] = {}
+        self._graph: NeighbourGraph | None = None
+        self._shares: dict[int, ShareKeys] = {}
+        self._u2: frozenset[int] = frozenset()
+        self._u3: tuple[int, ...] = ()
+        self._u3_set: frozenset[int] = frozenset()
+        self._signatures: dict[int, SignedSurvivors] = {}
+        self._b_shares: dict[int, list[Share]] = {}
+        self._s_shares: dict[int, list[Share]] = {}
+        self._sum: np.ndarray | None = None
+        self._result: AggregateResult | None = None
+
+    # ---- public surface --------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> ServerStage:
+        return self._stage
+
+    @property
+    def plan_digest(self) -> bytes:
+        return self._plan_digest
+
+    @property
+    def session_id(self) -> bytes:
+        """The full session id once keys are collected (b"" before)."""
+        return self._session_id
+
+    @property
+    def dropouts(self) -> dict[int, Stage]:
+        """Clients declared dropped so far, with the stage whose message they did not send."""
+        return dict(self._dropouts)
+
+    @property
+    def graph(self) -> NeighbourGraph | None:
+        return self._graph
+
+    @property
+    def result(self) -> AggregateResult:
+        if self._result is None:
+            raise ProtocolAbort("no aggregate: the round has not completed")
+        return self._result
+
+    def start(self) -> dict[int, RoundSetup]:
+        """The RoundSetup for every cohort member (the same message for all)."""
+        if self._stage is not ServerStage.COLLECT_KEYS:
+            raise ProtocolAbort("the round has already started")
+        return {cid: self._setup for cid in self._identities}
+
+    def pending(self) -> frozenset[int]:
+        """Clients expected to answer the current stage that have not (yet)."""
+        if self._stage in (ServerStage.DONE, ServerStage.ABORTED):
+            return frozenset()
+        return self._expected - self._received.keys()
+
+    def receive(self, message: object) -> None:
+        """Accept one client message for the current stage, or refuse it with ``InvalidMessage``."""
+        if self._stage in (ServerStage.DONE, ServerStage.ABORTED):
+            raise InvalidMessage(f"round is over ({self._stage.name}); message refused")
+        handler = _HANDLERS.get(type(message))
+        if handler is None:
+            raise InvalidMessage(f"unexpected message type {type(message).__name__}")
+        expected = Stage(self._stage.value)
+        if message.stage != expected or type(message).STAGE != expected:  # type: ignore[attr-defined]
+            late = isinstance(message.stage, Stage) and message.stage < expected  # type: ignore[attr-defined]
+            raise InvalidMessage(f"{type(message).__name__} for stage {message.stage!r} refused while collecting "  # type: ignore[attr-defined]
+                                 f"{expected.name}" + (" (too late: the stage is closed)" if late else ""))
+        message.validate()  # type: ignore[attr-defined]
+        want = self._plan_digest if expected is Stage.ADVERTISE_KEYS else self._session_id
+        if message.session_id != want:  # type: ignore[attr-defined]
+            raise InvalidMessage("message belongs to another session")
+        cid = message.client_id  # type: ignore[attr-defined]
+        if cid not in self._expected:
+            why = f"dropped at {self._dropouts[cid].name}" if cid in self._dropouts else "not expected at this stage"
+            raise InvalidMessage(f"message from client {cid} refused: {why}")
+        if cid in self._received:
+            raise InvalidMessage(f"client {cid} already answered this stage")
+        handler(self, message)
+        self._received[cid] = True
+
+    def close_stage(self) -> dict[int, object]:
+        """End the current stage: silent clients are dropped; return the next messages by recipient.
+
+        After the UNMASK stage this unmasks the sum (see ``result``) and returns ``{}``.
+        ``ProtocolAbort`` (and the ABORTED state) when the round can no longer succeed.
+        """
+        if self._stage in (ServerStage.DONE, ServerStage.ABORTED):
+            raise ProtocolAbort(f"round is over ({self._stage.name})")
+        stage = Stage(self._stage.value)
+        answered = frozenset(self._received)
+        for cid in self._expected - answered:
+            self._dropouts[cid] = stage
+        if len(answered) < self._t:
+            self._abort(f"only {len(answered)} clients answered stage {stage.name}, fewer than the threshold {self._t}")
+        try:
+            out = _CLOSERS[stage](self, answered)
+        except ProtocolAbort:
+            self._stage = ServerStage.ABORTED
+            self._sum = None
+            raise
+        self._expected = frozenset(out) if self._stage is not ServerStage.DONE else frozenset()
+        self._received = {}
+        return out
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    def _abort(self, reason: str):
+        self._stage = ServerStage.ABORTED
+        self._sum = None
+        raise ProtocolAbort(f"round aborted, no aggregate released: {reason}")
+
+    def _needed(self, u3: Iterable[int]) -> frozenset[int]:
+        """Clients whose secret must be rebuilt: survivors (b_u), dropped-after-sharing ones with a surviving neighbour (s_sk)."""
+        assert self._graph is not None
+        u3 = frozenset(u3)
+        return u3 | frozenset(u for u in self._u2 - u3 if self._graph.of(u) & u3)
+
+    def _check_holders(self, owners: Iterable[int], alive: frozenset[int], stage: Stage) -> None:
+        assert self._graph is not None
+        for u in sorted(owners):
+            have = len(alive.intersection(self._graph.holders(u)))
+            if have < self._t:
+                self._abort(f"after stage {stage.name} only {have} share holders of client {u} remain, fewer than the threshold {self._t}")
+
+    # ---- receive handlers (check, then store) ------------------------------------------------------
+
+    def _recv_keys(self, msg: AdvertiseKeys) -> None:
+        try:
+            verify_signature(self._identities[msg.client_id], msg.signature,
+                             advertise_payload(self._plan_digest, msg.client_id, msg.c_pk, msg.s_pk))
+        except CryptoError:
+            raise InvalidMessage(f"client {msg.client_id}: key signature does not verify") from None
+        if msg.c_pk == msg.s_pk:
+            raise InvalidMessage(f"client {msg.client_id}: c_pk and s_pk must differ")
+        seen = {pk for k in self._keys.values() for pk in (k.c_pk, k.s_pk)}
+        if msg.c_pk in seen or msg.s_pk in seen:
+            raise InvalidMessage(f"client {msg.client_id}: public key already used by another client")
+        self._keys[msg.client_id] = msg.keys()
+
+    def _recv_shares(self, msg: ShareKeys) -> None:
+        assert self._graph is not None
+        if {s.receiver for s in msg.shares} != self._graph.of(msg.client_id):
+            raise InvalidMessage(f"client {msg.client_id}: shares must go to exactly its neighbours")
+        self._shares[msg.client_id] = msg
+
+    def _recv_masked(self, msg: MaskedInput) -> None:
+        if msg.masked.dtype != self._dtype or msg.masked.shape != (self._d,):
+            raise InvalidMessage(f"client {msg.client_id}: masked input must be {self._dtype} of length {self._d}")
+        if self._sum is None:
+            self._sum = np.zeros(self._d, dtype=self._dtype)
+        np.add(self._sum, msg.masked, out=self._sum)  # unsigned wrap-around = addition mod 2^bits
+
+    def _recv_signature(self, msg: ConsistencySignature) -> None:
+        try:
+            verify_signature(self._identities[msg.client_id], msg.signature,
+                             consistency_payload(self._session_id, self._u3))
+        except CryptoError:
+            raise InvalidMessage(f"client {msg.client_id}: consistency signature does not verify") from None
+        self._signatures[msg.client_id] = SignedSurvivors(msg.client_id, msg.signature)
+
+    def _recv_unmask(self, msg: UnmaskResponse) -> None:
+        assert self._graph is not None
+        cid, u3 = msg.client_id, self._u3_set
+        parsed: list[tuple[int, Share, bool]] = []
+        for shares, is_b in ((msg.self_mask_shares, True), (msg.key_shares, False)):
+            for r in shares:
+                if r.owner not in self._graph or cid not in self._graph.holders(r.owner):
+                    raise InvalidMessage(f"client {cid} holds no share of client {r.owner}")
+                if is_b != (r.owner in u3) or r.owner not in self._u2:
+                    raise InvalidMessage(f"client {cid}: wrong kind of share for client {r.owner}")
+                try:
+                    share = Share.from_bytes(r.share)
+                except CryptoError:
+                    raise InvalidMessage(f"client {cid}: malformed share of client {r.owner}") from None
+                if share.x != self._graph.share_x(r.owner, cid):
+                    raise InvalidMessage(f"client {cid}: share of client {r.owner} has the wrong x-coordinate")
+                parsed.append((r.owner, share, is_b))
+        for owner, share, is_b in parsed:
+            (self._b_shares if is_b else self._s_shares).setdefault(owner, []).append(share)
+
+    # ---- stage closers -----------------------------------------------------------------------------
+
+    def _close_keys(self, u1: frozenset[int]) -> dict[int, object]:
+        keys = tuple(self._keys[c] for c in sorted(u1))
+        self._session_id = session_id(self._plan_digest, keys)
+        self._graph = NeighbourGraph.build(self._session_id, sorted(u1), self.params.effective_degree(len(u1)))
+        self._check_holders(u1, u1, Stage.ADVERTISE_KEYS)
+        self._stage = ServerStage.COLLECT_SHARES
+        msg = KeyBroadcast(self._session_id, Stage.SHARE_KEYS, keys)
+        return {c: msg for c in sorted(u1)}
+
+    def _close_shares(self, u2: frozenset[int]) -> dict[int, object]:
+        self._u2 = u2
+        self._check_holders(u2, u2, Stage.SHARE_KEYS)
+        inbox: dict[int, list] = {v: [] for v in u2}
+        for u in sorted(u2):
+            for s in self._shares[u].shares:
+                if s.receiver in inbox:
+                    inbox[s.receiver].append(s)
+        self._shares = {}
+        self._stage = ServerStage.COLLECT_MASKED_INPUTS
+        return {v: ShareDelivery(self._session_id, Stage.MASKED_INPUT, v, tuple(inbox[v])) for v in sorted(u2)}
+
+    def _close_masked(self, u3: frozenset[int]) -> dict[int, object]:
+        self._u3 = tuple(sorted(u3))
+        self._u3_set = u3
+        self._check_holders(self._needed(u3), u3, Stage.MASKED_INPUT)
+        self._stage = ServerStage.COLLECT_SIGNATURES
+        msg = SurvivorList(self._session_id, Stage.CONSISTENCY, self._u3)
+        return {c: msg for c in self._u3}
+
+    def _close_signatures(self, u4: frozenset[int]) -> dict[int, object]:
+        self._check_holders(self._needed(self._u3_set), u4, Stage.CONSISTENCY)
+        dropped = tuple(sorted(self._u2 - self._u3_set))
+        sigs = tuple(self._signatures[c] for c in sorted(u4))
+        self._stage = ServerStage.COLLECT_UNMASK_SHARES
+        msg = UnmaskRequest(self._session_id, Stage.UNMASK, self._u3, dropped, sigs)
+        return {c: msg for c in sorted(u4)}
+
+    def _close_unmask(self, u5: frozenset[int]) -> dict[int, object]:
+        assert self._graph is not None and self._sum is not None
+        u3 = self._u3_set
+        needed = self._needed(u3)
+        self._check_holders(needed, u5, Stage.UNMASK)
+        secrets_: dict[int, bytes] = {}
+        for u in sorted(needed):
+            shares = (self._b_shares if u in u3 else self._s_shares).get(u, [])
+            # One share beyond t (when there is one) lets combine() detect an inconsistent share.
+            try:
+                secrets_[u] = combine(shares[: self._t + 1], self._t, SECRET_SIZE)
+            except CryptoError as exc:
+                self._abort(f"cannot rebuild the secret of client {u}: {exc}")
+        for u in sorted(needed - u3):
+            if AgreementKeyPair.from_private_bytes(secrets_[u]).public_bytes() != self._keys[u].s_pk:
+                self._abort(f"the rebuilt mask key of dropped client {u} does not match its public key")
+        total = self._sum
+        sid = self._session_id
+        # Each mask is expanded exactly once, straight into the running sum.
+        for u in self._u3:
+            add_mask_(total, derive_key(secrets_[u], session_id=sid, purpose=SELF_MASK_PURPOSE, party_a=u, party_b=u), -1)
+        for u in sorted(needed - u3):
+            s_sk = secrets_[u]
+            for v in sorted(self._graph.of(u) & u3):
+                s_uv = derive_key(x25519_shared_secret(s_sk, self._keys[v].s_pk), session_id=sid,
+                                  purpose=PURPOSE_MASK, party_a=u, party_b=v)
+                # v added +PRG(s_uv) if u > v, else -PRG(s_uv): take it back out.
+                add_mask_(total, s_uv, -1 if u > v else +1)
+        self._sum = None
+        values = decode_sum(total, self._fp, len(self._u3))
+        self._result = AggregateResult(total, values, self._u3, dict(self._dropouts), sid)
+        self._stage = ServerStage.DONE
+        return {}
+
+
+_HANDLERS = {
+    AdvertiseKeys: SecAggServer._recv_keys,
+    ShareKeys: SecAggServer._recv_shares,
+    MaskedInput: SecAggServer._recv_masked,
+    ConsistencySignature: SecAggServer._recv_signature,
+    UnmaskResponse: SecAggServer._recv_unmask,
+}
+_CLOSERS = {
+    Stage.ADVERTISE_KEYS: SecAggServer._close_keys,
+    Stage.SHARE_KEYS: SecAggServer._close_shares,
+    Stage.MASKED_INPUT: SecAggServer._close_masked,
+    Stage.CONSISTENCY: SecAggServer._close_signatures,
+    Stage.UNMASK: SecAggServer._close_unmask,
+}

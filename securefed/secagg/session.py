@@ -1,0 +1,138 @@
+"""Session identity, the SecAgg+ neighbour graph, and the byte strings that get signed.
+
+Everything here is deterministic and public: both sides compute it from what they saw, and a
+difference anywhere (a plan, a key, a survivor list) changes a hash and aborts the round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from securefed import PROTOCOL_VERSION
+from securefed.secagg.messages import AdvertisedKeys, CohortMember
+
+PLAN_DOMAIN = b"securefed/secagg/plan/v1"
+SESSION_DOMAIN = b"securefed/secagg/session/v1"
+ADVERTISE_DOMAIN = b"securefed/secagg/advertise/v1"
+CONSISTENCY_DOMAIN = b"securefed/secagg/consistency/v1"
+GRAPH_DOMAIN = b"securefed/secagg/graph/v1"
+SELF_MASK_PURPOSE = b"securefed/self-mask/v1"
+
+
+def _u64(v: int) -> bytes:
+    return struct.pack(">Q", v)
+
+
+def encode_fields(*parts: bytes | int | float) -> bytes:
+    """Unambiguous concatenation: every part is length-prefixed (ints 8-byte BE, floats IEEE BE)."""
+    out = bytearray()
+    for p in parts:
+        if isinstance(p, bool):
+            raise TypeError("bool is not a protocol field")
+        if isinstance(p, int):
+            b = _u64(p)
+        elif isinstance(p, float):
+            b = struct.pack(">d", p)
+        else:
+            b = bytes(p)
+        out += _u64(len(b)) + b
+    return bytes(out)
+
+
+def plan_digest(*, round_id: int, plan: bytes, model_hash: bytes, vector_length: int, threshold: int,
+                neighbour_degree: int, ring_bits: int, frac_bits: int, clip: float,
+                cohort: Sequence[CohortMember]) -> bytes:
+    """SHA-256 of the protocol version and the whole plan, cohort included (sorted by id)."""
+    members = sorted(cohort, key=lambda m: m.client_id)
+    body = encode_fields(PLAN_DOMAIN, PROTOCOL_VERSION, round_id, plan, model_hash, vector_length, threshold,
+                         neighbour_degree, ring_bits, frac_bits, float(clip), len(members))
+    body += b"".join(encode_fields(m.client_id, m.identity_key) for m in members)
+    return hashlib.sha256(body).digest()
+
+
+def session_id(plan_digest_: bytes, keys: Iterable[AdvertisedKeys]) -> bytes:
+    """SHA-256 of the plan digest and ALL round public keys, sorted by client id.
+
+    The plan digest already covers protocol version, round id, plan, model hash and cohort.
+    """
+    ks = sorted(keys, key=lambda k: k.client_id)
+    body = encode_fields(SESSION_DOMAIN, plan_digest_, len(ks))
+    body += b"".join(encode_fields(k.client_id, k.c_pk, k.s_pk) for k in ks)
+    return hashlib.sha256(body).digest()
+
+
+def advertise_payload(plan_digest_: bytes, client_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+    """What a client signs with its identity key when it advertises its round keys."""
+    return encode_fields(ADVERTISE_DOMAIN, plan_digest_, client_id, c_pk, s_pk)
+
+
+def consistency_payload(session_id_: bytes, survivors: Sequence[int]) -> bytes:
+    """What a client signs to confirm the survivor list U3 it was shown."""
+    return encode_fields(CONSISTENCY_DOMAIN, session_id_, len(survivors), *survivors)
+
+
+# ---- neighbour graph ------------------------------------------------------------------------------
+
+def _uniform_below(seed: bytes, counter: int, bound: int) -> tuple[int, int]:
+    """A uniform integer in [0, bound) from SHA-256(seed || counter), by rejection; returns (value, next counter)."""
+    limit = (1 << 64) - ((1 << 64) % bound)
+    while True:
+        v = int.from_bytes(hashlib.sha256(seed + _u64(counter)).digest()[:8], "big")
+        counter += 1
+        if v < limit:
+            return v % bound, counter
+
+
+def permutation(session_id_: bytes, client_ids: Sequence[int]) -> list[int]:
+    """Fisher-Yates shuffle of the sorted ids driven by SHA-256 of the session id (not chosen by the server)."""
+    order = sorted(client_ids)
+    seed = hashlib.sha256(GRAPH_DOMAIN + session_id_).digest()
+    counter = 0
+    for i in range(len(order) - 1, 0, -1):
+        j, counter = _uniform_below(seed, counter, i + 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+@dataclass(frozen=True)
+class NeighbourGraph:
+    """The SecAgg+ graph over U1: a Harary graph H(k, n) on a session-seeded permutation of the ids.
+
+    Position p is joined to positions p +- 1 .. p +- k/2 (mod n); k = n - 1 gives the complete graph.
+    ``holders(u)`` (u's neighbours and u itself, sorted) hold Shamir shares of u's secrets; the
+    share of holder v has x = 1 + its index in that list.
+    """
+
+    neighbours: Mapping[int, frozenset[int]]
+
+    @classmethod
+    def build(cls, session_id_: bytes, client_ids: Sequence[int], degree: int) -> "NeighbourGraph":
+        n = len(client_ids)
+        ids = sorted(client_ids)
+        if degree >= n - 1:
+            every = frozenset(ids)
+            return cls({u: every - {u} for u in ids})
+        if degree % 2 or degree < 2:
+            raise ValueError("degree must be even and >= 2")
+        order = permutation(session_id_, ids)
+        half = degree // 2
+        nbrs: dict[int, frozenset[int]] = {}
+        for p, u in enumerate(order):
+            nbrs[u] = frozenset(order[(p + j) % n] for j in range(-half, half + 1) if j != 0)
+        return cls(nbrs)
+
+    def __contains__(self, u: int) -> bool:
+        return u in self.neighbours
+
+    def of(self, u: int) -> frozenset[int]:
+        return self.neighbours[u]
+
+    def holders(self, u: int) -> tuple[int, ...]:
+        return tuple(sorted(self.neighbours[u] | {u}))
+
+    def share_x(self, owner: int, holder: int) -> int:
+        """The Shamir x-coordinate of ``holder``'s share of ``owner``'s secrets."""
+        return self.holders(owner).index(holder) + 1

@@ -1,0 +1,113 @@
+"""In-memory driver: n clients and one server run a whole round with no network.
+
+Used by the tests, the benchmarks, the threat-model checks and the daemons' contract tests::
+
+    from securefed.secagg.simulation import simulate_round, DropAt
+    out = simulate_round(inputs={1: x1, 2: x2, 3: x3}, params=SecAggParams(threshold=2))
+    out.result.values            # float sum of the survivors' inputs
+    out.result.ring_sum          # exact ring sum
+
+Hooks:
+* ``drop``: ``{client_id: Stage}``: the client goes silent instead of answering the server
+  message of that stage (``Stage.ADVERTISE_KEYS`` = never joins; ``Stage.UNMASK`` = drops after
+  the consistency check, so it is in the sum but sends no unmask shares).
+* ``tamper``: ``(stage, recipient, message) -> message``, applied to every server->client
+  message before delivery: a malicious server. Returning a different object delivers that one.
+* ``on_client_abort``: RAISE (default) propagates the first client's ``ProtocolAbort``;
+  DROP lets that client go silent (as a real client would) and records it in ``client_aborts``.
+
+Returns a ``SimulationOutcome`` or raises ``ProtocolAbort`` (the server's, or a client's with RAISE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from securefed.crypto.keys import IdentityKeyPair
+from securefed.errors import InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg.client import ClientStats, SecAggClient
+from securefed.secagg.messages import Stage
+from securefed.secagg.params import SecAggParams
+from securefed.secagg.server import AggregateResult, SecAggServer
+
+Tamper = Callable[[Stage, int, object], object]
+
+
+class OnClientAbort(Enum):
+    RAISE = "raise"
+    DROP = "drop"
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationOutcome:
+    result: AggregateResult
+    server: SecAggServer = field(repr=False)
+    clients: Mapping[int, SecAggClient] = field(repr=False)
+    client_aborts: Mapping[int, str]  # client id -> abort message (OnClientAbort.DROP only)
+    refused: Mapping[int, str]  # client id -> why the server refused its message (the client then counts as dropped)
+
+    @property
+    def stats(self) -> dict[int, ClientStats | None]:
+        return {cid: c.stats for cid, c in self.clients.items()}
+
+
+def make_identities(client_ids) -> dict[int, IdentityKeyPair]:
+    """Fresh Ed25519 identity keys for the given ids."""
+    return {cid: IdentityKeyPair.generate() for cid in client_ids}
+
+
+def simulate_round(inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
+                   plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
+                   drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
+                   identities: Mapping[int, IdentityKeyPair] | None = None,
+                   on_client_abort: OnClientAbort = OnClientAbort.RAISE) -> SimulationOutcome:
+    """Run one full round; see the module docstring."""
+    if not inputs:
+        raise InvalidInput("inputs must name at least one client")
+    lengths = {np.asarray(v).size for v in inputs.values()}
+    if len(lengths) != 1:
+        raise InvalidInput("every client input must have the same length")
+    drop = dict(drop or {})
+    if set(drop) - set(inputs):
+        raise InvalidInput(f"drop names unknown clients: {sorted(set(drop) - set(inputs))}")
+    identities = dict(identities) if identities is not None else make_identities(inputs)
+    server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan, model_hash=model_hash,
+                          cohort={cid: identities[cid].public_bytes() for cid in inputs})
+    clients = {cid: SecAggClient(cid, identities[cid]) for cid in sorted(inputs)}
+    for cid, c in clients.items():
+        c.set_input(np.asarray(inputs[cid]))
+    aborts: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    outbox: dict[int, object] = server.start()
+    for stage in Stage:
+        for cid, msg in sorted(outbox.items()):
+            if drop.get(cid) is stage or cid in aborts:
+                continue
+            if tamper is not None:
+                msg = tamper(stage, cid, msg)
+            try:
+                reply = clients[cid].handle(msg)
+            except ProtocolAbort as exc:
+                if on_client_abort is OnClientAbort.RAISE:
+                    raise
+                aborts[cid] = str(exc)
+                continue
+            try:
+                server.receive(reply)
+            except InvalidMessage as exc:
+                refused[cid] = str(exc)
+        outbox = server.close_stage()
+    return SimulationOutcome(server.result, server, clients, aborts, refused)
+
+
+def plain_ring_sum(encoded: Mapping[int, np.ndarray], ids) -> np.ndarray:
+    """Reference: the ring sum of already-encoded vectors (for exactness checks)."""
+    vecs = [encoded[i] for i in ids]
+    total = np.zeros_like(vecs[0])
+    for v in vecs:
+        np.add(total, v, out=total)
+    return total
