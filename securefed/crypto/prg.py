@@ -56,9 +56,8 @@ def _fill(encryptor: CipherContext, out: memoryview) -> None:
 def keystream(key: bytes, nbytes: int) -> bytes:
     """The first ``nbytes`` of the AES-256-CTR keystream under ``key`` (counter block 0)."""
     n = require_int(nbytes, "nbytes", InvalidInput, lo=0)
-    buf = bytearray(n)
-    _fill(_encryptor(key), memoryview(buf))
-    return bytes(buf)
+    enc = _encryptor(key)
+    return b"".join(enc.update(_ZEROS[: min(_CHUNK_BYTES, n - start)]) for start in range(0, n, _CHUNK_BYTES))
 
 
 def expand_mask(key: bytes, d: int, ring_bits: int) -> np.ndarray:
