@@ -1,0 +1,210 @@
+"""CKKS key material and the client/server contexts.
+
+* ``ClientContext`` holds the federation's shared secret key (made once at provisioning with
+  :func:`generate_client_context`, handed to members out of band with ``serialize_secret()``).
+  Clients encrypt with the *secret* key (SEAL symmetric encryption): the second ciphertext
+  polynomial is then a PRNG expansion of a 64-byte seed, so an upload is half the size.
+* ``ServerContext`` is built from ``ClientContext.public_bytes()``: encryption parameters only, no
+  key of any kind. Loading refuses bytes that carry a secret key.
+* Both sides pin a named parameter set and refuse a context that deviates from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.he import _seal
+from securefed.he.params import DEFAULT_PARAMS_NAME, CkksParams, get_params
+from securefed.he.vector import EncryptedVector, check_chunks, check_length
+
+import tenseal.sealapi as sealapi
+
+# A parameters-only context is ~100 bytes; a secret one ~60 KB (N=4096) to ~250 KB (N=8192).
+MAX_PUBLIC_CONTEXT_BYTES = 4096
+MAX_SECRET_CONTEXT_BYTES = 4 * 1024 * 1024
+# Decoded padding slots of an honest sum are CKKS noise (~1e-8); far above means a foreign key.
+_PADDING_TOLERANCE = 2.0**-10
+
+
+def _resolve(params: CkksParams | str) -> CkksParams:
+    if isinstance(params, CkksParams):
+        return params
+    if isinstance(params, str):
+        return get_params(params)
+    raise InvalidInput("params must be a CkksParams or the name of a parameter set")
+
+
+def secure_gaussian(count: int) -> np.ndarray:
+    """``count`` iid N(0, 1) samples from os.urandom (Box-Muller).
+
+    numpy only converts the CSPRNG bytes to floats here; it is not used as a random generator.
+    """
+    pairs = (count + 1) // 2
+    raw = np.frombuffer(os.urandom(16 * pairs), dtype=np.uint64).reshape(2, pairs)
+    u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
+    u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    r = np.sqrt(-2.0 * np.log(u1))
+    theta = 2.0 * math.pi * u2
+    return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:count]
+
+
+class ServerContext:
+    """Encryption parameters without any key: enough to check and add ciphertexts, nothing more."""
+
+    __slots__ = ("params", "_ctx", "seal_context")
+
+    def __init__(self, ctx: Any, params: CkksParams) -> None:  # use from_public_bytes
+        self.params = params
+        self._ctx = ctx
+        self.seal_context = ctx.seal_context().data
+
+    @classmethod
+    def from_public_bytes(cls, data: bytes, params: CkksParams | str) -> "ServerContext":
+        params = _resolve(params)
+        ctx = _seal.load_context(data, MAX_PUBLIC_CONTEXT_BYTES)
+        if ctx.has_secret_key() or not ctx.is_public():
+            raise CryptoError(
+                "CKKS context for the server holds a secret key; give the server only public_bytes()"
+            )
+        _seal.check_context_params(ctx, params)
+        return cls(ctx, params)
+
+    load = from_public_bytes
+
+
+class ClientContext:
+    """The federation's shared CKKS secret context, as each member holds it."""
+
+    __slots__ = ("params", "_ctx", "_seal_ctx", "_encoder", "_encryptor", "_decryptor")
+
+    def __init__(self, ctx: Any, params: CkksParams) -> None:  # use generate/from_secret_bytes
+        if not ctx.has_secret_key():
+            raise CryptoError("CKKS client context has no secret key")
+        self.params = params
+        self._ctx = ctx
+        self._seal_ctx = ctx.seal_context().data
+        sk = ctx.secret_key().data
+        self._encoder = sealapi.CKKSEncoder(self._seal_ctx)
+        self._encryptor = sealapi.Encryptor(self._seal_ctx, sk)
+        self._decryptor = sealapi.Decryptor(self._seal_ctx, sk)
+
+    @classmethod
+    def from_secret_bytes(cls, data: bytes, params: CkksParams | str) -> "ClientContext":
+        params = _resolve(params)
+        ctx = _seal.load_context(data, MAX_SECRET_CONTEXT_BYTES)
+        if not ctx.has_secret_key():
+            raise CryptoError("CKKS client context bytes carry no secret key")
+        _seal.check_context_params(ctx, params)
+        return cls(ctx, params)
+
+    load = from_secret_bytes
+
+    def serialize_secret(self) -> bytes:
+        """Parameters and the secret key; share only among federation members, out of band."""
+        return _seal.serialize_context(self._ctx, secret=True)
+
+    def public_bytes(self) -> bytes:
+        """Parameters only (no key of any kind): what the server gets."""
+        return _seal.serialize_context(self._ctx, secret=False)
+
+    # --- encryption ---------------------------------------------------------------------------
+
+    def _check_input(self, vec: object) -> np.ndarray:
+        try:
+            x = np.asarray(vec)
+        except Exception:
+            raise InvalidInput("CKKS input must be a 1-D array of floats") from None
+        if x.ndim != 1 or x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+            raise InvalidInput(f"CKKS input must be a 1-D real array, got shape {x.shape} dtype {x.dtype}")
+        try:
+            check_length(self.params, int(x.shape[0]))
+        except InvalidMessage as exc:
+            raise InvalidInput(str(exc)) from None
+        x = x.astype(np.float64, copy=False)
+        if not np.all(np.isfinite(x)):
+            raise InvalidInput("CKKS input contains NaN or Inf; fix the update before encrypting")
+        peak = float(np.max(np.abs(x)))
+        if peak > self.params.max_abs_value:
+            raise InvalidInput(
+                f"CKKS input has |x| = {peak:g} > max_abs_value {self.params.max_abs_value:g} of "
+                f"{self.params.name!r}; scale or clip the update first"
+            )
+        return x
+
+    def encrypt(self, vec: object) -> EncryptedVector:
+        """Encrypt a real vector: N reals per ciphertext (real and imaginary parts of N/2 slots)."""
+        x = self._check_input(vec)
+        p = self.params
+        n, half = p.chunk_size, p.slot_count
+        count = p.chunks_for(len(x))
+        padded = np.zeros(count * n)
+        padded[: len(x)] = x
+        chunks = []
+        for i in range(count):
+            block = padded[i * n : (i + 1) * n]
+            z = block[:half] + 1j * block[half:]
+            pt = sealapi.Plaintext()
+            self._encoder.encode(z.tolist(), p.scale, pt)
+            # The Serializable form keeps c1 as a seed: only c0 goes on the wire.
+            chunks.append(_seal.save(self._encryptor.encrypt_symmetric(pt)))
+        return EncryptedVector(p.name, len(x), tuple(chunks))
+
+    # --- decryption ---------------------------------------------------------------------------
+
+    def decrypt(
+        self,
+        chunks: Sequence[bytes] | EncryptedVector,
+        length: int | None = None,
+        *,
+        summands: int | None = None,
+    ) -> np.ndarray:
+        """Decrypt a sum of at most ``summands`` vectors (default: params.max_summands).
+
+        Gaussian noise of std ``params.flood_sigma`` (from os.urandom) is added to every value
+        before it is returned, so that what a member later publishes is a fresh RLWE sample rather
+        than the exact c0 + c1·s, which would reveal the secret key (Li & Micciancio 2021).
+        Out-of-range values (a contribution under another key, corruption, overflow) abort.
+        """
+        if isinstance(chunks, EncryptedVector):
+            length = chunks.length if length is None else length
+            chunks = chunks.chunks
+        if length is None:
+            raise InvalidInput("decrypt needs the vector length")
+        p = self.params
+        items = check_chunks(p, chunks, length)
+        if summands is None:
+            summands = p.max_summands
+        if isinstance(summands, bool) or not isinstance(summands, int) or not 1 <= summands <= p.max_summands:
+            raise InvalidInput(f"summands must be an integer in 1..{p.max_summands}")
+        n, half = p.chunk_size, p.slot_count
+        out = np.empty(len(items) * n)
+        for i, blob in enumerate(items):
+            ct = _seal.load_ciphertext(self._seal_ctx, blob, p)
+            pt = sealapi.Plaintext()
+            self._decryptor.decrypt(ct, pt)
+            z = np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)
+            out[i * n : i * n + half] = z.real
+            out[i * n + half : (i + 1) * n] = z.imag
+        bound = summands * p.max_abs_value * (1 + 1e-9) + 2.0**-20
+        if not np.all(np.isfinite(out)) or float(np.max(np.abs(out[:length]))) > bound:
+            raise ProtocolAbort(
+                "decrypted CKKS aggregate is out of range: a contribution was encrypted under another "
+                "key, corrupted, or too many were summed; no aggregate is released"
+            )
+        if length < len(out) and float(np.max(np.abs(out[length:]))) > _PADDING_TOLERANCE:
+            raise ProtocolAbort(
+                "decrypted CKKS aggregate has non-zero padding: a contribution was encrypted under "
+                "another key or corrupted; no aggregate is released"
+            )
+        return out[:length] + p.flood_sigma * secure_gaussian(length)
+
+
+def generate_client_context(params: CkksParams | str = DEFAULT_PARAMS_NAME) -> ClientContext:
+    """Provisioning: a fresh secret key for the federation under a named parameter set."""
+    params = _resolve(params)
+    return ClientContext(_seal.new_context(params), params)
