@@ -34,14 +34,14 @@ from securefed.secagg.messages import (
 from securefed.secagg.params import SecAggParams, suggest_neighbour_degree, suggest_params, suggest_threshold
 from securefed.secagg.server import AggregateResult, SecAggServer
 from securefed.secagg.session import NeighbourGraph, plan_digest, session_id
-from securefed.secagg.simulation import OnClientAbort, SimulationOutcome, make_identities, simulate_round
+from securefed.secagg.simulation import OnClientAbort, SimulatedRound, SimulationOutcome, make_identities, simulate_round
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES", "SERVER_MESSAGE_TYPES", "AdvertiseKeys", "AdvertisedKeys", "AggregateResult",
     "ClientMessage", "ClientStage", "ClientStats", "CohortMember", "ConsistencySignature", "EncryptedShare",
     "KeyBroadcast", "MaskedInput", "NeighbourGraph", "OnClientAbort", "RevealedShare", "RoundSetup",
     "SecAggClient", "SecAggParams", "SecAggServer", "ServerMessage", "ServerStage", "ShareDelivery", "ShareKeys",
-    "ShareKind", "SignedSurvivors", "SimulationOutcome", "Stage", "SurvivorList", "UnmaskRequest",
+    "ShareKind", "SignedSurvivors", "SimulatedRound", "SimulationOutcome", "Stage", "SurvivorList", "UnmaskRequest",
     "UnmaskResponse", "make_identities", "plan_digest", "session_id", "simulate_round", "suggest_neighbour_degree",
     "suggest_params", "suggest_threshold",
 ]

@@ -60,48 +60,82 @@ def make_identities(client_ids) -> dict[int, IdentityKeyPair]:
     return {cid: IdentityKeyPair.generate() for cid in client_ids}
 
 
+class SimulatedRound:
+    """A round you can step one stage at a time (``simulate_round`` runs it to the end).
+
+    ``outbox`` holds the server messages of ``next_stage`` not yet delivered; ``step()`` delivers
+    them (through ``tamper``, skipping clients that drop at that stage or aborted), hands the
+    replies to the server and closes the stage. Tests can instead deliver messages by hand via
+    ``clients[cid].handle(...)`` and ``server.receive(...)``.
+    """
+
+    def __init__(self, inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
+                 plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
+                 identities: Mapping[int, IdentityKeyPair] | None = None) -> None:
+        if not inputs:
+            raise InvalidInput("inputs must name at least one client")
+        lengths = {np.asarray(v).size for v in inputs.values()}
+        if len(lengths) != 1:
+            raise InvalidInput("every client input must have the same length")
+        self.identities = dict(identities) if identities is not None else make_identities(inputs)
+        self.server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan,
+                                   model_hash=model_hash,
+                                   cohort={cid: self.identities[cid].public_bytes() for cid in inputs})
+        self.clients = {cid: SecAggClient(cid, self.identities[cid]) for cid in sorted(inputs)}
+        for cid, c in self.clients.items():
+            c.set_input(np.asarray(inputs[cid]))
+        self.outbox: dict[int, object] = self.server.start()
+        self.next_stage: Stage | None = Stage.ADVERTISE_KEYS
+        self.sent: dict[Stage, dict[int, object]] = {}  # what each client was actually given
+        self.replies: dict[Stage, dict[int, object]] = {}
+        self.client_aborts: dict[int, str] = {}
+        self.refused: dict[int, str] = {}
+
+    def step(self, *, drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
+             on_client_abort: OnClientAbort = OnClientAbort.RAISE) -> None:
+        if self.next_stage is None:
+            raise InvalidInput("the round is already complete")
+        stage, drop = self.next_stage, drop or {}
+        self.sent[stage], self.replies[stage] = {}, {}
+        for cid, msg in sorted(self.outbox.items()):
+            if drop.get(cid) is stage or cid in self.client_aborts:
+                continue
+            if tamper is not None:
+                msg = tamper(stage, cid, msg)
+            self.sent[stage][cid] = msg
+            try:
+                reply = self.clients[cid].handle(msg)
+            except ProtocolAbort as exc:
+                if on_client_abort is OnClientAbort.RAISE:
+                    raise
+                self.client_aborts[cid] = str(exc)
+                continue
+            self.replies[stage][cid] = reply
+            try:
+                self.server.receive(reply)
+            except InvalidMessage as exc:
+                self.refused[cid] = str(exc)
+        self.outbox = self.server.close_stage()
+        self.next_stage = Stage(stage + 1) if stage < Stage.UNMASK else None
+
+    def run(self, **kwargs) -> SimulationOutcome:
+        while self.next_stage is not None:
+            self.step(**kwargs)
+        return SimulationOutcome(self.server.result, self.server, self.clients, dict(self.client_aborts),
+                                 dict(self.refused))
+
+
 def simulate_round(inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
                    plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
                    drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
                    identities: Mapping[int, IdentityKeyPair] | None = None,
                    on_client_abort: OnClientAbort = OnClientAbort.RAISE) -> SimulationOutcome:
     """Run one full round; see the module docstring."""
-    if not inputs:
-        raise InvalidInput("inputs must name at least one client")
-    lengths = {np.asarray(v).size for v in inputs.values()}
-    if len(lengths) != 1:
-        raise InvalidInput("every client input must have the same length")
     drop = dict(drop or {})
     if set(drop) - set(inputs):
         raise InvalidInput(f"drop names unknown clients: {sorted(set(drop) - set(inputs))}")
-    identities = dict(identities) if identities is not None else make_identities(inputs)
-    server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan, model_hash=model_hash,
-                          cohort={cid: identities[cid].public_bytes() for cid in inputs})
-    clients = {cid: SecAggClient(cid, identities[cid]) for cid in sorted(inputs)}
-    for cid, c in clients.items():
-        c.set_input(np.asarray(inputs[cid]))
-    aborts: dict[int, str] = {}
-    refused: dict[int, str] = {}
-    outbox: dict[int, object] = server.start()
-    for stage in Stage:
-        for cid, msg in sorted(outbox.items()):
-            if drop.get(cid) is stage or cid in aborts:
-                continue
-            if tamper is not None:
-                msg = tamper(stage, cid, msg)
-            try:
-                reply = clients[cid].handle(msg)
-            except ProtocolAbort as exc:
-                if on_client_abort is OnClientAbort.RAISE:
-                    raise
-                aborts[cid] = str(exc)
-                continue
-            try:
-                server.receive(reply)
-            except InvalidMessage as exc:
-                refused[cid] = str(exc)
-        outbox = server.close_stage()
-    return SimulationOutcome(server.result, server, clients, aborts, refused)
+    rnd = SimulatedRound(inputs, params, round_id=round_id, plan=plan, model_hash=model_hash, identities=identities)
+    return rnd.run(drop=drop, tamper=tamper, on_client_abort=on_client_abort)
 
 
 def plain_ring_sum(encoded: Mapping[int, np.ndarray], ids) -> np.ndarray:
