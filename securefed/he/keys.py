@@ -25,7 +25,8 @@ from securefed.he.vector import EncryptedVector, check_chunks, check_length
 import tenseal.sealapi as sealapi
 
 # A parameters-only context is ~100 bytes; a secret one ~60 KB (N=4096) to ~250 KB (N=8192).
-MAX_PUBLIC_CONTEXT_BYTES = 4096
+# Context bytes come from provisioning (operator files), not from peers; the caps bound parsing.
+MAX_PUBLIC_CONTEXT_BYTES = 128 * 1024
 MAX_SECRET_CONTEXT_BYTES = 4 * 1024 * 1024
 # Decoded padding slots of an honest sum are CKKS noise (~1e-8); far above means a foreign key.
 _PADDING_TOLERANCE = 2.0**-10
@@ -66,10 +67,20 @@ class ServerContext:
     @classmethod
     def from_public_bytes(cls, data: bytes, params: CkksParams | str) -> "ServerContext":
         params = _resolve(params)
+        if isinstance(data, (bytes, bytearray)) and len(data) > MAX_PUBLIC_CONTEXT_BYTES:
+            raise CryptoError(
+                f"CKKS context for the server is {len(data)} bytes, too large to be parameters-only: it "
+                "carries keys; give the server only ClientContext.public_bytes()"
+            )
         ctx = _seal.load_context(data, MAX_PUBLIC_CONTEXT_BYTES)
         if ctx.has_secret_key() or not ctx.is_public():
             raise CryptoError(
                 "CKKS context for the server holds a secret key; give the server only public_bytes()"
+            )
+        if ctx.has_relin_keys() or ctx.has_galois_keys():
+            raise CryptoError(
+                "CKKS context for the server carries relinearisation/Galois keys that additions never "
+                "need; give the server only ClientContext.public_bytes()"
             )
         _seal.check_context_params(ctx, params)
         return cls(ctx, params)
