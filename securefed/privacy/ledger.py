@@ -522,7 +522,7 @@ class Ledger:
         """The export as JSON text; written atomically (write, fsync, rename) when ``path`` is given."""
         text = json.dumps(self.export_dict(), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
         if path is not None:
-            _atomic_write(Path(path), text.encode("utf-8"))
+            atomic_write(Path(path), text.encode("utf-8"))
         return text
 
     def close(self) -> None:
@@ -659,7 +659,7 @@ def _split_sql(script: str) -> list[str]:
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
