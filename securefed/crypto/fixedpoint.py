@@ -160,7 +160,9 @@ def decode_sum(summed: np.ndarray, params: FixedPointParams, n_summed: int, *, w
         raise InvalidInput(f"params must be FixedPointParams, got {type(params).__name__}")
     if not isinstance(summed, np.ndarray) or summed.dtype != ring_dtype(params.ring_bits):
         got = summed.dtype if isinstance(summed, np.ndarray) else type(summed).__name__
-        raise InvalidInput(f"summed must be a {ring_dtype(params.ring_bits)} array for ring_bits={params.ring_bits}, got {got}")
+        raise InvalidInput(
+            f"summed must be a {ring_dtype(params.ring_bits)} array for ring_bits={params.ring_bits}, got {got}"
+        )
     params.check_capacity(n_summed, weight_max)
     signed = summed.view(_SIGNED[params.ring_bits])  # two's complement reinterpretation
     return signed.astype(np.float64) / params.scale

@@ -71,7 +71,12 @@ def shamir_vectors() -> list[dict]:
     specs = [
         ("t1-n1", bytes(range(32)), 1, []),
         ("t2-n3-small", (42).to_bytes(32, "big"), 3, [7]),
-        ("t3-n5", bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"), 5, [123456789, P521 - 1]),
+        (
+            "t3-n5",
+            bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"),
+            5,
+            [123456789, P521 - 1],
+        ),
         ("t4-n7-16byte", b"sixteen byte key", 7, [1, 2, 3]),
         ("t5-n5-maxcoef", b"\xff" * 32, 5, [P521 - 1, P521 - 2, P521 - 3, P521 - 4]),
     ]
