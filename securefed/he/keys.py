@@ -181,6 +181,13 @@ class ClientContext:
         than the exact c0 + c1·s, which would reveal the secret key (Li & Micciancio 2021).
         Out-of-range values (a contribution under another key, corruption, overflow) abort.
         """
+        values = self._decode_checked(chunks, length, summands)
+        return values + self.params.flood_sigma * secure_gaussian(len(values))
+
+    def _decode_checked(
+        self, chunks: Sequence[bytes] | EncryptedVector, length: int | None, summands: int | None
+    ) -> np.ndarray:
+        """Exact CKKS decode with range checks, *without* flooding: never release this."""
         if isinstance(chunks, EncryptedVector):
             length = chunks.length if length is None else length
             chunks = chunks.chunks
@@ -212,7 +219,7 @@ class ClientContext:
                 "decrypted CKKS aggregate has non-zero padding: a contribution was encrypted under "
                 "another key or corrupted; no aggregate is released"
             )
-        return out[:length] + p.flood_sigma * secure_gaussian(length)
+        return out[:length]
 
 
 def generate_client_context(params: CkksParams | str = DEFAULT_PARAMS_NAME) -> ClientContext:

@@ -199,10 +199,14 @@ def test_sum_of_encrypted_vectors_decrypts_to_the_plaintext_sum(client, server_c
     for i, x in enumerate(xs):
         agg.add(client.encrypt(x).to_chunks(), sender=f"org-{i}")
     assert agg.count == n_clients
+    expected = np.sum(xs, axis=0)
     total = client.decrypt(agg.result_chunks(), length, summands=n_clients)
-    err = float(np.max(np.abs(total - np.sum(xs, axis=0))))
-    print(f"CKKS max abs error, {n_clients} clients, d={length}: {err:.3e} (bound {tol():.3e})")
+    err = float(np.max(np.abs(total - expected)))
+    # The CKKS error alone (before flooding) is far below the flooding noise.
+    raw_err = float(np.max(np.abs(client._decode_checked(agg.result_chunks(), length, n_clients) - expected)))
+    print(f"CKKS max abs error, {n_clients} clients, d={length}: {err:.3e} (bound {tol():.3e}), raw {raw_err:.3e}")
     assert err < tol()
+    assert raw_err < CKKS_ERR
 
 
 def test_decryption_flooding_has_the_documented_spread_and_is_fresh(client, server_ctx):
