@@ -23,6 +23,7 @@ from securefed.transport.messages import FederationServicer, FederationStub, pb,
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 5.0
+COHORT = {"alice": 1, "bob": 2}
 
 
 class RecordingServicer(FederationServicer):
@@ -38,7 +39,7 @@ class RecordingServicer(FederationServicer):
             raise errors.ProtocolAbort("round 666 was aborted")
         return pb.StatusResponse(
             protocol_version=PROTOCOL_VERSION,
-            client_id=service.peer_identity(context),
+            client_name=service.peer_identity(context),
             current_round=request.header.round,
         )
 
@@ -48,15 +49,15 @@ class RecordingServicer(FederationServicer):
         if request.identity_public_key != identity.raw_public_key(peer.identity_public_key):
             raise errors.CryptoError("identity key check failed")
         return pb.RegisterResponse(
-            client_id=peer.client_id, max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES
+            client_name=peer.client_name, max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES
         )
 
     def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context: grpc.ServicerContext) -> pb.UploadReceipt:
-        self.calls["UploadMasked"] += 1
         assembler = ChunkAssembler()
         for msg in request_iterator:
             assembler.add(msg.chunk)
         payload = assembler.payload()
+        self.calls["UploadMasked"] += 1  # completed uploads only
         return pb.UploadReceipt(bytes_received=len(payload), sha256=hashlib.sha256(payload).digest())
 
     def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context: grpc.ServicerContext) -> Iterator[pb.AggregateChunk]:
@@ -70,7 +71,7 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("federation")
     identity.init_ca(d)
     identity.issue_server(d, ["127.0.0.1", "localhost"])
-    for name in ("alice", "bob"):
+    for name in ("alice", "bob", "carol"):
         identity.issue_client(d, name)
     now = dt.datetime.now(dt.timezone.utc)
     identity.issue_client(d, "expired", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
@@ -90,7 +91,8 @@ def rogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(creds: Path) -> Iterator[tuple[RecordingServicer, int]]:
     servicer = RecordingServicer()
     bound = tls.make_server("127.0.0.1:0", creds, max_workers=4)
-    service.add_federation_servicer(bound.server, servicer)
+    # alice and bob are this round's cohort (secagg ids 1 and 2); carol is a member outside it.
+    service.add_federation_servicer(bound.server, servicer, secagg_id=lambda name, header: COHORT.get(name))
     bound.server.start()
     yield servicer, bound.port
     bound.server.stop(None)
@@ -100,25 +102,25 @@ def _target(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def _header(client_id: str, **kw: object) -> pb.RequestHeader:
-    return pb.RequestHeader(client_id=client_id, **kw)  # type: ignore[arg-type]
+def _header(client_name: str, **kw: object) -> pb.RequestHeader:
+    return pb.RequestHeader(client_name=client_name, **kw)  # type: ignore[arg-type]
 
 
-def _status(channel: grpc.Channel, client_id: str, round_: int = 0) -> pb.StatusResponse:
-    return FederationStub(channel).GetStatus(pb.GetStatusRequest(header=_header(client_id, round=round_)), timeout=TIMEOUT)
+def _status(channel: grpc.Channel, client_name: str, round_: int = 0) -> pb.StatusResponse:
+    return FederationStub(channel).GetStatus(pb.GetStatusRequest(header=_header(client_name, round=round_)), timeout=TIMEOUT)
 
 
 def _assert_alive(creds: Path, port: int) -> None:
     """The server still serves an honest client after whatever the test did."""
     with tls.make_channel(_target(port), creds, "bob") as ch:
-        assert _status(ch, "bob").client_id == "bob"
+        assert _status(ch, "bob").client_name == "bob"
 
 
 def test_valid_mtls_client_identity_comes_from_certificate(creds: Path, server: tuple[RecordingServicer, int]) -> None:
     _, port = server
     with tls.make_channel(_target(port), creds, "alice") as ch:
         reply = _status(ch, "alice", round_=7)
-    assert reply.client_id == "alice"
+    assert reply.client_name == "alice"
     assert reply.current_round == 7
     assert reply.protocol_version == "securefed.v1"
 
@@ -133,7 +135,7 @@ def test_register_checks_identity_key_bound_in_certificate(creds: Path, server: 
             pb.RegisterRequest(header=_header("alice"), identity_public_key=identity.raw_public_key(alice.identity_public_key)),
             timeout=TIMEOUT,
         )
-        assert ok.client_id == "alice" and ok.max_message_bytes == 8 * MIB and ok.chunk_bytes == 4 * MIB
+        assert ok.client_name == "alice" and ok.max_message_bytes == 8 * MIB and ok.chunk_bytes == 4 * MIB
         with pytest.raises(grpc.RpcError) as info:
             stub.Register(
                 pb.RegisterRequest(header=_header("alice"), identity_public_key=identity.raw_public_key(bob.identity_public_key)),
@@ -220,39 +222,59 @@ def test_client_refuses_server_with_certificate_from_another_ca(creds: Path, rog
 def test_spoofed_client_id_is_permission_denied_and_server_keeps_serving(creds: Path, server: tuple[RecordingServicer, int]) -> None:
     servicer, port = server
     before = servicer.calls["GetStatus"]
+    uploads_before = servicer.calls["UploadMasked"]
     with tls.make_channel(_target(port), creds, "alice") as ch:
         stub = FederationStub(ch)
         err = _rpc_error(lambda: _status(ch, "bob"))
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "bob" not in (err.details() or "")  # the refusal does not echo the claim
-        # A claim buried in a stage message is checked too, before the servicer runs.
+        # A secagg sender id buried in a stage message is checked too (alice is id 1, bob id 2).
         spoofed = pb.SubmitResultRequest(
-            header=_header("alice"),
-            advertise_keys=secagg_pb.AdvertiseKeys(client_id="bob", c_pk=b"\x01" * 32, s_pk=b"\x02" * 32),
+            header=_header("alice", stage=pb.STAGE_ADVERTISE_KEYS),
+            advertise_keys=secagg_pb.AdvertiseKeys(client_id=2, c_pk=b"\x01" * 32, s_pk=b"\x02" * 32),
         )
         assert _rpc_error(lambda: stub.SubmitResult(spoofed, timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
         shares = pb.SubmitResultRequest(
-            header=_header("alice"),
+            header=_header("alice", stage=pb.STAGE_SHARE_KEYS),
             share_keys=secagg_pb.ShareKeys(
-                client_id="alice",
-                shares=[secagg_pb.EncryptedShare(from_client_id="bob", to_client_id="carol", ciphertext=b"x")],
+                client_id=1, shares=[secagg_pb.EncryptedShare(sender=2, receiver=1, ciphertext=b"x")]
             ),
         )
         assert _rpc_error(lambda: stub.SubmitResult(shares, timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
+        masked = pb.MaskedInputChunk(header=_header("alice"), client_id=2, chunk=next(split_payload(b"abcd")))
+        assert _rpc_error(lambda: stub.UploadMasked(iter([masked]), timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
         # The honest version of the same message passes the check (and reaches the unimplemented stage).
         honest = pb.SubmitResultRequest(
-            header=_header("alice"),
+            header=_header("alice", stage=pb.STAGE_SHARE_KEYS),
             share_keys=secagg_pb.ShareKeys(
-                client_id="alice",
-                shares=[secagg_pb.EncryptedShare(from_client_id="alice", to_client_id="bob", ciphertext=b"x")],
+                client_id=1, shares=[secagg_pb.EncryptedShare(sender=1, receiver=2, ciphertext=b"x")]
             ),
         )
         assert _rpc_error(lambda: stub.SubmitResult(honest, timeout=TIMEOUT)).code() is grpc.StatusCode.UNIMPLEMENTED
         # No header at all is refused as malformed.
         assert _rpc_error(lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=TIMEOUT)).code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert _status(ch, "alice").client_id == "alice"
+        assert _status(ch, "alice").client_name == "alice"
     assert servicer.calls["GetStatus"] == before + 1  # only the honest call reached the servicer
+    assert servicer.calls["UploadMasked"] == uploads_before
     _assert_alive(creds, port)
+
+
+def test_member_outside_the_cohort_cannot_speak_for_a_secagg_id(creds: Path, server: tuple[RecordingServicer, int]) -> None:
+    _, port = server
+    with tls.make_channel(_target(port), creds, "carol") as ch:
+        stub = FederationStub(ch)
+        assert _status(ch, "carol").client_name == "carol"  # authenticated, just not in the round
+        for claimed in (0, 1, 3):
+            req = pb.SubmitResultRequest(
+                header=_header("carol", stage=pb.STAGE_CONSISTENCY),
+                consistency_signature=secagg_pb.ConsistencySignature(client_id=claimed, signature=b"s" * 64),
+            )
+            err = _rpc_error(lambda: stub.SubmitResult(req, timeout=TIMEOUT))
+            assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+            assert err.details() == "the caller is not in this round's cohort"
+        # A plan decision carries no secagg id, so it passes (to the unimplemented servicer method).
+        decline = pb.SubmitResultRequest(header=_header("carol"), plan_decision=pb.PlanDecision(participate=False))
+        assert _rpc_error(lambda: stub.SubmitResult(decline, timeout=TIMEOUT)).code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_oversized_message_is_resource_exhausted(creds: Path, server: tuple[RecordingServicer, int]) -> None:
@@ -279,7 +301,7 @@ def test_large_payloads_stream_as_chunks_both_ways(creds: Path, server: tuple[Re
         chunks = (
             pb.MaskedInputChunk(
                 header=_header("alice", stage=pb.STAGE_MASKED_INPUT, sequence=i + 1),
-                ring_bits=pb.RING_BITS_32, num_elements=len(payload) // 4, chunk=c,
+                client_id=COHORT["alice"], ring_bits=pb.RING_BITS_32, num_elements=len(payload) // 4, chunk=c,
             )
             for i, c in enumerate(split_payload(payload))
         )
@@ -297,16 +319,16 @@ def test_large_payloads_stream_as_chunks_both_ways(creds: Path, server: tuple[Re
         # A spoofed chunk mid-stream is refused even though the first chunk was honest.
         def mixed() -> Iterator[pb.MaskedInputChunk]:
             it = split_payload(payload)
-            yield pb.MaskedInputChunk(header=_header("alice"), chunk=next(it))
-            yield pb.MaskedInputChunk(header=_header("bob"), chunk=next(it))
+            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=next(it))
+            yield pb.MaskedInputChunk(header=_header("bob"), client_id=1, chunk=next(it))
 
         assert _rpc_error(lambda: stub.UploadMasked(mixed(), timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
 
         # A reassembly error raised by the servicer (InvalidMessage) maps to INVALID_ARGUMENT.
         def gap() -> Iterator[pb.MaskedInputChunk]:
             chunks_ = list(split_payload(payload))
-            yield pb.MaskedInputChunk(header=_header("alice"), chunk=chunks_[0])
-            yield pb.MaskedInputChunk(header=_header("alice"), chunk=chunks_[2])
+            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=chunks_[0])
+            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=chunks_[2])
 
         err = _rpc_error(lambda: stub.UploadMasked(gap(), timeout=TIMEOUT))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "out of order" in (err.details() or "")
@@ -324,7 +346,7 @@ def test_malformed_protobuf_is_invalid_argument_and_server_keeps_serving(creds: 
         raw_upload = ch.stream_unary(service.method_path("UploadMasked"), request_serializer=None, response_deserializer=None)
         err = _rpc_error(lambda: raw_upload(iter([b"\x0a\x80"]), timeout=TIMEOUT))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert _status(ch, "alice").client_id == "alice"
+        assert _status(ch, "alice").client_name == "alice"
     assert servicer.calls["GetStatus"] == before + 1
     _assert_alive(creds, port)
 
