@@ -273,6 +273,18 @@ def test_wrong_chunk_counts_and_lengths_are_invalid_messages(client, server_ctx)
     assert agg.count == 0
 
 
+def test_aggregation_is_deterministic_so_clients_can_recompute_it(client, server_ctx):
+    length = CHUNK + 5
+    uploads = [client.encrypt(rng(20 + i).uniform(-1, 1, length)).to_chunks() for i in range(3)]
+    results = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        agg = he.ServerAggregator(server_ctx, length)
+        for i in order:
+            agg.add(uploads[i])
+        results.append(agg.result_chunks())
+    assert results[0] == results[1]
+
+
 def test_bad_contribution_leaves_the_running_sum_untouched(client, server_ctx):
     length = 2 * CHUNK
     x = rng(5).uniform(-1, 1, length)
