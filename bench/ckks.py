@@ -80,6 +80,7 @@ def run(quick: bool) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d = 1e5 and the default parameter set only")
+    parser.add_argument("--json", action="store_true", help="accepted for symmetry with the other benches (output is always JSON)")
     args = parser.parse_args(argv)
     print(json.dumps(run(args.quick), indent=2))
     return 0

@@ -60,6 +60,11 @@ class ServerContext:
     __slots__ = ("params", "_ctx", "seal_context")
 
     def __init__(self, ctx: Any, params: CkksParams) -> None:  # use from_public_bytes
+        if ctx.has_secret_key() or not ctx.is_public():
+            raise CryptoError(
+                "CKKS context for the server holds a secret key; give the server only public_bytes()"
+            )
+        _seal.check_context_params(ctx, params)
         self.params = params
         self._ctx = ctx
         self.seal_context = ctx.seal_context().data
@@ -96,6 +101,7 @@ class ClientContext:
     def __init__(self, ctx: Any, params: CkksParams) -> None:  # use generate/from_secret_bytes
         if not ctx.has_secret_key():
             raise CryptoError("CKKS client context has no secret key")
+        _seal.check_context_params(ctx, params)
         self.params = params
         self._ctx = ctx
         self._seal_ctx = ctx.seal_context().data
