@@ -2,12 +2,9 @@
 
 The caller's identity is the subject of the client certificate that authenticated the TLS
 connection, read from gRPC's auth context, never a field of the message. Messages still *name*
-their sender, because they are signed and stored on their own: by certificate name
-(RequestHeader.client_name) and, inside secure-aggregation messages, by secagg id
-(AdvertiseKeys.client_id, EncryptedShare.sender, ...). ``add_federation_servicer`` refuses, with
-PERMISSION_DENIED and before the servicer sees it, any request whose name differs from the
-certificate, and, given a ``secagg_id`` lookup (name, header) -> the caller's cohort id, any
-request whose secagg sender ids differ from that id.
+their sender (RequestHeader.client_id, AdvertiseKeys.client_id, ...) because they are signed and
+stored on their own; ``add_federation_servicer`` refuses, with PERMISSION_DENIED, any request in
+which such a field differs from the certificate, before the servicer sees it.
 
 ``add_federation_servicer`` is used instead of the generated ``add_FederationServicer_to_server``
 because it also:
@@ -32,7 +29,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.protobuf import message as pb_message
-from google.protobuf.descriptor import FieldDescriptor
 
 from securefed import errors
 from securefed.transport import identity
@@ -41,20 +37,14 @@ from securefed.transport._generated import federation_pb2, federation_pb2_grpc
 SERVICE_NAME = "securefed.v1.Federation"
 REQUIRED_TLS_VERSION = b"TLSv1.3"
 
-# Fields that, in any client->server message, name the sender: by certificate name (strings) and
-# by secagg id (integers). Fields naming *other* clients (EncryptedShare.receiver,
-# RevealedShare.owner) are deliberately not here.
-SENDER_NAME_FIELDS = frozenset({"client_name"})
-SENDER_ID_FIELDS = frozenset({"client_id", "sender"})
-
-# (certificate name, request header) -> the caller's secagg id in that session, or None if the
-# caller is not in the cohort.
-SecaggIdLookup = Callable[[str, "federation_pb2.RequestHeader"], "int | None"]
+# Fields that, in any client->server message, name the sender. (Fields naming *other* clients,
+# such as EncryptedShare.to_client_id or KeyShare.owner_client_id, are deliberately not here.)
+SENDER_FIELDS = frozenset({"client_id", "from_client_id"})
 
 
 @dataclass(frozen=True)
 class AuthenticatedPeer:
-    client_name: str
+    client_id: str
     identity_public_key: ed25519.Ed25519PublicKey
     tls_version: str
 
@@ -89,85 +79,45 @@ def authenticate_peer(context: grpc.ServicerContext, *, require_tls13: bool = Tr
         _abort(context, grpc.StatusCode.PERMISSION_DENIED, "TLS 1.3 is required")
     cert = _peer_certificate(context)
     try:
-        client_name = identity.client_id_from_certificate(cert)
+        client_id = identity.client_id_from_certificate(cert)
         key = identity.identity_key_from_certificate(cert)
     except errors.CryptoError:
         _abort(context, grpc.StatusCode.UNAUTHENTICATED, "peer certificate is not a securefed client certificate")
     # gRPC's own reading of the subject must agree with ours (defence against parser confusion).
-    if auth.get("x509_common_name") != [client_name.encode()]:
+    if auth.get("x509_common_name") != [client_id.encode()]:
         _abort(context, grpc.StatusCode.UNAUTHENTICATED, "peer certificate is not a securefed client certificate")
-    return AuthenticatedPeer(client_name, key, version.decode("ascii", "replace"))
+    return AuthenticatedPeer(client_id, key, version.decode("ascii", "replace"))
 
 
 def peer_identity(context: grpc.ServicerContext) -> str:
-    """The calling client's name, taken from its TLS certificate (CN = SAN URI name)."""
-    return authenticate_peer(context).client_name
+    """The calling client's id, taken from its TLS certificate (CN = SAN URI name)."""
+    return authenticate_peer(context).client_id
 
 
-_INTEGER_TYPES = frozenset({FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32})
+def claimed_sender_mismatch(message: pb_message.Message, client_id: str) -> bool:
+    """True when any sender-naming field in message (at any depth) differs from client_id.
 
-
-def claimed_sender_mismatch(message: pb_message.Message, client_name: str, secagg_id: int | None = None) -> bool:
-    """True when any sender-naming field in message (at any depth) differs from the caller.
-
-    Name fields must equal client_name (an empty name is a mismatch too: every request names
-    its sender). Secagg id fields are compared with secagg_id when it is given.
+    An empty sender field also counts as a mismatch: every client message must name its sender.
     """
-    for field in message.DESCRIPTOR.fields:
-        if field.name in SENDER_NAME_FIELDS and field.type == FieldDescriptor.TYPE_STRING:
-            if getattr(message, field.name) != client_name:
-                return True
-        elif field.name in SENDER_ID_FIELDS and field.type in _INTEGER_TYPES and not field.is_repeated:
-            if secagg_id is not None and getattr(message, field.name) != secagg_id:
+    descriptor = message.DESCRIPTOR
+    for field in descriptor.fields:
+        if field.name in SENDER_FIELDS and field.type == field.TYPE_STRING:
+            if getattr(message, field.name) != client_id:
                 return True
         elif field.message_type is not None:
             if field.is_repeated:
-                if any(claimed_sender_mismatch(m, client_name, secagg_id) for m in getattr(message, field.name)):
+                if any(claimed_sender_mismatch(m, client_id) for m in getattr(message, field.name)):
                     return True
-            elif message.HasField(field.name) and claimed_sender_mismatch(
-                getattr(message, field.name), client_name, secagg_id
-            ):
+            elif message.HasField(field.name) and claimed_sender_mismatch(getattr(message, field.name), client_id):
                 return True
     return False
 
 
-def _has_sender_ids(descriptor: Any) -> bool:
-    """Whether a request type can carry secagg sender ids at all (skip the lookup otherwise)."""
-    seen: set[str] = set()
-
-    def walk(d: Any) -> bool:
-        if d.full_name in seen:
-            return False
-        seen.add(d.full_name)
-        for f in d.fields:
-            if f.name in SENDER_ID_FIELDS and f.type in _INTEGER_TYPES:
-                return True
-            if f.message_type is not None and walk(f.message_type):
-                return True
-        return False
-
-    return walk(descriptor)
-
-
-def check_claimed_sender(
-    message: pb_message.Message,
-    peer: AuthenticatedPeer,
-    context: grpc.ServicerContext,
-    secagg_id: SecaggIdLookup | None = None,
-) -> None:
-    """Abort unless every sender field names the authenticated caller (PERMISSION_DENIED)."""
+def check_claimed_sender(message: pb_message.Message, peer: AuthenticatedPeer, context: grpc.ServicerContext) -> None:
+    """Abort PERMISSION_DENIED unless every sender field equals the certificate's client id."""
     if "header" in message.DESCRIPTOR.fields_by_name and not message.HasField("header"):
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "request header is missing")
-    expected_id: int | None = None
-    if secagg_id is not None and _has_sender_ids(message.DESCRIPTOR) and message.HasField("header"):
-        try:
-            expected_id = secagg_id(peer.client_name, message.header)  # type: ignore[attr-defined]
-        except errors.SecureFedError as exc:
-            _abort(context, status_for(exc), str(exc))
-        if expected_id is None:
-            if claimed_sender_mismatch(message, peer.client_name, -1):  # any secagg id at all
-                _abort(context, grpc.StatusCode.PERMISSION_DENIED, "the caller is not in this round's cohort")
-    if claimed_sender_mismatch(message, peer.client_name, expected_id):
+    if claimed_sender_mismatch(message, peer.client_id):
         # Say that the check failed, not which field, and do not echo the claimed id.
         _abort(context, grpc.StatusCode.PERMISSION_DENIED, "message names a client other than the authenticated caller")
 
@@ -232,9 +182,7 @@ def _wrap_response_stream(responses: Iterator[Any], context: grpc.ServicerContex
         _abort(context, status_for(exc), str(exc))
 
 
-def _method_handler(
-    method: Any, servicer_fn: Callable[..., Any], require_tls13: bool, secagg_id: SecaggIdLookup | None
-) -> grpc.RpcMethodHandler:
+def _method_handler(method: Any, servicer_fn: Callable[..., Any], require_tls13: bool) -> grpc.RpcMethodHandler:
     request_cls = getattr(federation_pb2, method.input_type.name)
     response_cls = getattr(federation_pb2, method.output_type.name)
     serialize = response_cls.SerializeToString
@@ -242,7 +190,7 @@ def _method_handler(
     def decoded_stream(raw_iter: Iterator[bytes], peer: AuthenticatedPeer, context: grpc.ServicerContext) -> Iterator[Any]:
         for raw in raw_iter:
             msg = _decode(request_cls, raw, context)
-            check_claimed_sender(msg, peer, context, secagg_id)
+            check_claimed_sender(msg, peer, context)
             yield msg
 
     if method.client_streaming and method.server_streaming:  # pragma: no cover - none in v1
@@ -258,7 +206,7 @@ def _method_handler(
     def prepare(raw: bytes, context: grpc.ServicerContext) -> Any:
         peer = authenticate_peer(context, require_tls13=require_tls13)
         msg = _decode(request_cls, raw, context)
-        check_claimed_sender(msg, peer, context, secagg_id)
+        check_claimed_sender(msg, peer, context)
         return msg
 
     if method.server_streaming:
@@ -277,37 +225,27 @@ def _method_handler(
 
 
 def federation_handler(
-    servicer: federation_pb2_grpc.FederationServicer,
-    *,
-    secagg_id: SecaggIdLookup | None = None,
-    require_tls13: bool = True,
+    servicer: federation_pb2_grpc.FederationServicer, *, require_tls13: bool = True
 ) -> grpc.GenericRpcHandler:
     """A generic handler serving every Federation method of servicer with the checks above."""
     service = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
     handlers = {
-        m.name: _method_handler(m, getattr(servicer, m.name), require_tls13, secagg_id) for m in service.methods
+        m.name: _method_handler(m, getattr(servicer, m.name), require_tls13) for m in service.methods
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def add_federation_servicer(
-    server: grpc.Server,
-    servicer: federation_pb2_grpc.FederationServicer,
-    *,
-    secagg_id: SecaggIdLookup | None = None,
-    require_tls13: bool = True,
+    server: grpc.Server, servicer: federation_pb2_grpc.FederationServicer, *, require_tls13: bool = True
 ) -> None:
     """Register servicer on server: authenticated, claim-checked, size-limited, errors mapped.
 
-    secagg_id(client_name, header) returns the caller's secagg id for the header's session (None
-    if it is not in the cohort); when given, secagg sender ids inside requests are checked too.
-    A SecureFedError it raises is reported like one from the servicer. Servicer methods keep the
-    generated signatures ``(request, context)`` (request iterators for client-streaming methods)
-    and may call ``peer_identity(context)`` / ``authenticate_peer``. Unimplemented methods answer
-    UNIMPLEMENTED (the generated base class does that). require_tls13=False exists for tests only.
+    Servicer methods keep the generated signatures ``(request, context)`` (request iterators for
+    client-streaming methods) and may call ``peer_identity(context)`` / ``authenticate_peer``.
+    Unimplemented methods answer UNIMPLEMENTED (the generated base class does that).
+    require_tls13=False exists for tests only.
     """
-    handler = federation_handler(servicer, secagg_id=secagg_id, require_tls13=require_tls13)
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((federation_handler(servicer, require_tls13=require_tls13),))
 
 
 @functools.cache

@@ -23,7 +23,6 @@ from securefed.transport.messages import FederationServicer, FederationStub, pb,
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 5.0
-COHORT = {"alice": 1, "bob": 2}
 
 
 class RecordingServicer(FederationServicer):
@@ -39,7 +38,7 @@ class RecordingServicer(FederationServicer):
             raise errors.ProtocolAbort("round 666 was aborted")
         return pb.StatusResponse(
             protocol_version=PROTOCOL_VERSION,
-            client_name=service.peer_identity(context),
+            client_id=service.peer_identity(context),
             current_round=request.header.round,
         )
 
@@ -49,7 +48,7 @@ class RecordingServicer(FederationServicer):
         if request.identity_public_key != identity.raw_public_key(peer.identity_public_key):
             raise errors.CryptoError("identity key check failed")
         return pb.RegisterResponse(
-            client_name=peer.client_name, max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES
+            client_id=peer.client_id, max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES
         )
 
     def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context: grpc.ServicerContext) -> pb.UploadReceipt:
@@ -71,7 +70,7 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("federation")
     identity.init_ca(d)
     identity.issue_server(d, ["127.0.0.1", "localhost"])
-    for name in ("alice", "bob", "carol"):
+    for name in ("alice", "bob"):
         identity.issue_client(d, name)
     now = dt.datetime.now(dt.timezone.utc)
     identity.issue_client(d, "expired", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1))
@@ -91,8 +90,7 @@ def rogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(creds: Path) -> Iterator[tuple[RecordingServicer, int]]:
     servicer = RecordingServicer()
     bound = tls.make_server("127.0.0.1:0", creds, max_workers=4)
-    # alice and bob are this round's cohort (secagg ids 1 and 2); carol is a member outside it.
-    service.add_federation_servicer(bound.server, servicer, secagg_id=lambda name, header: COHORT.get(name))
+    service.add_federation_servicer(bound.server, servicer)
     bound.server.start()
     yield servicer, bound.port
     bound.server.stop(None)
@@ -102,25 +100,25 @@ def _target(port: int) -> str:
     return f"127.0.0.1:{port}"
 
 
-def _header(client_name: str, **kw: object) -> pb.RequestHeader:
-    return pb.RequestHeader(client_name=client_name, **kw)  # type: ignore[arg-type]
+def _header(client_id: str, **kw: object) -> pb.RequestHeader:
+    return pb.RequestHeader(client_id=client_id, **kw)  # type: ignore[arg-type]
 
 
-def _status(channel: grpc.Channel, client_name: str, round_: int = 0) -> pb.StatusResponse:
-    return FederationStub(channel).GetStatus(pb.GetStatusRequest(header=_header(client_name, round=round_)), timeout=TIMEOUT)
+def _status(channel: grpc.Channel, client_id: str, round_: int = 0) -> pb.StatusResponse:
+    return FederationStub(channel).GetStatus(pb.GetStatusRequest(header=_header(client_id, round=round_)), timeout=TIMEOUT)
 
 
 def _assert_alive(creds: Path, port: int) -> None:
     """The server still serves an honest client after whatever the test did."""
     with tls.make_channel(_target(port), creds, "bob") as ch:
-        assert _status(ch, "bob").client_name == "bob"
+        assert _status(ch, "bob").client_id == "bob"
 
 
 def test_valid_mtls_client_identity_comes_from_certificate(creds: Path, server: tuple[RecordingServicer, int]) -> None:
     _, port = server
     with tls.make_channel(_target(port), creds, "alice") as ch:
         reply = _status(ch, "alice", round_=7)
-    assert reply.client_name == "alice"
+    assert reply.client_id == "alice"
     assert reply.current_round == 7
     assert reply.protocol_version == "securefed.v1"
 
@@ -135,7 +133,7 @@ def test_register_checks_identity_key_bound_in_certificate(creds: Path, server: 
             pb.RegisterRequest(header=_header("alice"), identity_public_key=identity.raw_public_key(alice.identity_public_key)),
             timeout=TIMEOUT,
         )
-        assert ok.client_name == "alice" and ok.max_message_bytes == 8 * MIB and ok.chunk_bytes == 4 * MIB
+        assert ok.client_id == "alice" and ok.max_message_bytes == 8 * MIB and ok.chunk_bytes == 4 * MIB
         with pytest.raises(grpc.RpcError) as info:
             stub.Register(
                 pb.RegisterRequest(header=_header("alice"), identity_public_key=identity.raw_public_key(bob.identity_public_key)),
@@ -228,53 +226,52 @@ def test_spoofed_client_id_is_permission_denied_and_server_keeps_serving(creds: 
         err = _rpc_error(lambda: _status(ch, "bob"))
         assert err.code() is grpc.StatusCode.PERMISSION_DENIED
         assert "bob" not in (err.details() or "")  # the refusal does not echo the claim
-        # A secagg sender id buried in a stage message is checked too (alice is id 1, bob id 2).
+        # A claim buried in a stage message is checked too, before the servicer runs.
         spoofed = pb.SubmitResultRequest(
-            header=_header("alice", stage=pb.STAGE_ADVERTISE_KEYS),
-            advertise_keys=secagg_pb.AdvertiseKeys(client_id=2, c_pk=b"\x01" * 32, s_pk=b"\x02" * 32),
+            header=_header("alice"),
+            advertise_keys=secagg_pb.AdvertiseKeys(client_id="bob", c_pk=b"\x01" * 32, s_pk=b"\x02" * 32),
         )
         assert _rpc_error(lambda: stub.SubmitResult(spoofed, timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
         shares = pb.SubmitResultRequest(
-            header=_header("alice", stage=pb.STAGE_SHARE_KEYS),
+            header=_header("alice"),
             share_keys=secagg_pb.ShareKeys(
-                client_id=1, shares=[secagg_pb.EncryptedShare(sender=2, receiver=1, ciphertext=b"x")]
+                client_id="alice",
+                shares=[secagg_pb.EncryptedShare(from_client_id="bob", to_client_id="carol", ciphertext=b"x")],
             ),
         )
         assert _rpc_error(lambda: stub.SubmitResult(shares, timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
-        masked = pb.MaskedInputChunk(header=_header("alice"), client_id=2, chunk=next(split_payload(b"abcd")))
+        unmask = pb.SubmitResultRequest(
+            header=_header("alice"),
+            # Shares *of* bob's secrets are fine to send; claiming to *be* bob is not.
+            unmask_response=secagg_pb.UnmaskResponse(
+                client_id="bob", self_mask_shares=[secagg_pb.KeyShare(owner_client_id="bob", share=b"s")]
+            ),
+        )
+        assert _rpc_error(lambda: stub.SubmitResult(unmask, timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
+        masked = pb.MaskedInputChunk(header=_header("bob"), chunk=next(split_payload(b"abcd")))
         assert _rpc_error(lambda: stub.UploadMasked(iter([masked]), timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
         # The honest version of the same message passes the check (and reaches the unimplemented stage).
         honest = pb.SubmitResultRequest(
-            header=_header("alice", stage=pb.STAGE_SHARE_KEYS),
+            header=_header("alice"),
             share_keys=secagg_pb.ShareKeys(
-                client_id=1, shares=[secagg_pb.EncryptedShare(sender=1, receiver=2, ciphertext=b"x")]
+                client_id="alice",
+                shares=[secagg_pb.EncryptedShare(from_client_id="alice", to_client_id="bob", ciphertext=b"x")],
             ),
         )
         assert _rpc_error(lambda: stub.SubmitResult(honest, timeout=TIMEOUT)).code() is grpc.StatusCode.UNIMPLEMENTED
+        honest_unmask = pb.SubmitResultRequest(
+            header=_header("alice"),
+            unmask_response=secagg_pb.UnmaskResponse(
+                client_id="alice", self_mask_shares=[secagg_pb.KeyShare(owner_client_id="bob", share=b"s")]
+            ),
+        )
+        assert _rpc_error(lambda: stub.SubmitResult(honest_unmask, timeout=TIMEOUT)).code() is grpc.StatusCode.UNIMPLEMENTED
         # No header at all is refused as malformed.
         assert _rpc_error(lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=TIMEOUT)).code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert _status(ch, "alice").client_name == "alice"
+        assert _status(ch, "alice").client_id == "alice"
     assert servicer.calls["GetStatus"] == before + 1  # only the honest call reached the servicer
     assert servicer.calls["UploadMasked"] == uploads_before
     _assert_alive(creds, port)
-
-
-def test_member_outside_the_cohort_cannot_speak_for_a_secagg_id(creds: Path, server: tuple[RecordingServicer, int]) -> None:
-    _, port = server
-    with tls.make_channel(_target(port), creds, "carol") as ch:
-        stub = FederationStub(ch)
-        assert _status(ch, "carol").client_name == "carol"  # authenticated, just not in the round
-        for claimed in (0, 1, 3):
-            req = pb.SubmitResultRequest(
-                header=_header("carol", stage=pb.STAGE_CONSISTENCY),
-                consistency_signature=secagg_pb.ConsistencySignature(client_id=claimed, signature=b"s" * 64),
-            )
-            err = _rpc_error(lambda: stub.SubmitResult(req, timeout=TIMEOUT))
-            assert err.code() is grpc.StatusCode.PERMISSION_DENIED
-            assert err.details() == "the caller is not in this round's cohort"
-        # A plan decision carries no secagg id, so it passes (to the unimplemented servicer method).
-        decline = pb.SubmitResultRequest(header=_header("carol"), plan_decision=pb.PlanDecision(participate=False))
-        assert _rpc_error(lambda: stub.SubmitResult(decline, timeout=TIMEOUT)).code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_oversized_message_is_resource_exhausted(creds: Path, server: tuple[RecordingServicer, int]) -> None:
@@ -301,7 +298,7 @@ def test_large_payloads_stream_as_chunks_both_ways(creds: Path, server: tuple[Re
         chunks = (
             pb.MaskedInputChunk(
                 header=_header("alice", stage=pb.STAGE_MASKED_INPUT, sequence=i + 1),
-                client_id=COHORT["alice"], ring_bits=pb.RING_BITS_32, num_elements=len(payload) // 4, chunk=c,
+                ring_bits=pb.RING_BITS_32, num_elements=len(payload) // 4, chunk=c,
             )
             for i, c in enumerate(split_payload(payload))
         )
@@ -319,16 +316,16 @@ def test_large_payloads_stream_as_chunks_both_ways(creds: Path, server: tuple[Re
         # A spoofed chunk mid-stream is refused even though the first chunk was honest.
         def mixed() -> Iterator[pb.MaskedInputChunk]:
             it = split_payload(payload)
-            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=next(it))
-            yield pb.MaskedInputChunk(header=_header("bob"), client_id=1, chunk=next(it))
+            yield pb.MaskedInputChunk(header=_header("alice"), chunk=next(it))
+            yield pb.MaskedInputChunk(header=_header("bob"), chunk=next(it))
 
         assert _rpc_error(lambda: stub.UploadMasked(mixed(), timeout=TIMEOUT)).code() is grpc.StatusCode.PERMISSION_DENIED
 
         # A reassembly error raised by the servicer (InvalidMessage) maps to INVALID_ARGUMENT.
         def gap() -> Iterator[pb.MaskedInputChunk]:
             chunks_ = list(split_payload(payload))
-            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=chunks_[0])
-            yield pb.MaskedInputChunk(header=_header("alice"), client_id=1, chunk=chunks_[2])
+            yield pb.MaskedInputChunk(header=_header("alice"), chunk=chunks_[0])
+            yield pb.MaskedInputChunk(header=_header("alice"), chunk=chunks_[2])
 
         err = _rpc_error(lambda: stub.UploadMasked(gap(), timeout=TIMEOUT))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT and "out of order" in (err.details() or "")
@@ -346,7 +343,7 @@ def test_malformed_protobuf_is_invalid_argument_and_server_keeps_serving(creds: 
         raw_upload = ch.stream_unary(service.method_path("UploadMasked"), request_serializer=None, response_deserializer=None)
         err = _rpc_error(lambda: raw_upload(iter([b"\x0a\x80"]), timeout=TIMEOUT))
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert _status(ch, "alice").client_name == "alice"
+        assert _status(ch, "alice").client_id == "alice"
     assert servicer.calls["GetStatus"] == before + 1
     _assert_alive(creds, port)
 

@@ -11,13 +11,13 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STAGE_UNSPECIFIED: _ClassVar[Stage]
+    STAGE_REGISTER: _ClassVar[Stage]
+    STAGE_PLAN: _ClassVar[Stage]
     STAGE_ADVERTISE_KEYS: _ClassVar[Stage]
     STAGE_SHARE_KEYS: _ClassVar[Stage]
     STAGE_MASKED_INPUT: _ClassVar[Stage]
-    STAGE_CONSISTENCY: _ClassVar[Stage]
+    STAGE_CONSISTENCY_CHECK: _ClassVar[Stage]
     STAGE_UNMASK: _ClassVar[Stage]
-    STAGE_REGISTER: _ClassVar[Stage]
-    STAGE_PLAN: _ClassVar[Stage]
     STAGE_CIPHERTEXT_UPLOAD: _ClassVar[Stage]
     STAGE_PLAINTEXT_UPLOAD: _ClassVar[Stage]
     STAGE_AGGREGATE: _ClassVar[Stage]
@@ -60,13 +60,13 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_ABORTED: _ClassVar[RoundState]
     ROUND_STATE_FINISHED: _ClassVar[RoundState]
 STAGE_UNSPECIFIED: Stage
+STAGE_REGISTER: Stage
+STAGE_PLAN: Stage
 STAGE_ADVERTISE_KEYS: Stage
 STAGE_SHARE_KEYS: Stage
 STAGE_MASKED_INPUT: Stage
-STAGE_CONSISTENCY: Stage
+STAGE_CONSISTENCY_CHECK: Stage
 STAGE_UNMASK: Stage
-STAGE_REGISTER: Stage
-STAGE_PLAN: Stage
 STAGE_CIPHERTEXT_UPLOAD: Stage
 STAGE_PLAINTEXT_UPLOAD: Stage
 STAGE_AGGREGATE: Stage
@@ -95,18 +95,18 @@ ROUND_STATE_ABORTED: RoundState
 ROUND_STATE_FINISHED: RoundState
 
 class RequestHeader(_message.Message):
-    __slots__ = ("client_name", "session_id", "round", "stage", "sequence")
-    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("client_id", "session_id", "round", "stage", "sequence")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
-    client_name: str
+    client_id: str
     session_id: bytes
     round: int
     stage: Stage
     sequence: int
-    def __init__(self, client_name: _Optional[str] = ..., session_id: _Optional[bytes] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., session_id: _Optional[bytes] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("offset", "total_size", "data", "sha256")
@@ -133,18 +133,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., identity_public_key: _Optional[bytes] = ..., software_version: _Optional[str] = ..., supported_modes: _Optional[_Iterable[_Union[AggregationMode, str]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("client_name", "federation_id", "current_round", "max_message_bytes", "chunk_bytes")
-    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("client_id", "federation_id", "current_round", "max_message_bytes", "chunk_bytes")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
-    client_name: str
+    client_id: str
     federation_id: str
     current_round: int
     max_message_bytes: int
     chunk_bytes: int
-    def __init__(self, client_name: _Optional[str] = ..., federation_id: _Optional[str] = ..., current_round: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., federation_id: _Optional[str] = ..., current_round: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
 
 class StrategyParams(_message.Message):
     __slots__ = ("strategy", "proximal_mu", "server_learning_rate", "client_learning_rate", "local_epochs", "max_local_steps")
@@ -163,18 +163,18 @@ class StrategyParams(_message.Message):
     def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., proximal_mu: _Optional[float] = ..., server_learning_rate: _Optional[float] = ..., client_learning_rate: _Optional[float] = ..., local_epochs: _Optional[int] = ..., max_local_steps: _Optional[int] = ...) -> None: ...
 
 class SecAggParams(_message.Message):
-    __slots__ = ("threshold", "neighbour_degree", "ring_bits", "frac_bits", "clip")
+    __slots__ = ("threshold", "neighbours", "ring_bits", "frac_bits", "clip")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    NEIGHBOUR_DEGREE_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
     RING_BITS_FIELD_NUMBER: _ClassVar[int]
     FRAC_BITS_FIELD_NUMBER: _ClassVar[int]
     CLIP_FIELD_NUMBER: _ClassVar[int]
     threshold: int
-    neighbour_degree: int
+    neighbours: int
     ring_bits: int
     frac_bits: int
     clip: float
-    def __init__(self, threshold: _Optional[int] = ..., neighbour_degree: _Optional[int] = ..., ring_bits: _Optional[int] = ..., frac_bits: _Optional[int] = ..., clip: _Optional[float] = ...) -> None: ...
+    def __init__(self, threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., ring_bits: _Optional[int] = ..., frac_bits: _Optional[int] = ..., clip: _Optional[float] = ...) -> None: ...
 
 class CkksParams(_message.Message):
     __slots__ = ("poly_modulus_degree", "coeff_mod_bit_sizes", "global_scale_bits", "public_context_sha256")
@@ -189,19 +189,17 @@ class CkksParams(_message.Message):
     def __init__(self, poly_modulus_degree: _Optional[int] = ..., coeff_mod_bit_sizes: _Optional[_Iterable[int]] = ..., global_scale_bits: _Optional[int] = ..., public_context_sha256: _Optional[bytes] = ...) -> None: ...
 
 class CohortMember(_message.Message):
-    __slots__ = ("client_id", "identity_key", "client_name")
+    __slots__ = ("client_id", "identity_public_key")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
-    IDENTITY_KEY_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
-    client_id: int
-    identity_key: bytes
-    client_name: str
-    def __init__(self, client_id: _Optional[int] = ..., identity_key: _Optional[bytes] = ..., client_name: _Optional[str] = ...) -> None: ...
+    IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    identity_public_key: bytes
+    def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "model_hash", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_digest", "plan")
-    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
@@ -209,10 +207,9 @@ class RoundPlan(_message.Message):
     COHORT_FIELD_NUMBER: _ClassVar[int]
     VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
-    PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    PLAN_FIELD_NUMBER: _ClassVar[int]
-    round_id: int
-    model_hash: bytes
+    PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    global_adapter_sha256: bytes
     mode: AggregationMode
     strategy: StrategyParams
     secagg: SecAggParams
@@ -220,9 +217,8 @@ class RoundPlan(_message.Message):
     cohort: _containers.RepeatedCompositeFieldContainer[CohortMember]
     vector_length: int
     stage_timeout_ms: int
-    plan_digest: bytes
-    plan: bytes
-    def __init__(self, round_id: _Optional[int] = ..., model_hash: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_digest: _Optional[bytes] = ..., plan: _Optional[bytes] = ...) -> None: ...
+    plan_sha256: bytes
+    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
     __slots__ = ("participate", "decline_reason")
@@ -323,18 +319,16 @@ class SubmitResultResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class MaskedInputChunk(_message.Message):
-    __slots__ = ("header", "client_id", "ring_bits", "num_elements", "chunk")
+    __slots__ = ("header", "ring_bits", "num_elements", "chunk")
     HEADER_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     RING_BITS_FIELD_NUMBER: _ClassVar[int]
     NUM_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
-    client_id: int
     ring_bits: RingBits
     num_elements: int
     chunk: Chunk
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., client_id: _Optional[int] = ..., ring_bits: _Optional[_Union[RingBits, str]] = ..., num_elements: _Optional[int] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., ring_bits: _Optional[_Union[RingBits, str]] = ..., num_elements: _Optional[int] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class CiphertextChunk(_message.Message):
     __slots__ = ("header", "index", "count", "chunk")
@@ -387,22 +381,22 @@ class LedgerHeaderRecord(_message.Message):
     def __init__(self, body: _Optional[bytes] = ..., header_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PrivacyEventReport(_message.Message):
-    __slots__ = ("header", "sequence", "prev_hash", "event", "entry_hash", "signature", "ledger_header")
+    __slots__ = ("header", "sequence", "prev_hash", "entry", "entry_hash", "signature", "ledger_header")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     PREV_HASH_FIELD_NUMBER: _ClassVar[int]
-    EVENT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
     ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     LEDGER_HEADER_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     sequence: int
     prev_hash: bytes
-    event: bytes
+    entry: bytes
     entry_hash: bytes
     signature: bytes
     ledger_header: LedgerHeaderRecord
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., sequence: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., event: _Optional[bytes] = ..., entry_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., ledger_header: _Optional[_Union[LedgerHeaderRecord, _Mapping]] = ...) -> None: ...
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., sequence: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., entry: _Optional[bytes] = ..., entry_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., ledger_header: _Optional[_Union[LedgerHeaderRecord, _Mapping]] = ...) -> None: ...
 
 class PrivacyEventAck(_message.Message):
     __slots__ = ("recorded_sequence",)
@@ -417,10 +411,10 @@ class GetStatusRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("protocol_version", "server_version", "client_name", "current_round", "stage", "state", "registered_clients", "cohort_size", "completed_rounds", "global_adapter_sha256", "detail")
+    __slots__ = ("protocol_version", "server_version", "client_id", "current_round", "stage", "state", "registered_clients", "cohort_size", "completed_rounds", "global_adapter_sha256", "detail")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
-    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -431,7 +425,7 @@ class StatusResponse(_message.Message):
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     protocol_version: str
     server_version: str
-    client_name: str
+    client_id: str
     current_round: int
     stage: Stage
     state: RoundState
@@ -440,4 +434,4 @@ class StatusResponse(_message.Message):
     completed_rounds: int
     global_adapter_sha256: bytes
     detail: str
-    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., client_name: _Optional[str] = ..., current_round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[RoundState, str]] = ..., registered_clients: _Optional[int] = ..., cohort_size: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., detail: _Optional[str] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., client_id: _Optional[str] = ..., current_round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[RoundState, str]] = ..., registered_clients: _Optional[int] = ..., cohort_size: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., detail: _Optional[str] = ...) -> None: ...
