@@ -35,10 +35,15 @@ __all__ = [
 ]
 
 
+_SUBMODULES = frozenset({"keys", "aggregate", "vector", "wire", "params"})
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:  # ``he.keys.generate_client_context`` works without an explicit import
+        return importlib.import_module(f"securefed.he.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'securefed.he' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
