@@ -9,10 +9,11 @@ Layout of a credentials directory (``securefed keys ... --dir D``)::
     D/clients/NAME.key            client TLS private key (0600)
     D/clients/NAME.identity.key   client Ed25519 identity private key (0600)
 
-Key types. TLS keys are ECDSA P-256: gRPC's BoringSSL accepts P-256 certificates on every
-platform and in both TLS 1.2 and 1.3, while Ed25519 certificates are not uniformly supported by
-gRPC's TLS stacks. The *identity* key, which signs secure-aggregation round keys, consistency
-signatures and privacy-ledger entries, is Ed25519 (what securefed.crypto uses).
+Key types. TLS keys are ECDSA P-256 with SHA-256 signatures: the one certificate type every TLS
+stack a member might run accepts for both TLS 1.2 and 1.3 (gRPC's BoringSSL, OpenSSL, Go, Java).
+Ed25519 *certificates* need RFC 8410 support on both ends, which not every client stack has, so
+we do not depend on it. The *identity* key, which signs secure-aggregation round keys,
+consistency signatures and privacy-ledger entries, is Ed25519 (what securefed.crypto uses).
 
 Identity binding. The client's raw Ed25519 public key is placed in the client certificate in a
 non-critical X.509 extension (OID ``IDENTITY_KEY_OID``, value = the key's DER SubjectPublicKeyInfo).
@@ -37,6 +38,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -194,7 +196,7 @@ class CertificateAuthority:
         usage: x509.ObjectIdentifier,
         not_before: dt.datetime | None,
         not_after: dt.datetime | None,
-        extra: list[x509.ExtensionType] = (),  # type: ignore[assignment]
+        extra: Sequence[x509.ExtensionType] = (),
     ) -> x509.Certificate:
         start = not_before or (_now() - _CLOCK_SKEW)
         end = not_after or (start + dt.timedelta(days=LEAF_VALIDITY_DAYS))

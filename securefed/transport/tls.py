@@ -96,6 +96,8 @@ def make_server(
     """A gRPC server on address ("127.0.0.1:0" picks a free port) that requires client certificates.
 
     Add servicers (``securefed.transport.service.add_federation_servicer``) then ``server.start()``.
+    Each in-flight RPC holds a worker thread, long polls included: size max_workers above the
+    number of clients that poll at once, or polls queue behind one another.
     """
     from concurrent import futures
 
