@@ -66,7 +66,7 @@ def _peer_certificate(context: grpc.ServicerContext) -> x509.Certificate:
         _abort(context, grpc.StatusCode.UNAUTHENTICATED, "unreadable peer certificate")
 
 
-def authenticate_peer(context: grpc.ServicerContext, *, require_tls13: bool = True) -> AuthenticatedPeer:
+def authenticate_peer(context: grpc.ServicerContext) -> AuthenticatedPeer:
     """The authenticated caller, from its certificate; aborts UNAUTHENTICATED/PERMISSION_DENIED.
 
     Only meaningful inside a handler: gRPC has already verified the certificate chain against the
@@ -74,7 +74,7 @@ def authenticate_peer(context: grpc.ServicerContext, *, require_tls13: bool = Tr
     """
     auth = context.auth_context()
     version = (auth.get("ssl_tls_version") or [b""])[0]
-    if require_tls13 and version != REQUIRED_TLS_VERSION:
+    if version != REQUIRED_TLS_VERSION:
         # Fail closed: an auth context that does not report TLS 1.3 is not served.
         _abort(context, grpc.StatusCode.PERMISSION_DENIED, "TLS 1.3 is required")
     cert = _peer_certificate(context)
@@ -182,7 +182,7 @@ def _wrap_response_stream(responses: Iterator[Any], context: grpc.ServicerContex
         _abort(context, status_for(exc), str(exc))
 
 
-def _method_handler(method: Any, servicer_fn: Callable[..., Any], require_tls13: bool) -> grpc.RpcMethodHandler:
+def _method_handler(method: Any, servicer_fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
     request_cls = getattr(federation_pb2, method.input_type.name)
     response_cls = getattr(federation_pb2, method.output_type.name)
     serialize = response_cls.SerializeToString
@@ -198,13 +198,13 @@ def _method_handler(method: Any, servicer_fn: Callable[..., Any], require_tls13:
     if method.client_streaming:
 
         def stream_unary(raw_iter: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-            peer = authenticate_peer(context, require_tls13=require_tls13)
+            peer = authenticate_peer(context)
             return _run(lambda: servicer_fn(decoded_stream(raw_iter, peer, context), context), context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
 
     def prepare(raw: bytes, context: grpc.ServicerContext) -> Any:
-        peer = authenticate_peer(context, require_tls13=require_tls13)
+        peer = authenticate_peer(context)
         msg = _decode(request_cls, raw, context)
         check_claimed_sender(msg, peer, context)
         return msg
@@ -224,28 +224,25 @@ def _method_handler(method: Any, servicer_fn: Callable[..., Any], require_tls13:
     return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
 
 
-def federation_handler(
-    servicer: federation_pb2_grpc.FederationServicer, *, require_tls13: bool = True
-) -> grpc.GenericRpcHandler:
+def federation_handler(servicer: federation_pb2_grpc.FederationServicer) -> grpc.GenericRpcHandler:
     """A generic handler serving every Federation method of servicer with the checks above."""
     service = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
     handlers = {
-        m.name: _method_handler(m, getattr(servicer, m.name), require_tls13) for m in service.methods
+        m.name: _method_handler(m, getattr(servicer, m.name)) for m in service.methods
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
 
 def add_federation_servicer(
-    server: grpc.Server, servicer: federation_pb2_grpc.FederationServicer, *, require_tls13: bool = True
+    server: grpc.Server, servicer: federation_pb2_grpc.FederationServicer
 ) -> None:
     """Register servicer on server: authenticated, claim-checked, size-limited, errors mapped.
 
     Servicer methods keep the generated signatures ``(request, context)`` (request iterators for
     client-streaming methods) and may call ``peer_identity(context)`` / ``authenticate_peer``.
     Unimplemented methods answer UNIMPLEMENTED (the generated base class does that).
-    require_tls13=False exists for tests only.
     """
-    server.add_generic_rpc_handlers((federation_handler(servicer, require_tls13=require_tls13),))
+    server.add_generic_rpc_handlers((federation_handler(servicer),))
 
 
 @functools.cache
