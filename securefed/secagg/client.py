@@ -79,6 +79,30 @@ class ClientStats:
     upload_bytes: int  # size of the masked vector
 
 
+def self_mask_key(seed: bytes, session_id: bytes, client_id: int) -> bytes:
+    """The AES key of PRG(b_u): b_u through HKDF, bound to this session and client."""
+    return derive_key(seed, session_id=session_id, purpose=SELF_MASK_PURPOSE, party_a=client_id, party_b=client_id)
+
+
+def pairwise_mask_key(private_key: bytes, peer_public: bytes, session_id: bytes, u: int, v: int) -> bytes:
+    """s_uv = HKDF(X25519(s_sk_u, s_pk_v), salt=session id, info=PURPOSE_MASK || min || max)."""
+    return derive_key(x25519_shared_secret(private_key, peer_public), session_id=session_id,
+                      purpose=PURPOSE_MASK, party_a=u, party_b=v)
+
+
+def mask_encoded(acc: np.ndarray, *, session_id: bytes, client_id: int, self_mask_seed: bytes,
+                 mask_private_key: bytes, neighbour_mask_keys: dict[int, bytes]) -> None:
+    """In place: acc += PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) (mod 2^bits).
+
+    ``neighbour_mask_keys`` maps each neighbour still in the round (N(u) ∩ U2) to its s_pk.
+    Each mask is streamed straight into ``acc`` (no full-length temporary).
+    """
+    add_mask_(acc, self_mask_key(self_mask_seed, session_id, client_id), +1)
+    for v in sorted(neighbour_mask_keys):
+        key = pairwise_mask_key(mask_private_key, neighbour_mask_keys[v], session_id, client_id, v)
+        add_mask_(acc, key, +1 if v > client_id else -1)
+
+
 def params_from_setup(msg: RoundSetup) -> SecAggParams:
     return SecAggParams(
         threshold=msg.threshold,
@@ -338,15 +362,11 @@ class SecAggClient:
         if alive_holders < self._t:
             self._abort(f"only {alive_holders} of this client's share holders are still in the round, fewer than the threshold {self._t}")
 
-        fp = self._params.fixed_point()
-        acc, clipped = encode(self._input, fp)
+        acc, clipped = encode(self._input, self._params.fixed_point())
         acc = np.ascontiguousarray(acc)
-        add_mask_(acc, derive_key(self._b_u, session_id=sid, purpose=SELF_MASK_PURPOSE, party_a=me, party_b=me), +1)
-        s_sk = self._s_key.private_bytes()
-        for v in sorted(u2):
-            s_uv = derive_key(x25519_shared_secret(s_sk, self._keys[v].s_pk), session_id=sid,
-                              purpose=PURPOSE_MASK, party_a=me, party_b=v)
-            add_mask_(acc, s_uv, +1 if v > me else -1)
+        mask_encoded(acc, session_id=sid, client_id=me, self_mask_seed=self._b_u,
+                     mask_private_key=self._s_key.private_bytes(),
+                     neighbour_mask_keys={v: self._keys[v].s_pk for v in u2})
         self._held, self._u2_neighbours = held, u2
         self._input = None  # the plaintext update is not needed any more
         self._b_u = b""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from securefed.crypto.fixedpoint import decode_sum
-from securefed.crypto.keys import PURPOSE_MASK, AgreementKeyPair, derive_key, verify_signature, x25519_shared_secret
+from securefed.crypto.keys import AgreementKeyPair, verify_signature
 from securefed.crypto.prg import add_mask_, ring_dtype
 from securefed.crypto.shamir import Share, combine
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
@@ -39,9 +39,9 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from securefed.secagg.client import pairwise_mask_key, self_mask_key
 from securefed.secagg.params import SecAggParams
 from securefed.secagg.session import (
-    SELF_MASK_PURPOSE,
     NeighbourGraph,
     advertise_payload,
     consistency_payload,
@@ -346,14 +346,12 @@ class SecAggServer:
         sid = self._session_id
         # Each mask is expanded exactly once, straight into the running sum.
         for u in self._u3:
-            add_mask_(total, derive_key(secrets_[u], session_id=sid, purpose=SELF_MASK_PURPOSE, party_a=u, party_b=u), -1)
+            add_mask_(total, self_mask_key(secrets_[u], sid, u), -1)
         for u in sorted(needed - u3):
             s_sk = secrets_[u]
             for v in sorted(self._graph.of(u) & u3):
-                s_uv = derive_key(x25519_shared_secret(s_sk, self._keys[v].s_pk), session_id=sid,
-                                  purpose=PURPOSE_MASK, party_a=u, party_b=v)
                 # v added +PRG(s_uv) if u > v, else -PRG(s_uv): take it back out.
-                add_mask_(total, s_uv, -1 if u > v else +1)
+                add_mask_(total, pairwise_mask_key(s_sk, self._keys[v].s_pk, sid, u, v), -1 if u > v else +1)
         self._sum = None
         values = decode_sum(total, self._fp, len(self._u3))
         self._result = AggregateResult(total, values, self._u3, dict(self._dropouts), sid)

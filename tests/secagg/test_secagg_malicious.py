@@ -25,7 +25,6 @@ from securefed.secagg import (
     SignedSurvivors,
     SimulatedRound,
     Stage,
-    SurvivorList,
     UnmaskRequest,
     simulate_round,
 )
