@@ -1,0 +1,137 @@
+"""PrivacyBudget config, BudgetGuard (decline before training) and calibrate_noise."""
+
+from __future__ import annotations
+
+import pytest
+from privacy_helpers import make_event
+
+from securefed.config import parse_model
+from securefed.errors import BudgetExceeded, ConfigError
+from securefed.privacy.accountants import compute_epsilon
+from securefed.privacy.budget import (
+    BudgetGuard,
+    PrivacyBudget,
+    calibrate_noise,
+    check_delta_for_dataset,
+    plan_schedule,
+    suggest_delta,
+)
+from securefed.privacy.events import AccountantName
+from securefed.privacy.formulas import SubsampledGaussian, rdp_epsilon
+
+
+def test_budget_model_parses_and_refuses_bad_values():
+    b = parse_model(PrivacyBudget, {"target_epsilon": 8, "delta": 1e-5, "accountant": "prv"}, "client.toml")
+    assert b.accountant is AccountantName.PRV and b.per_round_epsilon is None
+    with pytest.raises(ConfigError, match="client.toml: target_epsilon"):
+        parse_model(PrivacyBudget, {"target_epsilon": 0, "delta": 1e-5}, "client.toml")
+    with pytest.raises(ConfigError, match="delta"):
+        parse_model(PrivacyBudget, {"target_epsilon": 1, "delta": 1.5}, "client.toml")
+    with pytest.raises(ConfigError, match="accountant"):
+        parse_model(PrivacyBudget, {"target_epsilon": 1, "delta": 1e-5, "accountant": "gdp"}, "client.toml")
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_model(PrivacyBudget, {"target_epsilon": 1, "delta": 1e-5, "epsilon": 3}, "client.toml")
+    with pytest.raises(ConfigError, match="per_round_epsilon"):
+        parse_model(PrivacyBudget, {"target_epsilon": 1, "delta": 1e-5, "per_round_epsilon": 2}, "client.toml")
+    with pytest.raises(ConfigError, match="target_epsilon"):
+        parse_model(PrivacyBudget, {"target_epsilon": float("inf"), "delta": 1e-5}, "client.toml")
+
+
+def test_delta_must_be_below_one_over_n():
+    check_delta_for_dataset(1e-5, 10_000)
+    with pytest.raises(ConfigError, match=r"privacy.delta = 0.0001 is not below 1/dataset_size.*at most 1e-05"):
+        check_delta_for_dataset(1e-4, 10_000)
+    with pytest.raises(ConfigError, match="not below"):
+        BudgetGuard(PrivacyBudget(target_epsilon=1, delta=0.01), dataset_size=100)
+    assert suggest_delta(10_000) == pytest.approx(1e-5)
+    assert suggest_delta(3_000) == pytest.approx(3e-5)
+
+
+def test_plan_schedule_matches_training_rule():
+    s = plan_schedule(10_000, 64, 1.0)
+    assert s.sample_rate == pytest.approx(0.0064) and s.steps_per_round == 157  # ceil(1 / 0.0064)
+    s = plan_schedule(100, 10, 0.3)
+    assert s.steps_per_round == 3  # 0.3 / 0.1 computed exactly, not ceil(2.9999999999999996 + eps) = 4
+    assert plan_schedule(10, 64, 1.0).sample_rate == 1.0
+    with pytest.raises(ConfigError, match="batch size"):
+        plan_schedule(10, 0, 1.0)
+
+
+def test_guard_allows_then_declines_when_the_budget_would_be_passed():
+    budget = PrivacyBudget(target_epsilon=3.0, delta=1e-5)
+    guard = BudgetGuard(budget, dataset_size=50_000)
+    ledger = []
+    declined = None
+    for r in range(50):
+        planned = make_event(round_id=r, steps=225)
+        try:
+            p = guard.check(ledger, planned)
+        except BudgetExceeded as exc:
+            declined = (r, str(exc))
+            break
+        assert p.epsilon_after <= 3.0 and p.epsilon_before <= p.epsilon_after
+        assert p.remaining_after == pytest.approx(3.0 - p.epsilon_after)
+        ledger.append(planned)
+    assert declined is not None, "the guard never declined"
+    r, msg = declined
+    assert r == len(ledger) >= 1
+    assert f"round {r} declined" in msg and "target 3" in msg and "raise the noise multiplier" in msg
+    # what was admitted really fits, and one more round really would not
+    assert compute_epsilon(ledger, 1e-5, "rdp") <= 3.0
+    assert compute_epsilon([*ledger, make_event(round_id=r)], 1e-5, "rdp") > 3.0
+
+
+def test_guard_per_round_cap():
+    guard = BudgetGuard(PrivacyBudget(target_epsilon=10.0, delta=1e-5, per_round_epsilon=1.0))
+    small = make_event(steps=10)
+    assert guard.check([], small).round_epsilon <= 1.0
+    with pytest.raises(BudgetExceeded, match="this round alone costs epsilon .* > per_round_epsilon 1"):
+        guard.check([], make_event(steps=2000))
+
+
+def test_guard_refuses_mismatched_delta_or_accountant():
+    guard = BudgetGuard(PrivacyBudget(target_epsilon=10.0, delta=1e-5))
+    with pytest.raises(ConfigError, match="delta"):
+        guard.check([], make_event(delta=1e-6))
+    with pytest.raises(ConfigError, match="accountant"):
+        guard.check([], make_event(accountant="prv"))
+
+
+def test_guard_with_prv_accountant_admits_more_than_rdp():
+    ev = make_event(steps=2250, accountant="prv")
+    budget = PrivacyBudget(target_epsilon=7.0, delta=1e-5, accountant="prv")
+    assert BudgetGuard(budget).check([], ev).epsilon_after == pytest.approx(6.78, abs=0.01)
+    with pytest.raises(BudgetExceeded):
+        BudgetGuard(PrivacyBudget(target_epsilon=7.0, delta=1e-5)).check([], make_event(steps=2250))
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_calibrate_noise_lands_just_inside_the_target(accountant):
+    from securefed.privacy.accountants import accountant_class
+
+    steps = 2250 if accountant == "rdp" else 300  # PRV costs more per evaluation
+    sigma = calibrate_noise(4.0, 1e-5, 0.04, steps, accountant)
+    cls = accountant_class(accountant)
+    assert cls.epsilon_of_mechanisms([SubsampledGaussian(sigma, 0.04, steps)], 1e-5) <= 4.0
+    # tight: 0.5% less noise overshoots
+    assert cls.epsilon_of_mechanisms([SubsampledGaussian(sigma * 0.995, 0.04, steps)], 1e-5) > 4.0
+
+
+def test_calibrate_noise_covers_prior_events_and_the_whole_plan():
+    prior = [make_event(round_id=r, steps=225, noise_multiplier=1.0) for r in range(3)]
+    sigma = calibrate_noise(8.0, 1e-5, 0.04, 7 * 225, "rdp", prior_events=prior)
+    total = [SubsampledGaussian(1.0, 0.04, 3 * 225), SubsampledGaussian(sigma, 0.04, 7 * 225)]
+    assert rdp_epsilon(total, 1e-5) <= 8.0
+    assert sigma > calibrate_noise(8.0, 1e-5, 0.04, 7 * 225, "rdp")  # prior spending demands more noise
+
+
+def test_calibrate_noise_impossible_targets_name_the_fix():
+    with pytest.raises(ConfigError, match="unreachable.*raise target_epsilon or delta"):
+        calibrate_noise(0.01, 1e-5, 0.04, 2250, "rdp")
+    spent = [make_event(noise_multiplier=0.5, steps=2250)]
+    with pytest.raises(BudgetExceeded, match="already spent.*raise target_epsilon or stop"):
+        calibrate_noise(1.0, 1e-5, 0.04, 100, "rdp", prior_events=spent)
+    with pytest.raises(ConfigError, match="steps"):
+        calibrate_noise(1.0, 1e-5, 0.04, 0, "rdp")
+    with pytest.raises(ConfigError, match="sample rate"):
+        calibrate_noise(1.0, 1e-5, 0.0, 10, "rdp")
