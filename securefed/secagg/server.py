@@ -273,7 +273,7 @@ class SecAggServer:
         parsed: list[tuple[int, Share, bool]] = []
         for shares, is_b in ((msg.self_mask_shares, True), (msg.key_shares, False)):
             for r in shares:
-                if r.owner not in self._graph or cid not in self._graph.holders(r.owner):
+                if not self._graph.holds(cid, r.owner):
                     raise InvalidMessage(f"client {cid} holds no share of client {r.owner}")
                 if is_b != (r.owner in u3) or r.owner not in self._u2:
                     raise InvalidMessage(f"client {cid}: wrong kind of share for client {r.owner}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from securefed import PROTOCOL_VERSION
 from securefed.secagg.messages import AdvertisedKeys, CohortMember
@@ -107,6 +107,14 @@ class NeighbourGraph:
     """
 
     neighbours: Mapping[int, frozenset[int]]
+    _holders: Mapping[int, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _x: Mapping[int, Mapping[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Precomputed once: the server looks these up for every share it receives.
+        holders = {u: tuple(sorted(vs | {u})) for u, vs in self.neighbours.items()}
+        object.__setattr__(self, "_holders", holders)
+        object.__setattr__(self, "_x", {u: {h: i + 1 for i, h in enumerate(hs)} for u, hs in holders.items()})
 
     @classmethod
     def build(cls, session_id_: bytes, client_ids: Sequence[int], degree: int) -> "NeighbourGraph":
@@ -131,8 +139,12 @@ class NeighbourGraph:
         return self.neighbours[u]
 
     def holders(self, u: int) -> tuple[int, ...]:
-        return tuple(sorted(self.neighbours[u] | {u}))
+        return self._holders[u]
+
+    def holds(self, holder: int, owner: int) -> bool:
+        """Whether ``holder`` holds a share of ``owner``'s secrets."""
+        return owner in self._x and holder in self._x[owner]
 
     def share_x(self, owner: int, holder: int) -> int:
         """The Shamir x-coordinate of ``holder``'s share of ``owner``'s secrets."""
-        return self.holders(owner).index(holder) + 1
+        return self._x[owner][holder]

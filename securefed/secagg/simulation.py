@@ -71,7 +71,7 @@ class SimulatedRound:
 
     def __init__(self, inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
                  plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
-                 identities: Mapping[int, IdentityKeyPair] | None = None) -> None:
+                 identities: Mapping[int, IdentityKeyPair] | None = None, keep_history: bool = True) -> None:
         if not inputs:
             raise InvalidInput("inputs must name at least one client")
         lengths = {np.asarray(v).size for v in inputs.values()}
@@ -86,7 +86,10 @@ class SimulatedRound:
             c.set_input(np.asarray(inputs[cid]))
         self.outbox: dict[int, object] = self.server.start()
         self.next_stage: Stage | None = Stage.ADVERTISE_KEYS
-        self.sent: dict[Stage, dict[int, object]] = {}  # what each client was actually given
+        # What each client was given and answered, per stage (for replay tests); keep_history=False
+        # keeps only the current stage, so large masked vectors are not all held at once.
+        self.keep_history = keep_history
+        self.sent: dict[Stage, dict[int, object]] = {}
         self.replies: dict[Stage, dict[int, object]] = {}
         self.client_aborts: dict[int, str] = {}
         self.refused: dict[int, str] = {}
@@ -96,6 +99,9 @@ class SimulatedRound:
         if self.next_stage is None:
             raise InvalidInput("the round is already complete")
         stage, drop = self.next_stage, drop or {}
+        if not self.keep_history:
+            self.sent.clear()
+            self.replies.clear()
         self.sent[stage], self.replies[stage] = {}, {}
         for cid, msg in sorted(self.outbox.items()):
             if drop.get(cid) is stage or cid in self.client_aborts:
@@ -110,7 +116,8 @@ class SimulatedRound:
                     raise
                 self.client_aborts[cid] = str(exc)
                 continue
-            self.replies[stage][cid] = reply
+            if self.keep_history or stage is not Stage.MASKED_INPUT:
+                self.replies[stage][cid] = reply
             try:
                 self.server.receive(reply)
             except InvalidMessage as exc:
