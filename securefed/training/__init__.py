@@ -27,6 +27,7 @@ _EXPORTS = {
     "load_tokenizer": "model",
     "LoadedModel": "model",
     "count_trainable": "model",
+    "layout_for_config": "model",
     "build_tiny_model": "preset",
     "PresetSize": "preset",
     "AdapterLayout": "adapter",

@@ -141,3 +141,28 @@ def attach_lora(model, lora: LoraSettings):
 
 def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layout_for_config(config, lora: LoraSettings):
+    """The adapter layout for a model config *without loading weights* (built on torch's meta device).
+
+    ``config`` is a transformers ``PretrainedConfig`` or a local model directory. Lets a server that holds no
+    model weights compute the adapter length and layout hash, and the benchmark size a 7B-shaped adapter.
+    """
+    _offline()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from securefed.training.adapter import adapter_layout
+
+    if isinstance(config, (str, Path)):
+        model_dir = Path(config)
+        _check_dir(model_dir)
+        try:
+            config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception as exc:
+            raise ModelError(f"{model_dir}/config.json: cannot parse model config ({exc.__class__.__name__})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = attach_lora(model, lora)
+    return adapter_layout(model)

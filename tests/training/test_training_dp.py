@@ -154,10 +154,36 @@ def test_train_local_reports_accounting_facts(lm, data_dp):
     assert r2.steps == 3
 
 
-def test_train_local_auto_picks_ghost_for_lora(lm, data_dp):
+def test_train_local_auto_picks_clipping_by_memory(lm, data_dp, monkeypatch):
+    import securefed.training.dp as dp
+
     settings = LocalTrainingSettings(batch_size=4, steps=1, secure_mode=False, max_seq_len=32)
     r = train_local(lm, data_dp, settings, 1.0)
-    assert r.clipping_mode is ClippingMode.GHOST and r.secure_rng is False
+    assert r.clipping_mode is ClippingMode.HOOKS and r.secure_rng is False  # small LoRA adapter
+    monkeypatch.setattr(dp, "AUTO_GHOST_ABOVE_BYTES", 1)
+    r = train_local(lm, data_dp, settings, 1.0)
+    assert r.clipping_mode is ClippingMode.GHOST
+    assert dp.choose_clipping(ClippingMode.HOOKS, 10**6, 10**9) == [ClippingMode.HOOKS]
+    assert dp.choose_clipping(ClippingMode.AUTO, 64, 4_194_304) == [ClippingMode.GHOST, ClippingMode.HOOKS]
+
+
+def test_auto_falls_back_to_hooks_when_ghost_fails(lm, data_dp, monkeypatch, caplog):
+    import securefed.training.dp as dp
+
+    monkeypatch.setattr(dp, "AUTO_GHOST_ABOVE_BYTES", 1)
+    real_init = dp.DPTrainer.__init__
+
+    def init(self, model, settings, sigma, b, mode, source, correction=None):
+        if mode is ClippingMode.GHOST:
+            raise NotImplementedError("Parameter tying is not supported with Ghost Clipping")
+        real_init(self, model, settings, sigma, b, mode, source, correction)
+
+    monkeypatch.setattr(dp.DPTrainer, "__init__", init)
+    settings = LocalTrainingSettings(batch_size=4, steps=1, secure_mode=False, max_seq_len=32)
+    with caplog.at_level("WARNING"):
+        r = train_local(lm, data_dp, settings, 1.0)
+    assert r.clipping_mode is ClippingMode.HOOKS
+    assert "falling back to hooks" in caplog.text
 
 
 def test_train_local_refusals(lm, data_dp):

@@ -240,3 +240,17 @@ def test_settings_validation():
         parse_model(LoraSettings, {"rnak": 4})
     with pytest.raises(ConfigError, match="clip_norm"):
         parse_model(LocalTrainingSettings, {"clip_norm": 0})
+
+
+def test_layout_without_weights_matches_loaded_model(tiny_dir_md, loaded):
+    from transformers import LlamaConfig
+
+    from securefed.training.model import layout_for_config
+
+    _, layout = adapter_to_vector(loaded.model)
+    assert layout_for_config(tiny_dir_md, LoraSettings(rank=4, alpha=8)) == layout
+    # 7B-Llama-shaped config, q/v targets, r=8: 32 layers * 2 modules * 8 * (4096 + 4096) parameters.
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000)
+    big = layout_for_config(cfg, LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "v_proj")))
+    assert big.total_size == 4_194_304 and big.nbytes == 16_777_216
