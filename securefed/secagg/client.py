@@ -171,6 +171,7 @@ class SecAggClient:
         self._signed_survivors: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
         self._b_u = b""
+        self._enc_keys: dict[int, bytes] = {}  # neighbour -> share-encryption key k_uv
 
     # ---- public surface --------------------------------------------------------------------------
 
@@ -199,6 +200,8 @@ class SecAggClient:
         arr = np.asarray(values)
         if arr.ndim != 1 or arr.size == 0:
             raise InvalidInput(f"input must be a non-empty 1-D vector, got shape {arr.shape}")
+        if arr.dtype.kind not in "fiu" or not np.isfinite(arr).all():
+            raise InvalidInput("input must be a real vector with no NaN or Inf; fix the update before aggregating")
         if self._setup is not None and arr.size != self._setup.vector_length:
             raise InvalidInput(f"input has {arr.size} values but the round plan expects {self._setup.vector_length}")
         self._input = arr
@@ -243,6 +246,7 @@ class SecAggClient:
         # Drop references to secrets; Python cannot zero memory, but nothing keeps them alive.
         self._c_key = self._s_key = None
         self._b_u = b""
+        self._enc_keys = {}
         self._own_shares = None
         self._held = {}
         self._input = None
@@ -327,6 +331,7 @@ class SecAggClient:
                 continue
             key = derive_key(x25519_shared_secret(self._c_key.private_bytes(), self._keys[v].c_pk),
                              session_id=sid, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=self.client_id, party_b=v)
+            self._enc_keys[v] = key  # the same key decrypts v's shares to us next stage
             ct = encrypt_share(key, encode_share_pair(b_shares[i], s_shares[i]), session_id=sid,
                                sender=self.client_id, receiver=v)
             out.append(EncryptedShare(self.client_id, v, ct))
@@ -346,8 +351,7 @@ class SecAggClient:
                 self._abort("a delivered share is addressed to another client")
             if s.sender not in neighbours:
                 self._abort(f"a delivered share comes from client {s.sender}, who is not a neighbour")
-            key = derive_key(x25519_shared_secret(self._c_key.private_bytes(), self._keys[s.sender].c_pk),
-                             session_id=sid, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=me, party_b=s.sender)
+            key = self._enc_keys[s.sender]
             try:
                 b_share, s_share = decode_share_pair(
                     decrypt_share(key, s.ciphertext, session_id=sid, sender=s.sender, receiver=me))
@@ -372,6 +376,7 @@ class SecAggClient:
         self._b_u = b""
         self._s_key = None
         self._c_key = None
+        self._enc_keys = {}
         self._stats = ClientStats(clipped=clipped, neighbours_masked=len(u2), upload_bytes=int(acc.nbytes))
         self._stage = ClientStage.AWAIT_SURVIVORS
         return MaskedInput(sid, Stage.MASKED_INPUT, me, acc)

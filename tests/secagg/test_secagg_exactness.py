@@ -92,6 +92,21 @@ def test_any_tolerated_pattern_is_exact(config, data) -> None:
     assert set(out.result.survivors) == set(ids) - early
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nt=st.sampled_from([(3, 2), (5, 3), (7, 4), (8, 5)]), data=st.data())
+def test_any_pattern_one_beyond_tolerance_aborts_complete_graph(nt, data) -> None:
+    n, t = nt
+    ids = list(range(1, n + 1))
+    dropped = data.draw(st.lists(st.sampled_from(ids), unique=True, min_size=n - t + 1, max_size=n - t + 1))
+    stages = data.draw(st.lists(st.sampled_from(list(Stage)), min_size=len(dropped), max_size=len(dropped)))
+    rnd = SimulatedRound(exact_inputs(ids, 8, seed=3), SecAggParams(threshold=t, frac_bits=8))
+    with pytest.raises(ProtocolAbort, match="round aborted, no aggregate"):
+        rnd.run(drop=dict(zip(dropped, stages)))
+    assert rnd.server.stage is ServerStage.ABORTED
+    with pytest.raises(ProtocolAbort):
+        rnd.server.result  # noqa: B018
+
+
 @pytest.mark.parametrize(("n", "t"), [(3, 2), (5, 3), (7, 4), (10, 6)])
 @pytest.mark.parametrize("stage", list(Stage), ids=lambda s: s.name)
 def test_one_dropout_too_many_aborts_complete_graph(n, t, stage) -> None:
@@ -134,3 +149,26 @@ def test_clipping_is_reported() -> None:
     out = simulate_round(inputs, params)
     assert out.stats[1].clipped == 2 and out.stats[2].clipped == 0
     assert np.array_equal(out.result.values, np.array([0.5, 1.0, -1.0, 0.0]))
+
+
+def test_bad_input_is_a_caller_error_not_an_abort() -> None:
+    from securefed.errors import InvalidInput
+    from securefed.secagg import ClientStage, SecAggClient
+    from securefed.crypto.keys import IdentityKeyPair
+    client = SecAggClient(1, IdentityKeyPair.generate())
+    with pytest.raises(InvalidInput, match="NaN"):
+        client.set_input(np.array([0.0, np.nan]))
+    with pytest.raises(InvalidInput, match="1-D"):
+        client.set_input(np.zeros((2, 2)))
+    rnd = SimulatedRound({c: np.zeros(4) for c in (1, 2, 3)}, SecAggParams(threshold=2))
+    rnd.step()
+    rnd.step()
+    rnd.clients[1]._input = None  # the daemon forgot set_input: refused, state kept, retry works
+    with pytest.raises(InvalidInput, match="set_input"):
+        rnd.clients[1].handle(rnd.outbox[1])
+    assert rnd.clients[1].stage is ClientStage.AWAIT_SHARES
+    with pytest.raises(InvalidInput, match="expects 4"):
+        rnd.clients[1].set_input(np.zeros(5))
+    rnd.clients[1].set_input(np.ones(4))
+    rnd.run()
+    assert np.array_equal(rnd.server.result.values, np.ones(4))
