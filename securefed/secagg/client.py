@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+from pydantic import ValidationError
 
+from securefed.config import format_validation_error
 from securefed.crypto.aead import decrypt_share, encrypt_share
 from securefed.crypto.fixedpoint import encode
 from securefed.crypto.keys import (
@@ -269,7 +271,10 @@ class SecAggClient:
             self._abort("the cohort lists another identity key for this client")
         if len({m.identity_key for m in msg.cohort}) != len(msg.cohort):
             self._abort("two cohort members share an identity key")
-        params = params_from_setup(msg)
+        try:
+            params = params_from_setup(msg)
+        except ValidationError as exc:
+            self._abort(f"refusing invalid parameters: {format_validation_error('round setup', exc)}")
         try:
             params.check_cohort(len(msg.cohort))
         except InsecureParameters as exc:

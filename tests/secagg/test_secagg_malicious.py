@@ -93,6 +93,16 @@ def test_insecure_threshold_in_plan_is_refused() -> None:
     aborts(only(Stage.ADVERTISE_KEYS, 1, low_t), "refusing insecure parameters.*strict majority")
 
 
+@pytest.mark.parametrize("change", [{"threshold": 1}, {"neighbour_degree": 3}, {"frac_bits": 70},
+                                    {"neighbour_degree": 4}, {"frac_bits": 31}])
+def test_invalid_parameters_in_plan_are_refused(change) -> None:
+    """Out-of-range values, odd degree, non-canonical k (4 = n-1 must be sent as 0), overflowing fixed point."""
+    def bad(m: RoundSetup) -> RoundSetup:
+        m2 = dataclasses.replace(m, **change)
+        return dataclasses.replace(m2, session_id=setup_digest(m2))
+    aborts(only(Stage.ADVERTISE_KEYS, 1, bad), "refusing|non-canonical|must be sent as 0")
+
+
 def test_client_not_in_cohort_or_wrong_identity() -> None:
     def swap_identity(m: RoundSetup) -> RoundSetup:
         cohort = tuple(dataclasses.replace(c, identity_key=IdentityKeyPair.generate().public_bytes())
