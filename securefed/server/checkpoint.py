@@ -1,9 +1,11 @@
 """Global-adapter checkpoints: safetensors files written atomically (temp file, fsync, rename, fsync dir).
 
-A checkpoint is the flat float32 adapter vector plus its layout (JSON, in the safetensors metadata)
-and a digest. The digest is what the plan binds into the session, so a client trains from exactly
-the adapter every other client of the round saw. ``adapter_digest`` is computed over the layout
-JSON and the little-endian float32 bytes, so it does not depend on the file's framing.
+A checkpoint is the *global bundle*: the flat float32 adapter vector, its layout (JSON), the
+federation settings every client must apply identically (LoRA settings, strategy settings, as
+canonical JSON), and optionally the strategy's server state (SCAFFOLD's control variate). Its
+digest is what the plan binds into the session, so a client trains from exactly the adapter and
+settings every other client of the round saw. ``adapter_digest`` is computed over the layout, the
+settings and the little-endian float32 bytes, so it does not depend on the file's framing.
 """
 
 from __future__ import annotations
@@ -19,22 +21,25 @@ import numpy as np
 from securefed.errors import InvalidMessage, SecureFedError
 
 TENSOR_NAME = "adapter"
-DIGEST_DOMAIN = b"securefed/adapter/v1\x00"
+STATE_TENSOR = "server_state"
+DIGEST_DOMAIN = b"securefed/global-bundle/v1\x00"
 
 
 class CheckpointError(SecureFedError):
     """A checkpoint file is missing, unreadable or does not match its digest."""
 
 
-def adapter_digest(vector: np.ndarray, layout_json: str) -> str:
-    """SHA-256 (hex) over domain || len(layout) || layout || float32-LE vector bytes."""
-    v = np.ascontiguousarray(vector, dtype="<f4")
-    lay = layout_json.encode("utf-8")
+def adapter_digest(vector: np.ndarray, layout_json: str, settings_json: str = "",
+                   server_state: np.ndarray | None = None) -> str:
+    """SHA-256 (hex) over domain and the length-prefixed layout, settings, vector and state bytes."""
     h = hashlib.sha256()
     h.update(DIGEST_DOMAIN)
-    h.update(len(lay).to_bytes(8, "big"))
-    h.update(lay)
-    h.update(v.tobytes())
+    parts = [layout_json.encode("utf-8"), settings_json.encode("utf-8"),
+             np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+             b"" if server_state is None else np.ascontiguousarray(server_state, dtype="<f4").tobytes()]
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
     return h.hexdigest()
 
 
@@ -43,8 +48,14 @@ class Checkpoint:
     round: int
     vector: np.ndarray  # float32, read-only
     layout_json: str
+    settings_json: str
+    server_state: np.ndarray | None
     digest: str
     path: Path
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.settings_json) if self.settings_json else {}
 
 
 def _fsync_dir(d: Path) -> None:
@@ -58,8 +69,9 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: dict[str, str] | None = None) -> str:
-    """Write ``vector`` + layout to ``path`` atomically; return the digest."""
+def encode_bundle(vector: np.ndarray, layout_json: str, settings_json: str = "",
+                  server_state: np.ndarray | None = None, extra: dict[str, str] | None = None) -> tuple[bytes, str]:
+    """(safetensors bytes, digest) of a global bundle."""
     from safetensors.numpy import save
 
     v = np.ascontiguousarray(vector, dtype=np.float32)
@@ -67,10 +79,19 @@ def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: 
         raise InvalidMessage(f"adapter vector must be 1-D, got shape {v.shape}")
     if not np.all(np.isfinite(v)):
         raise InvalidMessage("adapter vector has NaN/Inf; refusing to checkpoint it")
-    digest = adapter_digest(v, layout_json)
-    meta = {"layout": layout_json, "digest": digest, "format": "securefed-adapter/v1"}
+    tensors = {TENSOR_NAME: v}
+    if server_state is not None:
+        tensors[STATE_TENSOR] = np.ascontiguousarray(server_state, dtype=np.float32)
+    digest = adapter_digest(v, layout_json, settings_json, server_state)
+    meta = {"layout": layout_json, "settings": settings_json, "digest": digest, "format": "securefed-bundle/v1"}
     meta.update(extra or {})
-    data = save({TENSOR_NAME: v}, metadata=meta)
+    return save(tensors, metadata=meta), digest
+
+
+def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: dict[str, str] | None = None, *,
+                       settings_json: str = "", server_state: np.ndarray | None = None) -> str:
+    """Write the bundle to ``path`` atomically (temp file, fsync, rename, fsync dir); return the digest."""
+    data, digest = encode_bundle(vector, layout_json, settings_json, server_state, extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -82,26 +103,51 @@ def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: 
     return digest
 
 
-def read_adapter_file(path: Path) -> tuple[np.ndarray, str, str, dict[str, str]]:
-    """Read and verify a file written by ``write_adapter_file``: (vector, layout_json, digest, metadata)."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class Bundle:
+    vector: np.ndarray
+    layout_json: str
+    settings_json: str
+    server_state: np.ndarray | None
+    digest: str
+    meta: dict[str, str]
+
+
+def decode_bundle(data: bytes, source: str = "<bundle>") -> Bundle:
+    """Parse and verify bundle bytes (from disk or the wire); CheckpointError on any mismatch."""
+    from safetensors.numpy import load
 
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-            vec = f.get_tensor(TENSOR_NAME)
+        n = int.from_bytes(data[:8], "little")
+        if n <= 0 or n > len(data) - 8 or n > 1 << 24:
+            raise ValueError("bad header length")
+        header = json.loads(data[8 : 8 + n])
+        meta = dict(header.get("__metadata__") or {})
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt data
+        raise CheckpointError(f"{source}: unreadable adapter bundle ({exc.__class__.__name__})") from None
+    vec = tensors.get(TENSOR_NAME)
+    state = tensors.get(STATE_TENSOR)
+    layout, settings, digest = meta.get("layout"), meta.get("settings", ""), meta.get("digest")
+    if layout is None or digest is None or vec is None or vec.dtype != np.float32 or vec.ndim != 1:
+        raise CheckpointError(f"{source}: not a securefed adapter bundle")
+    if set(tensors) - {TENSOR_NAME, STATE_TENSOR}:
+        raise CheckpointError(f"{source}: unexpected tensors in the adapter bundle")
+    if state is not None and (state.dtype != np.float32 or state.ndim != 1):
+        raise CheckpointError(f"{source}: malformed server state")
+    if adapter_digest(vec, layout, settings, state) != digest:
+        raise CheckpointError(f"{source}: contents do not match the recorded digest")
+    vec.setflags(write=False)
+    return Bundle(vec, layout, settings, state, digest, meta)
+
+
+def read_adapter_file(path: Path) -> Bundle:
+    """Read and verify a bundle file written by ``write_adapter_file``."""
+    try:
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
-    layout = meta.get("layout")
-    digest = meta.get("digest")
-    if layout is None or digest is None or vec.dtype != np.float32 or vec.ndim != 1:
-        raise CheckpointError(f"{path}: not a securefed adapter checkpoint")
-    if adapter_digest(vec, layout) != digest:
-        raise CheckpointError(f"{path}: contents do not match the recorded digest")
-    vec.setflags(write=False)
-    return vec, layout, digest, meta
+    return decode_bundle(data, str(path))
 
 
 class CheckpointStore:
@@ -114,21 +160,24 @@ class CheckpointStore:
     def path_for(self, round: int) -> Path:
         return self.dir / f"global-r{round:06d}.safetensors"
 
-    def save(self, round: int, vector: np.ndarray, layout_json: str) -> Checkpoint:
+    def save(self, round: int, vector: np.ndarray, layout_json: str, settings_json: str = "",
+             server_state: np.ndarray | None = None) -> Checkpoint:
         path = self.path_for(round)
-        digest = write_adapter_file(path, vector, layout_json, {"round": str(round)})
+        digest = write_adapter_file(path, vector, layout_json, {"round": str(round)}, settings_json=settings_json,
+                                    server_state=server_state)
         vec = np.array(vector, dtype=np.float32)
         vec.setflags(write=False)
-        return Checkpoint(round, vec, layout_json, digest, path)
+        st = None if server_state is None else np.array(server_state, dtype=np.float32)
+        return Checkpoint(round, vec, layout_json, settings_json, st, digest, path)
 
     def load(self, round: int, expected_digest: str | None = None) -> Checkpoint:
         path = self.path_for(round)
-        vec, layout, digest, meta = read_adapter_file(path)
-        if meta.get("round") != str(round):
-            raise CheckpointError(f"{path}: records round {meta.get('round')}, expected {round}")
-        if expected_digest is not None and digest != expected_digest:
+        b = read_adapter_file(path)
+        if b.meta.get("round") != str(round):
+            raise CheckpointError(f"{path}: records round {b.meta.get('round')}, expected {round}")
+        if expected_digest is not None and b.digest != expected_digest:
             raise CheckpointError(f"{path}: digest differs from the round log; refusing to resume from it")
-        return Checkpoint(round, vec, layout, digest, path)
+        return Checkpoint(round, b.vector, b.layout_json, b.settings_json, b.server_state, b.digest, path)
 
     def discard_after(self, round: int) -> list[Path]:
         """Remove checkpoints newer than ``round`` (written by an attempt that never committed)."""
@@ -144,6 +193,3 @@ class CheckpointStore:
         for p in self.dir.glob(".global-r*.tmp-*"):
             p.unlink(missing_ok=True)
         return removed
-
-    def export_layout(self, layout_json: str) -> dict:
-        return json.loads(layout_json)

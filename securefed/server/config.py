@@ -16,8 +16,12 @@ Example (see clients/server.toml for the annotated version)::
     neighbour_degree = 0                # 0 = complete graph (plain Bonawitz)
     mode = "secagg"                     # secagg | ckks | plaintext
 
-    [strategy]
-    name = "fedavg"
+    [strategy]                          # securefed.strategies.StrategySettings
+    kind = "fedavg"
+    max_samples = 1000
+
+    [lora]                              # securefed.training.LoraSettings: the adapter every member trains
+    rank = 4
 
     [deadlines]
     training_s = 120
@@ -32,6 +36,8 @@ from pydantic import Field, model_validator
 
 from securefed.config import StrictModel, load_toml
 from securefed.errors import InsecureParameters
+from securefed.strategies.config import StrategySettings
+from securefed.training.config import LoraSettings
 
 
 class AggregationMode(str, enum.Enum):
@@ -40,28 +46,15 @@ class AggregationMode(str, enum.Enum):
     PLAINTEXT = "plaintext"
 
 
-class StrategyName(str, enum.Enum):
-    FEDAVG = "fedavg"
-    FEDPROX = "fedprox"
-    SCAFFOLD = "scaffold"
-    FEDNOVA = "fednova"
-
-
 class ServerSection(StrictModel):
     address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     credentials_dir: Path = Field(description="directory with ca.pem, server.pem, server.key")
     state_dir: Path = Field(description="round log (SQLite) and global adapter checkpoints live here")
     base_model_dir: Path = Field(description="local HF model directory; fixes the adapter layout")
-    max_message_mb: int = Field(64, gt=0, le=1024, description="gRPC message size limit")
-
-
-class LoraSection(StrictModel):
-    """The adapter every member trains; the server fixes it so all updates have the same layout."""
-
-    rank: int = Field(4, gt=0, le=256)
-    alpha: float = Field(8.0, gt=0)
-    target_modules: tuple[str, ...] = Field(("q_proj", "v_proj"), min_length=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    ckks_public_context: Path | None = Field(
+        None, description="mode = 'ckks': the federation's public CKKS context (parameters only, no key)"
+    )
+    federation_id: str = Field("securefed", min_length=1, max_length=64, description="name reported to clients")
 
 
 class FederationSection(StrictModel):
@@ -77,9 +70,9 @@ class FederationSection(StrictModel):
     allow_plaintext_for_debugging: bool = Field(
         False, description="plaintext shows each update to the server; refused unless this is true"
     )
-    clip: float = Field(4.0, gt=0, description="fixed-point clip range per coordinate of the summed payload")
-    frac_bits: int = Field(16, gt=0, le=40, description="fixed-point fractional bits")
+    frac_bits: int = Field(32, gt=0, le=48, description="fixed-point fractional bits (precision 2^-frac_bits)")
     ring_bits: int = Field(64, description="fixed-point ring Z_(2^ring_bits): 32 or 64")
+    ckks_params: str = Field("default", description="CKKS parameter set name (securefed.he), mode = 'ckks' only")
 
     @model_validator(mode="after")
     def _check(self) -> "FederationSection":
@@ -88,21 +81,6 @@ class FederationSection(StrictModel):
         if self.min_clients > self.cohort_size:
             raise ValueError(f"min_clients ({self.min_clients}) must be <= cohort_size ({self.cohort_size})")
         return self
-
-
-class StrategySection(StrictModel):
-    name: StrategyName = StrategyName.FEDAVG
-    server_lr: float = Field(1.0, gt=0, description="server step size applied to the averaged delta")
-    mu: float = Field(0.0, ge=0, description="FedProx proximal coefficient (clients)")
-
-
-class TrainingPlanSection(StrictModel):
-    """Local-training settings the server proposes in the plan (clients may train fewer steps)."""
-
-    local_steps: int = Field(4, gt=0, le=100_000)
-    learning_rate: float = Field(5e-3, gt=0)
-    batch_size: int = Field(8, gt=0)
-    max_length: int = Field(64, gt=0)
 
 
 class DeadlinesSection(StrictModel):
@@ -120,9 +98,8 @@ class DeadlinesSection(StrictModel):
 class ServerConfig(StrictModel):
     server: ServerSection
     federation: FederationSection = FederationSection()
-    strategy: StrategySection = StrategySection()
-    lora: LoraSection = LoraSection()
-    training: TrainingPlanSection = TrainingPlanSection()
+    strategy: StrategySettings = StrategySettings()
+    lora: LoraSettings = LoraSettings()
     deadlines: DeadlinesSection = DeadlinesSection()
 
     def check_safety(self, source: str = "<config>") -> None:
@@ -133,7 +110,13 @@ class ServerConfig(StrictModel):
                 f"{source}: federation.mode: 'plaintext' shows every update to the server; use 'secagg' "
                 "or 'ckks', or set federation.allow_plaintext_for_debugging = true (debugging only)"
             )
+        if fed.mode is AggregationMode.CKKS and self.server.ckks_public_context is None:
+            raise InsecureParameters(f"{source}: server.ckks_public_context: required when federation.mode = 'ckks'")
+        if fed.threshold < 2:
+            raise InsecureParameters(f"{source}: federation.threshold must be >= 2 (a 'sum' of one client is its update)")
         if fed.mode is AggregationMode.SECAGG:
+            from securefed.secagg.params import SecAggParams
+
             if fed.threshold > fed.cohort_size:
                 raise InsecureParameters(
                     f"{source}: federation.threshold ({fed.threshold}) must be <= cohort_size ({fed.cohort_size})"
@@ -142,6 +125,22 @@ class ServerConfig(StrictModel):
                 raise InsecureParameters(
                     f"{source}: federation.min_clients ({fed.min_clients}) must be >= threshold ({fed.threshold})"
                 )
+            n = fed.cohort_size
+            k = fed.neighbour_degree or None
+            try:
+                SecAggParams(threshold=fed.threshold, neighbour_degree=k if k is None or k < n - 1 else None,
+                             ring_bits=fed.ring_bits, frac_bits=fed.frac_bits,
+                             clip=self.payload_bound()).check_cohort(n)
+            except InsecureParameters as exc:
+                raise InsecureParameters(f"{source}: federation: {exc}") from None
+            except ValueError as exc:
+                raise InsecureParameters(f"{source}: federation: {exc}") from None
+
+    def payload_bound(self) -> float:
+        """Max |element| of one client's payload under the configured strategy (the fixed-point clip)."""
+        from securefed.strategies import make_strategy
+
+        return make_strategy(self.strategy, dim=1).payload_bound()
 
     @property
     def attempts_limit(self) -> int:
@@ -154,6 +153,8 @@ class ServerConfig(StrictModel):
             k: (base / getattr(s, k)) if not getattr(s, k).is_absolute() else getattr(s, k)
             for k in ("credentials_dir", "state_dir", "base_model_dir")
         }
+        if s.ckks_public_context is not None and not s.ckks_public_context.is_absolute():
+            upd["ckks_public_context"] = base / s.ckks_public_context
         return self.model_copy(update={"server": s.model_copy(update=upd)})
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.errors import ConfigError, InvalidInput, InvalidMessage, ProtocolAbort, SecureFedError
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import AggregationMode, ServerConfig
 from securefed.server.logs import get_logger, log
@@ -141,9 +141,14 @@ class RoundDriver(abc.ABC):
         tasks = {cid: c.task(pb.STAGE_PLAN, plan=c.plan) for cid in c.cohort}
         return Phase(pb.STAGE_PLAN, tasks, frozenset(c.cohort), c.config.deadlines.training_s)
 
-    def on_decision(self, phase: Phase, client: str, d: pb.PlanDecision) -> None:
+    def on_decision(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
+        import hmac
+
         if phase.stage != pb.STAGE_PLAN:
             raise InvalidMessage("plan decision outside the plan stage")
+        if not hmac.compare_digest(bytes(req.header.session_id), bytes(self.ctx.plan.plan_sha256)):
+            raise InvalidMessage("plan decision for another plan (header.session_id must be the plan digest)")
+        d = req.plan_decision
         if not d.participate:
             reason = (d.decline_reason or "declined")[:300]
             self.ctx.declined[client] = reason
@@ -165,7 +170,7 @@ class RoundDriver(abc.ABC):
     def on_submit(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
         kind = req.WhichOneof("result")
         if kind == "plan_decision":
-            self.on_decision(phase, client, req.plan_decision)
+            self.on_decision(phase, client, req)
             return
         raise InvalidMessage(f"{kind} is not expected in this aggregation mode")
 
@@ -183,7 +188,10 @@ class RoundDriver(abc.ABC):
         return None
 
 
-ApplyFn = Callable[[np.ndarray, np.ndarray, AttemptContext, RoundOutcome], np.ndarray]
+# (global vector, summed payload, context, outcome) -> (new global vector, new server state or None)
+ApplyFn = Callable[[np.ndarray, np.ndarray, AttemptContext, RoundOutcome], tuple[np.ndarray, np.ndarray | None]]
+# () -> (initial adapter vector, layout JSON, settings JSON, initial server state or None)
+InitFn = Callable[[], tuple[np.ndarray, str, str, np.ndarray | None]]
 DriverFactory = Callable[[AttemptContext], RoundDriver]
 
 
@@ -200,7 +208,8 @@ class Coordinator:
         self,
         config: ServerConfig,
         *,
-        initial_adapter: Callable[[], tuple[np.ndarray, str]],
+        initial_adapter: InitFn,
+        settings_json: str,
         payload_length: Callable[[int], int],
         build_plan: Callable[[AttemptContext], pb.RoundPlan],
         driver_factory: DriverFactory,
@@ -211,6 +220,7 @@ class Coordinator:
         self.roundlog = RoundLog(self.state_dir / "rounds.sqlite")
         self.store = CheckpointStore(self.state_dir / "checkpoints")
         self._initial_adapter = initial_adapter
+        self.settings_json = settings_json
         self._payload_length = payload_length
         self._build_plan = build_plan
         self._driver_factory = driver_factory
@@ -228,6 +238,7 @@ class Coordinator:
         self._sequences: dict[tuple[str, int], int] = {}
         self.detail = ""
         self.error: str | None = None
+        self.done_delivered: set[str] = set()
 
     # ---------------------------------------------------------------------------------------------
     # startup and recovery
@@ -239,16 +250,28 @@ class Coordinator:
             try:
                 ckpt = self.store.load(0)
             except SecureFedError:
-                vec, layout = self._initial_adapter()
-                ckpt = self.store.save(0, vec, layout)
+                vec, layout, settings, state = self._initial_adapter()
+                ckpt = self.store.save(0, vec, layout, settings, state)
         else:
             removed = self.store.discard_after(last.round)
             ckpt = self.store.load(last.round, expected_digest=last.result_hash)
+        if ckpt.settings_json != self.settings_json:
+            raise ConfigError(
+                f"{self.state_dir}: the federation was started with other [lora]/[strategy] settings "
+                f"({ckpt.settings_json}); restore them, or start a new federation with an empty state_dir"
+            )
         if abandoned or removed:
             log(logger, "recovered after a crash", abandoned_attempts=abandoned,
                 discarded_checkpoints=[p.name for p in removed], resume_from_round=ckpt.round)
         self.global_ckpt = ckpt
         return ckpt
+
+    def linger(self, max_s: float) -> None:
+        """After the last round: keep serving until every registered client has been told ``Done``."""
+        end = time.monotonic() + max_s
+        with self._cv:
+            while time.monotonic() < end and not set(self.clients) <= self.done_delivered:
+                self._cv.wait(0.2)
 
     def stop(self) -> None:
         self._stop.set()
@@ -329,18 +352,20 @@ class Coordinator:
                 identity_keys={c: self.clients[c].identity_key for c in cohort}, global_ckpt=self.global_ckpt,
                 payload_length=self._payload_length(self.global_ckpt.vector.size), plan=pb.RoundPlan(),
             )
-            ctx.plan = self._build_plan(ctx)
-            driver = self._driver_factory(ctx)
-            self.ctx, self.driver = ctx, driver
-            self.state = ServerState.RUNNING
-            phase = driver.first_phase()
-            self.phase = phase
-            self._cv.notify_all()
-        self.roundlog.update_attempt(attempt, cohort=list(cohort), stage=STAGE_NAMES[phase.stage])
-        log(logger, "round started", attempt=attempt, round=round_no, mode=mode.value, cohort=list(cohort),
-            global_digest=self.global_ckpt.digest[:16])
         outcome: RoundOutcome | None = None
         try:
+            with self._cv:
+                ctx.plan = self._build_plan(ctx)
+                driver = self._driver_factory(ctx)
+                self.ctx, self.driver = ctx, driver
+                self.state = ServerState.RUNNING
+                phase = driver.first_phase()
+                self.phase = phase
+                self._cv.notify_all()
+            self.roundlog.update_attempt(attempt, cohort=list(cohort), stage=STAGE_NAMES[phase.stage],
+                                         session_id=ctx.plan.plan_sha256.hex())
+            log(logger, "round started", attempt=attempt, round=round_no, mode=mode.value, cohort=list(cohort),
+                global_digest=self.global_ckpt.digest[:16])
             while outcome is None:
                 self._wait_phase(phase)
                 with self._cv:
@@ -366,8 +391,8 @@ class Coordinator:
                     raise ProtocolAbort("server shutting down")
             fault_point("before_apply", attempt)
             t_apply = time.monotonic()
-            new_vec = self._apply(self.global_ckpt.vector, outcome.sums, ctx, outcome)
-            ckpt = self.store.save(round_no, new_vec, self.global_ckpt.layout_json)
+            new_vec, new_state = self._apply(self.global_ckpt.vector, outcome.sums, ctx, outcome)
+            ckpt = self.store.save(round_no, new_vec, self.global_ckpt.layout_json, self.settings_json, new_state)
             fault_point("after_checkpoint", attempt)
             timings["apply"] = round(time.monotonic() - t_apply, 4)
             timings["total"] = round(time.monotonic() - t0, 4)
@@ -383,7 +408,7 @@ class Coordinator:
             log(logger, "round completed", attempt=attempt, round=round_no, contributors=list(outcome.contributors),
                 dropouts=sorted(ctx.dropouts), declined=sorted(ctx.declined), timings=timings,
                 bytes_in=ctx.bytes_in, bytes_out=ctx.bytes_out, global_digest=ckpt.digest[:16])
-        except (ProtocolAbort, InvalidMessage) as exc:
+        except SecureFedError as exc:  # ProtocolAbort, a refused message, bad parameters for this cohort
             self.failed_attempts += 1
             timings["total"] = round(time.monotonic() - t0, 4)
             try:
@@ -453,18 +478,17 @@ class Coordinator:
             n = self._notices.pop(client_id, None)
             if n is not None:
                 return n.task
+            self.done_delivered.add(client_id)
             return pb.Task(stage=pb.STAGE_UNSPECIFIED, done=pb.Done(
                 final_round=self.global_ckpt.round if self.global_ckpt else 0, reason=self.detail))
+        n = self._notices.get(client_id)
+        if n is not None and (self.ctx is None or n.attempt != self.ctx.attempt):
+            # The outcome of the client's previous attempt comes before anything newer.
+            del self._notices[client_id]
+            return n.task
         ph = self.phase
         if ph is not None and client_id in ph.tasks and client_id not in ph.touched:
             return ph.tasks[client_id]
-        n = self._notices.get(client_id)
-        if n is not None and (self.ctx is None or n.attempt != self.ctx.attempt):
-            # An outcome notice is delivered once, unless the client is already in a newer plan.
-            del self._notices[client_id]
-            if ph is not None and ph.stage == pb.STAGE_PLAN and client_id in ph.tasks:
-                return ph.tasks[client_id]
-            return n.task
         return None
 
     def check_header(self, client_id: str, header: pb.RequestHeader, *, sequence_required: bool = True) -> AttemptContext:
@@ -538,8 +562,21 @@ class Coordinator:
         assert ckpt is not None
         return ckpt.round, pb.AGGREGATE_KIND_GLOBAL_ADAPTER, [ckpt.path.read_bytes()]
 
-    def record_privacy_event(self, client_id: str, attempt: int, event: bytes, signature: bytes) -> bool:
-        return self.roundlog.record_privacy_event(attempt, client_id, event.decode("utf-8"), signature)
+    def record_privacy_event(self, client_id: str, attempt: int, event: bytes, signature: bytes, *,
+                             sequence: int, entry_hash: str) -> bool:
+        return self.roundlog.record_privacy_event(attempt, client_id, event.decode("utf-8"), signature,
+                                                  ledger_seq=sequence, entry_hash=entry_hash)
+
+    def expected_payload_bytes(self, ring_bits: int) -> int:
+        with self._cv:
+            if self.ctx is None:
+                raise InvalidMessage("no round is collecting uploads now")
+            return self.ctx.payload_length * ring_bits // 8
+
+    def max_ciphertext_bytes(self) -> int:
+        from securefed.transport.limits import MAX_PAYLOAD_BYTES
+
+        return MAX_PAYLOAD_BYTES
 
     def status(self) -> dict[str, Any]:
         with self._cv:

@@ -54,6 +54,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_completion_per_round ON attempts(round) WH
 CREATE TABLE IF NOT EXISTS privacy_events (
     attempt     INTEGER NOT NULL REFERENCES attempts(attempt),
     client_id   TEXT NOT NULL,
+    ledger_seq  INTEGER NOT NULL,
+    entry_hash  TEXT NOT NULL,
     event       TEXT NOT NULL,
     signature   BLOB NOT NULL,
     received_at REAL NOT NULL,
@@ -108,6 +110,8 @@ class AttemptRecord:
 class PrivacyEventRecord:
     attempt: int
     client_id: str
+    ledger_seq: int
+    entry_hash: str
     event: str
     signature: bytes
     received_at: float
@@ -238,13 +242,14 @@ class RoundLog:
                 (reason, stage, now, now, attempt),
             )
 
-    def record_privacy_event(self, attempt: int, client_id: str, event: str, signature: bytes) -> bool:
+    def record_privacy_event(self, attempt: int, client_id: str, event: str, signature: bytes, *,
+                             ledger_seq: int, entry_hash: str) -> bool:
         """Store a client's signed DP event; a second report for the same attempt is ignored (False)."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO privacy_events(attempt, client_id, event, signature, received_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (attempt, client_id, event, bytes(signature), time.time()),
+                "INSERT OR IGNORE INTO privacy_events(attempt, client_id, ledger_seq, entry_hash, event, signature, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (attempt, client_id, int(ledger_seq), entry_hash, event, bytes(signature), time.time()),
             )
             return cur.rowcount == 1
 
@@ -289,11 +294,11 @@ class RoundLog:
             return int(self._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
 
     def privacy_events(self, client_id: str | None = None) -> list[PrivacyEventRecord]:
-        q = "SELECT attempt, client_id, event, signature, received_at FROM privacy_events"
+        q = "SELECT attempt, client_id, ledger_seq, entry_hash, event, signature, received_at FROM privacy_events"
         args: tuple = ()
         if client_id is not None:
             q += " WHERE client_id=?"
             args = (client_id,)
         with self._lock:
             rows = self._db.execute(q + " ORDER BY attempt, client_id", args).fetchall()
-        return [PrivacyEventRecord(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+        return [PrivacyEventRecord(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in rows]

@@ -1,0 +1,109 @@
+"""``client.toml``: what a member organisation sets. The privacy budget here is enforced by the
+client itself; nothing the server sends can raise it.
+
+Example (see clients/client.toml for the annotated version)::
+
+    [client]
+    name = "hospital-a"                 # the name in this member's certificate
+    server = "fl.example.org:50051"
+    credentials_dir = "pki"             # ca.pem, clients/hospital-a.{pem,key,identity.key}
+    state_dir = "state"                 # ledger, received adapters, strategy state
+    base_model_dir = "models/base"
+
+    [data]
+    path = "data/train.jsonl"           # {"text": ...} or {"instruction": ..., "response": ...}
+
+    [privacy]                           # securefed.privacy.PrivacyBudget
+    target_epsilon = 8.0
+    delta = 1e-5
+
+    [training]                          # securefed.training.LocalTrainingSettings
+    learning_rate = 0.05
+    batch_size = 8
+    epochs = 1.0
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from securefed.config import StrictModel, load_toml
+from securefed.errors import ConfigError
+from securefed.privacy.budget import PrivacyBudget
+from securefed.training.config import LocalTrainingSettings, LoraSettings
+
+
+class ClientSection(StrictModel):
+    name: str = Field(description="this member's client name: the CN of its certificate")
+    server: str = Field(description="host:port of the federation server")
+    server_name: str | None = Field(None, description="TLS name to expect when dialling an address not in the cert")
+    credentials_dir: Path = Field(description="ca.pem and clients/NAME.{pem,key,identity.key}")
+    state_dir: Path = Field(description="ledger, received global adapters and strategy state")
+    ledger_path: Path | None = Field(None, description="privacy ledger (default: state_dir/ledger.sqlite)")
+    base_model_dir: Path = Field(description="local HF model directory (the federation's base model)")
+    ckks_secret_context: Path | None = Field(None, description="federation CKKS secret context (mode ckks only)")
+    planned_rounds: int = Field(
+        3, ge=1, le=100_000,
+        description="rounds this member expects to join: the noise multiplier is calibrated so that all of "
+        "them fit in the budget (when training.noise_multiplier is not set)",
+    )
+    eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
+
+
+class DataSection(StrictModel):
+    path: Path | None = Field(None, description="JSONL training data")
+    demo_client: int | None = Field(None, ge=0, description="use the built-in pydoc_data split: this client's index")
+    demo_clients: int | None = Field(None, ge=1, description="built-in split: number of clients")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSection":
+        demo = self.demo_client is not None or self.demo_clients is not None
+        if (self.path is None) == (not demo):
+            raise ValueError("set either data.path (JSONL) or data.demo_client + data.demo_clients")
+        if demo and (self.demo_client is None or self.demo_clients is None or self.demo_client >= self.demo_clients):
+            raise ValueError("data.demo_client must be set with data.demo_clients, and be < demo_clients")
+        return self
+
+
+class ConnectionSection(StrictModel):
+    poll_wait_s: float = Field(10.0, gt=0, le=30, description="long-poll wait per request")
+    backoff_initial_s: float = Field(0.5, gt=0, description="first reconnect delay; doubles up to backoff_max_s")
+    backoff_max_s: float = Field(15.0, gt=0)
+    give_up_after_s: float | None = Field(None, gt=0, description="stop after this long without the server (None: never)")
+    rpc_timeout_s: float = Field(120.0, gt=0, description="deadline of one request (uploads included)")
+
+
+class ClientConfig(StrictModel):
+    client: ClientSection
+    data: DataSection
+    privacy: PrivacyBudget
+    training: LocalTrainingSettings = LocalTrainingSettings()
+    lora: LoraSettings | None = Field(
+        None, description="optional: the LoRA settings this member expects; a federation using others is refused"
+    )
+    connection: ConnectionSection = ConnectionSection()
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.client.ledger_path or (self.client.state_dir / "ledger.sqlite")
+
+    def resolve_paths(self, base: Path) -> "ClientConfig":
+        c = self.client
+        upd = {}
+        for k in ("credentials_dir", "state_dir", "base_model_dir", "ledger_path", "ckks_secret_context"):
+            v = getattr(c, k)
+            if v is not None and not v.is_absolute():
+                upd[k] = base / v
+        d = self.data
+        dupd = {"path": base / d.path} if d.path is not None and not d.path.is_absolute() else {}
+        return self.model_copy(update={"client": c.model_copy(update=upd), "data": d.model_copy(update=dupd)})
+
+
+def load_client_config(path: str | Path) -> ClientConfig:
+    path = Path(path)
+    cfg = load_toml(ClientConfig, path)
+    if cfg.training.noise_multiplier == 0:
+        raise ConfigError(f"{path}: training.noise_multiplier: 0 means no differential privacy; remove it to calibrate")
+    return cfg.resolve_paths(path.resolve().parent)

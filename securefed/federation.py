@@ -1,0 +1,206 @@
+"""Provision and run a whole federation on one machine (127.0.0.1 only).
+
+Used by ``securefed demo`` (which runs server and clients as separate processes from the configs
+written here), by the daemon tests (in-process: threads, real gRPC, real mutual TLS) and by
+``bench/round.py``. Nothing here is a shortcut around the daemons: the same ``ServerApp`` and
+``ClientDaemon`` run, configured by the same TOML files an operator writes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefed.client.config import ClientConfig, load_client_config
+from securefed.server.config import ServerConfig, load_server_config
+
+
+@dataclass
+class Provisioned:
+    root: Path
+    pki: Path
+    model_dir: Path
+    server_toml: Path
+    client_tomls: dict[str, Path]
+    ckks_secret: Path | None = None
+    ckks_public: Path | None = None
+
+
+def client_names(n: int) -> list[str]:
+    return [f"member-{i + 1}" for i in range(n)]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
+    lines: list[str] = []
+    for name, body in sections.items():
+        body = {k: v for k, v in body.items() if v is not None}
+        if not body:
+            continue
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def ensure_tiny_model(model_dir: Path) -> Path:
+    from securefed.training.preset import PRESET_MARKER, build_tiny_model
+
+    if not (model_dir / PRESET_MARKER).exists():
+        build_tiny_model(model_dir)
+    return model_dir
+
+
+def provision(
+    root: str | Path,
+    n_clients: int = 3,
+    *,
+    mode: str = "secagg",
+    rounds: int = 3,
+    threshold: int = 2,
+    min_clients: int | None = None,
+    model_dir: Path | None = None,
+    address: str = "127.0.0.1:0",
+    server: dict[str, dict[str, Any]] | None = None,
+    client: dict[str, dict[str, Any]] | None = None,
+    per_client: dict[str, dict[str, dict[str, Any]]] | None = None,
+    target_epsilon: float = 8.0,
+) -> Provisioned:
+    """CA + certificates, the tiny model, CKKS contexts (mode ckks), and one TOML per party.
+
+    ``server``/``client``/``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``).
+    """
+    from securefed.transport import identity as tid
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    pki = root / "pki"
+    if not (pki / "ca.pem").exists():
+        tid.init_ca(pki)
+        tid.issue_server(pki, ["127.0.0.1", "localhost"])
+    names = client_names(n_clients)
+    for n in names:
+        if not (pki / "clients" / f"{n}.pem").exists():
+            tid.issue_client(pki, n)
+    model_dir = ensure_tiny_model(Path(model_dir) if model_dir else root / "model")
+    ckks_secret = ckks_public = None
+    if mode == "ckks":
+        from securefed import he
+
+        ckks_secret, ckks_public = root / "ckks" / "federation.secret.ctx", root / "ckks" / "federation.public.ctx"
+        if not ckks_secret.exists():
+            ctx = he.generate_client_context(he.DEFAULT_PARAMS_NAME)
+            ckks_secret.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(ckks_secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(ctx.serialize_secret())
+            ckks_public.write_bytes(ctx.public_bytes())
+    sections: dict[str, dict[str, Any]] = {
+        "server": {"address": address, "credentials_dir": str(pki), "state_dir": str(root / "server-state"),
+                   "base_model_dir": str(model_dir), "ckks_public_context": str(ckks_public) if ckks_public else None},
+        "federation": {"rounds": rounds, "cohort_size": n_clients, "min_clients": min_clients or n_clients,
+                       "threshold": threshold, "mode": mode,
+                       "allow_plaintext_for_debugging": True if mode == "plaintext" else None},
+        "strategy": {"kind": "fedavg", "max_samples": 1000, "delta_bound": 1.0},
+        "lora": {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]},
+        "deadlines": {"join_s": 120.0, "training_s": 120.0, "share_keys_s": 30.0, "masked_input_s": 30.0,
+                      "unmask_s": 30.0, "decrypt_s": 60.0, "poll_s": 2.0},
+    }
+    for k, v in (server or {}).items():
+        sections.setdefault(k, {}).update(v)
+    server_toml = write_toml(root / "server.toml", sections)
+    tomls: dict[str, Path] = {}
+    for i, n in enumerate(names):
+        cs: dict[str, dict[str, Any]] = {
+            "client": {"name": n, "server": "127.0.0.1:0", "credentials_dir": str(pki),
+                       "state_dir": str(root / "clients" / n), "base_model_dir": str(model_dir),
+                       "ckks_secret_context": str(ckks_secret) if ckks_secret else None, "planned_rounds": rounds},
+            "data": {"demo_client": i, "demo_clients": n_clients},
+            "privacy": {"target_epsilon": target_epsilon, "delta": 1e-5},
+            "training": {"learning_rate": 0.05, "batch_size": 8, "steps": 4, "max_seq_len": 32, "clip_norm": 1.0,
+                         "clipping": "hooks"},
+            "connection": {"poll_wait_s": 2.0, "backoff_initial_s": 0.2, "backoff_max_s": 2.0, "give_up_after_s": 90.0},
+        }
+        for k, v in (client or {}).items():
+            cs.setdefault(k, {}).update(v)
+        for k, v in ((per_client or {}).get(n) or {}).items():
+            cs.setdefault(k, {}).update(v)
+        tomls[n] = write_toml(root / "clients" / f"{n}.toml", cs)
+    return Provisioned(root, pki, model_dir, server_toml, tomls, ckks_secret, ckks_public)
+
+
+def set_client_server(path: Path, address: str) -> None:
+    """Point a provisioned client.toml at the server's actual address (after binding port 0)."""
+    text = path.read_text().replace('server = "127.0.0.1:0"', f'server = "{address}"')
+    path.write_text(text)
+
+
+@dataclass
+class FederationResult:
+    ok: bool
+    seconds: float
+    server: Any
+    clients: dict[str, Any]
+    client_exit: dict[str, int | None] = field(default_factory=dict)
+
+
+def run_in_process(p: Provisioned, *, faults: dict[str, Any] | None = None, timeout_s: float = 300.0,
+                   server_config: ServerConfig | None = None) -> FederationResult:
+    """Server and clients as threads of this process (real gRPC over mutual TLS on 127.0.0.1)."""
+    from securefed.client.daemon import ClientDaemon
+    from securefed.server.app import ServerApp
+
+    cfg = server_config or load_server_config(p.server_toml)
+    app = ServerApp(cfg)
+    port = app.start()
+    daemons: dict[str, ClientDaemon] = {}
+    exits: dict[str, int | None] = {}
+    threads: list[threading.Thread] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+    try:
+        for name, toml in p.client_tomls.items():
+            ccfg: ClientConfig = load_client_config(toml)
+            ccfg = ccfg.model_copy(update={"client": ccfg.client.model_copy(update={"server": f"127.0.0.1:{port}"})})
+            d = ClientDaemon(ccfg, fault=(faults or {}).get(name), stop=stop)
+            daemons[name] = d
+
+            def _run(d=d, name=name) -> None:
+                try:
+                    exits[name] = d.run()
+                finally:
+                    d.close()
+
+            th = threading.Thread(target=_run, name=f"client-{name}", daemon=True)
+            threads.append(th)
+            th.start()
+        server_thread_result: dict[str, bool] = {}
+        st = threading.Thread(target=lambda: server_thread_result.setdefault("ok", app.run()), daemon=True)
+        st.start()
+        st.join(timeout_s)
+        if st.is_alive():
+            app.coordinator.stop()
+            st.join(10)
+        app.coordinator.linger(10.0)
+        for th in threads:
+            th.join(max(1.0, timeout_s - (time.monotonic() - t0)))
+    finally:
+        stop.set()
+        app.stop(grace=0.5)
+    return FederationResult(server_thread_result.get("ok", False), time.monotonic() - t0, app, daemons, exits)

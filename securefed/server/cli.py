@@ -1,0 +1,99 @@
+"""``securefed server --config server.toml`` and ``securefed status --config server.toml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the federation coordinator (gRPC over mutual TLS)",
+                       description="Run the coordinator: rounds of DP-trained LoRA updates combined by secure "
+                                   "aggregation; crash-safe (resumes from the last completed round).")
+    p.add_argument("--config", required=True, help="server.toml")
+    p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--port-file", help="write the bound port here once listening (useful with port 0)")
+    p.set_defaults(handler=_server)
+
+    s = sub.add_parser("status", help="show the coordinator's round log (works while it runs, or after)",
+                       description="Read the server's SQLite round log: rounds, stages, clients, dropouts, timings.")
+    s.add_argument("--config", required=True, help="server.toml")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--last", type=int, default=20, help="how many attempts to show (default 20)")
+    s.set_defaults(handler=_status)
+
+
+def _server(args: argparse.Namespace) -> int:
+    from securefed.server.config import load_server_config
+    from securefed.server.logs import setup_logging
+
+    setup_logging(json_lines=args.log_json, level=args.log_level)
+    cfg = load_server_config(args.config)
+    from securefed.server.app import ServerApp
+
+    app = ServerApp(cfg)
+    port = app.start()
+    if args.port_file:
+        from pathlib import Path
+
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(args.port_file)
+    stop = threading.Event()
+
+    def _sig(signum, frame):  # graceful on SIGTERM/SIGINT: the round log stays consistent either way
+        stop.set()
+        app.coordinator.stop()
+
+    signal.signal(signal.SIGTERM, _sig)
+    signal.signal(signal.SIGINT, _sig)
+    try:
+        ok = app.run()
+        if not stop.is_set():
+            app.coordinator.linger(15.0)
+    finally:
+        app.stop(grace=1.0)
+    return 0 if ok else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    from securefed.server.config import load_server_config
+    from securefed.server.roundlog import RoundLog
+
+    cfg = load_server_config(args.config)
+    log = RoundLog(cfg.server.state_dir / "rounds.sqlite", readonly=True)
+    try:
+        attempts = log.attempts(limit=args.last)
+        completed = log.completed_rounds()
+        events = log.privacy_events()
+    finally:
+        log.close()
+    if args.json:
+        print(json.dumps({"rounds_target": cfg.federation.rounds, "completed_rounds": completed,
+                          "attempts": [a.to_json() for a in attempts],
+                          "privacy_events": len(events)}, indent=1, default=str))
+        return 0
+    print(f"rounds completed: {completed}/{cfg.federation.rounds}   privacy events recorded: {len(events)}")
+    print(f"{'attempt':>7} {'round':>5} {'status':<9} {'stage':<14} {'cohort':>6} {'in':>3} {'drop':>4} "
+          f"{'decl':>4} {'seconds':>8}  detail")
+    for a in attempts:
+        secs = a.timings.get("total")
+        if secs is None:
+            secs = (a.finished_at or time.time()) - a.started_at
+        detail = a.reason or (a.result_hash[:16] if a.result_hash else "")
+        print(f"{a.attempt:>7} {a.round:>5} {a.status.value:<9} {a.stage:<14} {len(a.cohort):>6} {len(a.survivors):>3} "
+              f"{len(a.dropouts):>4} {len(a.declined):>4} {secs:>8.2f}  {detail}")
+        if a.timings:
+            stages = ", ".join(f"{k}={v:.2f}s" for k, v in a.timings.items() if k != "total")
+            print(f"{'':>7} stages: {stages}")
+        if a.dropouts:
+            print(f"{'':>7} dropouts: {', '.join(a.dropouts)}")
+        for c, why in a.declined.items():
+            print(f"{'':>7} declined: {c}: {why}")
+    sys.stdout.flush()
+    return 0

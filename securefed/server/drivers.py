@@ -1,0 +1,281 @@
+"""Aggregation modes as coordinator drivers: secagg (pairwise masking), ckks, plaintext (debug only).
+
+A driver turns the client messages of one attempt into the next phase and, at the end, into the
+decoded SUM of the clients' payload vectors (``RoundOutcome``). It never sees an individual
+update in secagg or ckks mode: the secagg state machine only releases the unmasked sum, and the
+CKKS driver only adds ciphertexts and collects the clients' decryption of that sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import numpy as np
+
+from securefed import secagg as sa
+from securefed.errors import InvalidMessage, ProtocolAbort
+from securefed.server import wire
+from securefed.server.coordinator import AttemptContext, Phase, RoundDriver, RoundOutcome, logger
+from securefed.server.logs import log
+from securefed.server.plan import cohort_ids, plan_bytes
+from securefed.transport._generated import federation_pb2 as pb
+
+_SA_STAGE_TO_WIRE = {
+    sa.Stage.ADVERTISE_KEYS: pb.STAGE_ADVERTISE_KEYS,
+    sa.Stage.SHARE_KEYS: pb.STAGE_SHARE_KEYS,
+    sa.Stage.MASKED_INPUT: pb.STAGE_MASKED_INPUT,
+    sa.Stage.CONSISTENCY: pb.STAGE_CONSISTENCY_CHECK,
+    sa.Stage.UNMASK: pb.STAGE_UNMASK,
+}
+
+
+def secagg_params(ctx: AttemptContext) -> sa.SecAggParams:
+    fed = ctx.config.federation
+    n = len(ctx.cohort)
+    k = fed.neighbour_degree or None
+    return sa.SecAggParams(threshold=fed.threshold, neighbour_degree=k if k is None or k < n - 1 else None,
+                           ring_bits=fed.ring_bits, frac_bits=fed.frac_bits, clip=ctx.config.payload_bound())
+
+
+class SecAggDriver(RoundDriver):
+    """Bonawitz et al. 2017 / SecAgg+ through ``securefed.secagg.SecAggServer``.
+
+    The plan phase also collects AdvertiseKeys: a client trains after accepting the plan and then
+    advertises its round keys, so the key stage deadline (``training_s``) covers local training and
+    the later stages stay short.
+    """
+
+    def __init__(self, ctx: AttemptContext) -> None:
+        super().__init__(ctx)
+        self.ids = cohort_ids(ctx.plan)
+        self.params = secagg_params(ctx)
+        self.server = sa.SecAggServer(
+            self.params, round_id=ctx.attempt, vector_length=ctx.payload_length,
+            cohort={self.ids.int_of(c): ctx.identity_keys[c] for c in ctx.cohort},
+            plan=plan_bytes(ctx.plan),
+            model_hash=ctx.global_digest,
+        )
+        self.session = b""
+
+    def first_phase(self) -> Phase:
+        self.server.start()  # RoundSetup is derived by each client from the plan it receives
+        return self.plan_phase()
+
+    def _session_for(self, stage: int) -> bytes:
+        return self.server.plan_digest if stage in (pb.STAGE_PLAN, pb.STAGE_ADVERTISE_KEYS) else self.server.session_id
+
+    def on_submit(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
+        kind = req.WhichOneof("result")
+        h = req.header
+        if kind == "plan_decision":
+            self.on_decision(phase, client, req)
+            return
+        if client in self.ctx.declined:
+            raise InvalidMessage("you declined this round")
+        want_stage = {"advertise_keys": pb.STAGE_ADVERTISE_KEYS, "share_keys": pb.STAGE_SHARE_KEYS,
+                      "consistency_signature": pb.STAGE_CONSISTENCY_CHECK, "unmask_response": pb.STAGE_UNMASK}.get(kind)
+        if want_stage is None:
+            raise InvalidMessage(f"unexpected submission {kind!r}")
+        if h.stage != want_stage:
+            raise InvalidMessage("header stage does not match the message")
+        current = pb.STAGE_ADVERTISE_KEYS if phase.stage == pb.STAGE_PLAN else phase.stage
+        if want_stage != current:
+            raise InvalidMessage(f"{kind} refused: the round is at stage {pb.Stage.Name(phase.stage)}")
+        session = bytes(h.session_id)
+        if not hmac.compare_digest(session, self._session_for(want_stage)):
+            raise InvalidMessage("message belongs to another session")
+        if kind == "advertise_keys":
+            msg = wire.advertise_from_pb(req.advertise_keys, session, self.ids)
+        elif kind == "share_keys":
+            msg = wire.share_keys_from_pb(req.share_keys, session, self.ids)
+        elif kind == "consistency_signature":
+            msg = wire.consistency_from_pb(req.consistency_signature, session, self.ids)
+        else:
+            msg = wire.unmask_from_pb(req.unmask_response, session, self.ids)
+        if msg.client_id != self.ids.int_of(client):
+            raise InvalidMessage("message names a client other than the caller")
+        self.server.receive(msg)
+        phase.responded.add(client)
+
+    def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
+        if phase.stage != pb.STAGE_MASKED_INPUT or stage != pb.STAGE_MASKED_INPUT:
+            raise InvalidMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")
+        if ring_bits != self.params.ring_bits:
+            raise InvalidMessage(f"masked input in Z_2^{ring_bits}, the round uses Z_2^{self.params.ring_bits}")
+        msg = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, self.server.session_id, self.ids.int_of(client))
+        self.server.receive(msg)
+        phase.responded.add(client)
+
+    def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
+        if phase.stage == pb.STAGE_PLAN:
+            accepted = self.accepted()
+            self.require(len(accepted), "clients accepted the plan")
+        out = self.server.close_stage()  # ProtocolAbort when too few answered
+        ctx = self.ctx
+        stage = self.server.stage
+        for cid, st in self.server.dropouts.items():
+            name = self.ids.name_of(cid)
+            if name not in ctx.declined:
+                ctx.dropouts.add(name)
+        if stage is sa.ServerStage.DONE:
+            res = self.server.result
+            contributors = tuple(self.ids.name_of(i) for i in res.survivors)
+            return RoundOutcome(np.asarray(res.values, dtype=np.float64), contributors, tuple(sorted(ctx.dropouts)))
+        wire_stage = _SA_STAGE_TO_WIRE[sa.Stage(stage.value)]
+        sid = self.server.session_id
+        tasks: dict[str, pb.Task] = {}
+        for cid, msg in out.items():
+            name = self.ids.name_of(cid)
+            if isinstance(msg, sa.KeyBroadcast):
+                t = ctx.task(wire_stage, key_broadcast=wire.key_broadcast_to_pb(msg, self.ids))
+            elif isinstance(msg, sa.ShareDelivery):
+                t = ctx.task(wire_stage, share_delivery=wire.share_delivery_to_pb(msg, self.ids))
+            elif isinstance(msg, sa.SurvivorList):
+                t = ctx.task(wire_stage, survivor_list=wire.survivors_to_pb(msg, self.ids))
+            elif isinstance(msg, sa.UnmaskRequest):
+                t = ctx.task(wire_stage, unmask_request=wire.unmask_request_to_pb(msg, self.ids))
+            else:  # pragma: no cover - the state machine emits only the types above
+                raise ProtocolAbort(f"unexpected server message {type(msg).__name__}")
+            t.session_id = sid
+            tasks[name] = t
+        deadline = {
+            pb.STAGE_SHARE_KEYS: ctx.config.deadlines.share_keys_s,
+            pb.STAGE_MASKED_INPUT: ctx.config.deadlines.masked_input_s,
+            pb.STAGE_CONSISTENCY_CHECK: ctx.config.deadlines.share_keys_s,
+            pb.STAGE_UNMASK: ctx.config.deadlines.unmask_s,
+        }[wire_stage]
+        log(logger, "stage opened", attempt=ctx.attempt, stage=pb.Stage.Name(wire_stage).removeprefix("STAGE_").lower(),
+            participants=sorted(tasks))
+        return Phase(wire_stage, tasks, frozenset(tasks), deadline)
+
+
+class PlaintextDriver(RoundDriver):
+    """DEBUG ONLY (``allow_plaintext_for_debugging``): clients upload fixed-point vectors in clear.
+
+    Same encoding and the same sum as secagg, without the masks, so it is the reference the
+    secure modes are compared with (and the baseline of bench/round.py).
+    """
+
+    def first_phase(self) -> Phase:
+        self.vectors: dict[str, np.ndarray] = {}
+        fed = self.ctx.config.federation
+        from securefed.crypto.fixedpoint import FixedPointParams
+
+        self.fp = FixedPointParams(clip=fed.clip, frac_bits=fed.frac_bits, ring_bits=fed.ring_bits)
+        return self.plan_phase()
+
+    def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
+        if phase.stage != pb.STAGE_PLAN or stage != pb.STAGE_PLAINTEXT_UPLOAD:
+            raise InvalidMessage("plaintext upload refused at this stage")
+        if client in self.ctx.declined:
+            raise InvalidMessage("you declined this round")
+        if ring_bits != self.fp.ring_bits:
+            raise InvalidMessage(f"upload in Z_2^{ring_bits}, the round uses Z_2^{self.fp.ring_bits}")
+        m = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, b"\0" * 32, 0)
+        self.vectors[client] = m.masked
+        phase.responded.add(client)
+
+    def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
+        from securefed.crypto.fixedpoint import decode_sum
+
+        got = sorted(self.vectors)
+        self.require(len(got), "clients uploaded")
+        total = np.zeros(self.ctx.payload_length, dtype=self.vectors[got[0]].dtype)
+        for c in got:
+            np.add(total, self.vectors[c], out=total)
+        sums = decode_sum(total, self.fp, len(got))
+        return RoundOutcome(np.asarray(sums, dtype=np.float64), tuple(got), tuple(sorted(self.ctx.dropouts)))
+
+
+def digest_parts(parts: list[bytes]) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.digest()
+
+
+# ---- CKKS ------------------------------------------------------------------------------------------
+
+# The decrypted sum travels back as fixed point in Z_2^64 with this many fractional bits: exact to
+# 2^-40, far below the CKKS decryption noise, and a sum up to 2^23 in magnitude fits.
+DECRYPTED_FRAC_BITS = 40
+
+
+def encode_decrypted(values: np.ndarray) -> bytes:
+    v = np.rint(np.asarray(values, dtype=np.float64) * 2.0**DECRYPTED_FRAC_BITS)
+    if not np.all(np.isfinite(v)) or np.max(np.abs(v), initial=0) >= 2.0**62:
+        raise InvalidMessage("decrypted aggregate out of range")
+    return v.astype("<i8").tobytes()
+
+
+def decode_decrypted(data: bytes, length: int) -> np.ndarray:
+    if len(data) != 8 * length:
+        raise InvalidMessage(f"decrypted aggregate is {len(data)} bytes, expected {8 * length}")
+    return np.frombuffer(data, dtype="<i8").astype(np.float64) / 2.0**DECRYPTED_FRAC_BITS
+
+
+class CkksDriver(RoundDriver):
+    """CKKS: clients upload ciphertexts under the federation's shared secret key; the server adds
+    them without any key; survivors download the encrypted sum, decrypt it (with flooding noise) and
+    return the decrypted SUM, which is all the server ever learns. When several decrypt, their
+    results must agree to within the CKKS noise, so one lying decryptor aborts the round instead of
+    steering the model."""
+
+    AGREEMENT_TOL = 1e-3
+
+    def __init__(self, ctx: AttemptContext, server_ctx) -> None:
+        super().__init__(ctx)
+        from securefed.he import ServerAggregator
+
+        self.agg = ServerAggregator(server_ctx, ctx.payload_length)
+        self.uploaded: list[str] = []
+        self.result_parts: list[bytes] | None = None
+        self.decrypted: dict[str, np.ndarray] = {}
+
+    def first_phase(self) -> Phase:
+        return self.plan_phase()
+
+    def on_ciphertext_upload(self, phase: Phase, client: str, parts: list[bytes]) -> None:
+        if phase.stage != pb.STAGE_PLAN:
+            raise InvalidMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
+        if client in self.ctx.declined:
+            raise InvalidMessage("you declined this round")
+        self.agg.add(parts, sender=client)  # validates every ciphertext before adding
+        self.uploaded.append(client)
+        phase.responded.add(client)
+
+    def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
+        if phase.stage != pb.STAGE_AGGREGATE or stage != pb.STAGE_AGGREGATE:
+            raise InvalidMessage("decrypted aggregate refused at this stage")
+        if client not in phase.expected:
+            raise InvalidMessage("you were not asked to decrypt this aggregate")
+        self.decrypted[client] = decode_decrypted(data, self.ctx.payload_length)
+        phase.responded.add(client)
+
+    def download(self, client: str) -> tuple[int, list[bytes]] | None:
+        if self.result_parts is not None and client in self.uploaded:
+            return pb.AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM, self.result_parts
+        return None
+
+    def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
+        ctx = self.ctx
+        if phase.stage == pb.STAGE_PLAN:
+            self.require(len(self.uploaded), "clients uploaded ciphertexts")
+            self.result_parts = self.agg.result_chunks()
+            size = sum(len(p) for p in self.result_parts)
+            digest = digest_parts(self.result_parts)
+            ready = pb.AggregateReady(total_size=size, sha256=digest)
+            tasks = {c: ctx.task(pb.STAGE_AGGREGATE, aggregate_ready=ready) for c in self.uploaded}
+            log(logger, "stage opened", attempt=ctx.attempt, stage="decrypt", participants=sorted(tasks))
+            return Phase(pb.STAGE_AGGREGATE, tasks, frozenset(tasks), ctx.config.deadlines.decrypt_s)
+        if not self.decrypted:
+            raise ProtocolAbort("no client returned the decrypted aggregate")
+        names = sorted(self.decrypted)
+        ref = self.decrypted[names[0]]
+        for n in names[1:]:
+            if float(np.max(np.abs(self.decrypted[n] - ref), initial=0.0)) > self.AGREEMENT_TOL:
+                raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
+        sums = np.mean([self.decrypted[n] for n in names], axis=0)
+        return RoundOutcome(sums, tuple(sorted(self.uploaded)), tuple(sorted(ctx.dropouts)))

@@ -1,0 +1,166 @@
+"""The gRPC face of the coordinator: ``securefed.v1.Federation`` over mutual TLS.
+
+Every handler first authenticates the caller from its certificate (``transport.service`` already
+refused messages naming another sender), then hands typed data to the ``Coordinator``. Errors are
+securefed errors, which the transport maps to gRPC status codes with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from typing import Iterator
+
+import grpc
+
+from securefed import __version__
+from securefed.crypto.keys import verify_signature
+from securefed.errors import CryptoError, InvalidMessage
+from securefed.server.coordinator import Coordinator, ServerState
+from securefed.server.logs import get_logger, log
+from securefed.transport import identity as tid
+from securefed.transport._generated import federation_pb2 as pb
+from securefed.transport._generated import federation_pb2_grpc as pb_grpc
+from securefed.transport.chunking import ChunkAssembler, split_payload
+from securefed.transport.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_POLL_WAIT_MS, PROTOCOL_VERSION
+from securefed.transport.service import authenticate_peer
+
+logger = get_logger("server.rpc")
+
+_STATE = {
+    ServerState.STARTING: pb.ROUND_STATE_IDLE, ServerState.WAITING: pb.ROUND_STATE_IDLE,
+    ServerState.RUNNING: pb.ROUND_STATE_RUNNING, ServerState.AGGREGATING: pb.ROUND_STATE_AGGREGATING,
+    ServerState.FINISHED: pb.ROUND_STATE_FINISHED, ServerState.FAILED: pb.ROUND_STATE_ABORTED,
+}
+
+
+class FederationService(pb_grpc.FederationServicer):
+    def __init__(self, coordinator: Coordinator, federation_id: str = "securefed") -> None:
+        self.co = coordinator
+        self.federation_id = federation_id
+        self._lock = threading.Lock()
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
+        p = authenticate_peer(context)
+        return p.client_id, tid.raw_public_key(p.identity_public_key)
+
+    # --- RPCs ---------------------------------------------------------------------------------
+    def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
+        cid, key = self._peer(context)
+        if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
+            raise CryptoError("identity key does not match the one bound in your certificate")
+        self.co.register(cid, key, tuple(request.supported_modes))
+        st = self.co.status()
+        return pb.RegisterResponse(client_id=cid, federation_id=self.federation_id, current_round=st["attempt"] or 0,
+                                   max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES)
+
+    def PollTask(self, request: pb.PollTaskRequest, context) -> pb.Task:
+        cid, _ = self._peer(context)
+        wait_ms = min(request.max_wait_ms or 0, MAX_POLL_WAIT_MS)
+        task = self.co.poll(cid, wait_ms / 1000.0)
+        self.co.count_out(task.ByteSize())
+        return task
+
+    def SubmitResult(self, request: pb.SubmitResultRequest, context) -> pb.SubmitResultResponse:
+        cid, _ = self._peer(context)
+        self.co.submit(cid, request, request.ByteSize())
+        return pb.SubmitResultResponse(accepted=True)
+
+    def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context) -> pb.UploadReceipt:
+        cid, _ = self._peer(context)
+        header = None
+        ring_bits = 0
+        asm: ChunkAssembler | None = None
+        for msg in request_iterator:
+            if header is None:
+                header, ring_bits = msg.header, int(msg.ring_bits)
+                if ring_bits not in (32, 64):
+                    raise InvalidMessage("ring_bits must be 32 or 64")
+                expected = self.co.expected_payload_bytes(ring_bits)
+                asm = ChunkAssembler(expected_size=expected)
+            elif msg.header.round != header.round or msg.header.stage != header.stage or msg.ring_bits != ring_bits:
+                raise InvalidMessage("chunk headers differ within one upload")
+            assert asm is not None
+            asm.add(msg.chunk)
+        if asm is None or header is None:
+            raise InvalidMessage("empty upload")
+        data = asm.payload()
+        self.co.upload_masked(cid, header, ring_bits, data)
+        import hashlib
+
+        return pb.UploadReceipt(bytes_received=len(data), sha256=hashlib.sha256(data).digest())
+
+    def UploadCiphertext(self, request_iterator: Iterator[pb.CiphertextChunk], context) -> pb.UploadReceipt:
+        cid, _ = self._peer(context)
+        header = None
+        parts: list[bytes] = []
+        count = None
+        asm: ChunkAssembler | None = None
+        total = 0
+        for msg in request_iterator:
+            if header is None:
+                header, count = msg.header, int(msg.count)
+                if not 0 < count <= 1 << 16:
+                    raise InvalidMessage("ciphertext count out of range")
+            elif msg.header.round != header.round or msg.count != count:
+                raise InvalidMessage("chunk headers differ within one upload")
+            if msg.index != len(parts):
+                raise InvalidMessage(f"ciphertext {msg.index} out of order, expected {len(parts)}")
+            if asm is None:
+                asm = ChunkAssembler(max_size=self.co.max_ciphertext_bytes())
+            if asm.add(msg.chunk):
+                p = asm.payload()
+                total += len(p)
+                parts.append(p)
+                asm = None
+        if header is None or count is None or len(parts) != count or asm is not None:
+            raise InvalidMessage("incomplete ciphertext upload")
+        self.co.upload_ciphertext(cid, header, parts)
+        return pb.UploadReceipt(bytes_received=total)
+
+    def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context) -> Iterator[pb.AggregateChunk]:
+        cid, _ = self._peer(context)
+        rnd, kind, parts = self.co.download(cid, request.header)
+        n = 0
+        for i, part in enumerate(parts):
+            for ch in split_payload(part):
+                msg = pb.AggregateChunk(round=rnd, kind=kind, index=i, count=len(parts), chunk=ch)
+                n += msg.ByteSize()
+                yield msg
+        self.co.count_out(n)
+
+    def ReportPrivacyEvent(self, request: pb.PrivacyEventReport, context) -> pb.PrivacyEventAck:
+        cid, key = self._peer(context)
+        from securefed.privacy.events import DpEvent
+        from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
+
+        ev = DpEvent.from_json(request.entry)  # InvalidMessage unless canonical and valid
+        if ev.client_id != cid:
+            raise InvalidMessage("privacy event names another client")
+        if ev.round_id != request.header.round:
+            raise InvalidMessage(f"privacy event is for round {ev.round_id}, the report says {request.header.round}")
+        if len(request.prev_hash) != 32 or len(request.entry_hash) != 32:
+            raise InvalidMessage("prev_hash and entry_hash must be 32 bytes")
+        want = bytes.fromhex(entry_hash(request.prev_hash.hex(), bytes(request.entry)))
+        if not hmac.compare_digest(want, request.entry_hash):
+            raise InvalidMessage("entry_hash does not match prev_hash and the entry")
+        verify_signature(key, bytes(request.signature), ENTRY_CONTEXT + bytes(request.entry_hash))
+        self.co.check_header(cid, request.header)
+        new = self.co.record_privacy_event(cid, ev.round_id, bytes(request.entry), bytes(request.signature),
+                                           sequence=request.sequence, entry_hash=request.entry_hash.hex())
+        log(logger, "privacy event recorded", client=cid, attempt=ev.round_id, ledger_seq=request.sequence,
+            noise_multiplier=ev.noise_multiplier, steps=ev.steps, sample_rate=ev.sample_rate, new=new)
+        return pb.PrivacyEventAck(recorded_sequence=request.sequence)
+
+    def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.StatusResponse:
+        cid, _ = self._peer(context)
+        st = self.co.status()
+        return pb.StatusResponse(
+            protocol_version=PROTOCOL_VERSION, server_version=__version__, client_id=cid,
+            current_round=st["attempt"] or 0, stage=st["stage_code"], state=_STATE[self.co.state],
+            registered_clients=len(self.co.clients), cohort_size=len(st["cohort"]),
+            completed_rounds=st["completed_rounds"],
+            global_adapter_sha256=bytes.fromhex(st["global_digest"]) if st["global_digest"] else b"",
+            detail=st["detail"],
+        )
