@@ -158,7 +158,7 @@ def run(quick: bool = False) -> list[dict]:
     mem_steps = 2 if quick else 4
     records: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        dirs = {p: str(build_tiny_model(Path(tmp) / p, p)) for p in presets}
+        dirs = {p: str(build_tiny_model(Path(tmp) / p, p, pretrain=False)) for p in presets}
         for preset in presets:
             plain_mem = _sub("mem", dirs[preset], preset, "plain", mem_steps)
             for mode in ("ghost", "hooks"):

@@ -237,12 +237,14 @@ def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples
     if n == 0:
         raise InvalidInput("evaluation dataset is empty")
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     total, count = 0.0, 0
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
                 b = dataset.batch(list(range(start, min(n, start + batch_size))))
+                b = {k: v.to(device) for k, v in b.items()}
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
                 shift_logits = logits[:, :-1, :].float()
                 shift_labels = b["labels"][:, 1:]

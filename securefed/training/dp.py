@@ -189,6 +189,7 @@ class DPTrainer:
         corr = self.correction.correction(self._flat(), self.initial)
         if corr is None:
             return
+        corr = corr.to(self.params[0].device)
         offset = 0
         for p in self.params:
             n = p.numel()
@@ -220,6 +221,8 @@ class DPTrainer:
             for p in self.params:  # same scaling as Opacus' scale_grad for loss_reduction="mean"
                 p.grad /= self.expected_batch_size
         else:
+            dev = self.params[0].device
+            batch = {k: v.to(dev) for k, v in batch.items()}
             logits = self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             losses = per_sample_loss(logits, batch["labels"])
             loss_value = float(losses.detach().mean())

@@ -20,7 +20,7 @@ LORA = LoraSettings(rank=2, alpha=4, target_modules=("q_proj", "v_proj"))
 
 @pytest.fixture(scope="session")
 def tiny_dir_strat(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_strat"), "tiny")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_strat"), "tiny", pretrain=False)
 
 
 @pytest.fixture()

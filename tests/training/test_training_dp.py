@@ -23,7 +23,7 @@ LORA = LoraSettings(rank=4, alpha=8, target_modules=("q_proj", "v_proj", "down_p
 
 @pytest.fixture(scope="session")
 def tiny_dir_dp(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_dp"), "tiny")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_dp"), "tiny", pretrain=False)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from securefed.errors import ConfigError
 
 @pytest.fixture(scope="session")
 def tiny_dir_md(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_md"), "tiny")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_md"), "tiny", pretrain=False)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def test_preset_is_tiny_llama_loaded_through_from_pretrained(tiny_dir_md, loaded
 
 
 def test_preset_is_deterministic(tmp_path, tiny_dir_md):
-    other = build_tiny_model(tmp_path / "again", "tiny")
+    other = build_tiny_model(tmp_path / "again", "tiny", pretrain=False)
     a = (tiny_dir_md / "model.safetensors").read_bytes()
     b = (other / "model.safetensors").read_bytes()
     assert a == b
@@ -254,3 +254,16 @@ def test_layout_without_weights_matches_loaded_model(tiny_dir_md, loaded):
                       num_key_value_heads=32, vocab_size=32000)
     big = layout_for_config(cfg, LoraSettings(rank=8, alpha=16, target_modules=("q_proj", "v_proj")))
     assert big.total_size == 4_194_304 and big.nbytes == 16_777_216
+
+
+@pytest.mark.slow
+def test_default_preset_is_pretrained_on_public_text(tmp_path, loaded):
+    """The default tiny preset is briefly pretrained (stdlib docstrings), so the demo has a real LM to adapt."""
+    d = build_tiny_model(tmp_path / "pre")
+    marker = json.loads((d / "securefed_preset.json").read_text())
+    assert marker["pretrained"] is True and marker["size"] == "tiny"
+    pre = load_model(d)
+    held = demo_heldout_dataset(pre.tokenizer, 3, 64)
+    _, ppl_pre = evaluate(pre.model, held, max_examples=64)
+    _, ppl_random = evaluate(loaded.model, held, max_examples=64)
+    assert ppl_pre < 150 < 300 < ppl_random
