@@ -72,7 +72,7 @@ class FederationSection(StrictModel):
     )
     frac_bits: int = Field(32, gt=0, le=48, description="fixed-point fractional bits (precision 2^-frac_bits)")
     ring_bits: int = Field(64, description="fixed-point ring Z_(2^ring_bits): 32 or 64")
-    ckks_params: str = Field("default", description="CKKS parameter set name (securefed.he), mode = 'ckks' only")
+    ckks_params: str = Field("ckks-n4096-q56-s40", description="CKKS parameter set name (securefed.he), mode = 'ckks' only")
 
     @model_validator(mode="after")
     def _check(self) -> "FederationSection":

@@ -162,7 +162,7 @@ class PlaintextDriver(RoundDriver):
         fed = self.ctx.config.federation
         from securefed.crypto.fixedpoint import FixedPointParams
 
-        self.fp = FixedPointParams(clip=fed.clip, frac_bits=fed.frac_bits, ring_bits=fed.ring_bits)
+        self.fp = FixedPointParams(clip=self.ctx.config.payload_bound(), frac_bits=fed.frac_bits, ring_bits=fed.ring_bits)
         return self.plan_phase()
 
     def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
@@ -278,4 +278,8 @@ class CkksDriver(RoundDriver):
             if float(np.max(np.abs(self.decrypted[n] - ref), initial=0.0)) > self.AGREEMENT_TOL:
                 raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
         sums = np.mean([self.decrypted[n] for n in names], axis=0)
+        # CKKS decryption (and its flooding noise) is approximate: a true sum at the edge of the
+        # range can come back a hair outside it. Clamping to the range is post-processing.
+        lim = len(self.uploaded) * ctx.config.payload_bound()
+        sums = np.clip(sums, -lim, lim)
         return RoundOutcome(sums, tuple(sorted(self.uploaded)), tuple(sorted(ctx.dropouts)))
