@@ -127,6 +127,13 @@ def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = DEFA
     >>> round(rdp_to_epsilon(np.array([1.0]), 1e-5, orders=(2.0,)), 4)
     11.1266
     """
+    return rdp_to_epsilon_and_order(rdp, delta, orders)[0]
+
+
+def rdp_to_epsilon_and_order(
+    rdp: np.ndarray, delta: float, orders: Sequence[float] = DEFAULT_RDP_ORDERS
+) -> tuple[float, float]:
+    """``rdp_to_epsilon`` and the order that attains it (NaN when epsilon is 0 or infinite)."""
     from opacus.accountants.analysis import rdp as opacus_rdp
 
     delta = _check_delta(delta)
@@ -134,17 +141,17 @@ def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = DEFA
     if len(rdp) != len(orders):
         raise AccountingError("rdp curve and orders must have the same length")
     if np.all(rdp == 0):
-        return 0.0
+        return 0.0, math.nan
     if np.all(np.isinf(rdp)):
-        return math.inf
+        return math.inf, math.nan
     with warnings.catch_warnings():
         # Opacus warns when the optimum sits at the edge of the order range; the bound is still valid.
         warnings.simplefilter("ignore")
-        eps, _ = opacus_rdp.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
+        eps, order = opacus_rdp.get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     eps = float(eps)
     if math.isnan(eps):
         raise AccountingError("RDP conversion produced NaN")
-    return max(eps, 0.0)
+    return max(eps, 0.0), float(order)
 
 
 def rdp_epsilon(
