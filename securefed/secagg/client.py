@@ -92,17 +92,28 @@ def pairwise_mask_key(private_key: bytes, peer_public: bytes, session_id: bytes,
                       purpose=PURPOSE_MASK, party_a=u, party_b=v)
 
 
+def mask_keys(*, session_id: bytes, client_id: int, self_mask_seed: bytes, mask_private_key: bytes,
+              neighbour_mask_keys: dict[int, bytes]) -> list[tuple[bytes, int]]:
+    """The (AES key, sign) of every mask client u adds: its self mask (+1), then s_uv for each
+    neighbour v still in the round (``neighbour_mask_keys``: v -> s_pk_v), +1 if v > u else -1."""
+    keys = [(self_mask_key(self_mask_seed, session_id, client_id), +1)]
+    for v in sorted(neighbour_mask_keys):
+        keys.append((pairwise_mask_key(mask_private_key, neighbour_mask_keys[v], session_id, client_id, v),
+                     +1 if v > client_id else -1))
+    return keys
+
+
+def apply_masks(acc: np.ndarray, keys: list[tuple[bytes, int]]) -> None:
+    """In place: acc += sum(sign * PRG(key)) mod 2^bits; each mask streamed straight into ``acc``."""
+    for key, sign in keys:
+        add_mask_(acc, key, sign)
+
+
 def mask_encoded(acc: np.ndarray, *, session_id: bytes, client_id: int, self_mask_seed: bytes,
                  mask_private_key: bytes, neighbour_mask_keys: dict[int, bytes]) -> None:
-    """In place: acc += PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) (mod 2^bits).
-
-    ``neighbour_mask_keys`` maps each neighbour still in the round (N(u) ∩ U2) to its s_pk.
-    Each mask is streamed straight into ``acc`` (no full-length temporary).
-    """
-    add_mask_(acc, self_mask_key(self_mask_seed, session_id, client_id), +1)
-    for v in sorted(neighbour_mask_keys):
-        key = pairwise_mask_key(mask_private_key, neighbour_mask_keys[v], session_id, client_id, v)
-        add_mask_(acc, key, +1 if v > client_id else -1)
+    """In place: acc += PRG(b_u) + sum_{v > u} PRG(s_uv) - sum_{v < u} PRG(s_uv) (mod 2^bits)."""
+    apply_masks(acc, mask_keys(session_id=session_id, client_id=client_id, self_mask_seed=self_mask_seed,
+                               mask_private_key=mask_private_key, neighbour_mask_keys=neighbour_mask_keys))
 
 
 def params_from_setup(msg: RoundSetup) -> SecAggParams:
