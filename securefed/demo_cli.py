@@ -1,0 +1,263 @@
+"""``securefed demo``: a whole federation on this machine, as separate processes on 127.0.0.1.
+
+A CA and mutual-TLS certificates, the tiny preset model, the shipped non-IID data (``pydoc_data``
+split by topic), one ``securefed server`` process and N ``securefed client`` processes, a few rounds
+of DP-SGD with secure aggregation (pairwise masking, or ``--mode ckks``). Then it prints held-out
+perplexity before/after, the epsilon each client spent, and where the final adapter and the audit
+report are. Exits non-zero if any round failed or any ledger fails verification.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MARKER = ".securefed-demo"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a complete federation locally (CA, server, 3 clients as processes)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="demo-output", help="output directory (default: demo-output)")
+    p.add_argument("--mode", choices=["secagg", "ckks"], default="secagg", help="secure aggregation mode")
+    p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    p.add_argument("--clients", type=int, default=3, help="clients (default 3)")
+    p.add_argument("--epsilon", type=float, default=8.0, help="each client's target epsilon (default 8)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.set_defaults(handler=_demo)
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            from securefed.errors import ConfigError
+
+            raise ConfigError(f"{out} exists and was not written by `securefed demo`; choose another --out")
+        for child in out.iterdir():
+            if child.name == "work":
+                # keep the built model (deterministic) to save time on reruns
+                for sub in child.iterdir():
+                    if sub.name != "model":
+                        shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
+            elif child.name != MARKER:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by securefed demo\n")
+
+
+def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(log_path, "wb")
+    return subprocess.Popen([sys.executable, "-m", "securefed.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+
+
+def _json_lines(path: Path) -> list[dict]:
+    out = []
+    try:
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+    except OSError:
+        pass
+    return out
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from securefed.errors import ConfigError
+
+    if not 3 <= args.clients <= 20:
+        raise ConfigError("--clients: use 3..20 (secure aggregation needs at least 3)")
+    if not 1 <= args.rounds <= 50:
+        raise ConfigError("--rounds: use 1..50")
+    t_start = time.monotonic()
+    out = Path(args.out).resolve()
+    _prepare_out(out)
+    work = out / "work"
+    logs = out / "logs"
+    ledgers = out / "ledgers"
+    from securefed.federation import provision, set_client_server
+
+    _say(f"provisioning: CA + certificates, tiny model, {args.clients} members, mode={args.mode} -> {out}")
+    n = args.clients
+    threshold = n // 2 + 1
+    names = [f"member-{i + 1}" for i in range(n)]
+    p = provision(
+        work, n, mode=args.mode, rounds=args.rounds, threshold=threshold, target_epsilon=args.epsilon,
+        model_dir=work / "model",
+        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite")}} for nm in names},
+        client={"training": {"steps": 12, "batch_size": 16, "learning_rate": 0.5, "max_seq_len": 32},
+                "connection": {"give_up_after_s": 60.0}},
+        server={"deadlines": {"join_s": 120.0, "training_s": 120.0}},
+    )
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # n+1 processes share the cores: no oversubscription
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    port_file = work / "server.port"
+    server = _spawn(["server", "--config", str(p.server_toml), "--log-json", "--port-file", str(port_file)],
+                    logs / "server.log", env)
+    procs: dict[str, subprocess.Popen] = {}
+    rc = 1
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            if server.poll() is not None:
+                _say(f"server exited early (code {server.returncode}); see {logs / 'server.log'}")
+                return 1
+            if time.monotonic() > deadline:
+                _say("server did not start listening within 120 s")
+                return 1
+            time.sleep(0.2)
+        port = int(port_file.read_text())
+        _say(f"server listening on 127.0.0.1:{port} (mutual TLS); starting {n} client processes")
+        for nm, toml in p.client_tomls.items():
+            set_client_server(toml, f"127.0.0.1:{port}")
+            procs[nm] = _spawn(["client", "--config", str(toml), "--log-json"], logs / f"{nm}.log", env)
+        seen: set[int] = set()
+        end = time.monotonic() + args.timeout
+        while server.poll() is None:
+            for ev in _json_lines(logs / "server.log"):
+                if ev.get("event") in ("round completed", "round aborted") and ev.get("attempt") not in seen:
+                    seen.add(ev["attempt"])
+                    if ev["event"] == "round completed":
+                        t = ev.get("timings", {})
+                        _say(f"round {ev.get('round')} completed in {t.get('total', 0):.1f} s "
+                             f"(contributors {len(ev.get('contributors', []))}, dropouts {len(ev.get('dropouts', []))}, "
+                             f"{ev.get('bytes_in', 0) / 1024:.0f} KiB in)")
+                    else:
+                        _say(f"round {ev.get('round')} ABORTED: {ev.get('reason')}")
+            if time.monotonic() > end:
+                _say(f"timeout after {args.timeout:.0f} s")
+                break
+            time.sleep(0.5)
+        server_rc = server.wait(timeout=30) if server.poll() is None else server.returncode
+        client_rc = {}
+        for nm, pr in procs.items():
+            try:
+                client_rc[nm] = pr.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                client_rc[nm] = None
+        rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start)
+        return rc
+    finally:
+        for pr in [server, *procs.values()]:
+            if pr.poll() is None:
+                pr.terminate()
+                try:
+                    pr.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pr.kill()
+
+
+def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float) -> int:
+    from securefed.privacy.ledger import Ledger
+    from securefed.privacy.report import write_report
+    from securefed.privacy.verify import verify_ledgers
+    from securefed.server.config import load_server_config
+    from securefed.server.roundlog import AttemptStatus, RoundLog
+
+    cfg = load_server_config(p.server_toml)
+    log = RoundLog(cfg.server.state_dir / "rounds.sqlite", readonly=True)
+    attempts = log.attempts()
+    last = log.last_completed()
+    log.close()
+    failed = [a for a in attempts if a.status is not AttemptStatus.COMPLETED]
+    completed = [a for a in attempts if a.status is AttemptStatus.COMPLETED]
+    ok = server_rc == 0 and not failed and len(completed) == cfg.federation.rounds
+
+    final = out / "final_adapter.safetensors"
+    if last is not None and last.checkpoint:
+        shutil.copyfile(last.checkpoint, final)
+    peft_src = Path(p.root) / "clients" / "member-1" / "global" / "peft"
+    if peft_src.exists():
+        shutil.copytree(peft_src, out / "final_adapter_peft", dirs_exist_ok=True)
+
+    ledger_files = sorted(ledgers.glob("*.sqlite"))
+    eps = {}
+    for lf in ledger_files:
+        led = Ledger.open(lf)
+        eps[led.client_id] = (led.epsilon(), led.budget.target_epsilon, len(led.entries()))
+        led.close()
+    results = verify_ledgers(ledger_files) if ledger_files else []
+    audit_ok = bool(results) and all(r.ok for r in results)
+    html = js = None
+    if results:
+        html, js = write_report(results, out / "audit")
+
+    before = after = None
+    try:
+        before, after = _perplexity(p, final if final.exists() else None)
+    except Exception as exc:  # the demo's summary must not hide the federation result
+        _say(f"could not evaluate perplexity: {exc}")
+
+    print()
+    _say(f"finished in {time.monotonic() - t_start:.1f} s: {len(completed)}/{cfg.federation.rounds} rounds completed, "
+         f"{len(failed)} failed attempt(s)")
+    for a in completed:
+        _say(f"  round {a.round}: {a.timings.get('total', 0):.2f} s, contributors {len(a.survivors)}, "
+             f"dropouts {len(a.dropouts)}, bytes in/out {a.bytes_in}/{a.bytes_out}")
+    for a in failed:
+        _say(f"  attempt {a.attempt} (round {a.round}) {a.status.value}: {a.reason}")
+    if before is not None:
+        _say(f"held-out perplexity: before {before:.3f} -> after {after:.3f}")
+    for cid, (e, target, k) in sorted(eps.items()):
+        _say(f"  {cid}: epsilon spent {e:.4f} of {target:g} (delta 1e-05) over {k} DP release(s)")
+    _say(f"final adapter:   {final}")
+    if (out / "final_adapter_peft").exists():
+        _say(f"PEFT adapter:    {out / 'final_adapter_peft'}  (PeftModel.from_pretrained(base, dir))")
+    _say(f"ledgers:         {ledgers}/*.sqlite")
+    if html:
+        _say(f"audit report:    {html}")
+        _say(f"audit data:      {js}")
+    _say(f"logs:            {out / 'logs'}  |  status: securefed status --config {p.server_toml}")
+    _say(f"verify:          securefed audit verify {ledgers}/*.sqlite")
+    bad_clients = {k: v for k, v in client_rc.items() if v != 0}
+    if bad_clients:
+        _say(f"client processes exited with errors: {bad_clients}")
+    if not audit_ok:
+        _say("AUDIT FAILED: a ledger did not verify")
+    if not ok:
+        _say(f"FEDERATION FAILED (server exit code {server_rc})")
+    return 0 if ok and audit_ok and not bad_clients else 1
+
+
+def _perplexity(p, final: Path | None) -> tuple[float, float]:
+    """Held-out perplexity with the initial (round 0) adapter and with the final one."""
+    import numpy as np
+
+    from securefed.server.checkpoint import read_adapter_file
+    from securefed.training.adapter import AdapterLayout, load_adapter_vector
+    from securefed.training.config import LoraSettings
+    from securefed.training.data import demo_heldout_dataset, evaluate
+    from securefed.training.model import load_model
+
+    from securefed.server.config import load_server_config
+
+    cfg = load_server_config(p.server_toml)
+    b0 = read_adapter_file(cfg.server.state_dir / "checkpoints" / "global-r000000.safetensors")
+    lora = LoraSettings.model_validate(json.loads(b0.settings_json)["lora"])
+    loaded = load_model(p.model_dir, lora=lora)
+    held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32)
+    layout = AdapterLayout.from_json(b0.layout_json)
+    load_adapter_vector(loaded.model, np.array(b0.vector), layout)
+    _, before = evaluate(loaded.model, held, max_examples=128)
+    after = before
+    if final is not None:
+        bf = read_adapter_file(final)
+        load_adapter_vector(loaded.model, np.array(bf.vector), layout)
+        _, after = evaluate(loaded.model, held, max_examples=128)
+    return before, after
