@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--last", type=int, default=20, help="how many attempts to show (default 20)")
     s.set_defaults(handler=_status)
 
+    k = sub.add_parser("ckks-init", help="create the federation's CKKS contexts (mode ckks)",
+                       description="Write DIR/federation.secret.ctx (the shared secret key: give it to every member "
+                                   "out of band, mode 0600) and DIR/federation.public.ctx (parameters only: the server's).")
+    k.add_argument("--dir", required=True, help="output directory")
+    k.add_argument("--params", default="ckks-n4096-q56-s40", help="CKKS parameter set (default ckks-n4096-q56-s40)")
+    k.add_argument("--force", action="store_true", help="overwrite existing contexts")
+    k.set_defaults(handler=_ckks_init)
+
 
 def _server(args: argparse.Namespace) -> int:
     from securefed.server.config import load_server_config
@@ -96,4 +104,30 @@ def _status(args: argparse.Namespace) -> int:
         for c, why in a.declined.items():
             print(f"{'':>7} declined: {c}: {why}")
     sys.stdout.flush()
+    return 0
+
+
+def _ckks_init(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from securefed import he
+    from securefed.errors import ConfigError
+
+    d = Path(args.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    secret, public = d / "federation.secret.ctx", d / "federation.public.ctx"
+    if not args.force and (secret.exists() or public.exists()):
+        raise ConfigError(f"{d} already holds CKKS contexts; replacing them locks every member out (pass --force)")
+    ctx = he.generate_client_context(args.params)
+    tmp = secret.with_name(secret.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(ctx.serialize_secret())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, secret)
+    public.write_bytes(ctx.public_bytes())
+    print(f"secret context (members only, keep 0600): {secret}")
+    print(f"public context (server.ckks_public_context): {public}")
     return 0

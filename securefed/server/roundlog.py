@@ -206,7 +206,7 @@ class RoundLog:
                          ("declined", declined), ("timings", timings)):
             if val is not None:
                 sets.append(f"{col}=?")
-                vals.append(json.dumps(val, sort_keys=True))
+                vals.append(json.dumps(val))
         for col, val in (("bytes_in", bytes_in), ("bytes_out", bytes_out)):
             if val is not None:
                 sets.append(f"{col}=?")
