@@ -160,6 +160,15 @@ def calibrate_noise(
         except AccountingError:
             return math.inf  # numerically unusable sigma: treat as too little noise (the safe side)
 
+    # Re-calibrating mid-run: if a noise multiplier already in the ledger (same q) still fits and is
+    # within rel_tol of the smallest that does, keep it. Same result quality as the search, but the
+    # rounds then share one (sigma, q) and compose as one mechanism (cheap for PRV, tidy ledgers).
+    for prior_sigma in sorted({m.noise_multiplier for m in prior if m.sample_rate == sample_rate and m.noise_multiplier > 0}):
+        if eps(prior_sigma) <= target_epsilon:
+            if eps(prior_sigma / (1 + rel_tol)) > target_epsilon:
+                return prior_sigma
+            break  # a smaller sigma fits too: search for it
+
     lo, hi = 0.0, 1.0  # invariant once bracketed: eps(hi) <= target (checked), eps(lo) > target or lo = 0
     eps_hi = eps(hi)
     while eps_hi > target_epsilon:

@@ -151,9 +151,9 @@ def render_svg(report: dict[str, Any], width: int = 760, height: int = 360) -> s
         for i, r in enumerate(c["rounds"]):
             y = r["cumulative_epsilon"]
             shown = f"{y:.4g}" if y is not None else "unbounded"
-            marker_color = "#d00" if not r["secure_rng"] else color
-            parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(y if y is not None else y_max):.1f}" r="3.5" '
-                         f'fill="{marker_color}"><title>{name}, round {r["round_id"]}: epsilon {shown}'
+            # an insecure-RNG round gets a big black-ringed red marker, whatever the client's colour
+            marker = 'r="6" fill="#d00" stroke="#000" stroke-width="2"' if not r["secure_rng"] else f'r="3.5" fill="{color}"'
+            parts.append(f'<circle cx="{sx(i):.1f}" cy="{sy(y if y is not None else y_max):.1f}" {marker}><title>{name}, round {r["round_id"]}: epsilon {shown}'
                          f'{" (INSECURE RNG)" if not r["secure_rng"] else ""}</title></circle>')
         ly = top + 14 + 18 * ci  # legend
         parts.append(f'<line x1="{left + pw + 12}" y1="{ly - 4}" x2="{left + pw + 32}" y2="{ly - 4}" '

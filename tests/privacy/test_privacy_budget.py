@@ -135,3 +135,17 @@ def test_calibrate_noise_impossible_targets_name_the_fix():
         calibrate_noise(1.0, 1e-5, 0.04, 0, "rdp")
     with pytest.raises(ConfigError, match="sample rate"):
         calibrate_noise(1.0, 1e-5, 0.0, 10, "rdp")
+
+
+def test_recalibration_mid_run_keeps_the_ledgers_sigma():
+    """The daemon re-calibrates every round; the plan is unchanged, so it must get the same sigma
+    back (rounds then compose as one mechanism), and never a sigma that overshoots."""
+    q, per_round = 0.0064, 157
+    sigma0 = calibrate_noise(8.0, 1e-5, q, per_round * 10, "rdp")
+    prior = [make_event(noise_multiplier=sigma0, sample_rate=q, steps=per_round, round_id=r) for r in range(4)]
+    assert calibrate_noise(8.0, 1e-5, q, per_round * 6, "rdp", prior_events=prior) == sigma0
+    # a shorter remaining plan needs less noise: the search runs instead of reusing sigma0
+    shorter = calibrate_noise(8.0, 1e-5, q, per_round * 2, "rdp", prior_events=prior)
+    assert shorter < sigma0 / 1.001
+    total = [SubsampledGaussian(sigma0, q, per_round * 4), SubsampledGaussian(shorter, q, per_round * 2)]
+    assert rdp_epsilon(total, 1e-5) <= 8.0
