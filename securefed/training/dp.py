@@ -88,7 +88,9 @@ def per_sample_loss(logits, labels):
 
 
 def _unwrap(model):
-    return getattr(model, "model", model) if type(model).__name__ == "LoadedModel" else model
+    from securefed.training.model import LoadedModel
+
+    return model.model if isinstance(model, LoadedModel) else model
 
 
 def _noise_add(optimizer, source: RandomSource) -> None:
@@ -161,6 +163,8 @@ class DPTrainer:
             self.module, self.optimizer, _ = out
         # Opacus derives expected batch = N * (1/len(loader)); pin it to ours so scaling matches q * N.
         self.optimizer.expected_batch_size = self.expected_batch_size
+        # Opacus' own accountant would count steps at its dummy sample rate; accounting is the caller's job.
+        self.optimizer.step_hook = None
         self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source), self.optimizer)
 
     def close(self) -> None:
