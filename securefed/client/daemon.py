@@ -119,6 +119,9 @@ class ClientDaemon:
         self.rounds_trained = 0
         self.declined: list[tuple[int, str]] = []
         self.history: list[dict] = []  # one entry per round outcome this client saw (for the demo/tests)
+        # This member's own released payloads by attempt (its own data; lets tests compare the secure
+        # aggregate with the plaintext FedAvg of exactly these updates).
+        self.released_payloads: dict[int, np.ndarray] = {}
         self.client_state_path = self.state_dir / "strategy_client_state.npy"
 
     # ------------------------------------------------------------------------------------------
@@ -438,6 +441,7 @@ class ClientDaemon:
     # ------------------------------------------------------------------------------------------
     # release: ledger first, then the update
     def _record_and_report(self, s: RoundSession) -> None:
+        self.released_payloads[s.attempt] = np.array(s.payload.vector, dtype=np.float64)
         entry = self.ledger.append(s.event)  # durable before anything derived from the update leaves
         self._fault("after_ledger", s.attempt)
         rep = pb.PrivacyEventReport(

@@ -520,6 +520,8 @@ class Coordinator:
             ctx.bytes_in += nbytes
             self._touch(client_id)
             self._cv.notify_all()
+            if phase.stage == pb.STAGE_UNMASK:
+                fault_point("unmask_received", ctx.attempt)  # test hook: die in the middle of unmasking
 
     def upload_masked(self, client_id: str, header: pb.RequestHeader, ring_bits: int, data: bytes) -> None:
         with self._cv:
