@@ -4,8 +4,9 @@
     securefed audit report LEDGER... --out DIR [--public-key CLIENT=HEX]...
 
 ``verify`` re-checks each ledger's hash chain and Ed25519 signatures, recomputes epsilon
-independently with Google's dp-accounting and compares it with the Opacus-derived value, and checks
-the budget. It exits 0 only if every ledger passes every check. ``report`` runs the same checks and
+independently (Google's dp-accounting on the integer RDP orders, and direct numerical integration at
+the optimal order; dp-accounting's PLD for PRV ledgers) and compares it with the Opacus-derived
+value, and checks the budget (see ``securefed.privacy.verify`` for tolerances). It exits 0 only if every ledger passes every check. ``report`` runs the same checks and
 writes ``report.html`` (self-contained, inline SVG) and ``report.json``; it also exits non-zero if
 any ledger failed. LEDGER is a SQLite ledger file or a JSON export of one.
 """

@@ -233,8 +233,8 @@ def verify_ledger(
         ledger: VerifiedLedger = load_ledger(path)
     except LedgerError as exc:
         header, events = _lenient_events(path)
-        msg = str(exc)
-        name = "header" if "header" in msg or header is None else "chain"
+        msg = str(exc).removeprefix(f"{path}: ")
+        name = "header" if "header" in msg else ("chain" if header is not None else "open")
         checks.append(Check(name, False, msg))
         return LedgerVerification(str(path), tuple(checks), (), header, events, False)
 
@@ -317,7 +317,8 @@ def verify_ledger(
             checks.append(Check(
                 "per-round-cap", not over,
                 f"every round <= per_round_epsilon {budget.per_round_epsilon:g}" if not over else
-                "rounds over per_round_epsilon " + ", ".join(f"{r} ({x:.4g})" for r, x in over),
+                f"per_round_epsilon {budget.per_round_epsilon:g} exceeded by "
+                + ", ".join(f"round {r} (epsilon {x:.4g})" for r, x in over),
             ))
     except (AccountingError, ValueError, RuntimeError) as exc:
         checks.append(Check("accounting", False, f"epsilon could not be recomputed: {exc}"))

@@ -298,3 +298,22 @@ def test_privacy_plan_accounts_for_a_ledger(two_ledgers, capsys):
     resumed = json.loads(capsys.readouterr().out)
     assert resumed["prior_epsilon"] > 0 and resumed["noise_multiplier"] > fresh["noise_multiplier"]
     assert resumed["epsilon_total"] <= 8.0
+
+
+def test_verify_fails_on_a_round_above_the_per_round_cap(tmp_path):
+    path = tmp_path / "capped.sqlite"
+    budget = PrivacyBudget(target_epsilon=20.0, delta=1e-5, per_round_epsilon=2.5)
+    with Ledger.create(path, KEYS["alpha"], client_id="alpha", budget=budget) as led:
+        led.append(make_event(client_id="alpha", round_id=0, steps=100))
+        led.append(make_event(client_id="alpha", round_id=1, steps=2250))  # about 7.3 on its own
+    v = verify_ledger(path)
+    assert [c.name for c in v.failures()] == ["per-round-cap"]
+    assert "per_round_epsilon 2.5 exceeded by round 1 (epsilon 7.329)" in v.failures()[0].detail
+
+
+def test_verify_an_empty_ledger(tmp_path):
+    path = tmp_path / "empty.sqlite"
+    Ledger.create(path, KEYS["beta"], client_id="beta",
+                  budget=PrivacyBudget(target_epsilon=1.0, delta=1e-5, accountant="prv")).close()
+    v = verify_ledger(path, expected_public_key=KEYS["beta"].public_bytes())
+    assert v.ok and v.epsilon == 0.0 and v.events == ()
