@@ -160,47 +160,72 @@ class FederationResult:
     client_exit: dict[str, int | None] = field(default_factory=dict)
 
 
+@dataclass
+class ClientThreads:
+    daemons: dict[str, Any]
+    threads: dict[str, threading.Thread]
+    exits: dict[str, int | None]
+    stop: threading.Event
+
+    def join(self, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        for th in self.threads.values():
+            th.join(max(0.1, end - time.monotonic()))
+        return not any(th.is_alive() for th in self.threads.values())
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.join(15.0)
+
+
+def start_clients(p: Provisioned, address: str, *, names: list[str] | None = None,
+                  faults: dict[str, Any] | None = None) -> ClientThreads:
+    """Client daemons as threads of this process, dialling ``address`` over mutual TLS."""
+    from securefed.client.daemon import ClientDaemon
+
+    stop = threading.Event()
+    out = ClientThreads({}, {}, {}, stop)
+    for name, toml in p.client_tomls.items():
+        if names is not None and name not in names:
+            continue
+        ccfg: ClientConfig = load_client_config(toml)
+        ccfg = ccfg.model_copy(update={"client": ccfg.client.model_copy(update={"server": address})})
+        d = ClientDaemon(ccfg, fault=(faults or {}).get(name), stop=stop)
+        out.daemons[name] = d
+
+        def _run(d=d, name=name) -> None:
+            try:
+                out.exits[name] = d.run()
+            finally:
+                d.close()
+
+        th = threading.Thread(target=_run, name=f"client-{name}", daemon=True)
+        out.threads[name] = th
+        th.start()
+    return out
+
+
 def run_in_process(p: Provisioned, *, faults: dict[str, Any] | None = None, timeout_s: float = 300.0,
                    server_config: ServerConfig | None = None) -> FederationResult:
     """Server and clients as threads of this process (real gRPC over mutual TLS on 127.0.0.1)."""
-    from securefed.client.daemon import ClientDaemon
     from securefed.server.app import ServerApp
 
     cfg = server_config or load_server_config(p.server_toml)
     app = ServerApp(cfg)
     port = app.start()
-    daemons: dict[str, ClientDaemon] = {}
-    exits: dict[str, int | None] = {}
-    threads: list[threading.Thread] = []
-    stop = threading.Event()
     t0 = time.monotonic()
+    clients = start_clients(p, f"127.0.0.1:{port}", faults=faults)
+    result: dict[str, bool] = {}
     try:
-        for name, toml in p.client_tomls.items():
-            ccfg: ClientConfig = load_client_config(toml)
-            ccfg = ccfg.model_copy(update={"client": ccfg.client.model_copy(update={"server": f"127.0.0.1:{port}"})})
-            d = ClientDaemon(ccfg, fault=(faults or {}).get(name), stop=stop)
-            daemons[name] = d
-
-            def _run(d=d, name=name) -> None:
-                try:
-                    exits[name] = d.run()
-                finally:
-                    d.close()
-
-            th = threading.Thread(target=_run, name=f"client-{name}", daemon=True)
-            threads.append(th)
-            th.start()
-        server_thread_result: dict[str, bool] = {}
-        st = threading.Thread(target=lambda: server_thread_result.setdefault("ok", app.run()), daemon=True)
+        st = threading.Thread(target=lambda: result.setdefault("ok", app.run()), daemon=True)
         st.start()
         st.join(timeout_s)
         if st.is_alive():
             app.coordinator.stop()
             st.join(10)
         app.coordinator.linger(10.0)
-        for th in threads:
-            th.join(max(1.0, timeout_s - (time.monotonic() - t0)))
+        clients.join(max(1.0, timeout_s - (time.monotonic() - t0)))
     finally:
-        stop.set()
+        clients.shutdown()
         app.stop(grace=0.5)
-    return FederationResult(server_thread_result.get("ok", False), time.monotonic() - t0, app, daemons, exits)
+    return FederationResult(result.get("ok", False), time.monotonic() - t0, app, clients.daemons, clients.exits)

@@ -236,7 +236,10 @@ class ClientDaemon:
             return False
         s = self.session
         if s is None or task.round != s.attempt:
-            return False  # a stage of a session we are not (or no longer) part of
+            # A stage of a session we are not (or no longer) part of: the server keeps offering it
+            # until the stage closes, so do not spin on it.
+            self.stop_event.wait(0.5)
+            return False
         if body == "key_broadcast":
             self._on_secagg(task, pb.STAGE_SHARE_KEYS)
         elif body == "share_delivery":

@@ -1,0 +1,159 @@
+"""End to end, in process: a real gRPC server over mutual TLS on 127.0.0.1 and three client daemons
+(threads) training the tiny model with DP-SGD. Slow (Opacus + torch), so few and small."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from securefed.errors import InvalidMessage
+from securefed.federation import provision, run_in_process
+from securefed.privacy.ledger import load_ledger
+from securefed.server.checkpoint import read_adapter_file
+from securefed.server.roundlog import AttemptStatus
+from securefed.strategies import StrategySettings, make_strategy
+
+from daemon_helpers import FAST_CLIENT, fast_server
+
+pytestmark = pytest.mark.slow
+
+
+def expected_fedavg(bundle0, payloads: list[np.ndarray]) -> np.ndarray:
+    """The plaintext FedAvg of exactly these client payloads, applied to the previous global adapter."""
+    settings = json.loads(bundle0.settings_json)
+    strategy = make_strategy(StrategySettings.model_validate(settings["strategy"]), dim=bundle0.vector.size)
+    return strategy.server_apply(bundle0.vector, np.sum(payloads, axis=0), len(payloads)).global_vec
+
+
+def _log(p):
+    from securefed.server.roundlog import RoundLog
+
+    return RoundLog(p.root / "server-state" / "rounds.sqlite", readonly=True)
+
+
+def _records(p):
+    log = _log(p)
+    try:
+        return log.attempts()
+    finally:
+        log.close()
+
+
+def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny_model):
+    p = provision(tmp_path, 3, mode="secagg", rounds=2, threshold=2, model_dir=tiny_model, server=fast_server(),
+                  client=FAST_CLIENT,
+                  # member-3's budget cannot afford even one round at this noise: it must decline, untrained.
+                  per_client={"member-3": {"privacy": {"target_epsilon": 0.2},
+                                           "training": {"noise_multiplier": 0.6}}})
+    sent: list = []
+    replay: dict = {}
+
+    def member1_fault(point: str, attempt: int) -> None:
+        d = res_holder["daemons"]["member-1"]
+        if point == "after_accept" and attempt == 2 and "error" not in replay:
+            old = next(r for a, m, r in sent if a == 1 and m == "SubmitResult" and r.HasField("advertise_keys"))
+            try:
+                d._call("SubmitResult", old)  # attempt 1's round keys, played again during attempt 2
+            except InvalidMessage as exc:
+                replay["error"] = str(exc)
+
+    res_holder: dict = {}
+
+    import securefed.federation as fed
+
+    orig_start = fed.start_clients
+
+    def start_and_wrap(*a, **kw):
+        ct = orig_start(*a, **kw)
+        res_holder["daemons"] = ct.daemons
+        d1 = ct.daemons["member-1"]
+        inner = d1._call
+
+        def recording_call(method, request, **k):
+            sent.append((d1.session.attempt if d1.session else 0, method, request))
+            return inner(method, request, **k)
+
+        d1._call = recording_call
+        return ct
+
+    fed.start_clients = start_and_wrap
+    try:
+        res = run_in_process(p, faults={"member-1": member1_fault}, timeout_s=240)
+    finally:
+        fed.start_clients = orig_start
+    assert res.ok, [r.reason for r in _records(p)]
+    assert all(code == 0 for code in res.client_exit.values())
+    recs = _records(p)
+    assert [r.status for r in recs] == [AttemptStatus.COMPLETED, AttemptStatus.COMPLETED]
+
+    # The secure aggregate equals the plaintext FedAvg of the same two updates (fixed-point error only).
+    store = res.server.coordinator.store
+    for rec in recs:
+        assert set(rec.survivors) == {"member-1", "member-2"}
+        assert "privacy budget" in rec.declined["member-3"]
+        prev = read_adapter_file(store.path_for(rec.round - 1))
+        got = read_adapter_file(store.path_for(rec.round)).vector
+        payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+        want = expected_fedavg(prev, payloads)
+        assert np.max(np.abs(got - prev.vector)) > 1e-4  # the round really moved the adapter
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+    # Replay of an earlier round's message is refused by the server.
+    assert "round 1" in replay.get("error", "") and "current round is 2" in replay["error"]
+
+    # Budget: member-3 declined every round, trained nothing and spent nothing.
+    m3 = res.clients["member-3"]
+    assert m3.rounds_trained == 0 and len(m3.declined) == 2 and not m3.released_payloads
+    assert len(load_ledger(p.root / "clients" / "member-3" / "ledger.sqlite").events) == 0
+
+    # The server recorded exactly the signed entries the participants wrote, before release.
+    log = _log(p)
+    events = log.privacy_events()
+    log.close()
+    for m in ("member-1", "member-2"):
+        ledger = load_ledger(p.root / "clients" / m / "ledger.sqlite")
+        assert [e.entry_hash for e in events if e.client_id == m] == [e.entry_hash for e in ledger.entries]
+        assert [e.round_id for e in ledger.events] == [r.attempt for r in recs]
+    # Every participant holds the final global adapter locally.
+    final = read_adapter_file(store.path_for(2))
+    for m in ("member-1", "member-2", "member-3"):
+        assert read_adapter_file(p.root / "clients" / m / "global" / "adapter.safetensors").digest == final.digest
+
+
+def test_ckks_equals_plaintext_fedavg(tmp_path, tiny_model):
+    p = provision(tmp_path, 3, mode="ckks", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
+                  client=FAST_CLIENT)
+    res = run_in_process(p, timeout_s=240)
+    assert res.ok, [r.reason for r in _records(p)]
+    (rec,) = _records(p)
+    store = res.server.coordinator.store
+    prev = read_adapter_file(store.path_for(0))
+    got = read_adapter_file(store.path_for(1)).vector
+    payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2", "member-3")]
+    # CKKS is approximate (scale 2^40 plus flooding noise): agreement to 1e-5 on a delta of ~1e-2.
+    np.testing.assert_allclose(got, expected_fedavg(prev, payloads), rtol=0, atol=1e-5)
+    assert np.max(np.abs(got - prev.vector)) > 1e-4
+
+
+def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model):
+    from securefed.client.daemon import GoSilent
+
+    p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
+                  server=fast_server(masked_input_s=3.0), client=FAST_CLIENT)
+
+    def silent_in_attempt_1(point: str, attempt: int) -> None:
+        if point == "before_masked_input" and attempt == 1:
+            raise GoSilent()  # as if the process died after sharing its keys
+
+    res = run_in_process(p, faults={"member-2": silent_in_attempt_1, "member-3": silent_in_attempt_1}, timeout_s=240)
+    assert res.ok
+    first, second = _records(p)
+    assert first.status is AttemptStatus.ABORTED and "threshold" in first.reason
+    assert set(first.dropouts) == {"member-2", "member-3"}
+    assert second.status is AttemptStatus.COMPLETED and second.round == 1 and len(second.survivors) == 3
+    # member-1 released (and accounted) in both attempts; the silent ones only in the second.
+    n_entries = {m: len(load_ledger(p.root / "clients" / m / "ledger.sqlite").events) for m in res.clients}
+    assert n_entries == {"member-1": 2, "member-2": 1, "member-3": 1}
+    assert {h["outcome"] for h in res.clients["member-1"].history} == {"aborted", "completed"}
