@@ -4,6 +4,9 @@ What the accountant needs comes back in :class:`LocalTrainResult`: sample rate `
 noise multiplier, clipping norm, and whether the noise came from a CSPRNG. The caller (the privacy
 module) turns exactly these into a DP event; this module does no accounting.
 
+Privacy unit: one training example, i.e. one ``max_seq_len``-token block (demo corpus) or one JSONL record.
+A document that spans several blocks is protected only at the block level (group privacy applies).
+
 Implementation notes
 - Batches are drawn by Poisson sampling (each example independently with probability q), which is what
   the RDP/PRV accountants assume; in secure mode the coin flips come from the CSPRNG as well.
