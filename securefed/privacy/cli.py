@@ -3,6 +3,8 @@
     securefed privacy epsilon --noise-multiplier 1.5 --sample-rate 0.04 --steps 2250 --delta 1e-5
     securefed privacy plan --dataset-size 10000 --batch-size 64 --epochs-per-round 1 --rounds 10 \\
         --clip 1.0 --target-epsilon 8 --delta 1e-5
+    securefed privacy status state/ledger.sqlite
+    securefed privacy export state/ledger.sqlite --out ledger.json
 
 ``epsilon`` prints a short description and, as its last line, the number alone (for scripts);
 ``--json`` prints one JSON object instead. Unbounded epsilon (no noise) is ``inf`` / JSON ``null``.
@@ -45,6 +47,16 @@ def register(subparsers) -> None:
     pl.add_argument("--ledger", metavar="PATH", help="include the epsilon already spent in this client ledger")
     pl.add_argument("--json", action="store_true", help="print one JSON object")
     pl.set_defaults(handler=_plan)
+
+    st = sub.add_parser("status", help="verify a client ledger and print the epsilon spent and left")
+    st.add_argument("ledger", metavar="LEDGER", help="client ledger (SQLite or JSON export)")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.set_defaults(handler=_status)
+
+    ex = sub.add_parser("export", help="verify a client ledger and write it as portable JSON")
+    ex.add_argument("ledger", metavar="LEDGER", help="client ledger (SQLite)")
+    ex.add_argument("--out", required=True, metavar="FILE", help="output JSON file (written atomically)")
+    ex.set_defaults(handler=_export)
 
 
 def _json_num(x: float) -> float | None:
@@ -140,4 +152,44 @@ def _plan(args: argparse.Namespace) -> int:
     print(f"{'round':>5}  {'steps':>8}  {'epsilon':>10}  {'remaining':>10}")
     for row in rows:
         print(f"{row['round']:>5}  {row['steps']:>8}  {row['epsilon']:>10.4f}  {row['remaining']:>10.4f}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from securefed.privacy.accountants import compute_epsilon
+    from securefed.privacy.ledger import load_ledger
+
+    led = load_ledger(args.ledger)  # LedgerError (one line) if anything does not verify
+    b = led.header.budget
+    eps = compute_epsilon(led.events, b.delta, b.accountant)
+    insecure = [e.round_id for e in led.events if not e.secure_rng]
+    if args.json:
+        print(json.dumps({
+            "client_id": led.header.client_id,
+            "public_key": led.header.public_key.hex(),
+            "budget": b.to_dict(),
+            "entries": len(led.entries),
+            "epsilon": _json_num(eps),
+            "remaining": _json_num(b.target_epsilon - eps),
+            "insecure_rng_rounds": insecure,
+            "head": {"length": len(led.entries),
+                     "entry_hash": led.entries[-1].entry_hash if led.entries else led.header.header_hash},
+        }))
+        return 0
+    print(f"client {led.header.client_id}: {len(led.entries)} ledger entries, chain and signatures verified")
+    print(f"budget: epsilon {b.target_epsilon:g}, delta {b.delta:g}, accountant {b.accountant.value}"
+          + (f", per-round cap {b.per_round_epsilon:g}" if b.per_round_epsilon else ""))
+    print(f"spent: epsilon {eps:.6g}; remaining {b.target_epsilon - eps:.6g}")
+    if insecure:
+        print(f"WARNING: rounds {insecure} drew DP noise without a secure RNG")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from securefed.privacy.ledger import Ledger
+
+    with Ledger.open(args.ledger) as led:
+        led.export_json(args.out)
+        n = len(led.entries())
+    print(f"exported {n} verified entries of client {led.client_id} to {args.out}")
     return 0

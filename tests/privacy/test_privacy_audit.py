@@ -317,3 +317,22 @@ def test_verify_an_empty_ledger(tmp_path):
                   budget=PrivacyBudget(target_epsilon=1.0, delta=1e-5, accountant="prv")).close()
     v = verify_ledger(path, expected_public_key=KEYS["beta"].public_bytes())
     assert v.ok and v.epsilon == 0.0 and v.events == ()
+
+
+def test_privacy_status_and_export_cli(two_ledgers, tmp_path, capsys):
+    a, _ = two_ledgers
+    assert main(["privacy", "status", str(a), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["client_id"] == "alpha" and st["entries"] == 4
+    assert st["epsilon"] == pytest.approx(verify_ledger(a).epsilon) and st["remaining"] == pytest.approx(8 - st["epsilon"])
+    assert st["head"]["entry_hash"] == load_ledger(a).entries[-1].entry_hash
+    out = tmp_path / "alpha.json"
+    assert main(["privacy", "export", str(a), "--out", str(out)]) == 0
+    assert load_ledger(out).events == load_ledger(a).events
+    data = bytearray(a.read_bytes())
+    i = data.find(b'"round_id":3')
+    data[i + len(b'"round_id":')] = ord("5")
+    a.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["privacy", "status", str(a)]) == 1
+    assert "entry 3 hash does not match" in capsys.readouterr().err
