@@ -254,8 +254,14 @@ class BudgetGuard:
         )
 
     def check(self, prior_events: Sequence[DpEvent], planned: DpEvent) -> BudgetProjection:
-        """Return the projection, or raise ``BudgetExceeded`` (the client must decline the round)."""
-        p = self.project(prior_events, planned)
+        """Return the projection, or raise ``BudgetExceeded`` (the client must decline the round).
+
+        A round whose epsilon cannot be computed (an event the accountant refuses, a numerical failure)
+        is declined too: what cannot be accounted must not be released."""
+        try:
+            p = self.project(prior_events, planned)
+        except AccountingError as exc:
+            raise BudgetExceeded(f"round {planned.round_id} declined: its privacy cost cannot be accounted ({exc})") from None
         if p.epsilon_after > p.target_epsilon:
             raise BudgetExceeded(
                 f"round {planned.round_id} declined: epsilon would reach {p.epsilon_after:.4g} > target "

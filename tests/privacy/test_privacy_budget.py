@@ -149,3 +149,16 @@ def test_recalibration_mid_run_keeps_the_ledgers_sigma():
     assert shorter < sigma0 / 1.001
     total = [SubsampledGaussian(sigma0, q, per_round * 4), SubsampledGaussian(shorter, q, per_round * 2)]
     assert rdp_epsilon(total, 1e-5) <= 8.0
+
+
+def test_guard_declines_what_it_cannot_account(monkeypatch):
+    from securefed.errors import AccountingError
+    from securefed.privacy import formulas
+
+    def broken(*args, **kwargs):
+        raise AccountingError("PRV accountant failed numerically")
+
+    monkeypatch.setattr(formulas, "prv_epsilon", broken)
+    guard = BudgetGuard(PrivacyBudget(target_epsilon=10.0, delta=1e-5, accountant="prv"))
+    with pytest.raises(BudgetExceeded, match="round 0 declined: its privacy cost cannot be accounted"):
+        guard.check([], make_event(accountant="prv"))
