@@ -28,6 +28,8 @@ from securefed.errors import AccountingError, InvalidInput, InvalidMessage
 #: confused with an old event.
 EVENT_SCHEMA_VERSION = 1
 
+#: Canonical events are a few hundred bytes; anything far larger is refused before parsing.
+MAX_EVENT_BYTES = 16 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _MAX_ROUND = 2**53  # JSON numbers stay exact up to here
@@ -254,10 +256,15 @@ class DpEvent:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> DpEvent:
-        """Parse canonical JSON; the bytes must be exactly canonical (no second encoding of one event)."""
+        """Parse canonical JSON; the bytes must be exactly canonical (no second encoding of one event).
+
+        Safe on untrusted input (it arrives over the network at the server): size-limited, no pickle,
+        every failure an ``InvalidMessage``."""
+        if len(raw) > MAX_EVENT_BYTES:
+            raise InvalidMessage(f"DP event is larger than {MAX_EVENT_BYTES} bytes")
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidMessage("DP event is not valid JSON") from None
         event = cls.from_dict(data)
         raw_bytes = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)

@@ -100,6 +100,12 @@ def test_non_canonical_or_extended_json_is_refused():
         DpEvent.from_json(b"\xff\xfe")
     with pytest.raises(InvalidMessage, match="schema"):
         DpEvent.from_dict({**d, "schema": 99})
+    with pytest.raises(InvalidMessage, match="larger than"):
+        DpEvent.from_json(b"[" * 20000)
+    with pytest.raises(InvalidMessage, match="not valid JSON"):
+        DpEvent.from_json(b"[" * 5000 + b"]" * 5000)  # nesting deep enough to blow the recursion limit
+    with pytest.raises(InvalidMessage):
+        DpEvent.from_json(make_event().canonical_bytes().replace(b"1.5", b"NaN"))
 
 
 def test_from_dict_with_non_poisson_sampler_is_an_accounting_error():
