@@ -65,6 +65,15 @@ def setup_logging(*, json_lines: bool = False, level: str = "info", stream: Text
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.propagate = False
+    # Library warnings (transformers, opacus) become log records too, so a --log-json stream stays
+    # one JSON object per line.
+    logging.captureWarnings(True)
+    pyw = logging.getLogger("py.warnings")
+    for h in list(pyw.handlers):
+        if getattr(h, "_securefed", False):
+            pyw.removeHandler(h)
+    pyw.addHandler(handler)
+    pyw.propagate = False
 
 
 def get_logger(name: str) -> logging.Logger:
