@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+import tomllib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -99,3 +100,70 @@ def test_parse_model_rejects_non_mapping_documents():
     for bad in ([], "threshold=3", 7, None):
         with pytest.raises(ConfigError):
             parse_model(_Params, bad, "<fuzz>")  # type: ignore[arg-type]
+
+
+# ---- the real server and client configuration files ---------------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+_leaf_values = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(alphabet=string.printable, max_size=12),
+    st.booleans(),
+    st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=4)), max_size=3),
+)
+
+
+def _emit(doc: dict) -> str:
+    lines = []
+    for table, body in doc.items():
+        lines.append(f'["{table}"]')
+        for k, v in body.items():
+            lines.append(f'"{k}" = {_toml_value(v)}')
+    return "\n".join(lines) + "\n"
+
+
+def _mutate(doc: dict, data) -> dict:
+    doc = {t: dict(b) for t, b in doc.items()}
+    table = data.draw(st.sampled_from(sorted(doc)))
+    kind = data.draw(st.sampled_from(["replace", "delete", "add", "drop-table"]))
+    if kind == "drop-table":
+        del doc[table]
+    elif kind == "add":
+        doc[table][data.draw(st.sampled_from(["extra", "threshhold", "mode"]))] = data.draw(_leaf_values)
+    elif doc[table]:
+        key = data.draw(st.sampled_from(sorted(doc[table])))
+        if kind == "delete":
+            del doc[table][key]
+        else:
+            doc[table][key] = data.draw(_leaf_values)
+    return doc
+
+
+@pytest.mark.parametrize("which", ["server", "client"])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_real_config_files_load_or_give_one_config_error(tmp_path, which, data):
+    from securefed.client.config import load_client_config
+    from securefed.server.config import load_server_config
+
+    example = tomllib.loads((ROOT / "clients" / f"{which}.toml").read_text())
+    p = tmp_path / f"{which}.toml"
+    p.write_text(_emit(_mutate(example, data)))
+    loader = load_server_config if which == "server" else load_client_config
+    try:
+        cfg = loader(p)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(p) in str(exc)
+        return
+    assert type(cfg).__name__ == ("ServerConfig" if which == "server" else "ClientConfig")
+
+
+@pytest.mark.parametrize("which", ["server", "client"])
+def test_the_shipped_example_configs_load(tmp_path, which):
+    from securefed.client.config import load_client_config
+    from securefed.server.config import load_server_config
+
+    p = tmp_path / f"{which}.toml"
+    p.write_text(_emit(tomllib.loads((ROOT / "clients" / f"{which}.toml").read_text())))
+    (load_server_config if which == "server" else load_client_config)(p)

@@ -154,3 +154,14 @@ def test_a_sqlite_ledger_edited_behind_the_triggers_is_refused(export, tmp_path)
         load_ledger(copy)
     with pytest.raises(LedgerError):
         Ledger.open(copy)
+
+
+@pytest.mark.parametrize("depth", [10, 1000, 100_000])
+def test_deeply_nested_or_huge_event_json_is_an_invalid_message(depth):
+    # Reaches the server from any certified client (ReportPrivacyEvent): must not blow the stack.
+    from securefed.errors import InvalidMessage
+
+    with pytest.raises(InvalidMessage):
+        DpEvent.from_json("[" * depth + "]" * depth)
+    with pytest.raises(InvalidMessage):
+        DpEvent.from_json(b'{"a":"' + b"x" * 10**6 + b'"}')
