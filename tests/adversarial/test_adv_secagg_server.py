@@ -574,3 +574,17 @@ def test_sybils_holding_cohort_identities_learn_the_victims_input_so_cohort_keys
     out = simulate_round(inputs, COMPLETE)  # every "client" but 1 is played by the server
     sybil_sum = sum(inputs[c] for c in (2, 3, 4, 5))
     assert np.allclose(out.result.values - sybil_sum, inputs[1], atol=5 * 2 ** -8)
+
+
+def test_a_restarted_client_answers_no_unmask_request_for_a_round_it_lost():
+    """Round secrets live only in memory: after a crash and restart, the client has a fresh state
+    machine, and a server replaying the lost round's later messages gets nothing from it."""
+    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    advance(rnd, Stage.UNMASK)
+    restarted = SecAggClient(3, rnd.identities[3])
+    for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK):
+        with pytest.raises(ProtocolAbort):
+            SecAggClient(3, rnd.identities[3]).handle(rnd.sent[stage][3] if stage in rnd.sent else rnd.outbox[3])
+    with pytest.raises(ProtocolAbort):
+        restarted.handle(rnd.outbox[3])
+    assert restarted.revealed == {} and restarted.stage is ClientStage.ABORTED
