@@ -114,6 +114,11 @@ class ClientDaemon:
         self._data = None
         self._heldout = None
         self._ckks = None
+        self._sigma: float | None = None
+        self._tokenizer = None
+        self._budget_lock = threading.Lock()
+        self._budget_cache: dict = {}
+        self._budget_threads: dict = {}
         self.session: RoundSession | None = None
         self.latest_bundle: Bundle | None = None
         self.rounds_trained = 0
@@ -175,6 +180,7 @@ class ClientDaemon:
         registered = False
         log(logger, "client starting", client=self.name, server=self.config.client.server,
             epsilon_spent=round(self.ledger.epsilon(), 4), target_epsilon=self.config.privacy.target_epsilon)
+        self.prepare()
         self._connect()
         while not self.stop_event.is_set():
             try:
@@ -305,7 +311,6 @@ class ClientDaemon:
         self.session = None
 
     def _on_plan(self, plan: pb.RoundPlan) -> None:
-        from securefed.privacy.budget import BudgetGuard
         from securefed.strategies import StrategySettings, make_strategy
         from securefed.training.config import LoraSettings
 
@@ -337,8 +342,7 @@ class ClientDaemon:
         self._ensure_model(lora, bundle)
         # ---- budget: decide before training --------------------------------------------------
         try:
-            sigma, planned = self._planned_event(attempt)
-            projection = BudgetGuard(self.config.privacy, dataset_size=len(self._data)).check(self.ledger.events(), planned)
+            sigma, budget_fields = self._check_budget(attempt)
         except (BudgetExceeded, ConfigError) as exc:
             self._decline(plan, f"privacy budget: {exc}")
             return
@@ -346,9 +350,7 @@ class ClientDaemon:
         self._call("SubmitResult", pb.SubmitResultRequest(
             header=self._header(pb.STAGE_PLAN, bytes(plan.plan_sha256), s.next_seq()),
             plan_decision=pb.PlanDecision(participate=True)))
-        log(logger, "accepted the round", attempt=attempt, noise_multiplier=round(sigma, 4),
-            epsilon_before=round(projection.epsilon_before, 4), epsilon_after=round(projection.epsilon_after, 4),
-            target_epsilon=projection.target_epsilon)
+        log(logger, "accepted the round", attempt=attempt, noise_multiplier=round(sigma, 4), **budget_fields)
         self._fault("after_accept", attempt)
         # ---- train ---------------------------------------------------------------------------
         payload, result = self._train(s, sigma)
@@ -369,6 +371,64 @@ class ClientDaemon:
         else:
             raise ProtocolAbort("unknown aggregation mode in the plan")
 
+    def _budget_key(self, planned) -> tuple:
+        head = self.ledger.head()
+        return (head.length, head.entry_hash, planned.noise_multiplier, planned.sample_rate, planned.steps,
+                planned.delta, planned.accountant)
+
+    def _project(self, planned):
+        """The guard's projection for ``planned`` on top of the ledger, memoised by its exact inputs
+        (ledger head + mechanism), so the RDP work can run ahead of the next plan."""
+        from securefed.privacy.budget import BudgetGuard
+
+        key = self._budget_key(planned)
+        with self._budget_lock:
+            th = self._budget_threads.get(key)
+        if th is not None:
+            th.join()
+        with self._budget_lock:
+            hit = self._budget_cache.get(key)
+        if hit is None:
+            hit = BudgetGuard(self.config.privacy, dataset_size=len(self._data)).project(self.ledger.events(), planned)
+            with self._budget_lock:
+                self._budget_cache = {key: hit}
+        return hit
+
+    def _precompute_budget(self) -> None:
+        """After a release: project the next round in the background (same sigma, q and steps)."""
+        try:
+            _, planned = self._planned_event(0)
+        except SecureFedError:
+            return
+        key = self._budget_key(planned)
+        th = threading.Thread(target=lambda: self._project(planned), name=f"budget-{self.name}", daemon=True)
+        with self._budget_lock:
+            if key in self._budget_cache or key in self._budget_threads:
+                return
+            self._budget_threads[key] = th
+        th.start()
+
+        def _forget() -> None:
+            th.join()
+            with self._budget_lock:
+                self._budget_threads.pop(key, None)
+
+        threading.Thread(target=_forget, daemon=True).start()
+
+    def _check_budget(self, attempt: int) -> tuple[float, dict]:
+        """The noise multiplier for this round, after the budget guard accepted the projection.
+
+        Raises ``BudgetExceeded`` when this round would pass the budget (the caller declines)."""
+        from securefed.privacy.budget import BudgetGuard
+
+        sigma, planned = self._planned_event(attempt)
+        p = self._project(planned)
+        if not p.within_budget:
+            # The guard's own check raises BudgetExceeded with the full reason.
+            BudgetGuard(self.config.privacy, dataset_size=len(self._data)).check(self.ledger.events(), planned)
+        return sigma, {"epsilon_before": round(p.epsilon_before, 4), "epsilon_after": round(p.epsilon_after, 4),
+                       "target_epsilon": p.target_epsilon}
+
     def _config_hash(self) -> str:
         blob = json.dumps({"training": self.config.training.model_dump(mode="json"),
                            "privacy": self.config.privacy.model_dump(mode="json")}, sort_keys=True)
@@ -383,11 +443,18 @@ class ClientDaemon:
         q, steps = plan_steps(t, len(self._data))
         sigma = t.noise_multiplier
         if sigma is None:
-            done = len(self.ledger.events())
-            remaining = max(1, self.config.client.planned_rounds - done)
-            b = self.config.privacy
-            sigma = calibrate_noise(b.target_epsilon, b.delta, q, steps * remaining, b.accountant,
-                                    prior_events=self.ledger.events())
+            # Calibrated once for every round this member plans to join (one sigma for the whole run,
+            # as the accountant assumes), not re-searched each round; after a restart it is
+            # recalibrated for the rounds that remain, on top of what the ledger says was spent.
+            if self._sigma is None:
+                prior = self.ledger.events()
+                remaining = max(1, self.config.client.planned_rounds - len(prior))
+                b = self.config.privacy
+                self._sigma = calibrate_noise(b.target_epsilon, b.delta, q, steps * remaining, b.accountant,
+                                              prior_events=prior)
+                log(logger, "noise calibrated", noise_multiplier=round(self._sigma, 4), rounds=remaining,
+                    steps_per_round=steps, sample_rate=round(q, 6), target_epsilon=b.target_epsilon)
+            sigma = self._sigma
         ev = DpEvent(client_id=self.name, round_id=attempt, noise_multiplier=sigma, sample_rate=q, steps=steps,
                      delta=self.config.privacy.delta, clip_norm=t.clip_norm, accountant=self.config.privacy.accountant,
                      secure_rng=t.secure_mode, library_versions=LibraryVersions.current(),
@@ -402,8 +469,24 @@ class ClientDaemon:
         if self._model is None or self._lora_json != lj:
             loaded = load_model(self.config.client.base_model_dir, lora=lora)
             self._model, self._tokenizer, self._lora_json = loaded.model, loaded.tokenizer, lj
-            self._load_data()
+            if self._data is None:
+                self._load_data()
         load_adapter_vector(self._model, np.array(bundle.vector, dtype=np.float32), AdapterLayout.from_json(bundle.layout_json))
+
+    def prepare(self) -> None:
+        """Before joining: tokenize the data and calibrate the noise, so rounds only train."""
+        from securefed.training.model import load_tokenizer
+
+        if self._data is None:
+            self._tokenizer = self._tokenizer or load_tokenizer(self.config.client.base_model_dir)
+            self._load_data()
+        try:
+            _, planned = self._planned_event(0)
+            p = self._project(planned)
+            log(logger, "privacy budget", epsilon_spent=round(p.epsilon_before, 4), target_epsilon=p.target_epsilon,
+                next_round_epsilon_after=round(p.epsilon_after, 4), within_budget=p.within_budget)
+        except SecureFedError as exc:  # e.g. budget already spent: every plan will be declined, with the reason
+            log(logger, "privacy budget check at start-up", result=str(exc))
 
     def _load_data(self) -> None:
         from securefed.training import data as td
@@ -452,8 +535,8 @@ class ClientDaemon:
             prev_hash=bytes.fromhex(entry.prev_hash), entry=entry.event_bytes, entry_hash=bytes.fromhex(entry.entry_hash),
             signature=entry.signature)
         self._call("ReportPrivacyEvent", rep)
-        log(logger, "privacy event recorded", attempt=s.attempt, ledger_seq=entry.seq,
-            epsilon_spent=round(self.ledger.epsilon(), 4))
+        log(logger, "privacy event recorded", attempt=s.attempt, ledger_seq=entry.seq)
+        self._precompute_budget()
 
     def _upload_masked(self, s: RoundSession, stage: int, session_id: bytes, ring_bits: int, data: bytes) -> None:
         import grpc

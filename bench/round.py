@@ -1,0 +1,180 @@
+"""Round wall time and bytes on the wire, on loopback, for the preset model (JSON on stdout).
+
+For each cohort size (default 3 and 10), in the same run:
+
+* ``secure``: secure aggregation (pairwise masking, complete graph) + DP-SGD (Opacus, calibrated noise);
+* ``baseline``: plaintext FedAvg without DP (plain SGD, same steps / batch / learning rate, the
+  server sees the updates): what the security costs is the ratio of the two.
+
+Everything else is identical and real: the same server and client daemons, gRPC over mutual TLS on
+127.0.0.1, the tiny Llama preset with LoRA. A round's wall time is the coordinator's own measurement
+(plan sent -> new global adapter committed), so it includes local training. The first round of each
+run is a warm-up and is excluded from the median. Bytes are counted by the server (requests and
+uploads in; tasks, downloads out) and divided by the number of clients.
+
+    python bench/round.py --json                 # 3 and 10 clients, 3 rounds each
+    python bench/round.py --clients 3 --rounds 4 --preset small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from securefed.client.daemon import ClientDaemon  # noqa: E402
+
+
+class BaselineClient(ClientDaemon):
+    """The no-privacy baseline: plain SGD, no budget, no ledger. Benchmark only."""
+
+    def _check_budget(self, attempt: int):
+        return 0.0, {"baseline": "no DP"}
+
+    def _record_and_report(self, s) -> None:
+        self.released_payloads[s.attempt] = np.array(s.payload.vector, dtype=np.float64)
+
+    def _train(self, s, sigma):
+        import torch
+
+        from securefed.training.adapter import adapter_to_vector
+        from securefed.training.config import ClippingMode
+        from securefed.training.dp import LocalTrainResult, plan_steps
+
+        t = self.config.training
+        model, data = self._model, self._data
+        q, steps = plan_steps(t, len(data))
+        start, _ = adapter_to_vector(model)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate)
+        gen = torch.Generator().manual_seed(s.attempt)  # not secret: the non-private baseline
+        model.train()
+        losses = []
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            idx = torch.randint(0, len(data), (t.batch_size,), generator=gen).tolist()
+            b = data.batch(idx)
+            out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"])
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+            losses.append(float(out.loss))
+        end, _ = adapter_to_vector(model)
+        result = LocalTrainResult(delta=(end - start).astype(np.float32), num_samples=len(data), steps=steps,
+                                  sample_rate=q, noise_multiplier=0.0, clip_norm=t.clip_norm, secure_rng=False,
+                                  clipping_mode=ClippingMode.HOOKS, train_loss=float(np.mean(losses)),
+                                  learning_rate=t.learning_rate, expected_batch_size=t.batch_size,
+                                  seconds=time.perf_counter() - t0)
+        payload = s.strategy.client_payload(result, client_state=None, server_state=s.bundle.server_state)
+        return payload, result
+
+
+def run_one(workdir: Path, model_dir: Path, n: int, rounds: int, secure: bool, steps: int) -> dict:
+    import securefed.federation as fed
+    from securefed.server.roundlog import RoundLog
+
+    threshold = n // 2 + 1
+    p = fed.provision(
+        workdir, n, mode="secagg" if secure else "plaintext", rounds=rounds, threshold=threshold, model_dir=model_dir,
+        server={"deadlines": {"join_s": 120.0, "training_s": 300.0, "poll_s": 1.0}},
+        client={"training": {"steps": steps, "batch_size": 8, "max_seq_len": 32, "learning_rate": 0.5,
+                             "clipping": "hooks"},
+                "privacy": {"target_epsilon": 50.0},
+                "connection": {"poll_wait_s": 1.0, "backoff_initial_s": 0.2, "backoff_max_s": 1.0}},
+    )
+    orig = fed.start_clients
+    if not secure:
+        import securefed.client.daemon as cd
+
+        def start_baseline(*a, **kw):
+            saved = cd.ClientDaemon
+            fed_mod_client = sys.modules["securefed.client.daemon"]
+            fed_mod_client.ClientDaemon = BaselineClient
+            try:
+                return orig(*a, **kw)
+            finally:
+                fed_mod_client.ClientDaemon = saved
+
+        fed.start_clients = start_baseline
+    try:
+        t0 = time.perf_counter()
+        res = fed.run_in_process(p, timeout_s=1800)
+        wall = time.perf_counter() - t0
+    finally:
+        fed.start_clients = orig
+    log = RoundLog(p.root / "server-state" / "rounds.sqlite", readonly=True)
+    attempts = log.attempts()
+    log.close()
+    done = [a for a in attempts if a.status.value == "completed"]
+    times = [a.timings.get("total", math.nan) for a in done]
+    stages = {}
+    for a in done[1:] or done:
+        for k, v in a.timings.items():
+            stages.setdefault(k, []).append(v)
+    per_client = [(a.bytes_in + a.bytes_out) / n for a in done]
+    return {
+        "ok": bool(res.ok) and len(done) == rounds,
+        "rounds_completed": len(done),
+        "failed_attempts": len(attempts) - len(done),
+        "round_seconds": [round(t, 4) for t in times],
+        "round_seconds_median_after_warmup": round(statistics.median(times[1:] or times), 4),
+        "stage_seconds_median": {k: round(statistics.median(v), 4) for k, v in stages.items()},
+        "bytes_per_client_per_round": round(statistics.median(per_client), 1),
+        "bytes_in_per_client_per_round": round(statistics.median([a.bytes_in / n for a in done]), 1),
+        "bytes_out_per_client_per_round": round(statistics.median([a.bytes_out / n for a in done]), 1),
+        "run_seconds": round(wall, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[3, 10])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=4, help="local steps per round")
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    ap.add_argument("--json", action="store_true", help="JSON only on stdout (default prints JSON too)")
+    args = ap.parse_args(argv)
+    logging.getLogger("securefed").setLevel(logging.WARNING)
+    from securefed.server.logs import setup_logging
+    from securefed.training.preset import build_tiny_model
+
+    setup_logging(level="warning")
+    out: dict = {"benchmark": "round", "preset": args.preset, "rounds": args.rounds, "local_steps": args.steps,
+                 "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+                 "transport": "gRPC over mutual TLS 1.3, 127.0.0.1", "results": {}}
+    with tempfile.TemporaryDirectory(prefix="securefed-bench-") as tmp:
+        tmp = Path(tmp)
+        model_dir = build_tiny_model(tmp / "model", args.preset)
+        from securefed.training.adapter import adapter_to_vector
+        from securefed.training.config import LoraSettings
+        from securefed.training.model import load_model
+
+        vec, _ = adapter_to_vector(load_model(model_dir, lora=LoraSettings(rank=4, alpha=8.0)).model)
+        out["adapter_parameters"] = int(vec.size)
+        for n in args.clients:
+            secure = run_one(tmp / f"secure-{n}", model_dir, n, args.rounds, True, args.steps)
+            base = run_one(tmp / f"baseline-{n}", model_dir, n, args.rounds, False, args.steps)
+            ratio = secure["round_seconds_median_after_warmup"] / base["round_seconds_median_after_warmup"]
+            out["results"][str(n)] = {
+                "secagg_dp": secure, "plaintext_fedavg_no_dp": base,
+                "overhead_ratio": round(ratio, 3), "target_ratio": 1.3, "meets_target": ratio <= 1.3,
+                "wire_overhead_ratio": round(secure["bytes_per_client_per_round"] / base["bytes_per_client_per_round"], 3),
+            }
+    print(json.dumps(out, indent=None if args.json else 1))
+    return 0 if all(r["secagg_dp"]["ok"] and r["plaintext_fedavg_no_dp"]["ok"] for r in out["results"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
