@@ -384,7 +384,7 @@ class ClientDaemon:
         key = self._budget_key(planned)
         with self._budget_lock:
             th = self._budget_threads.get(key)
-        if th is not None:
+        if th is not None and th is not threading.current_thread():
             th.join()
         with self._budget_lock:
             hit = self._budget_cache.get(key)

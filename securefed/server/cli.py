@@ -79,12 +79,15 @@ def _status(args: argparse.Namespace) -> int:
         attempts = log.attempts(limit=args.last)
         completed = log.completed_rounds()
         events = log.privacy_events()
+        heads = log.ledger_heads()
     finally:
         log.close()
     if args.json:
         print(json.dumps({"rounds_target": cfg.federation.rounds, "completed_rounds": completed,
                           "attempts": [a.to_json() for a in attempts],
-                          "privacy_events": len(events)}, indent=1, default=str))
+                          "privacy_events": len(events),
+                          "ledger_heads": {c: {"length": n, "entry_hash": h} for c, (n, h) in heads.items()}},
+                         indent=1, default=str))
         return 0
     print(f"rounds completed: {completed}/{cfg.federation.rounds}   privacy events recorded: {len(events)}")
     print(f"{'attempt':>7} {'round':>5} {'status':<9} {'stage':<14} {'cohort':>6} {'in':>3} {'drop':>4} "
@@ -103,6 +106,10 @@ def _status(args: argparse.Namespace) -> int:
             print(f"{'':>7} dropouts: {', '.join(a.dropouts)}")
         for c, why in a.declined.items():
             print(f"{'':>7} declined: {c}: {why}")
+    if heads:
+        print("ledger heads reported to this server (for: securefed audit verify ... --expect-head):")
+        for c, (n, h) in sorted(heads.items()):
+            print(f"  --expect-head {c}={n}:{h}")
     sys.stdout.flush()
     return 0
 

@@ -565,9 +565,14 @@ class Coordinator:
         return ckpt.round, pb.AGGREGATE_KIND_GLOBAL_ADAPTER, [ckpt.path.read_bytes()]
 
     def record_privacy_event(self, client_id: str, attempt: int, event: bytes, signature: bytes, *,
-                             sequence: int, entry_hash: str) -> bool:
-        return self.roundlog.record_privacy_event(attempt, client_id, event.decode("utf-8"), signature,
-                                                  ledger_seq=sequence, entry_hash=entry_hash)
+                             sequence: int, entry_hash: str, prev_hash: str | None = None) -> bool:
+        from securefed.server.roundlog import RoundLogError
+
+        try:
+            return self.roundlog.record_privacy_event(attempt, client_id, event.decode("utf-8"), signature,
+                                                      ledger_seq=sequence, entry_hash=entry_hash, prev_hash=prev_hash)
+        except RoundLogError as exc:
+            raise InvalidMessage(str(exc)) from None
 
     def expected_payload_bytes(self, ring_bits: int) -> int:
         with self._cv:

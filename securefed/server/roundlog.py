@@ -243,9 +243,23 @@ class RoundLog:
             )
 
     def record_privacy_event(self, attempt: int, client_id: str, event: str, signature: bytes, *,
-                             ledger_seq: int, entry_hash: str) -> bool:
-        """Store a client's signed DP event; a second report for the same attempt is ignored (False)."""
+                             ledger_seq: int, entry_hash: str, prev_hash: str | None = None) -> bool:
+        """Store a client's signed DP event; a second report for the same attempt is ignored (False).
+
+        Refuses (``RoundLogError``) an entry that contradicts what this client reported before: another
+        hash at a recorded position, or a ``prev_hash`` that is not the recorded entry before it (a
+        forked or rewritten ledger). Gaps are allowed: a client can spend budget without reporting
+        it (it crashed after its write-ahead append)."""
         with self._tx() as db:
+            same = db.execute("SELECT entry_hash FROM privacy_events WHERE client_id=? AND ledger_seq=?",
+                              (client_id, int(ledger_seq))).fetchone()
+            if same is not None and same[0] != entry_hash:
+                raise RoundLogError(f"ledger entry {ledger_seq} of {client_id} differs from the one reported before")
+            if prev_hash is not None and ledger_seq > 0:
+                before = db.execute("SELECT entry_hash FROM privacy_events WHERE client_id=? AND ledger_seq=?",
+                                    (client_id, int(ledger_seq) - 1)).fetchone()
+                if before is not None and before[0] != prev_hash:
+                    raise RoundLogError(f"ledger entry {ledger_seq} of {client_id} does not chain to entry {ledger_seq - 1}")
             cur = db.execute(
                 "INSERT OR IGNORE INTO privacy_events(attempt, client_id, ledger_seq, entry_hash, event, signature, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -292,6 +306,21 @@ class RoundLog:
     def attempt_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+
+    def ledger_heads(self) -> dict[str, tuple[int, str]]:
+        """Per client: (length, newest entry hash) of its ledger as reported here, for
+        ``securefed audit verify --expect-head`` (catches a ledger whose newest entries were cut)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client_id, MAX(ledger_seq), entry_hash FROM privacy_events GROUP BY client_id"
+            ).fetchall()
+        out = {}
+        for cid, seq, _ in rows:
+            with self._lock:
+                h = self._db.execute("SELECT entry_hash FROM privacy_events WHERE client_id=? AND ledger_seq=?",
+                                     (cid, seq)).fetchone()[0]
+            out[cid] = (int(seq) + 1, h)
+        return out
 
     def privacy_events(self, client_id: str | None = None) -> list[PrivacyEventRecord]:
         q = "SELECT attempt, client_id, ledger_seq, entry_hash, event, signature, received_at FROM privacy_events"

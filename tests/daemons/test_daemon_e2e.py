@@ -52,6 +52,10 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
 
     def member1_fault(point: str, attempt: int) -> None:
         d = res_holder["daemons"]["member-1"]
+        if point == "after_accept" and attempt == 2 and "status" not in replay:
+            from securefed.transport._generated import federation_pb2 as pb
+
+            replay["status"] = d._call("GetStatus", pb.GetStatusRequest(header=pb.RequestHeader(client_id="member-1")))
         if point == "after_accept" and attempt == 2 and "error" not in replay:
             old = next(r for a, m, r in sent if a == 1 and m == "SubmitResult" and r.HasField("advertise_keys"))
             try:
@@ -99,6 +103,11 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
         want = expected_fedavg(prev, payloads)
         assert np.max(np.abs(got - prev.vector)) > 1e-4  # the round really moved the adapter
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+    # GetStatus, asked mid-round by an authenticated member.
+    st = replay["status"]
+    assert st.client_id == "member-1" and st.current_round == 2 and st.completed_rounds == 1
+    assert st.protocol_version == "securefed.v1" and st.registered_clients == 3
 
     # Replay of an earlier round's message is refused by the server.
     assert "round 1" in replay.get("error", "") and "current round is 2" in replay["error"]

@@ -98,11 +98,19 @@ def test_roundlog_allows_one_completion_per_round_and_recovers(tmp_path):
     assert st == {a1: AttemptStatus.COMPLETED, a2: AttemptStatus.ABORTED, a3: AttemptStatus.ABANDONED}
     a4 = log.begin_attempt(round=2, mode="secagg", base_hash="aa", stage="plan")
     assert a4 > a3 and log.last_completed().attempt == a1
-    assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e") is True
-    assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e") is False
+    assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e0") is True
+    assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e0") is False
+    # A forked or rewritten ledger is refused: another hash at a known position, or a broken link.
+    with pytest.raises(RoundLogError, match="differs"):
+        log.record_privacy_event(a4 + 1, "x", "{}", b"s", ledger_seq=0, entry_hash="other")
+    with pytest.raises(RoundLogError, match="chain"):
+        log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="not-e0")
+    assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="e0") is False
+    assert log.record_privacy_event(a4 + 1, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="e0") is True
+    assert log.ledger_heads() == {"x": (2, "e1")}
     log.close()
     ro = RoundLog(tmp_path / "r.sqlite", readonly=True)
-    assert ro.completed_rounds() == 1 and len(ro.privacy_events("x")) == 1
+    assert ro.completed_rounds() == 1 and len(ro.privacy_events("x")) == 2
     ro.close()
 
 
