@@ -246,3 +246,74 @@ def test_a_round_setup_with_out_of_range_parameters_is_refused(rounds, change):
         pass  # the digest itself refuses some values; the client must then refuse the message as well
     with pytest.raises(SecureFedError):
         rnd.clients[1].handle(bad)
+
+
+# ---- explicit range checks: NaN/Inf, shapes, ring, field and index ranges -------------------------
+
+
+def _unmask_reply(rounds, mutate):
+    from securefed.crypto.shamir import PRIME, SHARE_SIZE
+
+    rnd = _copy(rounds[Stage.UNMASK])
+    reply = _client_reply(rnd, Stage.UNMASK, 1)
+    share = reply.self_mask_shares[0]
+    raw = mutate(share.share, PRIME, SHARE_SIZE)
+    return rnd, dataclasses.replace(reply, self_mask_shares=(dataclasses.replace(share, share=raw),
+                                                             *reply.self_mask_shares[1:]))
+
+
+@pytest.mark.parametrize(
+    "name, mutate",
+    [
+        ("y outside the field", lambda s, p, n: s[:8] + p.to_bytes(n - 8, "big")),
+        ("x = 0", lambda s, p, n: (0).to_bytes(8, "big") + s[8:]),
+        ("x beyond the holders", lambda s, p, n: (99).to_bytes(8, "big") + s[8:]),
+        ("truncated", lambda s, p, n: s[:-1]),
+    ],
+)
+def test_an_unmask_share_out_of_range_is_refused(rounds, name, mutate):
+    rnd, bad = _unmask_reply(rounds, mutate)
+    with pytest.raises(InvalidMessage):
+        rnd.server.receive(bad)
+
+
+def test_an_unmask_share_for_an_owner_outside_the_cohort_is_refused(rounds):
+    rnd = _copy(rounds[Stage.UNMASK])
+    reply = _client_reply(rnd, Stage.UNMASK, 1)
+    share = reply.self_mask_shares[0]
+    bad = dataclasses.replace(reply, self_mask_shares=(dataclasses.replace(share, owner=77), *reply.self_mask_shares[1:]))
+    with pytest.raises(InvalidMessage):
+        rnd.server.receive(bad)
+
+
+@pytest.mark.parametrize(
+    "masked",
+    [np.zeros(D, dtype=np.uint64), np.zeros(D + 1, dtype=np.uint32), np.zeros((2, D // 2), dtype=np.uint32),
+     np.zeros(D, dtype=np.int32), np.zeros(D, dtype=np.float32)],
+    ids=["ring-64-in-ring-32", "wrong-length", "2-d", "signed", "float"],
+)
+def test_a_masked_input_outside_the_ring_or_of_the_wrong_shape_is_refused(rounds, masked):
+    rnd = _copy(rounds[Stage.MASKED_INPUT])
+    reply = _client_reply(rnd, Stage.MASKED_INPUT, 2)
+    with pytest.raises(InvalidMessage):
+        rnd.server.receive(dataclasses.replace(reply, masked=masked))
+    with pytest.raises(InvalidMessage):
+        wire.masked_from_bytes(b"\0" * (4 * D + 2), 32, D, reply.session_id, 2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_updates_are_refused_before_anything_is_sent(bad):
+    from securefed import he
+    from securefed.crypto.fixedpoint import encode
+    from securefed.errors import InvalidInput
+    from securefed.secagg import SecAggClient
+    from securefed.crypto.keys import IdentityKeyPair
+
+    x = np.ones(D)
+    x[3] = bad
+    with pytest.raises(InvalidInput):
+        SecAggClient(1, IdentityKeyPair.generate()).set_input(x)
+    with pytest.raises(InvalidInput):
+        encode(x, PARAMS.fixed_point())
+    with pytest.raises(InvalidInput):
+        he.generate_client_context().encrypt(x)
