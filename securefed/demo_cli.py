@@ -98,7 +98,10 @@ def _demo(args: argparse.Namespace) -> int:
     p = provision(
         work, n, mode=args.mode, rounds=args.rounds, threshold=threshold, target_epsilon=args.epsilon,
         model_dir=work / "model",
-        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite")}} for nm in names},
+        # planned_rounds = rounds + 1: the noise leaves room for one retried round (an abort or crash
+        # spends budget too), so a hiccup does not lock members out of the last round.
+        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1}}
+                    for nm in names},
         client={"training": {"steps": 12, "batch_size": 16, "learning_rate": 0.5, "max_seq_len": 32},
                 "connection": {"give_up_after_s": 60.0}},
         server={"deadlines": {"join_s": 120.0, "training_s": 120.0}},
