@@ -130,7 +130,8 @@ def provision(
         cs: dict[str, dict[str, Any]] = {
             "client": {"name": n, "server": "127.0.0.1:0", "credentials_dir": str(pki),
                        "state_dir": str(root / "clients" / n), "base_model_dir": str(model_dir),
-                       "ckks_secret_context": str(ckks_secret) if ckks_secret else None, "planned_rounds": rounds},
+                       "ckks_secret_context": str(ckks_secret) if ckks_secret else None, "planned_rounds": rounds,
+                       "allow_plaintext_for_debugging": True if mode == "plaintext" else None},
             "data": {"demo_client": i, "demo_clients": n_clients},
             "privacy": {"target_epsilon": target_epsilon, "delta": 1e-5},
             "training": {"learning_rate": 0.05, "batch_size": 8, "steps": 4, "max_seq_len": 32, "clip_norm": 1.0,

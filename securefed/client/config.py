@@ -50,6 +50,10 @@ class ClientSection(StrictModel):
         "them fit in the budget (when training.noise_multiplier is not set)",
     )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
+    allow_plaintext_for_debugging: bool = Field(
+        False, description="join rounds in which the server sees this member's update in clear (debugging only); "
+        "without it such plans are declined, whatever the server says"
+    )
 
 
 class DataSection(StrictModel):

@@ -338,6 +338,10 @@ class ClientDaemon:
             self._decline(plan, "mode ckks needs client.ckks_secret_context")
             return
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
+            if not self.config.client.allow_plaintext_for_debugging:
+                self._decline(plan, "the server asked for a plaintext round (it would see this member's update); "
+                                    "refused: set client.allow_plaintext_for_debugging only for debugging")
+                return
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
         self._ensure_model(lora, bundle)
         # ---- budget: decide before training --------------------------------------------------

@@ -166,3 +166,19 @@ def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model)
     n_entries = {m: len(load_ledger(p.root / "clients" / m / "ledger.sqlite").events) for m in res.clients}
     assert n_entries == {"member-1": 2, "member-2": 1, "member-3": 1}
     assert {h["outcome"] for h in res.clients["member-1"].history} == {"aborted", "completed"}
+
+
+def test_client_refuses_plaintext_rounds_unless_it_opted_in(tmp_path, tiny_model):
+    # The server is configured for plaintext (debug); member-3 did not opt in, so it declines and
+    # its update never reaches the server in clear. The other two (opted in) still complete the round.
+    p = provision(tmp_path, 3, mode="plaintext", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
+                  client=FAST_CLIENT, per_client={"member-3": {"client": {"allow_plaintext_for_debugging": False}}})
+    res = run_in_process(p, timeout_s=240)
+    assert res.ok
+    (rec,) = _records(p)
+    assert set(rec.survivors) == {"member-1", "member-2"} and "plaintext" in rec.declined["member-3"]
+    assert not res.clients["member-3"].released_payloads and res.clients["member-3"].rounds_trained == 0
+    store_dir = p.root / "server-state" / "checkpoints"
+    prev, got = read_adapter_file(store_dir / "global-r000000.safetensors"), read_adapter_file(store_dir / "global-r000001.safetensors")
+    payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+    np.testing.assert_allclose(got.vector, expected_fedavg(prev, payloads), rtol=0, atol=1e-6)
