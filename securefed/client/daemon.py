@@ -661,9 +661,15 @@ class ClientDaemon:
         from securefed.transport.chunking import split_payload
         from securefed.transport.service import error_from_rpc
 
+        from securefed.server.drivers import contribution_digest, contribution_payload
+
         ctx = self._ckks_context(s.plan)
         enc = ctx.encrypt(np.asarray(s.payload.vector, dtype=np.float64))
-        parts = enc.to_chunks()
+        chunks = enc.to_chunks()
+        s.extra["ckks_digest"] = contribution_digest(chunks)
+        # Signed, so decryptors can check the sum they are asked to decrypt is made of real contributions.
+        sig = self.identity.sign(contribution_payload(s.plan.plan_sha256, s.attempt, self.name, s.extra["ckks_digest"]))
+        parts = [*chunks, sig]
         self._record_and_report(s)
         header = self._header(pb.STAGE_CIPHERTEXT_UPLOAD, b"", s.next_seq())
         prog = Progress("upload", sum(len(p) for p in parts), "B", attempt=s.attempt)
@@ -683,12 +689,20 @@ class ClientDaemon:
         s.released = True
 
     def _ckks_decrypt(self, s: RoundSession, task: pb.Task, parts: list[bytes]) -> None:
+        from securefed import he
+        from securefed.client.ckks import checked_contributions
         from securefed.server.drivers import digest_parts, encode_decrypted
 
         if not hmac.compare_digest(digest_parts(parts), bytes(task.aggregate_ready.sha256)):
             raise ProtocolAbort("encrypted aggregate does not match its announced digest")
         ctx = self._ckks_context(s.plan)
-        total = ctx.decrypt(parts, int(s.plan.vector_length), summands=len(s.plan.cohort))
+        items = checked_contributions(s.plan, s.attempt, parts, self.name, s.extra.get("ckks_digest"))
+        agg = he.ServerAggregator(he.ServerContext.from_public_bytes(ctx.public_bytes(), ctx.params),
+                                  int(s.plan.vector_length))
+        for c, chunks in items:
+            agg.add(chunks, sender=c)
+        names = [c for c, _ in items]
+        total = ctx.decrypt(agg.result_chunks(), int(s.plan.vector_length), summands=len(names))
         self._fault("before_decrypt_upload", s.attempt)
         self._upload_masked(s, pb.STAGE_AGGREGATE, b"", 64, encode_decrypted(total))
         s.decrypted = True

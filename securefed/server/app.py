@@ -109,6 +109,8 @@ class ServerApp:
                                                  frac_bits=cfg.federation.frac_bits, clip=float(bound)))
         else:
             assert self.server_ctx is not None
+            # The threshold also binds CKKS: members decrypt only a sum of >= t signed contributions.
+            plan.secagg.CopyFrom(pb.SecAggParams(threshold=cfg.federation.threshold, clip=float(bound)))
             p = self.server_ctx.params
             plan.ckks.CopyFrom(pb.CkksParams(poly_modulus_degree=p.poly_modulus_degree,
                                              coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 
 import numpy as np
 
@@ -216,12 +217,63 @@ def decode_decrypted(data: bytes, length: int) -> np.ndarray:
     return np.frombuffer(data, dtype="<i8").astype(np.float64) / 2.0**DECRYPTED_FRAC_BITS
 
 
+CONTRIBUTION_DOMAIN = b"securefed/ckks-contribution/v1\x00"
+MANIFEST_FORMAT = "securefed-ckks-contributions/v1"
+
+
+def contribution_digest(chunks: list[bytes]) -> bytes:
+    return digest_parts(chunks)
+
+
+def contribution_payload(plan_sha256: bytes, attempt: int, client: str, chunks_digest: bytes) -> bytes:
+    """What a member signs for its CKKS upload: this plan, this attempt, this member, these ciphertexts."""
+    name = client.encode("utf-8")
+    return (CONTRIBUTION_DOMAIN + bytes(plan_sha256) + attempt.to_bytes(8, "big") + len(name).to_bytes(2, "big")
+            + name + chunks_digest)
+
+
+def encode_contributions(items: list[tuple[str, bytes, list[bytes]]]) -> list[bytes]:
+    """Parts of the decryption request: a JSON manifest, then every contribution's ciphertext chunks."""
+    manifest = {"format": MANIFEST_FORMAT,
+                "contributors": [{"client": c, "chunks": len(ch), "signature": sig.hex()} for c, sig, ch in items]}
+    parts = [json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")]
+    for _, _, ch in items:
+        parts.extend(ch)
+    return parts
+
+
+def decode_contributions(parts: list[bytes]) -> list[tuple[str, bytes, list[bytes]]]:
+    try:
+        manifest = json.loads(parts[0])
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError("format")
+        entries = manifest["contributors"]
+        out, i = [], 1
+        for e in entries:
+            k = int(e["chunks"])
+            if k < 1 or i + k > len(parts):
+                raise ValueError("chunk count")
+            out.append((str(e["client"]), bytes.fromhex(e["signature"]), list(parts[i : i + k])))
+            i += k
+        if i != len(parts):
+            raise ValueError("trailing parts")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise InvalidMessage("malformed CKKS decryption request") from None
+    return out
+
+
 class CkksDriver(RoundDriver):
-    """CKKS: clients upload ciphertexts under the federation's shared secret key; the server adds
-    them without any key; survivors download the encrypted sum, decrypt it (with flooding noise) and
-    return the decrypted SUM, which is all the server ever learns. When several decrypt, their
-    results must agree to within the CKKS noise, so one lying decryptor aborts the round instead of
-    steering the model."""
+    """CKKS: members upload ciphertexts under the federation's shared secret key, each signed with
+    their certified identity key; the server adds nothing it cannot check and holds no key.
+
+    Decryption must not become an oracle: a server that could hand a member any ciphertext "to
+    decrypt" would learn another member's update. So the decryption request carries every signed
+    contribution; each decryptor checks at least ``threshold`` distinct cohort members signed their
+    ciphertexts for this plan (its own included), adds them itself, and decrypts only that sum. The
+    server then collects the decrypted SUM from the decryptors; when several decrypt, their results
+    must agree to within the CKKS noise, so one lying decryptor aborts the round rather than steering
+    the model. (Cost: a decryptor downloads every contribution, O(n) update sizes.)
+    """
 
     AGREEMENT_TOL = 1e-3
 
@@ -231,18 +283,28 @@ class CkksDriver(RoundDriver):
 
         self.agg = ServerAggregator(server_ctx, ctx.payload_length)
         self.uploaded: list[str] = []
-        self.result_parts: list[bytes] | None = None
+        self.contributions: dict[str, tuple[bytes, list[bytes]]] = {}
+        self.request_parts: list[bytes] | None = None
         self.decrypted: dict[str, np.ndarray] = {}
 
     def first_phase(self) -> Phase:
         return self.plan_phase()
 
     def on_ciphertext_upload(self, phase: Phase, client: str, parts: list[bytes]) -> None:
+        from securefed.crypto.keys import verify_signature
+
         if phase.stage != pb.STAGE_PLAN:
             raise InvalidMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         if client in self.ctx.declined:
             raise InvalidMessage("you declined this round")
-        self.agg.add(parts, sender=client)  # validates every ciphertext before adding
+        if len(parts) < 2 or len(parts[-1]) != 64:
+            raise InvalidMessage("a CKKS upload is its ciphertexts followed by the 64-byte contribution signature")
+        chunks, sig = parts[:-1], parts[-1]
+        verify_signature(self.ctx.identity_keys[client], sig,
+                         contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client,
+                                              contribution_digest(chunks)))
+        self.agg.add(chunks, sender=client)  # validates every ciphertext before adding
+        self.contributions[client] = (sig, chunks)
         self.uploaded.append(client)
         phase.responded.add(client)
 
@@ -255,20 +317,20 @@ class CkksDriver(RoundDriver):
         phase.responded.add(client)
 
     def download(self, client: str) -> tuple[int, list[bytes]] | None:
-        if self.result_parts is not None and client in self.uploaded:
-            return pb.AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM, self.result_parts
+        if self.request_parts is not None and client in self.uploaded:
+            return pb.AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM, self.request_parts
         return None
 
     def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
         ctx = self.ctx
         if phase.stage == pb.STAGE_PLAN:
             self.require(len(self.uploaded), "clients uploaded ciphertexts")
-            self.result_parts = self.agg.result_chunks()
-            size = sum(len(p) for p in self.result_parts)
-            digest = digest_parts(self.result_parts)
-            ready = pb.AggregateReady(total_size=size, sha256=digest)
-            tasks = {c: ctx.task(pb.STAGE_AGGREGATE, aggregate_ready=ready) for c in self.uploaded}
-            log(logger, "stage opened", attempt=ctx.attempt, stage="decrypt", participants=sorted(tasks))
+            names = sorted(self.uploaded)
+            self.request_parts = encode_contributions([(c, *self.contributions[c]) for c in names])
+            size = sum(len(p) for p in self.request_parts)
+            ready = pb.AggregateReady(total_size=size, sha256=digest_parts(self.request_parts))
+            tasks = {c: ctx.task(pb.STAGE_AGGREGATE, aggregate_ready=ready) for c in names}
+            log(logger, "stage opened", attempt=ctx.attempt, stage="decrypt", participants=names)
             return Phase(pb.STAGE_AGGREGATE, tasks, frozenset(tasks), ctx.config.deadlines.decrypt_s)
         if not self.decrypted:
             raise ProtocolAbort("no client returned the decrypted aggregate")
@@ -282,4 +344,6 @@ class CkksDriver(RoundDriver):
         # range can come back a hair outside it. Clamping to the range is post-processing.
         lim = len(self.uploaded) * ctx.config.payload_bound()
         sums = np.clip(sums, -lim, lim)
+        # Decryptors that stayed silent did contribute; they are not dropouts of the sum.
+        ctx.dropouts.difference_update(self.uploaded)
         return RoundOutcome(sums, tuple(sorted(self.uploaded)), tuple(sorted(ctx.dropouts)))

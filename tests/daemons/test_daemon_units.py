@@ -351,3 +351,41 @@ def test_status_cli_reads_the_round_log(tmp_path, capsys):
     assert main(["status", "--config", str(toml), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["attempts"][0]["status"] == "aborted" and data["completed_rounds"] == 0
+
+
+# ---- CKKS: a member is not a decryption oracle ----------------------------------------------------
+
+def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
+    from securefed.client.ckks import checked_contributions
+    from securefed.crypto.keys import IdentityKeyPair
+    from securefed.errors import ProtocolAbort
+    from securefed.server.drivers import contribution_digest, contribution_payload, encode_contributions
+
+    names = ["a", "b", "c"]
+    idk = {n: IdentityKeyPair.generate() for n in names}
+    plan = seal_plan(pb.RoundPlan(
+        round=5, global_adapter_sha256=b"\x03" * 32, mode=pb.AGGREGATION_MODE_CKKS, vector_length=4,
+        cohort=[pb.CohortMember(client_id=n, identity_public_key=idk[n].public_bytes()) for n in names],
+        secagg=pb.SecAggParams(threshold=2)))
+    chunks = {n: [f"ciphertext of {n}".encode()] for n in names}
+
+    def signed(n, signer=None, attempt=5):
+        d = contribution_digest(chunks[n])
+        return (n, (signer or idk[n]).sign(contribution_payload(plan.plan_sha256, attempt, n, d)), chunks[n])
+
+    own = contribution_digest(chunks["a"])
+    ok = checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
+    assert [c for c, _ in ok] == ["a", "b"]
+    refusals = [
+        ("threshold", [signed("b")]),  # b's ciphertext alone: decrypting it would reveal b's update
+        ("include", [signed("b"), signed("c")]),  # this member's own contribution is missing
+        ("not signed by b", [signed("a"), signed("b", signer=idk["c"])]),  # forged by another member
+        ("not signed by b", [signed("a"), signed("b", attempt=4)]),  # replayed from another attempt
+        ("repeated", [signed("a"), signed("a")]),
+    ]
+    for why, items in refusals:
+        with pytest.raises(ProtocolAbort, match=why):
+            checked_contributions(plan, 5, encode_contributions(items), "a", own)
+    chunks["a"] = [b"tampered"]
+    with pytest.raises(ProtocolAbort, match="alters"):
+        checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
