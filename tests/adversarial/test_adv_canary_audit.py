@@ -88,18 +88,34 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def _ledger_claim(tmp_path, reported, settings) -> float:
+    """Append the reported DP event to a real signed ledger; return the epsilon the ledger derives."""
+    import hashlib
+
+    from securefed.crypto.keys import IdentityKeyPair
+    from securefed.privacy.budget import PrivacyBudget
+    from securefed.privacy.events import AccountantName, event_from_training
+    from securefed.privacy.ledger import Ledger
+
+    budget = PrivacyBudget(target_epsilon=AUDIT_TARGET_EPS, delta=AUDIT_DELTA)
+    with Ledger.create(tmp_path / "ledger.sqlite", IdentityKeyPair.generate(), client_id="canary-client",
+                       budget=budget) as ledger:
+        ledger.append(event_from_training(
+            reported, client_id="canary-client", round_id=0, delta=AUDIT_DELTA, accountant=AccountantName.RDP,
+            config_hash=hashlib.sha256(settings.model_dump_json().encode()).hexdigest(),
+        ))
+        return ledger.epsilon()
+
+
 def _run_audit(preset_dir, tmp_path, *, noise_scale: float) -> dict:
     """One training run with canaries; returns the claimed epsilon and the empirical lower bound."""
     import dataclasses
-    import hashlib
     import secrets
 
     import torch
 
-    from securefed.crypto.keys import IdentityKeyPair
-    from securefed.privacy.budget import PrivacyBudget, calibrate_noise
-    from securefed.privacy.events import AccountantName, event_from_training
-    from securefed.privacy.ledger import Ledger
+    from securefed.privacy.budget import calibrate_noise
+    from securefed.privacy.events import AccountantName
     from securefed.training import (
         LocalTrainingSettings,
         LoraSettings,
@@ -139,15 +155,7 @@ def _run_audit(preset_dir, tmp_path, *, noise_scale: float) -> dict:
     assert result.secure_rng and result.steps == steps and result.sample_rate == pytest.approx(q)
 
     # What the ledger is told: the calibrated sigma (in the broken run, a lie the code would tell).
-    reported = dataclasses.replace(result, noise_multiplier=sigma)
-    identity = IdentityKeyPair.generate()
-    budget = PrivacyBudget(target_epsilon=AUDIT_TARGET_EPS, delta=AUDIT_DELTA)
-    with Ledger.create(tmp_path / "ledger.sqlite", identity, client_id="canary-client", budget=budget) as ledger:
-        ledger.append(event_from_training(
-            reported, client_id="canary-client", round_id=0, delta=AUDIT_DELTA, accountant=AccountantName.RDP,
-            config_hash=hashlib.sha256(settings.model_dump_json().encode()).hexdigest(),
-        ))
-        claimed = ledger.epsilon()
+    claimed = _ledger_claim(tmp_path, dataclasses.replace(result, noise_multiplier=sigma), settings)
 
     scores = (before - after).tolist()
     r, v = audit_guesses(scores, included, AUDIT_K, AUDIT_K)
@@ -168,5 +176,125 @@ def test_broken_noise_is_caught_empirical_epsilon_exceeds_the_ledger_claim(prese
     # Negative control: if this ever passes with the honest path, the audit has no power.
     out = _run_audit(preset_dir, tmp_path, noise_scale=1e-3)
     print(f"\nbroken canary audit: {out}")
+    assert 0.9 < out["claimed"] <= AUDIT_TARGET_EPS
+    assert out["bound"] > out["claimed"], out
+
+
+# ---- Dirac canaries: the same train_local / Opacus path on a model where each canary owns a row -----
+#
+# The LM audit above catches only gross noise removal (>= 100x): random-text canaries interfere with
+# each other and with the data. Here each canary i is its own token i (never used by anything else),
+# alternating with random targets; the model is a bigram LM (a trainable embedding, a frozen public
+# read-out scaled so per-example gradients are large), so canary i's clipped gradient lands on
+# embedding row i only and the auditor's score is the move of row i along its initial loss gradient.
+# This is the white-box "Dirac canary" setting of Steinke et al. (and Nasr et al. 2021): the same
+# train_local (Poisson sampling, per-sample clipping with Opacus hooks, CSPRNG noise), calibrated
+# sigma, signed ledger. Measured (30 runs each, 100 guesses; 82 right are needed to beat the claim of 1):
+# honest 44-66 right (bound 0-0.30); noise cut 10x (read-out 3): 91-99 right (bound 1.72-3.02);
+# clipping off at equal absolute noise (read-out 100): 96-100 right (bound 2.32-3.49).
+
+DIRAC_M = 200
+DIRAC_REAL = 20
+DIRAC_LEN = 8
+DIRAC_VOCAB = DIRAC_M + 64  # tokens 0..199 are the canaries' own; 200..263 the "real" vocabulary
+DIRAC_HIDDEN = 16
+# Scale of the frozen read-out. 3: gradients near C = 1, rows move smoothly (best for noise checks);
+# 100: per-example gradient norms far above C = 1 ("large canary gradients", needed to see clipping).
+READOUT_SMOOTH, READOUT_LARGE = 3.0, 100.0
+
+
+def _bigram_model(readout_scale: float):
+    import types
+
+    import torch
+
+    class Bigram(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(DIRAC_VOCAB, DIRAC_HIDDEN)
+            self.readout = torch.nn.Linear(DIRAC_HIDDEN, DIRAC_VOCAB, bias=False)
+            self.readout.weight.requires_grad_(False)  # public and frozen: only the embedding trains
+
+        def forward(self, input_ids, attention_mask=None):
+            return types.SimpleNamespace(logits=self.readout(self.emb(input_ids)))
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # not secret: the public initial model
+        model = Bigram()
+        with torch.no_grad():
+            model.readout.weight.mul_(readout_scale)
+    return model
+
+
+def _run_dirac_audit(tmp_path, readout_scale: float, *, noise_scale: float = 1.0, clipping_off: bool = False) -> dict:
+    import dataclasses
+    import secrets
+
+    import torch
+
+    from securefed.privacy.budget import calibrate_noise
+    from securefed.privacy.events import AccountantName
+    from securefed.training import ClippingMode, LocalTrainingSettings, TokenDataset, plan_steps, train_local
+    from securefed.training.dp import per_sample_loss
+
+    def real_token() -> int:
+        return DIRAC_M + secrets.randbelow(DIRAC_VOCAB - DIRAC_M)
+
+    canaries = torch.tensor([[i, real_token()] * (DIRAC_LEN // 2) for i in range(DIRAC_M)])
+    included = [secrets.randbelow(2) == 1 for _ in range(DIRAC_M)]
+    real = torch.tensor([[real_token() for _ in range(DIRAC_LEN)] for _ in range(DIRAC_REAL)])
+    ids = torch.cat([real, canaries[torch.tensor(included)]])
+    data = TokenDataset(ids, torch.ones_like(ids), ids.clone())
+    settings = LocalTrainingSettings(learning_rate=0.5, batch_size=20, steps=200, max_seq_len=DIRAC_LEN,
+                                     clip_norm=1.0, clipping=ClippingMode.HOOKS, secure_mode=True)
+    q, steps = plan_steps(settings, len(data))
+    sigma = calibrate_noise(AUDIT_TARGET_EPS, AUDIT_DELTA, q, steps, AccountantName.RDP)
+
+    model = _bigram_model(readout_scale)
+    directions = []
+    for i in range(DIRAC_M):  # the auditor's view: public model + canary -> expected direction of row i
+        model.zero_grad()
+        per_sample_loss(model(canaries[i : i + 1]).logits, canaries[i : i + 1]).sum().backward()
+        g = model.emb.weight.grad[i].clone()
+        directions.append(g / g.norm())
+    model.zero_grad()
+    start = model.emb.weight.detach().clone()
+
+    if clipping_off:  # clip 10^4 (no clipping in effect) with the same absolute noise std sigma * 1
+        actual = settings.model_copy(update={"clip_norm": 1e4})
+        result = train_local(model, data, actual, sigma / 1e4)
+    else:
+        result = train_local(model, data, settings, sigma * noise_scale)
+    moved = model.emb.weight.detach() - start
+    scores = [float(-moved[i] @ directions[i]) for i in range(DIRAC_M)]
+
+    reported = dataclasses.replace(result, noise_multiplier=sigma, clip_norm=1.0)  # what the code claims
+    claimed = _ledger_claim(tmp_path, reported, settings)
+    r, v = audit_guesses(scores, included, AUDIT_K, AUDIT_K)
+    return {"claimed": claimed, "bound": eps_lower_bound(DIRAC_M, r, v, AUDIT_DELTA, AUDIT_BETA), "r": r, "v": v,
+            "sigma_claimed": sigma}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readout", [READOUT_SMOOTH, READOUT_LARGE])
+def test_dirac_canaries_honest_dp_sgd_stays_below_the_ledger_claim(tmp_path, one_torch_thread, readout):
+    out = _run_dirac_audit(tmp_path, readout)
+    print(f"\nDirac audit, honest: {out}")
+    assert 0.9 < out["claimed"] <= AUDIT_TARGET_EPS
+    assert out["bound"] < out["claimed"], out
+
+
+@pytest.mark.slow
+def test_dirac_canaries_catch_noise_cut_tenfold_while_the_ledger_claims_the_calibrated_sigma(tmp_path, one_torch_thread):
+    out = _run_dirac_audit(tmp_path, READOUT_SMOOTH, noise_scale=0.1)
+    print(f"\nDirac audit, noise / 10: {out}")
+    assert 0.9 < out["claimed"] <= AUDIT_TARGET_EPS
+    assert out["bound"] > out["claimed"], out
+
+
+@pytest.mark.slow
+def test_dirac_canaries_catch_clipping_disabled_while_the_ledger_claims_clip_1(tmp_path, one_torch_thread):
+    out = _run_dirac_audit(tmp_path, READOUT_LARGE, clipping_off=True)
+    print(f"\nDirac audit, clipping off: {out}")
     assert 0.9 < out["claimed"] <= AUDIT_TARGET_EPS
     assert out["bound"] > out["claimed"], out
