@@ -135,6 +135,17 @@ def test_every_cited_test_id_exists():
     assert cited > 0
 
 
+def test_test_ids_anywhere_in_any_table_or_text_exist():
+    # Ids cited outside the threat tables (prose, other tables) must exist too.
+    problems = []
+    for doc in sorted(THREAT_DIR.glob("*.md")):
+        for node_id in NODE_ID.findall(doc.read_text()):
+            reason = check_node_id(node_id)
+            if reason:
+                problems.append(f"{doc.name}: {node_id}: {reason}")
+    assert not problems, "\n".join(problems)
+
+
 def test_the_checker_itself_rejects_missing_files_and_functions():
     # The check must be able to fail: a missing file, a missing function and a non-test name.
     assert check_node_id("tests/test_threat_model_links.py::test_every_cited_test_id_exists") is None
