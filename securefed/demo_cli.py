@@ -102,9 +102,10 @@ def _demo(args: argparse.Namespace) -> int:
         # spends budget too), so a hiccup does not lock members out of the last round.
         per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1}}
                     for nm in names},
-        client={"training": {"steps": 12, "batch_size": 16, "learning_rate": 0.5, "max_seq_len": 32},
+        client={"training": {"steps": 24, "batch_size": 16, "learning_rate": 0.2, "max_seq_len": 32},
                 "connection": {"give_up_after_s": 60.0}},
-        server={"deadlines": {"join_s": 120.0, "training_s": 120.0}},
+        server={"deadlines": {"join_s": 120.0, "training_s": 120.0},
+                "lora": {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
     )
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -193,7 +194,7 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     eps = {}
     for lf in ledger_files:
         led = Ledger.open(lf)
-        eps[led.client_id] = (led.epsilon(), led.budget.target_epsilon, len(led.entries()))
+        eps[led.client_id] = (led.epsilon(), led.budget.target_epsilon, len(led.entries()), led.budget.delta)
         led.close()
     results = verify_ledgers(ledger_files) if ledger_files else []
     audit_ok = bool(results) and all(r.ok for r in results)
@@ -217,8 +218,8 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
         _say(f"  attempt {a.attempt} (round {a.round}) {a.status.value}: {a.reason}")
     if before is not None:
         _say(f"held-out perplexity: before {before:.3f} -> after {after:.3f}")
-    for cid, (e, target, k) in sorted(eps.items()):
-        _say(f"  {cid}: epsilon spent {e:.4f} of {target:g} (delta 1e-05) over {k} DP release(s)")
+    for cid, (e, target, k, delta) in sorted(eps.items()):
+        _say(f"  {cid}: epsilon spent {e:.4f} of {target:g} (delta {delta:g}) over {k} DP release(s)")
     _say(f"final adapter:   {final}")
     if (out / "final_adapter_peft").exists():
         _say(f"PEFT adapter:    {out / 'final_adapter_peft'}  (PeftModel.from_pretrained(base, dir))")
