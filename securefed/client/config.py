@@ -50,6 +50,15 @@ class ClientSection(StrictModel):
         "them fit in the budget (when training.noise_multiplier is not set)",
     )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
+    min_cohort_size: int = Field(
+        3, ge=3, description="decline plans listing fewer members (the secure-aggregation threshold then bounds "
+        "how far dropouts can shrink the sum)"
+    )
+    min_threshold: int = Field(2, ge=2, description="decline plans whose aggregation threshold t is lower")
+    sparse_graph_needs_all_keys: bool = Field(
+        True, description="SecAgg+ (sparse graph) only: leave a round unless every listed member's round keys "
+        "are in the key broadcast, so the server cannot pick which clients to drop to steer the neighbour graph"
+    )
     allow_plaintext_for_debugging: bool = Field(
         False, description="join rounds in which the server sees this member's update in clear (debugging only); "
         "without it such plans are declined, whatever the server says"

@@ -330,6 +330,12 @@ class ClientDaemon:
                                     mode=plan.mode)
         if plan.vector_length != strategy.payload_size:
             raise ProtocolAbort(f"plan vector_length {plan.vector_length} != strategy payload {strategy.payload_size}")
+        c = self.config.client
+        t = int(plan.secagg.threshold)
+        if len(plan.cohort) < c.min_cohort_size or (plan.mode != pb.AGGREGATION_MODE_PLAINTEXT and t < c.min_threshold):
+            self._decline(plan, f"cohort of {len(plan.cohort)} with threshold {t} is below this member's minimums "
+                                f"(min_cohort_size {c.min_cohort_size}, min_threshold {c.min_threshold})")
+            return
         lora = LoraSettings.model_validate(settings["lora"])
         if self.config.lora is not None and self.config.lora != lora:
             self._decline(plan, f"the federation's LoRA settings {settings['lora']} differ from this member's [lora]")
@@ -602,6 +608,11 @@ class ClientDaemon:
             kb = wire.key_broadcast_from_pb(task.key_broadcast, s.ids)
             if not hmac.compare_digest(kb.session_id, sid):
                 raise ProtocolAbort("key broadcast names another session")
+            c = self.config.client
+            if s.plan.secagg.neighbours and c.sparse_graph_needs_all_keys and len(kb.keys) != len(s.plan.cohort):
+                # With a sparse graph, the set of keys seeds the graph: letting the server choose whom
+                # to leave out lets it grind for a graph that surrounds a victim with colluders.
+                raise ProtocolAbort("sparse-graph round with members' keys left out: leaving it (graph grinding guard)")
             reply = s.secagg.handle(kb)
             self._fault("before_share_keys", s.attempt)
             self._call("SubmitResult", pb.SubmitResultRequest(

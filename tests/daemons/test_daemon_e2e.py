@@ -171,8 +171,9 @@ def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model)
 def test_client_refuses_plaintext_rounds_unless_it_opted_in(tmp_path, tiny_model):
     # The server is configured for plaintext (debug); member-3 did not opt in, so it declines and
     # its update never reaches the server in clear. The other two (opted in) still complete the round.
-    p = provision(tmp_path, 3, mode="plaintext", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
-                  client=FAST_CLIENT, per_client={"member-3": {"client": {"allow_plaintext_for_debugging": False}}})
+    p = provision(tmp_path, 3, mode="plaintext", rounds=1, threshold=2, model_dir=tiny_model,
+                  server=fast_server(), client=FAST_CLIENT,
+                  per_client={"member-3": {"client": {"allow_plaintext_for_debugging": False}}})
     res = run_in_process(p, timeout_s=240)
     assert res.ok
     (rec,) = _records(p)
@@ -182,3 +183,30 @@ def test_client_refuses_plaintext_rounds_unless_it_opted_in(tmp_path, tiny_model
     prev, got = read_adapter_file(store_dir / "global-r000000.safetensors"), read_adapter_file(store_dir / "global-r000001.safetensors")
     payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
     np.testing.assert_allclose(got.vector, expected_fedavg(prev, payloads), rtol=0, atol=1e-6)
+
+
+def test_client_declines_a_cohort_below_its_minimum(tmp_path, tiny_model):
+    # member-3 hides its update only in crowds of 4 or more; the server lists 3: it declines, untrained.
+    p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
+                  client=FAST_CLIENT, per_client={"member-3": {"client": {"min_cohort_size": 4}}})
+    res = run_in_process(p, timeout_s=240)
+    assert res.ok
+    (rec,) = _records(p)
+    assert set(rec.survivors) == {"member-1", "member-2"} and "min_cohort_size 4" in rec.declined["member-3"]
+    assert res.clients["member-3"].rounds_trained == 0
+
+
+def test_sparse_graph_round_with_keys_left_out_is_abandoned_by_members(tmp_path, tiny_model):
+    # SecAgg+ (k = 2 of 4): the key set seeds the neighbour graph, so members refuse to go on when the
+    # server's key broadcast leaves a listed member out (here member-4, which declined on budget).
+    p = provision(tmp_path, 4, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
+                  server={**fast_server(share_keys_s=2.0), "federation": {"neighbour_degree": 2, "max_attempts": 1}},
+                  client=FAST_CLIENT, per_client={"member-4": {"privacy": {"target_epsilon": 0.2},
+                                                               "training": {"noise_multiplier": 0.6}}})
+    res = run_in_process(p, timeout_s=240)
+    assert res.ok is False
+    (rec,) = _records(p)
+    assert rec.status is AttemptStatus.ABORTED and "member-4" in rec.declined
+    assert set(rec.dropouts) == {"member-1", "member-2", "member-3"}  # none sent shares
+    for m in ("member-1", "member-2", "member-3"):
+        assert not res.clients[m].released_payloads  # nothing left any member
