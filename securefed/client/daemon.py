@@ -214,7 +214,8 @@ class ClientDaemon:
                 self._drop_session(str(exc))
                 if "register before polling" in str(exc):
                     registered = False
-        return 4
+        log(logger, "client stopped", client=self.name)
+        return 0  # stopped on request (SIGTERM/SIGINT): not a failure
 
     def _drop_session(self, reason: str) -> None:
         if self.session is not None:

@@ -66,6 +66,8 @@ def _server(args: argparse.Namespace) -> int:
             app.coordinator.linger(15.0)
     finally:
         app.stop(grace=1.0)
+    if stop.is_set():
+        return 0  # stopped on request: the round log is consistent; a restart resumes
     return 0 if ok else 1
 
 
