@@ -389,3 +389,43 @@ def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
     chunks["a"] = [b"tampered"]
     with pytest.raises(ProtocolAbort, match="alters"):
         checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
+
+
+# ---- cohort certificates -------------------------------------------------------------------------
+
+def test_cohort_member_certificates_are_checked_against_the_pinned_ca(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from securefed.client.cohort import load_ca, verify_member
+    from securefed.errors import ProtocolAbort
+    from securefed.transport import identity as tid
+
+    def der(d, name):
+        pem = (d / "clients" / f"{name}.pem").read_bytes()
+        return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+
+    fed, rogue = tmp_path / "fed", tmp_path / "rogue"
+    for d in (fed, rogue):
+        tid.init_ca(d)
+        tid.issue_client(d, "alice")
+    tid.issue_client(fed, "bob")
+    ca = load_ca((fed / "ca.pem").read_bytes())
+    creds = tid.load_client_credentials(fed, "alice")
+    alice_key = tid.raw_public_key(creds.identity_public_key)
+    verify_member(ca, der(fed, "alice"), "alice", alice_key)
+    bob_key = tid.raw_public_key(tid.load_client_credentials(fed, "bob").identity_public_key)
+    cases = [
+        ("not issued by the federation CA", der(rogue, "alice"), "alice",
+         tid.raw_public_key(tid.load_client_credentials(rogue, "alice").identity_public_key)),
+        ("names another client", der(fed, "bob"), "alice", bob_key),
+        ("not the certified one", der(fed, "alice"), "alice", bob_key),  # a key the server made up
+        ("unreadable", b"junk", "alice", alice_key),
+    ]
+    for why, cert, name, key in cases:
+        with pytest.raises(ProtocolAbort, match=why):
+            verify_member(ca, cert, name, key)
+    import datetime as dt
+
+    with pytest.raises(ProtocolAbort, match="not valid now"):
+        verify_member(ca, der(fed, "alice"), "alice", alice_key, now=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc))
