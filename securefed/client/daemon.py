@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from securefed import __version__
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
 from securefed.errors import (
     BudgetExceeded,
     ConfigError,
     CryptoError,
-    InvalidInput,
     InvalidMessage,
     ProtocolAbort,
     SecureFedError,
@@ -166,7 +166,7 @@ class ClientDaemon:
     def _register(self) -> None:
         resp = self._call("Register", pb.RegisterRequest(
             header=pb.RequestHeader(client_id=self.name, stage=pb.STAGE_REGISTER),
-            identity_public_key=self.identity.public_bytes(), software_version=__import__("securefed").__version__,
+            identity_public_key=self.identity.public_bytes(), software_version=__version__,
             supported_modes=[pb.AGGREGATION_MODE_SECAGG, pb.AGGREGATION_MODE_CKKS, pb.AGGREGATION_MODE_PLAINTEXT]))
         log(logger, "registered", client=resp.client_id, federation=resp.federation_id, server_round=resp.current_round)
 

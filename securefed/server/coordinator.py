@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import ConfigError, InvalidInput, InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.errors import ConfigError, InvalidMessage, ProtocolAbort, SecureFedError
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
-from securefed.server.config import AggregationMode, ServerConfig
+from securefed.server.config import ServerConfig
 from securefed.server.logs import get_logger, log
 from securefed.server.roundlog import RoundLog
 from securefed.transport._generated import federation_pb2 as pb

@@ -4,9 +4,7 @@ and the coordinator's state machine driven directly (no gRPC, no model)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
