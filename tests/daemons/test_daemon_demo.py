@@ -30,7 +30,9 @@ def test_demo_runs_and_its_ledgers_verify(tmp_path):
     v = subprocess.run([sys.executable, "-m", "securefed.cli", "audit", "verify", *ledgers],
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0, v.stdout + v.stderr
-    # --log-json: every line the server wrote is one JSON object.
-    lines = (out / "logs" / "server.log").read_text().splitlines()
-    events = [json.loads(line) for line in lines]
+    # --log-json: every line the server and the clients wrote is one JSON object.
+    events = [json.loads(line) for line in (out / "logs" / "server.log").read_text().splitlines()]
     assert sum(e["event"] == "round completed" for e in events) == 2
+    for m in ("member-1", "member-2", "member-3"):
+        client_events = [json.loads(line) for line in (out / "logs" / f"{m}.log").read_text().splitlines()]
+        assert [e["event"] for e in client_events].count("privacy event recorded") == 2
