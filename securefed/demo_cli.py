@@ -252,7 +252,7 @@ def _perplexity(p, final: Path | None) -> tuple[float, float]:
     from securefed.server.config import load_server_config
 
     cfg = load_server_config(p.server_toml)
-    b0 = read_adapter_file(cfg.server.state_dir / "checkpoints" / "global-r000000.safetensors")
+    b0 = read_adapter_file(cfg.checkpoint_dir / "global-r000000.safetensors")
     lora = LoraSettings.model_validate(json.loads(b0.settings_json)["lora"])
     loaded = load_model(p.model_dir, lora=lora)
     held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32)

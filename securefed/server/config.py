@@ -49,7 +49,8 @@ class AggregationMode(str, enum.Enum):
 class ServerSection(StrictModel):
     address: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
     credentials_dir: Path = Field(description="directory with ca.pem, server.pem, server.key")
-    state_dir: Path = Field(description="round log (SQLite) and global adapter checkpoints live here")
+    state_dir: Path = Field(description="round log (SQLite) and, by default, the global adapter checkpoints")
+    checkpoint_dir: Path | None = Field(None, description="global adapter checkpoints (default: state_dir/checkpoints)")
     base_model_dir: Path = Field(description="local HF model directory; fixes the adapter layout")
     ckks_public_context: Path | None = Field(
         None, description="mode = 'ckks': the federation's public CKKS context (parameters only, no key)"
@@ -102,6 +103,10 @@ class ServerConfig(StrictModel):
     lora: LoraSettings = LoraSettings()
     deadlines: DeadlinesSection = DeadlinesSection()
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.server.checkpoint_dir or (self.server.state_dir / "checkpoints")
+
     def check_safety(self, source: str = "<config>") -> None:
         """Refuse setups that silently weaken the guarantees (InsecureParameters naming the key)."""
         fed = self.federation
@@ -153,6 +158,8 @@ class ServerConfig(StrictModel):
             k: (base / getattr(s, k)) if not getattr(s, k).is_absolute() else getattr(s, k)
             for k in ("credentials_dir", "state_dir", "base_model_dir")
         }
+        if s.checkpoint_dir is not None and not s.checkpoint_dir.is_absolute():
+            upd["checkpoint_dir"] = base / s.checkpoint_dir
         if s.ckks_public_context is not None and not s.ckks_public_context.is_absolute():
             upd["ckks_public_context"] = base / s.ckks_public_context
         return self.model_copy(update={"server": s.model_copy(update=upd)})

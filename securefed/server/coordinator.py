@@ -218,7 +218,7 @@ class Coordinator:
         self.config = config
         self.state_dir = config.server.state_dir
         self.roundlog = RoundLog(self.state_dir / "rounds.sqlite")
-        self.store = CheckpointStore(self.state_dir / "checkpoints")
+        self.store = CheckpointStore(config.checkpoint_dir)
         self._initial_adapter = initial_adapter
         self.settings_json = settings_json
         self._payload_length = payload_length
