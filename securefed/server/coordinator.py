@@ -267,10 +267,10 @@ class Coordinator:
         return ckpt
 
     def linger(self, max_s: float) -> None:
-        """After the last round: keep serving until every registered client has been told ``Done``."""
+        """After the last round: keep serving until every connected client has been told ``Done``."""
         end = time.monotonic() + max_s
         with self._cv:
-            while time.monotonic() < end and not set(self.clients) <= self.done_delivered:
+            while time.monotonic() < end and not set(self.connected()) <= self.done_delivered:
                 self._cv.wait(0.2)
 
     def stop(self) -> None:
