@@ -91,11 +91,12 @@ def test_a_contribution_under_an_outsider_key_releases_nothing(federation):
         members.decrypt(agg.result_chunks(), 100, summands=2)
 
 
-def test_not_defended_a_malicious_server_can_use_a_member_as_a_decryption_oracle(federation):
-    """NOT DEFENDED (documented in threat_models/ckks.md): CKKS gives the sum no integrity. A server
-    that hands member B member A's ciphertext as "the aggregate" gets back A's individual update when
-    B decrypts and returns the result, as the client daemon does today. The range check passes: A's
-    update is a perfectly plausible sum."""
+def test_the_he_layer_alone_would_decrypt_one_upload_as_a_sum_so_members_check_provenance(federation):
+    """CKKS gives the sum no integrity: decrypting member A's ciphertext passed off as "the aggregate"
+    returns A's update, and the range check cannot tell (A's update is a plausible sum). So the
+    wrapper's decrypt must never see a ciphertext the member did not add up itself: the client daemon
+    checks the signed contributions first (``securefed.client.ckks.checked_contributions``; see
+    ``test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member``)."""
     params, members, server = federation
     rng = np.random.default_rng(7)  # not secret: test data
     x_a, x_b, x_c = (rng.uniform(-1, 1, 300) for _ in range(3))
@@ -132,3 +133,74 @@ def _aggregate_chunk(members, server) -> bytes:
     agg.add(members.encrypt(np.full(64, 0.5)), sender="a")
     agg.add(members.encrypt(np.full(64, -0.25)), sender="b")
     return agg.result_chunks()[0]
+
+
+# ---- the member-side decryption check (securefed.client.ckks) -------------------------------------
+
+
+def _ckks_round(n: int, t: int):
+    """n members with real CKKS uploads, each signed for one plan and attempt as the daemon does."""
+    from securefed.crypto.keys import IdentityKeyPair
+    from securefed.server.drivers import contribution_digest, contribution_payload
+    from securefed.transport._generated import federation_pb2 as pb
+
+    params = he.get_params(he.DEFAULT_PARAMS_NAME)
+    members = he.generate_client_context(params)
+    names = [f"org-{i}" for i in range(n)]
+    ids = {c: IdentityKeyPair.generate() for c in names}
+    plan = pb.RoundPlan(round=7, plan_sha256=bytes(range(32)), mode=pb.AGGREGATION_MODE_CKKS, vector_length=50,
+                        cohort=[pb.CohortMember(client_id=c, identity_public_key=ids[c].public_bytes()) for c in names],
+                        secagg=pb.SecAggParams(threshold=t))
+    rng = np.random.default_rng(11)  # not secret: test data
+    updates = {c: rng.uniform(-1, 1, 50) for c in names}
+    uploads = {}
+    for c in names:
+        chunks = members.encrypt(updates[c]).to_chunks()
+        digest = contribution_digest(chunks)
+        uploads[c] = (ids[c].sign(contribution_payload(plan.plan_sha256, 7, c, digest)), chunks, digest)
+    return members, plan, names, updates, uploads
+
+
+def _member_decrypts(members, plan, me, parts, own_digest):
+    """What the client daemon does with a decryption request (securefed/client/daemon.py _ckks_decrypt)."""
+    from securefed.client.ckks import checked_contributions
+
+    items = checked_contributions(plan, 7, parts, me, own_digest)
+    agg = he.ServerAggregator(he.ServerContext.from_public_bytes(members.public_bytes(), members.params), 50)
+    for c, chunks in items:
+        agg.add(chunks, sender=c)
+    return members.decrypt(agg.result_chunks(), 50, summands=len(items))
+
+
+def test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member():
+    from securefed.server.drivers import encode_contributions
+
+    members, plan, names, _, uploads = _ckks_round(5, 3)
+    me, victim = names[0], names[1]
+    alone = encode_contributions([(victim, uploads[victim][0], uploads[victim][1])])
+    with pytest.raises(ProtocolAbort):
+        _member_decrypts(members, plan, me, alone, uploads[me][2])
+    forged = encode_contributions([(c, bytes(64), uploads[c][1]) for c in names[:3]])
+    with pytest.raises(ProtocolAbort, match="not signed"):
+        _member_decrypts(members, plan, me, forged, uploads[me][2])
+
+
+def test_not_defended_different_contributor_sets_per_decryptor_reveal_every_update():
+    """NOT DEFENDED (found by this suite): each member checks that what it decrypts is a sum of >= t
+    signed contributions including its own, but not that every decryptor is asked about the SAME set.
+    With n = 5, t = 3 the server asks member i to decrypt {i, i+1, i+2}: five valid requests, five
+    sums, an invertible circulant system: every individual update comes out."""
+    from securefed.server.drivers import encode_contributions
+
+    n, t = 5, 3
+    members, plan, names, updates, uploads = _ckks_round(n, t)
+    A = np.zeros((n, n))
+    sums = []
+    for i, me in enumerate(names):
+        subset = [names[(i + j) % n] for j in range(t)]
+        A[i, [(i + j) % n for j in range(t)]] = 1
+        parts = encode_contributions([(c, uploads[c][0], uploads[c][1]) for c in sorted(subset)])
+        sums.append(_member_decrypts(members, plan, me, parts, uploads[me][2]))
+    recovered = np.linalg.solve(A, np.stack(sums))
+    for i, c in enumerate(names):
+        assert np.allclose(recovered[i], updates[c], atol=1e-4)

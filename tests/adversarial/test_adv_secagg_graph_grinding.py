@@ -81,3 +81,35 @@ def test_without_grinding_the_same_colluders_rarely_hold_t_shares_of_the_victim(
         graph = NeighbourGraph.build(i.to_bytes(32, "big"), ids, 4)  # session ids are uniform hashes
         hits += len(set(COLLUDERS) & set(graph.holders(VICTIM))) >= PARAMS.threshold
     assert hits / trials < 0.12
+
+
+def test_not_defended_aborting_and_retrying_rounds_grinds_the_graph_even_with_every_key_included():
+    """The client daemon now leaves a sparse round whose key broadcast omits a listed member
+    (``sparse_graph_needs_all_keys``), which stops the offline search above. The server can still grind
+    online: let the keys come in, look at the graph, and if it does not suit, let the round "time out"
+    and start a fresh attempt (fresh keys, fresh graph). Nothing bounds the number of retries a client
+    accepts, so about 1/p attempts (p ~ 5% here) are enough."""
+    inputs = inputs_for(N)
+    for attempt in range(1, 301):
+        rnd = SimulatedRound(inputs, PARAMS, round_id=attempt)
+        adverts = {c: rnd.clients[c].handle(msg) for c, msg in rnd.outbox.items()}
+        keys = [adverts[c].keys() for c in sorted(adverts)]  # every member's keys: the guard is satisfied
+        graph = NeighbourGraph.build(session_id(rnd.server.plan_digest, keys), sorted(adverts), 4)
+        if len(set(COLLUDERS) & set(graph.holders(VICTIM))) >= PARAMS.threshold:
+            break
+    else:
+        raise AssertionError("no favourable graph in 300 attempts")
+    for c in sorted(adverts):
+        rnd.server.receive(adverts[c])
+    rnd.outbox = rnd.server.close_stage()
+    rnd.next_stage = Stage.SHARE_KEYS
+    assert len(rnd.outbox[VICTIM].keys) == N  # the broadcast lists everyone
+    advance(rnd, Stage.UNMASK)
+    held = [rnd.clients[c]._held[VICTIM] for c in COLLUDERS]
+    keys_by_id = {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][VICTIM].keys}
+    x_victim = unmask_individual(rnd.replies[Stage.MASKED_INPUT][VICTIM].masked, owner=VICTIM,
+                                 b_seed=combine([b for b, _ in held], PARAMS.threshold),
+                                 s_sk=combine([s for _, s in held], PARAMS.threshold),
+                                 neighbours=rnd.server.graph.of(VICTIM), keys=keys_by_id,
+                                 sid=rnd.server.session_id, params=PARAMS)
+    assert np.allclose(x_victim, inputs[VICTIM], atol=2 ** -7)

@@ -1,0 +1,58 @@
+"""Certificates a malicious server could put in a plan's cohort to vouch for keys it controls.
+
+``securefed.client.cohort.verify_member`` is the member-side check of each listed member (pinned
+federation CA, client certificate, name, bound identity key). Beyond the owner's own cases, this tries
+what a server has to hand: its own TLS certificate (from the right CA, but not a client one), a client
+certificate re-signed by a CA of its own with the federation CA's name, and arbitrary bit flips.
+"""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securefed.client.cohort import verify_member
+from securefed.errors import ProtocolAbort
+from securefed.transport import identity as tid
+
+FED = tid.create_ca()
+ALICE_ID = ed25519.Ed25519PrivateKey.generate().public_key()
+ALICE_KEY = tid.raw_public_key(ALICE_ID)
+ALICE_DER = FED.issue_client("alice", ALICE_ID)[0].public_bytes(serialization.Encoding.DER)
+
+
+def test_the_genuine_member_certificate_verifies():
+    verify_member(FED.certificate, ALICE_DER, "alice", ALICE_KEY)
+
+
+def test_the_servers_own_certificate_cannot_vouch_for_a_member():
+    server_der = FED.issue_server(["127.0.0.1"])[0].public_bytes(serialization.Encoding.DER)
+    with pytest.raises(ProtocolAbort):
+        verify_member(FED.certificate, server_der, "alice", ALICE_KEY)
+
+
+def test_a_look_alike_ca_with_the_same_name_cannot_issue_members():
+    # Another CA the server generated (same subject fields as every securefed CA): signature fails.
+    rogue = tid.create_ca()
+    assert rogue.certificate.subject == FED.certificate.subject
+    forged = rogue.issue_client("alice", ALICE_ID)[0].public_bytes(serialization.Encoding.DER)
+    with pytest.raises(ProtocolAbort, match="not issued by the federation CA"):
+        verify_member(FED.certificate, forged, "alice", ALICE_KEY)
+    # and the rogue CA itself, listed as if it were a member's certificate
+    with pytest.raises(ProtocolAbort):
+        verify_member(FED.certificate, rogue.certificate.public_bytes(serialization.Encoding.DER), "alice", ALICE_KEY)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pos=st.integers(0, 10**6), bit=st.integers(0, 7))
+def test_any_bit_flip_in_a_member_certificate_is_refused(pos, bit):
+    der = bytearray(ALICE_DER)
+    der[pos % len(der)] ^= 1 << bit
+    try:
+        verify_member(FED.certificate, bytes(der), "alice", ALICE_KEY)
+    except ProtocolAbort:
+        return
+    pytest.fail(f"a certificate with bit {bit} of byte {pos % len(der)} flipped still verified")
