@@ -11,8 +11,9 @@ For each cohort size (default 3 and 10), in the same run:
 Everything else is identical and real: the same server and client daemons, gRPC over mutual TLS on
 127.0.0.1, the tiny Llama preset with LoRA. A round's wall time is the coordinator's own measurement
 (plan sent -> new global adapter committed), so it includes local training. The first round of each
-run is a warm-up and is excluded from the median. Bytes are counted by the server (requests and
-uploads in; tasks, downloads out) and divided by the number of clients.
+run is a warm-up and is excluded from the median. Bytes are the protobuf payload bytes the server
+received (requests, uploads) and sent (tasks, downloads) over the whole run, per client per round;
+TLS and HTTP/2 framing are not included.
 
     python bench/round.py --json                 # 3 and 10 clients, 3 rounds each
     python bench/round.py --clients 3 --rounds 4 --preset small
@@ -127,7 +128,11 @@ def run_one(workdir: Path, model_dir: Path, n: int, rounds: int, secure: bool, s
     for a in done[1:] or done:
         for k, v in a.timings.items():
             stages.setdefault(k, []).append(v)
-    per_client = [(a.bytes_in + a.bytes_out) / n for a in done]
+    co = res.server.coordinator
+    # Whole-run protobuf payload bytes (every request, task, upload and download, TLS/HTTP2 framing
+    # excluded) per client per attempt: attribution to one attempt is not needed.
+    n_att = max(1, len(attempts))
+    wire_in, wire_out = co.total_bytes_in / (n * n_att), co.total_bytes_out / (n * n_att)
     return {
         "ok": bool(res.ok) and len(done) == rounds,
         "rounds_completed": len(done),
@@ -135,9 +140,9 @@ def run_one(workdir: Path, model_dir: Path, n: int, rounds: int, secure: bool, s
         "round_seconds": [round(t, 4) for t in times],
         "round_seconds_median_after_warmup": round(statistics.median(times[1:] or times), 4),
         "stage_seconds_median": {k: round(statistics.median(v), 4) for k, v in stages.items()},
-        "bytes_per_client_per_round": round(statistics.median(per_client), 1),
-        "bytes_in_per_client_per_round": round(statistics.median([a.bytes_in / n for a in done]), 1),
-        "bytes_out_per_client_per_round": round(statistics.median([a.bytes_out / n for a in done]), 1),
+        "bytes_per_client_per_round": round(wire_in + wire_out, 1),
+        "bytes_up_per_client_per_round": round(wire_in, 1),
+        "bytes_down_per_client_per_round": round(wire_out, 1),
         "run_seconds": round(wall, 2),
     }
 

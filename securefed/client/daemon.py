@@ -324,7 +324,11 @@ class ClientDaemon:
         attempt = int(plan.round)
         log(logger, "round plan received", attempt=attempt, mode=pb.AggregationMode.Name(plan.mode).split("_")[-1].lower(),
             cohort=[m.client_id for m in plan.cohort], global_digest=plan.global_adapter_sha256.hex()[:16])
-        bundle = self._fetch_global(attempt, bytes(plan.global_adapter_sha256))
+        lb = self.latest_bundle
+        if lb is not None and hmac.compare_digest(bytes.fromhex(lb.digest), bytes(plan.global_adapter_sha256)):
+            bundle = lb  # already verified when the previous round completed: no second download
+        else:
+            bundle = self._fetch_global(attempt, bytes(plan.global_adapter_sha256))
         settings = json.loads(bundle.settings_json)
         strategy = make_strategy(StrategySettings.model_validate(settings["strategy"]), dim=bundle.vector.size)
         self.session = RoundSession(plan=plan, attempt=attempt, bundle=bundle, strategy=strategy, me=me, ids=ids,

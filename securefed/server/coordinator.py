@@ -239,6 +239,9 @@ class Coordinator:
         self.detail = ""
         self.error: str | None = None
         self.done_delivered: set[str] = set()
+        # Protobuf payload bytes over the whole run (TLS/HTTP2 framing not included).
+        self.total_bytes_in = 0
+        self.total_bytes_out = 0
 
     # ---------------------------------------------------------------------------------------------
     # startup and recovery
@@ -518,6 +521,7 @@ class Coordinator:
             driver.on_submit(phase, client_id, req)
             phase.touched.add(client_id)
             ctx.bytes_in += nbytes
+            self.total_bytes_in += nbytes
             self._touch(client_id)
             self._cv.notify_all()
             if phase.stage == pb.STAGE_UNMASK:
@@ -532,6 +536,7 @@ class Coordinator:
             self.driver.on_masked_upload(self.phase, client_id, header.stage, ring_bits, data)
             self.phase.touched.add(client_id)
             ctx.bytes_in += len(data)
+            self.total_bytes_in += len(data)
             self._touch(client_id)
             self._cv.notify_all()
 
@@ -544,13 +549,19 @@ class Coordinator:
             self.driver.on_ciphertext_upload(self.phase, client_id, parts)
             self.phase.touched.add(client_id)
             ctx.bytes_in += sum(len(p) for p in parts)
+            self.total_bytes_in += sum(len(p) for p in parts)
             self._touch(client_id)
             self._cv.notify_all()
 
     def count_out(self, nbytes: int) -> None:
         with self._cv:
+            self.total_bytes_out += nbytes
             if self.ctx is not None:
                 self.ctx.bytes_out += nbytes
+
+    def count_in(self, nbytes: int) -> None:
+        with self._cv:
+            self.total_bytes_in += nbytes
 
     def download(self, client_id: str, header: pb.RequestHeader) -> tuple[int, int, list[bytes]]:
         """(round, AggregateKind, parts): the driver's aggregate for this client, else the global adapter."""

@@ -57,6 +57,7 @@ class FederationService(pb_grpc.FederationServicer):
 
     def PollTask(self, request: pb.PollTaskRequest, context) -> pb.Task:
         cid, _ = self._peer(context)
+        self.co.count_in(request.ByteSize())
         wait_ms = min(request.max_wait_ms or 0, MAX_POLL_WAIT_MS)
         task = self.co.poll(cid, wait_ms / 1000.0)
         self.co.count_out(task.ByteSize())
@@ -121,6 +122,7 @@ class FederationService(pb_grpc.FederationServicer):
 
     def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context) -> Iterator[pb.AggregateChunk]:
         cid, _ = self._peer(context)
+        self.co.count_in(request.ByteSize())
         rnd, kind, parts = self.co.download(cid, request.header)
         n = 0
         for i, part in enumerate(parts):
@@ -146,6 +148,7 @@ class FederationService(pb_grpc.FederationServicer):
         if not hmac.compare_digest(want, request.entry_hash):
             raise InvalidMessage("entry_hash does not match prev_hash and the entry")
         verify_signature(key, bytes(request.signature), ENTRY_CONTEXT + bytes(request.entry_hash))
+        self.co.count_in(request.ByteSize())
         self.co.check_header(cid, request.header)
         new = self.co.record_privacy_event(cid, ev.round_id, bytes(request.entry), bytes(request.signature),
                                            sequence=request.sequence, entry_hash=request.entry_hash.hex(),
