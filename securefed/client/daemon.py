@@ -374,6 +374,15 @@ class ClientDaemon:
 
         s.event = event_from_training(result, client_id=self.name, round_id=attempt, delta=self.config.privacy.delta,
                                       accountant=self.config.privacy.accountant, config_hash=self._config_hash())
+        planned = getattr(self, "_last_planned", None)
+        if planned is not None and (s.event.noise_multiplier, s.event.sample_rate, s.event.steps) != planned:
+            # What ran is not what the budget check approved: check what ran, before anything is released.
+            from securefed.privacy.budget import BudgetGuard
+
+            try:
+                BudgetGuard(self.config.privacy, dataset_size=len(self._data)).check(self.ledger.events(), s.event)
+            except BudgetExceeded as exc:
+                raise ProtocolAbort(f"training ran other DP parameters than approved and they exceed the budget: {exc}") from None
         self.rounds_trained += 1
         self._fault("after_training", attempt)
         # ---- protect -------------------------------------------------------------------------
@@ -437,6 +446,7 @@ class ClientDaemon:
         from securefed.privacy.budget import BudgetGuard
 
         sigma, planned = self._planned_event(attempt)
+        self._last_planned = (planned.noise_multiplier, planned.sample_rate, planned.steps)
         p = self._project(planned)
         if not p.within_budget:
             # The guard's own check raises BudgetExceeded with the full reason.
