@@ -82,13 +82,15 @@ def _status(args: argparse.Namespace) -> int:
         completed = log.completed_rounds()
         events = log.privacy_events()
         heads = log.ledger_heads()
+        keys = log.identity_keys()
     finally:
         log.close()
     if args.json:
         print(json.dumps({"rounds_target": cfg.federation.rounds, "completed_rounds": completed,
                           "attempts": [a.to_json() for a in attempts],
                           "privacy_events": len(events),
-                          "ledger_heads": {c: {"length": n, "entry_hash": h} for c, (n, h) in heads.items()}},
+                          "ledger_heads": {c: {"length": n, "entry_hash": h} for c, (n, h) in heads.items()},
+                          "identity_keys": keys},
                          indent=1, default=str))
         return 0
     print(f"rounds completed: {completed}/{cfg.federation.rounds}   privacy events recorded: {len(events)}")
@@ -109,9 +111,12 @@ def _status(args: argparse.Namespace) -> int:
         for c, why in a.declined.items():
             print(f"{'':>7} declined: {c}: {why}")
     if heads:
-        print("ledger heads reported to this server (for: securefed audit verify ... --expect-head):")
+        print("anchors for the auditor (securefed audit verify LEDGER... <these>): ledger heads reported here and")
+        print("the certified identity keys the entries verified under")
         for c, (n, h) in sorted(heads.items()):
             print(f"  --expect-head {c}={n}:{h}")
+        for c, k in sorted(keys.items()):
+            print(f"  --public-key {c}={k}")
     sys.stdout.flush()
     return 0
 

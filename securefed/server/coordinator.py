@@ -576,12 +576,14 @@ class Coordinator:
         return ckpt.round, pb.AGGREGATE_KIND_GLOBAL_ADAPTER, [ckpt.path.read_bytes()]
 
     def record_privacy_event(self, client_id: str, attempt: int, event: bytes, signature: bytes, *,
-                             sequence: int, entry_hash: str, prev_hash: str | None = None) -> bool:
+                             sequence: int, entry_hash: str, prev_hash: str | None = None,
+                             identity_key: bytes = b"") -> bool:
         from securefed.server.roundlog import RoundLogError
 
         try:
             return self.roundlog.record_privacy_event(attempt, client_id, event.decode("utf-8"), signature,
-                                                      ledger_seq=sequence, entry_hash=entry_hash, prev_hash=prev_hash)
+                                                      ledger_seq=sequence, entry_hash=entry_hash, prev_hash=prev_hash,
+                                                      identity_key=identity_key.hex())
         except RoundLogError as exc:
             raise InvalidMessage(str(exc)) from None
 

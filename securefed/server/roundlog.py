@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS privacy_events (
     client_id   TEXT NOT NULL,
     ledger_seq  INTEGER NOT NULL,
     entry_hash  TEXT NOT NULL,
+    identity_key TEXT NOT NULL DEFAULT '',
     event       TEXT NOT NULL,
     signature   BLOB NOT NULL,
     received_at REAL NOT NULL,
@@ -243,7 +244,8 @@ class RoundLog:
             )
 
     def record_privacy_event(self, attempt: int, client_id: str, event: str, signature: bytes, *,
-                             ledger_seq: int, entry_hash: str, prev_hash: str | None = None) -> bool:
+                             ledger_seq: int, entry_hash: str, prev_hash: str | None = None,
+                             identity_key: str = "") -> bool:
         """Store a client's signed DP event; a second report for the same attempt is ignored (False).
 
         Refuses (``RoundLogError``) an entry that contradicts what this client reported before: another
@@ -261,9 +263,9 @@ class RoundLog:
                 if before is not None and before[0] != prev_hash:
                     raise RoundLogError(f"ledger entry {ledger_seq} of {client_id} does not chain to entry {ledger_seq - 1}")
             cur = db.execute(
-                "INSERT OR IGNORE INTO privacy_events(attempt, client_id, ledger_seq, entry_hash, event, signature, "
-                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (attempt, client_id, int(ledger_seq), entry_hash, event, bytes(signature), time.time()),
+                "INSERT OR IGNORE INTO privacy_events(attempt, client_id, ledger_seq, entry_hash, identity_key, event, "
+                "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (attempt, client_id, int(ledger_seq), entry_hash, identity_key, event, bytes(signature), time.time()),
             )
             return cur.rowcount == 1
 
@@ -306,6 +308,15 @@ class RoundLog:
     def attempt_count(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0])
+
+    def identity_keys(self) -> dict[str, str]:
+        """Per client: the certified identity key (hex) its reported ledger entries verified under
+        (the newest), for ``securefed audit verify --public-key``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client_id, identity_key FROM privacy_events WHERE identity_key != '' ORDER BY received_at"
+            ).fetchall()
+        return {c: k for c, k in rows}
 
     def ledger_heads(self) -> dict[str, tuple[int, str]]:
         """Per client: (length, newest entry hash) of its ledger as reported here, for

@@ -152,7 +152,7 @@ class FederationService(pb_grpc.FederationServicer):
         self.co.check_header(cid, request.header)
         new = self.co.record_privacy_event(cid, ev.round_id, bytes(request.entry), bytes(request.signature),
                                            sequence=request.sequence, entry_hash=request.entry_hash.hex(),
-                                           prev_hash=request.prev_hash.hex())
+                                           prev_hash=request.prev_hash.hex(), identity_key=key)
         log(logger, "privacy event recorded", client=cid, attempt=ev.round_id, ledger_seq=request.sequence,
             noise_multiplier=ev.noise_multiplier, steps=ev.steps, sample_rate=ev.sample_rate, new=new)
         return pb.PrivacyEventAck(recorded_sequence=request.sequence)

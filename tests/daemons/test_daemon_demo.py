@@ -27,9 +27,16 @@ def test_demo_runs_and_its_ledgers_verify(tmp_path):
     assert report  # written by the privacy package's report API
     ledgers = sorted(str(p) for p in (out / "ledgers").glob("*.sqlite"))
     assert len(ledgers) == 3
-    v = subprocess.run([sys.executable, "-m", "securefed.cli", "audit", "verify", *ledgers],
+    # The auditor's anchors come from the server: ledger heads and certified identity keys.
+    st = subprocess.run([sys.executable, "-m", "securefed.cli", "status", "--config", str(out / "work" / "server.toml")],
+                        capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0, st.stderr
+    anchors = [tok for line in st.stdout.splitlines() if line.startswith("  --") for tok in line.split()]
+    assert anchors.count("--expect-head") == 3 and anchors.count("--public-key") == 3
+    v = subprocess.run([sys.executable, "-m", "securefed.cli", "audit", "verify", *ledgers, *anchors],
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0, v.stdout + v.stderr
+    assert "not pinned" not in v.stdout and "all 3 ledger(s) verified" in v.stdout
     # --log-json: every line the server and the clients wrote is one JSON object.
     events = [json.loads(line) for line in (out / "logs" / "server.log").read_text().splitlines()]
     assert sum(e["event"] == "round completed" for e in events) == 2
