@@ -55,8 +55,9 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     from securefed.server.app import ServerApp
     from securefed.server.config import load_server_config
 
-    p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
-                  client=FAST_CLIENT)
+    # masked_input_s: how long the server waits for the dead member before it is a dropout.
+    p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
+                  server=fast_server(masked_input_s=5.0), client=FAST_CLIENT)
     app = ServerApp(load_server_config(p.server_toml))
     port = app.start()
     addr = f"127.0.0.1:{port}"
