@@ -57,9 +57,9 @@ def _prepare_out(out: Path) -> None:
 
 def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "securefed.cli", *args], stdout=f, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    with open(log_path, "wb") as f:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "securefed.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
 
 
 def _json_lines(path: Path) -> list[dict]:

@@ -33,8 +33,9 @@ def _spawn(args: list[str], log: Path, fault: str | None = None) -> subprocess.P
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if fault:
         env[FAULT] = fault
-    return subprocess.Popen([sys.executable, "-m", "securefed.cli", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, env=env)
+    with open(log, "wb") as f:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "securefed.cli", *args], stdout=f,
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def _fedavg(prev, payloads):
