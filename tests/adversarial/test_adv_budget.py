@@ -58,3 +58,15 @@ def test_a_single_greedy_round_is_declined_even_with_nothing_spent():
     # A plan asking for many steps at a high sample rate (more than the whole budget) is declined at once.
     with pytest.raises(BudgetExceeded):
         BudgetGuard(BUDGET).check([], _planned(0, sigma=0.6, q=0.5, steps=500))
+
+
+@pytest.mark.parametrize("sampler", ["shuffle", "fixed_size", "uniform"])
+def test_a_round_trained_without_poisson_sampling_cannot_be_accounted(sampler):
+    # The subsampled-Gaussian accountants assume Poisson sampling; anything else is refused, not
+    # under-counted (so it can never pass the guard or reach the ledger).
+    import dataclasses
+
+    from securefed.errors import AccountingError
+
+    with pytest.raises(AccountingError):
+        dataclasses.replace(_planned(0), sampler=sampler)
