@@ -348,6 +348,9 @@ class ClientDaemon:
         if plan.mode == pb.AGGREGATION_MODE_CKKS and self.config.client.ckks_secret_context is None:
             self._decline(plan, "mode ckks needs client.ckks_secret_context")
             return
+        if plan.mode == pb.AGGREGATION_MODE_CKKS and 2 * t <= len(plan.cohort):
+            self._decline(plan, f"ckks threshold {t} is not a strict majority of the {len(plan.cohort)} listed members")
+            return
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             if not self.config.client.allow_plaintext_for_debugging:
                 self._decline(plan, "the server asked for a plaintext round (it would see this member's update); "

@@ -119,6 +119,13 @@ class ServerConfig(StrictModel):
             raise InsecureParameters(f"{source}: server.ckks_public_context: required when federation.mode = 'ckks'")
         if fed.threshold < 2:
             raise InsecureParameters(f"{source}: federation.threshold must be >= 2 (a 'sum' of one client is its update)")
+        if fed.mode is AggregationMode.CKKS and 2 * fed.threshold <= fed.cohort_size:
+            # Decryptors confirm one contributor set; only a strict majority stops a server from getting
+            # two different sets confirmed and differencing the two sums.
+            raise InsecureParameters(
+                f"{source}: federation.threshold ({fed.threshold}) must be a strict majority of cohort_size "
+                f"({fed.cohort_size}) in mode 'ckks': set threshold >= {fed.cohort_size // 2 + 1}"
+            )
         if fed.mode is AggregationMode.SECAGG:
             from securefed.secagg.params import SecAggParams
 

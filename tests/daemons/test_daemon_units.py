@@ -59,6 +59,11 @@ def test_ckks_needs_public_context_and_typos_are_errors(tmp_path):
         load_server_config(_server_toml(tmp_path, 'mode = "ckks"\n'))
     with pytest.raises(ConfigError, match="treshold: unknown key"):
         load_server_config(_server_toml(tmp_path, "treshold = 2\n"))
+    p = tmp_path / "ckks.toml"
+    p.write_text('[server]\ncredentials_dir = "pki"\nstate_dir = "st"\nbase_model_dir = "m"\nckks_public_context = "c"\n'
+                 '[federation]\nmode = "ckks"\ncohort_size = 4\nmin_clients = 4\nthreshold = 2\n')
+    with pytest.raises(InsecureParameters, match="strict majority"):
+        load_server_config(p)
 
 
 def test_client_config_needs_one_data_source_and_refuses_zero_noise(tmp_path):
