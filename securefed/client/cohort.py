@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import warnings
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from securefed.errors import CryptoError, ProtocolAbort
 from securefed.transport import identity as tid
+
+
+def _der_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
 
 
 def load_ca(ca_pem: bytes) -> x509.Certificate:
@@ -27,10 +35,18 @@ def verify_member(ca: x509.Certificate, cert_der: bytes, name: str, identity_key
                   now: dt.datetime | None = None) -> None:
     """``ProtocolAbort`` unless ``cert_der`` is a valid client certificate from ``ca`` for ``name``
     binding ``identity_key``."""
+    cert_der = bytes(cert_der)
     try:
-        cert = x509.load_der_x509_certificate(bytes(cert_der))
-    except ValueError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lenient-parse deprecation warnings: we refuse those below
+            cert = x509.load_der_x509_certificate(cert_der)
+            sig = cert.signature
+    except Exception:  # ValueError, x509.InvalidVersion, ...: any parse failure is a refusal
         raise ProtocolAbort(f"cohort member {name!r}: unreadable certificate") from None
+    # The signature covers only the TBS part; the outer BIT STRING must be the one canonical DER
+    # encoding (0 unused bits), so no two byte strings pass as the same certificate.
+    if not cert_der.endswith(b"\x03" + _der_len(len(sig) + 1) + b"\x00" + sig):
+        raise ProtocolAbort(f"cohort member {name!r}: certificate is not canonical DER")
     try:
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, Exception) as exc:  # InvalidSignature, wrong issuer, key type
