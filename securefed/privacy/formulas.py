@@ -35,6 +35,7 @@ inf
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -105,17 +106,26 @@ def rdp_curve(
     >>> [float(x) for x in c]  # q = 1: the plain Gaussian, alpha / (2 sigma^2)
     [1.0, 1.5]
     """
-    from opacus.accountants.analysis import rdp as opacus_rdp
-
     total = np.zeros(len(orders), dtype=np.float64)
     for sigma, q, steps in merge(mechanisms):
         if sigma == 0:
             return np.full(len(orders), np.inf)
-        total += np.asarray(
-            opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=list(orders)),
-            dtype=np.float64,
-        )
+        # Opacus computes the one-step curve and multiplies by steps; the one-step curve depends only
+        # on (q, sigma, orders), so it is memoised: a client's budget checks repeat the same mechanism
+        # every round, and this is where all their time went.
+        total += _one_step_rdp(float(q), float(sigma), tuple(float(o) for o in orders)) * steps
     return total
+
+
+@functools.lru_cache(maxsize=512)
+def _one_step_rdp(q: float, sigma: float, orders: tuple[float, ...]) -> np.ndarray:
+    """Opacus ``compute_rdp(q, sigma, steps=1, orders)`` (read-only; ``compute_rdp`` is this times steps)."""
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    curve = np.asarray(opacus_rdp.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)),
+                       dtype=np.float64)
+    curve.setflags(write=False)
+    return curve
 
 
 def rdp_to_epsilon(rdp: np.ndarray, delta: float, orders: Sequence[float] = DEFAULT_RDP_ORDERS) -> float:
