@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench proto clean
+.PHONY: venv test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,11 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/securefed demo --out demo-output
 
+# Each script prints one JSON array on stdout (bench/secagg.py includes the CKKS records).
 bench: $(STAMP)
 	$(BIN)/python bench/secagg.py --json
 	$(BIN)/python bench/training.py --json
+	$(BIN)/python bench/round.py --json
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
