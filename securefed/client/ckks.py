@@ -40,3 +40,29 @@ def checked_contributions(plan: pb.RoundPlan, attempt: int, parts: list[bytes], 
             raise ProtocolAbort("the decryption request alters this member's own contribution")
         out.append((c, chunks))
     return out
+
+
+def check_confirmations(plan: pb.RoundPlan, attempt: int, request_digest: bytes, req: pb.DecryptRequest) -> int:
+    """Before decrypting: at least ``threshold`` distinct cohort members confirmed exactly the request
+    (contributor set) this member checked. Returns how many did; ``ProtocolAbort`` otherwise."""
+    from securefed.server.drivers import confirmation_payload
+
+    if not hmac.compare_digest(bytes(req.request_sha256), bytes(request_digest)):
+        raise ProtocolAbort("decrypt request is for another contributor set than the one this member confirmed")
+    keys = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
+    t = int(plan.secagg.threshold)
+    if 2 * t <= len(keys):
+        raise ProtocolAbort(f"threshold {t} is not a strict majority of the {len(keys)} members: refused")
+    payload = confirmation_payload(plan.plan_sha256, attempt, request_digest)
+    good = set()
+    for c in req.confirmations:
+        if c.client_id in good or c.client_id not in keys:
+            raise ProtocolAbort("decrypt request carries unknown or repeated confirmations")
+        try:
+            verify_signature(keys[c.client_id], bytes(c.signature), payload)
+        except CryptoError:
+            raise ProtocolAbort(f"confirmation of {c.client_id} does not verify for this request") from None
+        good.add(c.client_id)
+    if len(good) < t:
+        raise ProtocolAbort(f"only {len(good)} members confirmed this contributor set, the threshold is {t}: refused")
+    return len(good)

@@ -68,3 +68,11 @@ def verify_member(ca: x509.Certificate, cert_der: bytes, name: str, identity_key
         raise ProtocolAbort(f"cohort member {name!r}: {exc}") from None
     if not hmac.compare_digest(bound, bytes(identity_key)):
         raise ProtocolAbort(f"cohort member {name!r}: the listed identity key is not the certified one")
+
+
+def verify_cohort(ca: x509.Certificate, plan) -> None:
+    """Every member a round plan lists must carry a certificate that ``verify_member`` accepts."""
+    for m in plan.cohort:
+        if not m.certificate:
+            raise ProtocolAbort(f"the plan lists {m.client_id!r} without its certificate: refused")
+        verify_member(ca, bytes(m.certificate), m.client_id, bytes(m.identity_public_key))

@@ -115,6 +115,7 @@ class ClientDaemon:
         self._heldout = None
         self._ckks = None
         self._sigma: float | None = None
+        self._ca = None
         self._tokenizer = None
         self._budget_lock = threading.Lock()
         self._budget_cache: dict = {}
@@ -241,6 +242,12 @@ class ClientDaemon:
         if body == "aggregate_ready":
             self._on_aggregate_ready(task)
             return False
+        if body == "decrypt_request":
+            if self.session is not None and self.session.attempt == task.round:
+                self._ckks_decrypt(self.session, task.decrypt_request)
+            else:
+                self.stop_event.wait(0.5)
+            return False
         s = self.session
         if s is None or task.round != s.attempt:
             # A stage of a session we are not (or no longer) part of: the server keeps offering it
@@ -321,6 +328,7 @@ class ClientDaemon:
         members = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
         if not hmac.compare_digest(members[self.name], self.identity.public_bytes()):
             raise ProtocolAbort("the plan lists another identity key for this client")
+        self._check_cohort_certificates(plan)
         attempt = int(plan.round)
         log(logger, "round plan received", attempt=attempt, mode=pb.AggregationMode.Name(plan.mode).split("_")[-1].lower(),
             cohort=[m.client_id for m in plan.cohort], global_digest=plan.global_adapter_sha256.hex()[:16])
@@ -441,6 +449,15 @@ class ClientDaemon:
                 self._budget_threads.pop(key, None)
 
         threading.Thread(target=_forget, daemon=True).start()
+
+    def _check_cohort_certificates(self, plan: pb.RoundPlan) -> None:
+        """Every listed member must come with a client certificate from the CA this member pins,
+        binding the listed key: the server cannot pad the cohort with identities it made up."""
+        from securefed.client.cohort import load_ca, verify_cohort
+
+        if self._ca is None:
+            self._ca = load_ca(self.creds.ca_pem)
+        verify_cohort(self._ca, plan)
 
     def _check_budget(self, attempt: int) -> tuple[float, dict]:
         """The noise multiplier for this round, after the budget guard accepted the projection.
@@ -717,21 +734,42 @@ class ClientDaemon:
             prog.__exit__(None, None, None)
         s.released = True
 
-    def _ckks_decrypt(self, s: RoundSession, task: pb.Task, parts: list[bytes]) -> None:
+    def _ckks_confirm(self, s: RoundSession, task: pb.Task, parts: list[bytes]) -> None:
+        """Check the decryption request (>= t signed contributions, own included) and confirm it."""
         from securefed import he
         from securefed.client.ckks import checked_contributions
-        from securefed.server.drivers import digest_parts, encode_decrypted
+        from securefed.server.drivers import confirmation_payload, digest_parts
+        from securefed.transport._generated import secagg_pb2 as secagg_pb
 
-        if not hmac.compare_digest(digest_parts(parts), bytes(task.aggregate_ready.sha256)):
-            raise ProtocolAbort("encrypted aggregate does not match its announced digest")
+        digest = digest_parts(parts)
+        if not hmac.compare_digest(digest, bytes(task.aggregate_ready.sha256)):
+            raise ProtocolAbort("decryption request does not match its announced digest")
+        if s.extra.get("ckks_request") is not None:
+            raise ProtocolAbort("a second decryption request in one attempt: refused (one contributor set per attempt)")
         ctx = self._ckks_context(s.plan)
         items = checked_contributions(s.plan, s.attempt, parts, self.name, s.extra.get("ckks_digest"))
         agg = he.ServerAggregator(he.ServerContext.from_public_bytes(ctx.public_bytes(), ctx.params),
                                   int(s.plan.vector_length))
         for c, chunks in items:
             agg.add(chunks, sender=c)
-        names = [c for c, _ in items]
-        total = ctx.decrypt(agg.result_chunks(), int(s.plan.vector_length), summands=len(names))
+        s.extra["ckks_request"] = (digest, agg.result_chunks(), len(items))
+        sig = self.identity.sign(confirmation_payload(s.plan.plan_sha256, s.attempt, digest))
+        self._call("SubmitResult", pb.SubmitResultRequest(
+            header=self._header(pb.STAGE_CONSISTENCY_CHECK, b"", s.next_seq()),
+            consistency_signature=secagg_pb.ConsistencySignature(client_id=self.name, signature=sig)))
+
+    def _ckks_decrypt(self, s: RoundSession, req: pb.DecryptRequest) -> None:
+        """Decrypt the confirmed sum, only once >= t members confirmed the same contributor set."""
+        from securefed.client.ckks import check_confirmations
+        from securefed.server.drivers import encode_decrypted
+
+        got = s.extra.get("ckks_request")
+        if got is None or s.decrypted:
+            return
+        digest, sum_chunks, count = got
+        check_confirmations(s.plan, s.attempt, digest, req)
+        ctx = self._ckks_context(s.plan)
+        total = ctx.decrypt(sum_chunks, int(s.plan.vector_length), summands=count)
         self._fault("before_decrypt_upload", s.attempt)
         self._upload_masked(s, pb.STAGE_AGGREGATE, b"", 64, encode_decrypted(total))
         s.decrypted = True
@@ -744,7 +782,7 @@ class ClientDaemon:
         if kind == pb.AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM:
             if s is None or s.attempt != task.round or s.decrypted or not s.released:
                 return
-            self._ckks_decrypt(s, task, parts)
+            self._ckks_confirm(s, task, parts)
             return
         bundle = decode_bundle(parts[0], "global adapter from the server")
         if not hmac.compare_digest(bytes.fromhex(bundle.digest), bytes(task.aggregate_ready.sha256)):

@@ -92,7 +92,8 @@ class ServerApp:
             round=ctx.attempt, global_adapter_sha256=ctx.global_digest, mode=_MODE[cfg.federation.mode],
             strategy=pb.StrategyParams(strategy=_STRATEGY[st.kind.value], proximal_mu=st.mu,
                                        server_learning_rate=st.server_lr),
-            cohort=[pb.CohortMember(client_id=c, identity_public_key=ctx.identity_keys[c]) for c in sorted(ctx.cohort)],
+            cohort=[pb.CohortMember(client_id=c, identity_public_key=ctx.identity_keys[c],
+                                    certificate=ctx.certificates.get(c, b"")) for c in sorted(ctx.cohort)],
             vector_length=ctx.payload_length, stage_timeout_ms=int(cfg.deadlines.training_s * 1000),
         )
         bound = self.strategy(ctx.global_ckpt.vector.size).payload_bound()

@@ -74,6 +74,7 @@ class ClientInfo:
     identity_key: bytes
     last_seen: float
     supported_modes: tuple[int, ...] = ()
+    certificate: bytes = b""  # DER, from the TLS handshake
 
 
 @dataclass
@@ -117,6 +118,7 @@ class AttemptContext:
     plan: pb.RoundPlan
     declined: dict[str, str] = field(default_factory=dict)
     dropouts: set[str] = field(default_factory=set)
+    certificates: dict[str, bytes] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -354,6 +356,7 @@ class Coordinator:
                 attempt=attempt, round=round_no, config=self.config, cohort=cohort,
                 identity_keys={c: self.clients[c].identity_key for c in cohort}, global_ckpt=self.global_ckpt,
                 payload_length=self._payload_length(self.global_ckpt.vector.size), plan=pb.RoundPlan(),
+                certificates={c: self.clients[c].certificate for c in cohort},
             )
         outcome: RoundOutcome | None = None
         try:
@@ -444,14 +447,16 @@ class Coordinator:
 
     # ---------------------------------------------------------------------------------------------
     # called by the servicer (any thread)
-    def register(self, client_id: str, identity_key: bytes, modes: tuple[int, ...] = ()) -> None:
+    def register(self, client_id: str, identity_key: bytes, modes: tuple[int, ...] = (), *,
+                 certificate: bytes = b"") -> None:
         with self._cv:
             info = self.clients.get(client_id)
             if info is None:
-                self.clients[client_id] = ClientInfo(client_id, identity_key, time.monotonic(), modes)
+                self.clients[client_id] = ClientInfo(client_id, identity_key, time.monotonic(), modes, certificate)
                 log(logger, "client registered", client=client_id)
             else:
                 info.identity_key, info.last_seen, info.supported_modes = identity_key, time.monotonic(), modes
+                info.certificate = certificate
             self._cv.notify_all()
 
     def _touch(self, client_id: str) -> None:

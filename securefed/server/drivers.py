@@ -21,6 +21,7 @@ from securefed.server.coordinator import AttemptContext, Phase, RoundDriver, Rou
 from securefed.server.logs import log
 from securefed.server.plan import cohort_ids, plan_bytes
 from securefed.transport._generated import federation_pb2 as pb
+from securefed.transport._generated import secagg_pb2 as secagg_pb
 
 _SA_STAGE_TO_WIRE = {
     sa.Stage.ADVERTISE_KEYS: pb.STAGE_ADVERTISE_KEYS,
@@ -219,6 +220,12 @@ def decode_decrypted(data: bytes, length: int) -> np.ndarray:
 
 CONTRIBUTION_DOMAIN = b"securefed/ckks-contribution/v1\x00"
 MANIFEST_FORMAT = "securefed-ckks-contributions/v1"
+CONFIRMATION_DOMAIN = b"securefed/ckks-confirm/v1\x00"
+
+
+def confirmation_payload(plan_sha256: bytes, attempt: int, request_digest: bytes) -> bytes:
+    """What a member signs to confirm the one decryption request (contributor set) it accepted."""
+    return CONFIRMATION_DOMAIN + bytes(plan_sha256) + attempt.to_bytes(8, "big") + bytes(request_digest)
 
 
 def contribution_digest(chunks: list[bytes]) -> bytes:
@@ -266,13 +273,21 @@ class CkksDriver(RoundDriver):
     """CKKS: members upload ciphertexts under the federation's shared secret key, each signed with
     their certified identity key; the server adds nothing it cannot check and holds no key.
 
-    Decryption must not become an oracle: a server that could hand a member any ciphertext "to
-    decrypt" would learn another member's update. So the decryption request carries every signed
-    contribution; each decryptor checks at least ``threshold`` distinct cohort members signed their
-    ciphertexts for this plan (its own included), adds them itself, and decrypts only that sum. The
-    server then collects the decrypted SUM from the decryptors; when several decrypt, their results
-    must agree to within the CKKS noise, so one lying decryptor aborts the round rather than steering
-    the model. (Cost: a decryptor downloads every contribution, O(n) update sizes.)
+    Decryption must not become an oracle, nor a differencing tool:
+
+    1. *Confirm.* Every uploader downloads the decryption request: all signed contributions. It
+       checks that at least ``threshold`` distinct cohort members signed their ciphertexts for this
+       plan and attempt, its own included and unchanged (``client.ckks.checked_contributions``), and
+       signs the request's digest. An honest member confirms one request per attempt.
+    2. *Decrypt.* The server hands the confirmations back. A member decrypts only when at least
+       ``threshold`` distinct cohort members confirmed the very request it checked; with the threshold
+       a strict majority of the cohort, two different contributor sets cannot both be confirmed, so
+       the server cannot obtain two sums over different sets and take their difference. The member
+       adds the contributions itself and decrypts that sum (with flooding noise).
+
+    The server applies the decrypted SUM only when all decryptions agree to within the CKKS noise, so
+    one lying decryptor aborts the round rather than steering the model. Cost: a decryptor downloads
+    every contribution, O(n) update sizes.
     """
 
     AGREEMENT_TOL = 1e-3
@@ -285,6 +300,8 @@ class CkksDriver(RoundDriver):
         self.uploaded: list[str] = []
         self.contributions: dict[str, tuple[bytes, list[bytes]]] = {}
         self.request_parts: list[bytes] | None = None
+        self.request_digest = b""
+        self.confirmations: dict[str, bytes] = {}
         self.decrypted: dict[str, np.ndarray] = {}
 
     def first_phase(self) -> Phase:
@@ -321,16 +338,42 @@ class CkksDriver(RoundDriver):
             return pb.AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM, self.request_parts
         return None
 
+    def on_submit(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
+        from securefed.crypto.keys import verify_signature
+
+        kind = req.WhichOneof("result")
+        if kind == "plan_decision":
+            self.on_decision(phase, client, req)
+            return
+        if kind != "consistency_signature" or req.header.stage != pb.STAGE_CONSISTENCY_CHECK:
+            raise InvalidMessage(f"{kind} is not expected in this aggregation mode")
+        if phase.stage != pb.STAGE_CONSISTENCY_CHECK or client not in phase.expected:
+            raise InvalidMessage("confirmation refused at this stage")
+        sig = bytes(req.consistency_signature.signature)
+        verify_signature(self.ctx.identity_keys[client], sig,
+                         confirmation_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, self.request_digest))
+        self.confirmations[client] = sig
+        phase.responded.add(client)
+
     def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
         ctx = self.ctx
         if phase.stage == pb.STAGE_PLAN:
             self.require(len(self.uploaded), "clients uploaded ciphertexts")
             names = sorted(self.uploaded)
             self.request_parts = encode_contributions([(c, *self.contributions[c]) for c in names])
+            self.request_digest = digest_parts(self.request_parts)
             size = sum(len(p) for p in self.request_parts)
-            ready = pb.AggregateReady(total_size=size, sha256=digest_parts(self.request_parts))
-            tasks = {c: ctx.task(pb.STAGE_AGGREGATE, aggregate_ready=ready) for c in names}
-            log(logger, "stage opened", attempt=ctx.attempt, stage="decrypt", participants=names)
+            ready = pb.AggregateReady(total_size=size, sha256=self.request_digest)
+            tasks = {c: ctx.task(pb.STAGE_CONSISTENCY_CHECK, aggregate_ready=ready) for c in names}
+            log(logger, "stage opened", attempt=ctx.attempt, stage="confirm", participants=names)
+            return Phase(pb.STAGE_CONSISTENCY_CHECK, tasks, frozenset(tasks), ctx.config.deadlines.decrypt_s)
+        if phase.stage == pb.STAGE_CONSISTENCY_CHECK:
+            confirmed = sorted(self.confirmations)
+            self.require(len(confirmed), "members confirmed the decryption request")
+            req = pb.DecryptRequest(request_sha256=self.request_digest, confirmations=[
+                secagg_pb.ConsistencySignature(client_id=c, signature=self.confirmations[c]) for c in confirmed])
+            tasks = {c: ctx.task(pb.STAGE_AGGREGATE, decrypt_request=req) for c in confirmed}
+            log(logger, "stage opened", attempt=ctx.attempt, stage="decrypt", participants=confirmed)
             return Phase(pb.STAGE_AGGREGATE, tasks, frozenset(tasks), ctx.config.deadlines.decrypt_s)
         if not self.decrypted:
             raise ProtocolAbort("no client returned the decrypted aggregate")

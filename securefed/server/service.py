@@ -47,10 +47,17 @@ class FederationService(pb_grpc.FederationServicer):
 
     # --- RPCs ---------------------------------------------------------------------------------
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
         cid, key = self._peer(context)
         if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
             raise CryptoError("identity key does not match the one bound in your certificate")
-        self.co.register(cid, key, tuple(request.supported_modes))
+        # The certificate that authenticated this connection goes into the plans' cohort lists, so the
+        # other members can check the key they are given is certified by the federation CA.
+        pem = context.auth_context()["x509_pem_cert"][0]
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        self.co.register(cid, key, tuple(request.supported_modes), certificate=der)
         st = self.co.status()
         return pb.RegisterResponse(client_id=cid, federation_id=self.federation_id, current_round=st["attempt"] or 0,
                                    max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES)

@@ -432,3 +432,73 @@ def test_cohort_member_certificates_are_checked_against_the_pinned_ca(tmp_path):
 
     with pytest.raises(ProtocolAbort, match="not valid now"):
         verify_member(ca, der(fed, "alice"), "alice", alice_key, now=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc))
+
+
+def test_ckks_member_decrypts_only_a_contributor_set_a_majority_confirmed():
+    """Different contributor sets per decryptor would let the server difference sums: a member
+    decrypts only the request it checked itself, once >= t (a strict majority) confirmed that request."""
+    from securefed.client.ckks import check_confirmations
+    from securefed.crypto.keys import IdentityKeyPair
+    from securefed.errors import ProtocolAbort
+    from securefed.server.drivers import confirmation_payload
+    from securefed.transport._generated import secagg_pb2 as spb
+
+    names = ["a", "b", "c", "d", "e"]
+    idk = {n: IdentityKeyPair.generate() for n in names}
+    plan = seal_plan(pb.RoundPlan(
+        round=9, global_adapter_sha256=b"\x04" * 32, mode=pb.AGGREGATION_MODE_CKKS, vector_length=4,
+        cohort=[pb.CohortMember(client_id=n, identity_public_key=idk[n].public_bytes()) for n in names],
+        secagg=pb.SecAggParams(threshold=3)))
+    mine, other = b"\x11" * 32, b"\x22" * 32
+
+    def req(digest, signers, signed_digest=None):
+        payload = confirmation_payload(plan.plan_sha256, 9, signed_digest or digest)
+        return pb.DecryptRequest(request_sha256=digest, confirmations=[
+            spb.ConsistencySignature(client_id=n, signature=idk[n].sign(payload)) for n in signers])
+
+    assert check_confirmations(plan, 9, mine, req(mine, ["a", "b", "c"])) == 3
+    cases = [
+        ("another contributor set", req(other, ["a", "b", "c"])),  # not the request this member checked
+        ("only 2 members", req(mine, ["a", "b"])),  # below the threshold
+        ("does not verify", req(mine, ["a", "b", "c"], signed_digest=other)),  # confirmations of another set
+        ("repeated", req(mine, ["a", "a", "b"])),
+    ]
+    for why, r in cases:
+        with pytest.raises(ProtocolAbort, match=why):
+            check_confirmations(plan, 9, mine, r)
+    weak = pb.RoundPlan()
+    weak.CopyFrom(plan)
+    weak.secagg.threshold = 2  # 2 of 5 is no majority: two sets could both be confirmed
+    with pytest.raises(ProtocolAbort, match="strict majority"):
+        check_confirmations(weak, 9, mine, req(mine, ["a", "b"]))
+
+
+def test_plan_cohort_must_be_certified_members(tmp_path):
+    """The member-side cohort check on plans a malicious server could send: a member without its
+    certificate, or a real certificate next to a key the server made up, is refused."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from securefed.client.cohort import load_ca, verify_cohort
+    from securefed.crypto.keys import IdentityKeyPair
+    from securefed.errors import ProtocolAbort
+    from securefed.transport import identity as tid
+
+    tid.init_ca(tmp_path)
+    members = []
+    for n in ("alice", "bob", "carol"):
+        tid.issue_client(tmp_path, n)
+        der = x509.load_pem_x509_certificate((tmp_path / "clients" / f"{n}.pem").read_bytes()).public_bytes(
+            serialization.Encoding.DER)
+        key = tid.raw_public_key(tid.load_client_credentials(tmp_path, n).identity_public_key)
+        members.append(pb.CohortMember(client_id=n, identity_public_key=key, certificate=der))
+    ca = load_ca((tmp_path / "ca.pem").read_bytes())
+    verify_cohort(ca, pb.RoundPlan(cohort=members))
+    padded = [*members, pb.CohortMember(client_id="dave", identity_public_key=IdentityKeyPair.generate().public_bytes())]
+    with pytest.raises(ProtocolAbort, match="without its certificate"):
+        verify_cohort(ca, pb.RoundPlan(cohort=padded))
+    swapped = list(members)
+    swapped[1] = pb.CohortMember(client_id="bob", identity_public_key=IdentityKeyPair.generate().public_bytes(),
+                                 certificate=members[1].certificate)
+    with pytest.raises(ProtocolAbort, match="not the certified one"):
+        verify_cohort(ca, pb.RoundPlan(cohort=swapped))

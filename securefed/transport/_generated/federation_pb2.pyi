@@ -189,12 +189,14 @@ class CkksParams(_message.Message):
     def __init__(self, poly_modulus_degree: _Optional[int] = ..., coeff_mod_bit_sizes: _Optional[_Iterable[int]] = ..., global_scale_bits: _Optional[int] = ..., public_context_sha256: _Optional[bytes] = ...) -> None: ...
 
 class CohortMember(_message.Message):
-    __slots__ = ("client_id", "identity_public_key")
+    __slots__ = ("client_id", "identity_public_key", "certificate")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     identity_public_key: bytes
-    def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ...) -> None: ...
+    certificate: bytes
+    def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
     __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256")
@@ -266,8 +268,16 @@ class AggregateReady(_message.Message):
     sha256: bytes
     def __init__(self, total_size: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
+class DecryptRequest(_message.Message):
+    __slots__ = ("request_sha256", "confirmations")
+    REQUEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    request_sha256: bytes
+    confirmations: _containers.RepeatedCompositeFieldContainer[_secagg_pb2.ConsistencySignature]
+    def __init__(self, request_sha256: _Optional[bytes] = ..., confirmations: _Optional[_Iterable[_Union[_secagg_pb2.ConsistencySignature, _Mapping]]] = ...) -> None: ...
+
 class Task(_message.Message):
-    __slots__ = ("session_id", "round", "stage", "wait", "done", "plan", "key_broadcast", "share_delivery", "survivor_list", "unmask_request", "aggregate_ready", "aborted")
+    __slots__ = ("session_id", "round", "stage", "wait", "done", "plan", "key_broadcast", "share_delivery", "survivor_list", "unmask_request", "aggregate_ready", "aborted", "decrypt_request")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +290,7 @@ class Task(_message.Message):
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     AGGREGATE_READY_FIELD_NUMBER: _ClassVar[int]
     ABORTED_FIELD_NUMBER: _ClassVar[int]
+    DECRYPT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     session_id: bytes
     round: int
     stage: Stage
@@ -292,7 +303,8 @@ class Task(_message.Message):
     unmask_request: _secagg_pb2.UnmaskRequest
     aggregate_ready: AggregateReady
     aborted: RoundAborted
-    def __init__(self, session_id: _Optional[bytes] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., key_broadcast: _Optional[_Union[_secagg_pb2.KeyBroadcast, _Mapping]] = ..., share_delivery: _Optional[_Union[_secagg_pb2.ShareDelivery, _Mapping]] = ..., survivor_list: _Optional[_Union[_secagg_pb2.SurvivorList, _Mapping]] = ..., unmask_request: _Optional[_Union[_secagg_pb2.UnmaskRequest, _Mapping]] = ..., aggregate_ready: _Optional[_Union[AggregateReady, _Mapping]] = ..., aborted: _Optional[_Union[RoundAborted, _Mapping]] = ...) -> None: ...
+    decrypt_request: DecryptRequest
+    def __init__(self, session_id: _Optional[bytes] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., key_broadcast: _Optional[_Union[_secagg_pb2.KeyBroadcast, _Mapping]] = ..., share_delivery: _Optional[_Union[_secagg_pb2.ShareDelivery, _Mapping]] = ..., survivor_list: _Optional[_Union[_secagg_pb2.SurvivorList, _Mapping]] = ..., unmask_request: _Optional[_Union[_secagg_pb2.UnmaskRequest, _Mapping]] = ..., aggregate_ready: _Optional[_Union[AggregateReady, _Mapping]] = ..., aborted: _Optional[_Union[RoundAborted, _Mapping]] = ..., decrypt_request: _Optional[_Union[DecryptRequest, _Mapping]] = ...) -> None: ...
 
 class SubmitResultRequest(_message.Message):
     __slots__ = ("header", "plan_decision", "advertise_keys", "share_keys", "consistency_signature", "unmask_response")
