@@ -59,6 +59,10 @@ class ClientSection(StrictModel):
         True, description="SecAgg+ (sparse graph) only: leave a round unless every listed member's round keys "
         "are in the key broadcast, so the server cannot pick which clients to drop to steer the neighbour graph"
     )
+    sparse_graph_max_retries: int = Field(
+        2, ge=1, le=100, description="SecAgg+ only: sparse-graph sessions for one global adapter this member "
+        "joins that end before its release; then it declines more (bounds graph grinding by retries)"
+    )
     allow_plaintext_for_debugging: bool = Field(
         False, description="join rounds in which the server sees this member's update in clear (debugging only); "
         "without it such plans are declined, whatever the server says"

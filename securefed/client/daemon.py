@@ -116,6 +116,9 @@ class ClientDaemon:
         self._ckks = None
         self._sigma: float | None = None
         self._ca = None
+        from securefed.client.guards import GraphGrindingGuard
+
+        self._grinding = GraphGrindingGuard(config.client.sparse_graph_max_retries)
         self._tokenizer = None
         self._budget_lock = threading.Lock()
         self._budget_cache: dict = {}
@@ -352,6 +355,11 @@ class ClientDaemon:
         lora = LoraSettings.model_validate(settings["lora"])
         if self.config.lora is not None and self.config.lora != lora:
             self._decline(plan, f"the federation's LoRA settings {settings['lora']} differ from this member's [lora]")
+            return
+        sparse = plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0
+        if sparse and not self._grinding.allows(bundle.digest):
+            self._decline(plan, f"{self._grinding.unreleased(bundle.digest)} sparse-graph sessions for this adapter "
+                                "ended before this member's release: declining more (graph-grinding guard)")
             return
         if plan.mode == pb.AGGREGATION_MODE_CKKS and self.config.client.ckks_secret_context is None:
             self._decline(plan, "mode ckks needs client.ckks_secret_context")
@@ -626,6 +634,8 @@ class ClientDaemon:
         client.set_input(np.asarray(s.payload.vector, dtype=np.float64))
         adv = client.handle(setup)
         s.secagg = client
+        if plan.secagg.neighbours != 0:
+            self._grinding.joined(s.bundle.digest, s.attempt)
         self._fault("before_advertise", s.attempt)
         self._call("SubmitResult", pb.SubmitResultRequest(
             header=self._header(pb.STAGE_ADVERTISE_KEYS, adv.session_id, s.next_seq()),
@@ -660,6 +670,7 @@ class ClientDaemon:
             bits, data = wire.masked_to_bytes(reply)
             self._upload_masked(s, stage, reply.session_id, bits, data)
             s.released = True
+            self._grinding.released(s.attempt)
             self._fault("after_masked_input", s.attempt)
         elif stage == pb.STAGE_CONSISTENCY_CHECK:
             reply = s.secagg.handle(wire.survivors_from_pb(task.survivor_list, sid, s.ids))

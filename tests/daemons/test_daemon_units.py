@@ -502,3 +502,18 @@ def test_plan_cohort_must_be_certified_members(tmp_path):
                                  certificate=members[1].certificate)
     with pytest.raises(ProtocolAbort, match="not the certified one"):
         verify_cohort(ca, pb.RoundPlan(cohort=swapped))
+
+
+def test_graph_grinding_guard_bounds_sparse_retries_per_adapter():
+    from securefed.client.guards import GraphGrindingGuard
+
+    g = GraphGrindingGuard(limit=2)
+    assert g.allows("g0")
+    g.joined("g0", 1)  # keys advertised, then the server let the session die
+    g.joined("g0", 2)
+    assert not g.allows("g0") and g.unreleased("g0") == 2
+    assert g.allows("g1")  # a completed round (new adapter) starts afresh
+    g.joined("g1", 3)
+    g.released(3)  # a session that reached this member's release does not count
+    g.joined("g1", 4)
+    assert g.allows("g1") and g.unreleased("g1") == 1
