@@ -15,7 +15,8 @@ run is a warm-up and is excluded from the median. Bytes are the protobuf payload
 received (requests, uploads) and sent (tasks, downloads) over the whole run, per client per round;
 TLS and HTTP/2 framing are not included.
 
-    python bench/round.py --json                 # 3 and 10 clients, 3 rounds each
+    python bench/round.py --json                 # 3 and 10 clients, 3 rounds each: one JSON array
+    python bench/round.py --json --quick         # 3 clients, 2 rounds
     python bench/round.py --clients 3 --rounds 4 --preset small
 """
 
@@ -153,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4, help="local steps per round")
     ap.add_argument("--preset", default="tiny", choices=["tiny", "small"])
-    ap.add_argument("--json", action="store_true", help="JSON only on stdout (default prints JSON too)")
+    ap.add_argument("--json", action="store_true", help="one JSON array on stdout (one record per cohort size)")
+    ap.add_argument("--quick", action="store_true", help="reduced grid: 3 clients, 2 rounds")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.clients, args.rounds = [3], 2
     logging.getLogger("securefed").setLevel(logging.WARNING)
     from securefed.server.logs import setup_logging
     from securefed.training.preset import build_tiny_model
@@ -184,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 "secagg_only_overhead_ratio": round(masked[med] / base[med], 3),
                 "wire_overhead_ratio": round(secure["bytes_per_client_per_round"] / base["bytes_per_client_per_round"], 3),
             }
-    print(json.dumps(out, indent=None if args.json else 1))
+    meta = {k: v for k, v in out.items() if k != "results"}
+    records = [{**meta, "clients": int(n), **r} for n, r in out["results"].items()]
+    print(json.dumps(records, indent=None if args.json else 1))
     return 0 if all(r["secagg_dp"]["ok"] and r["plaintext_fedavg_no_dp"]["ok"] and r["secagg_no_dp"]["ok"]
-                    for r in out["results"].values()) else 1
+                    for r in records) else 1
 
 
 if __name__ == "__main__":
