@@ -138,7 +138,7 @@ def _aggregate_chunk(members, server) -> bytes:
 # ---- the member-side decryption check (securefed.client.ckks) -------------------------------------
 
 
-def _ckks_round(n: int, t: int):
+def _ckks_round(n: int, t: int, *, with_identities: bool = False):
     """n members with real CKKS uploads, each signed for one plan and attempt as the daemon does."""
     from securefed.crypto.keys import IdentityKeyPair
     from securefed.server.drivers import contribution_digest, contribution_payload
@@ -158,6 +158,8 @@ def _ckks_round(n: int, t: int):
         chunks = members.encrypt(updates[c]).to_chunks()
         digest = contribution_digest(chunks)
         uploads[c] = (ids[c].sign(contribution_payload(plan.plan_sha256, 7, c, digest)), chunks, digest)
+    if with_identities:
+        return members, plan, names, updates, uploads, ids
     return members, plan, names, updates, uploads
 
 
@@ -185,11 +187,58 @@ def test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member():
         _member_decrypts(members, plan, me, forged, uploads[me][2])
 
 
-def test_not_defended_different_contributor_sets_per_decryptor_reveal_every_update():
-    """NOT DEFENDED (found by this suite): each member checks that what it decrypts is a sum of >= t
-    signed contributions including its own, but not that every decryptor is asked about the SAME set.
-    With n = 5, t = 3 the server asks member i to decrypt {i, i+1, i+2}: five valid requests, five
-    sums, an invertible circulant system: every individual update comes out."""
+def _confirm(plan, me: str, parts, own_digest, identity) -> tuple[bytes, bytes]:
+    """A member's first step (daemon ``_ckks_confirm``): check the request, sign its digest once."""
+    from securefed.client.ckks import checked_contributions
+    from securefed.server.drivers import confirmation_payload, digest_parts
+
+    checked_contributions(plan, 7, parts, me, own_digest)
+    digest = digest_parts(parts)
+    return digest, identity.sign(confirmation_payload(plan.plan_sha256, 7, digest))
+
+
+def test_different_contributor_sets_per_decryptor_cannot_all_be_confirmed():
+    """The attack that broke the first version of the member-side check: the server asks member i about
+    {i, i+1, i+2} (n = 5, t = 3). Each request is a valid signed sum with the member's own upload, and
+    five different sums would solve for every update. Now a member confirms one request per attempt
+    and decrypts only a request that a strict majority confirmed: no request here gets more than one
+    confirmation, so nobody decrypts, whatever confirmations the server forwards."""
+    from securefed.client.ckks import check_confirmations
+    from securefed.server.drivers import encode_contributions
+    from securefed.transport._generated import federation_pb2 as pb
+    from securefed.transport._generated import secagg_pb2 as spb
+
+    n, t = 5, 3
+    members, plan, names, updates, uploads, ids = _ckks_round(n, t, with_identities=True)
+    confirmations = {}
+    for i, me in enumerate(names):
+        subset = sorted(names[(i + j) % n] for j in range(t))
+        parts = encode_contributions([(c, uploads[c][0], uploads[c][1]) for c in subset])
+        confirmations[me] = _confirm(plan, me, parts, uploads[me][2], ids[me])
+    # The server forwards every confirmation it holds with each member's request: only one verifies.
+    every = [spb.ConsistencySignature(client_id=c, signature=sig) for c, (_, sig) in confirmations.items()]
+    for me, (digest, _) in confirmations.items():
+        req = pb.DecryptRequest(request_sha256=digest, confirmations=every)
+        with pytest.raises(ProtocolAbort, match="does not verify"):
+            check_confirmations(plan, 7, digest, req)
+        mine = [x for x in every if x.client_id == me]
+        with pytest.raises(ProtocolAbort, match="only 1 members confirmed"):
+            check_confirmations(plan, 7, digest, pb.DecryptRequest(request_sha256=digest, confirmations=mine))
+    # Control: one set confirmed by a strict majority is decrypted (one sum, the protocol's output).
+    parts = encode_contributions([(c, uploads[c][0], uploads[c][1]) for c in names])
+    conf = {c: _confirm(plan, c, parts, uploads[c][2], ids[c]) for c in names[:t]}
+    digest = next(iter(conf.values()))[0]
+    req = pb.DecryptRequest(request_sha256=digest,
+                            confirmations=[spb.ConsistencySignature(client_id=c, signature=sig) for c, (_, sig) in conf.items()])
+    assert check_confirmations(plan, 7, digest, req) == t
+    total = _member_decrypts(members, plan, names[0], parts, uploads[names[0]][2])
+    assert np.allclose(total, sum(updates.values()), atol=1e-3)
+
+
+def test_without_the_confirmation_step_per_decryptor_sets_would_reveal_every_update():
+    """Why the confirmation step matters (and a control that the attack above is real): decrypting
+    each member's own valid request, as the first version did, gives five sums that solve for every
+    individual update."""
     from securefed.server.drivers import encode_contributions
 
     n, t = 5, 3

@@ -56,3 +56,31 @@ def test_any_bit_flip_in_a_member_certificate_is_refused(pos, bit):
     except ProtocolAbort:
         return
     pytest.fail(f"a certificate with bit {bit} of byte {pos % len(der)} flipped still verified")
+
+
+def test_a_plan_padded_with_identities_the_server_made_up_is_refused():
+    """The cohort-padding attack on the plan itself (``verify_cohort``, run by every member in
+    ``_on_plan``): a Sybil listed without a certificate, with a certificate from a CA of the server's
+    own, or under a genuine member's certificate but with a key the server holds."""
+    from securefed.client.cohort import verify_cohort
+    from securefed.transport._generated import federation_pb2 as pb
+
+    bob_id = ed25519.Ed25519PrivateKey.generate().public_key()
+    bob_der = FED.issue_client("bob", bob_id)[0].public_bytes(serialization.Encoding.DER)
+    genuine = [pb.CohortMember(client_id="alice", identity_public_key=ALICE_KEY, certificate=ALICE_DER),
+               pb.CohortMember(client_id="bob", identity_public_key=tid.raw_public_key(bob_id), certificate=bob_der)]
+    verify_cohort(FED.certificate, pb.RoundPlan(cohort=genuine))
+
+    sybil_id = ed25519.Ed25519PrivateKey.generate().public_key()
+    rogue_der = tid.create_ca().issue_client("sybil", sybil_id)[0].public_bytes(serialization.Encoding.DER)
+    sybils = {
+        "without its certificate": pb.CohortMember(client_id="sybil", identity_public_key=tid.raw_public_key(sybil_id)),
+        "not issued by the federation CA": pb.CohortMember(client_id="sybil", identity_public_key=tid.raw_public_key(sybil_id),
+                                                           certificate=rogue_der),
+        "not the certified one": pb.CohortMember(client_id="bob", identity_public_key=tid.raw_public_key(sybil_id),
+                                                 certificate=bob_der),
+    }
+    for why, member in sybils.items():
+        cohort = [genuine[0], member] if member.client_id == "bob" else [*genuine, member]
+        with pytest.raises(ProtocolAbort, match=why):
+            verify_cohort(FED.certificate, pb.RoundPlan(cohort=cohort))
