@@ -84,11 +84,13 @@ def test_without_grinding_the_same_colluders_rarely_hold_t_shares_of_the_victim(
 
 
 def test_not_defended_aborting_and_retrying_rounds_grinds_the_graph_even_with_every_key_included():
-    """The client daemon now leaves a sparse round whose key broadcast omits a listed member
-    (``sparse_graph_needs_all_keys``), which stops the offline search above. The server can still grind
-    online: let the keys come in, look at the graph, and if it does not suit, let the round "time out"
-    and start a fresh attempt (fresh keys, fresh graph). Nothing bounds the number of retries a client
-    accepts, so about 1/p attempts (p ~ 5% here) are enough."""
+    """The client daemon leaves a sparse round whose key broadcast omits a listed member
+    (``sparse_graph_needs_all_keys``), which stops the offline search above. The state machines alone
+    still allow online grinding: let the keys come in, look at the graph, and if it does not suit, let
+    the round "time out" and start a fresh attempt (fresh keys, fresh graph); about 1/p attempts
+    (p ~ 5% here) suffice. The member daemon now caps this (``GraphGrindingGuard``: at most
+    ``sparse_graph_max_retries`` unreleased sparse sessions per global adapter), which turns the
+    server's unbounded retries into a few draws per round; this test shows what the cap is for."""
     inputs = inputs_for(N)
     for attempt in range(1, 301):
         rnd = SimulatedRound(inputs, PARAMS, round_id=attempt)
