@@ -221,7 +221,8 @@ def render_html(report: dict[str, Any]) -> str:
             f"<td>{_fmt(b.get('delta'))}</td><td>{_fmt(b.get('target_epsilon'))}</td><td>{_fmt(c['epsilon'])}</td>"
             f"<td>{_fmt(c.get('remaining_budget'))}</td><td>{len(c['rounds'])}</td>"
             f"<td>{_fmt(c['epsilon_rdp_opacus'])}</td><td>{_fmt(c['epsilon_rdp_dp_accounting'])}</td>"
-            f"<td>{_fmt(c['epsilon_prv_dp_accounting_pld'])}</td></tr>"
+            # The PLD cross-check runs only for PRV-enforced ledgers: say "not computed", not infinity.
+            f"<td>{_fmt(c['epsilon_prv_dp_accounting_pld']) if b.get('accountant') == 'prv' else 'n/a'}</td></tr>"
         )
     out.append("</table>")
     for c in report["clients"]:
