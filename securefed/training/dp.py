@@ -101,12 +101,21 @@ def _noise_add(optimizer, source: RandomSource) -> None:
     import torch
 
     std = optimizer.noise_multiplier * optimizer.max_grad_norm
-    for p in optimizer.params:
-        summed = p.summed_grad
-        if summed is None:
+    params = optimizer.params
+    for p in params:
+        if p.summed_grad is None:
             raise ModelError("DP-SGD: a trainable parameter got no clipped gradient; refusing to step")
-        noise = torch.from_numpy(source.gaussian(summed.numel(), std)).to(summed.dtype).view_as(summed)
-        p.grad = (summed + noise.to(summed.device)).view_as(p)
+    # One draw for the whole adapter, then sliced per parameter: i.i.d. N(0, std^2) per coordinate exactly
+    # as per-parameter draws would be (one keystream, never reused), but one CSPRNG/Box-Muller pass instead
+    # of one per tensor - the per-call overhead dominated for LoRA's many small tensors.
+    noise = torch.from_numpy(source.gaussian(sum(p.summed_grad.numel() for p in params), std))
+    offset = 0
+    for p in params:
+        summed = p.summed_grad
+        k = summed.numel()
+        chunk = noise[offset : offset + k].to(dtype=summed.dtype, device=summed.device).view_as(summed)
+        offset += k
+        p.grad = (summed + chunk).view_as(p)
         # Opacus marks summed_grad as processed; mirror that so its own checks stay meaningful.
         p.summed_grad._processed = True  # type: ignore[attr-defined]
 
@@ -141,6 +150,8 @@ class DPTrainer:
         self.clip_norm = float(settings.clip_norm)
         self.expected_batch_size = int(expected_batch_size)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self._last_norms = None
+        self._last_grad_samples: list | None = None
         with torch.no_grad():
             self.initial = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
         model.train()
@@ -169,6 +180,15 @@ class DPTrainer:
         # Opacus' own accountant would count steps at its dummy sample rate; accounting is the caller's job.
         self.optimizer.step_hook = None
         self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source), self.optimizer)
+
+    @property
+    def last_norms(self):
+        """Per-sample gradient L2 norms (before clipping) of the last non-empty step."""
+        import torch
+
+        if self._last_norms is None and self._last_grad_samples is not None:
+            self._last_norms = torch.cat(self._last_grad_samples, dim=1).norm(2, dim=1)
+        return self._last_norms
 
     def close(self) -> None:
         """Remove Opacus hooks and attributes so the model can be used (or trained) again."""
@@ -240,7 +260,8 @@ class DPTrainer:
                 for p in self.params:
                     if p.grad is None:
                         raise ModelError("ghost clipping produced no gradient for an adapter parameter")
-                self.last_norms = self.module.per_sample_gradient_norms.detach().clone()
+                self._last_norms = self.module.per_sample_gradient_norms.detach().clone()
+                self._last_grad_samples = None
             else:
                 losses.mean().backward()
                 for p in self.params:
@@ -251,8 +272,10 @@ class DPTrainer:
                             "per-sample gradients missing for an adapter parameter (Opacus hooks not attached); "
                             "use clipping='ghost' or a supported model"
                         )
-                gs = [p.grad_sample.reshape(p.grad_sample.shape[0], -1) for p in self.params]
-                self.last_norms = torch.cat(gs, dim=1).norm(2, dim=1).detach().clone()
+                # Per-sample norms are diagnostics only (clipping computes its own): computed on first access.
+                self._last_grad_samples = [p.grad_sample.detach().reshape(p.grad_sample.shape[0], -1).clone()
+                                           for p in self.params]
+                self._last_norms = None
             if not opt.pre_step():  # clip (hooks), noise, scale
                 raise ModelError("DP optimizer skipped a step unexpectedly")
         self._apply_correction()
