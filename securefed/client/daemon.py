@@ -438,25 +438,30 @@ class ClientDaemon:
         return hit
 
     def _precompute_budget(self) -> None:
-        """After a release: project the next round in the background (same sigma, q and steps)."""
+        """After a release: project the next round in the background (same sigma, q and steps).
+
+        Everything, building the planned event included, runs on the worker thread: nothing of it
+        sits between the ledger append and the upload."""
+        threading.Thread(target=self._precompute_budget_worker, name=f"budget-{self.name}", daemon=True).start()
+
+    def _precompute_budget_worker(self) -> None:
         try:
             _, planned = self._planned_event(0)
         except SecureFedError:
             return
         key = self._budget_key(planned)
-        th = threading.Thread(target=lambda: self._project(planned), name=f"budget-{self.name}", daemon=True)
+        me = threading.current_thread()
         with self._budget_lock:
             if key in self._budget_cache or key in self._budget_threads:
                 return
-            self._budget_threads[key] = th
-        th.start()
-
-        def _forget() -> None:
-            th.join()
+            self._budget_threads[key] = me
+        try:
+            self._project(planned)
+        except SecureFedError:
+            pass  # the round's own check repeats the projection and reports the reason
+        finally:
             with self._budget_lock:
                 self._budget_threads.pop(key, None)
-
-        threading.Thread(target=_forget, daemon=True).start()
 
     def _check_cohort_certificates(self, plan: pb.RoundPlan) -> None:
         """Every listed member must come with a client certificate from the CA this member pins,

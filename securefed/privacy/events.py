@@ -13,6 +13,7 @@ dp-accounting assume it, and accounting a shuffled or fixed-size batch with them
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -77,7 +78,10 @@ def utc_timestamp(now: datetime | None = None) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+@functools.lru_cache(maxsize=None)
 def _version_of(dist: str) -> str:
+    # Memoised: a metadata scan costs ~1 ms and runs several times a round; the version of a package
+    # already loaded in this process cannot change while it runs (an upgrade on disk is not what ran).
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
