@@ -32,9 +32,9 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from securefed.config import StrictModel, load_toml
+from securefed.config import StrictModel, format_validation_error, load_toml
 from securefed.errors import InsecureParameters
 from securefed.strategies.config import StrategySettings
 from securefed.training.config import LoraSettings
@@ -145,6 +145,8 @@ class ServerConfig(StrictModel):
                              clip=self.payload_bound()).check_cohort(n)
             except InsecureParameters as exc:
                 raise InsecureParameters(f"{source}: federation: {exc}") from None
+            except ValidationError as exc:  # a ValueError too: keep it to one line, naming the key
+                raise InsecureParameters(format_validation_error(f"{source}: federation", exc)) from None
             except ValueError as exc:
                 raise InsecureParameters(f"{source}: federation: {exc}") from None
 

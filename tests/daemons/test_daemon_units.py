@@ -54,6 +54,13 @@ def test_unsafe_secagg_threshold_refused(tmp_path):
         load_server_config(_server_toml(tmp_path, "cohort_size = 3\nmin_clients = 3\nthreshold = 1\n"))
 
 
+def test_invalid_neighbour_degree_is_one_config_line(tmp_path):
+    # SecAggParams' own validation (odd degree) must surface as one line naming the key, not a pydantic dump.
+    with pytest.raises(InsecureParameters) as exc:
+        load_server_config(_server_toml(tmp_path, "cohort_size = 5\nmin_clients = 4\nthreshold = 3\nneighbour_degree = 1\n"))
+    assert "\n" not in str(exc.value) and "federation: neighbour_degree" in str(exc.value)
+
+
 def test_ckks_needs_public_context_and_typos_are_errors(tmp_path):
     with pytest.raises(InsecureParameters, match="ckks_public_context"):
         load_server_config(_server_toml(tmp_path, 'mode = "ckks"\n'))
