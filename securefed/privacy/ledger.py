@@ -172,7 +172,7 @@ def parse_header(body: Any, header_hash: Any, signature: Any) -> LedgerHeader:
             raise ValueError("public key")
         budget = PrivacyBudget.model_validate(data["budget"])
         rebuilt = header_body(data["client_id"], bytes.fromhex(data["public_key"]), budget, data["created"])
-    except (ValueError, TypeError, SecureFedError):
+    except (ValueError, TypeError, RecursionError, SecureFedError):  # RecursionError: hostile nesting
         raise LedgerError("ledger header is malformed or has an unsupported format") from None
     if rebuilt != raw:
         raise LedgerError("ledger header is not in canonical form (tampered)")
@@ -284,6 +284,8 @@ def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
         return conn
     except sqlite3.Error as exc:
         raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+    except UnicodeDecodeError:  # a corrupted schema text decodes as garbage
+        raise LedgerError(f"{path}: cannot open the ledger: the database schema is corrupt") from None
 
 
 def _read_rows(conn: sqlite3.Connection, path: Path) -> tuple[tuple | None, list[tuple]]:
@@ -295,6 +297,8 @@ def _read_rows(conn: sqlite3.Connection, path: Path) -> tuple[tuple | None, list
         rows = conn.execute("SELECT seq, event, prev_hash, entry_hash, signature FROM entries ORDER BY rowid").fetchall()
     except sqlite3.Error as exc:
         raise LedgerError(f"{path}: the ledger file is corrupt: {exc}") from None
+    except UnicodeDecodeError:  # text columns holding bytes that are not UTF-8
+        raise LedgerError(f"{path}: the ledger file is corrupt: undecodable text") from None
     if len(headers) != 1 or headers[0][0] != 0:
         raise LedgerError(f"{path}: the ledger must have exactly one header row")
     return headers[0][1:], rows
@@ -572,7 +576,7 @@ def load_export(data: Any, source: str = "<export>") -> VerifiedLedger:
     if isinstance(data, (str, bytes)):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise LedgerError(f"{source}: not valid JSON") from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or data.get("version") != LEDGER_VERSION:
         raise LedgerError(f"{source}: not a securefed ledger export")

@@ -264,7 +264,7 @@ def decode_contributions(parts: list[bytes]) -> list[tuple[str, bytes, list[byte
             i += k
         if i != len(parts):
             raise ValueError("trailing parts")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, OverflowError):
         raise InvalidMessage("malformed CKKS decryption request") from None
     return out
 

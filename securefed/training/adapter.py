@@ -78,8 +78,8 @@ class AdapterLayout:
                 shapes=tuple(tuple(int(d) for d in t["shape"]) for t in tensors),
                 dtypes=tuple(str(t["dtype"]) for t in tensors),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise InvalidInput(f"adapter layout: malformed JSON ({exc.__class__.__name__}: {exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+            raise InvalidInput(f"adapter layout: malformed JSON ({exc.__class__.__name__})") from None
 
     def digest(self) -> bytes:
         """Stable SHA-256 of the canonical JSON."""
