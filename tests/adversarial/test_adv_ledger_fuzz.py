@@ -165,3 +165,43 @@ def test_deeply_nested_or_huge_event_json_is_an_invalid_message(depth):
         DpEvent.from_json("[" * depth + "]" * depth)
     with pytest.raises(InvalidMessage):
         DpEvent.from_json(b'{"a":"' + b"x" * 10**6 + b'"}')
+
+
+@_FUZZ
+@given(pos=st.integers(0, 10**7), bit=st.integers(0, 7))
+def test_a_bit_flip_anywhere_in_the_sqlite_file_is_caught_or_harmless(export, tmp_path, pos, bit):
+    _, path = export
+    raw = bytearray(path.read_bytes())
+    raw[pos % len(raw)] ^= 1 << bit
+    p = tmp_path / "flipped.sqlite"
+    p.write_bytes(bytes(raw))
+    try:
+        verified = load_ledger(p)
+    except SecureFedError as exc:
+        assert isinstance(exc, LedgerError), type(exc)
+        return
+    # A flip in free space or SQLite bookkeeping that leaves every signed byte intact is harmless.
+    assert verified.events == load_ledger(path).events
+
+
+def test_hostile_nesting_and_huge_numbers_are_typed_errors(tmp_path):
+    """Deeply nested JSON/TOML and out-of-range numbers from disk or a peer: typed errors, no
+    RecursionError/OverflowError (ledger exports and headers, configs, adapter layouts, CKKS requests)."""
+    from securefed.config import StrictModel, load_toml
+    from securefed.server.drivers import decode_contributions
+    from securefed.training.adapter import AdapterLayout
+
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(LedgerError):
+        load_export(deep)
+    p = tmp_path / "deep.toml"
+    p.write_text("a = " + "[" * 5000 + "]" * 5000)
+    with pytest.raises(SecureFedError):
+        load_toml(StrictModel, p)
+    with pytest.raises(SecureFedError):
+        AdapterLayout.from_json(deep)
+    with pytest.raises(SecureFedError):
+        decode_contributions([deep.encode()])
+    huge = b'{"format":"securefed-ckks-contributions/v1","contributors":[{"client":"a","chunks":1e400,"signature":"00"}]}'
+    with pytest.raises(SecureFedError):
+        decode_contributions([huge, b"x"])
