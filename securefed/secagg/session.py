@@ -87,7 +87,10 @@ def _uniform_below(seed: bytes, counter: int, bound: int) -> tuple[int, int]:
 
 
 def permutation(session_id_: bytes, client_ids: Sequence[int]) -> list[int]:
-    """Fisher-Yates shuffle of the sorted ids driven by SHA-256 of the session id (not chosen by the server)."""
+    """Fisher-Yates shuffle of the sorted ids driven by SHA-256 of the session id.
+
+    The server cannot pick edges, only influence them through which keys it keeps and by retrying
+    rounds; the client daemon bounds both (see protocols/secagg.md)."""
     order = sorted(client_ids)
     seed = hashlib.sha256(GRAPH_DOMAIN + session_id_).digest()
     counter = 0
