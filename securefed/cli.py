@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "securefed.transport.cli",
     "securefed.server.cli",
     "securefed.client.cli",
+    "securefed.training.cli",
 )
 
 

@@ -267,3 +267,16 @@ def test_default_preset_is_pretrained_on_public_text(tmp_path, loaded):
     _, ppl_pre = evaluate(pre.model, held, max_examples=64)
     _, ppl_random = evaluate(loaded.model, held, max_examples=64)
     assert ppl_pre < 150 < 300 < ppl_random
+
+
+def test_model_preset_cli_builds_a_loadable_checkpoint_and_refuses_a_used_dir(tmp_path, capsys):
+    from securefed.cli import main
+    from securefed.training.model import load_model
+
+    out = tmp_path / "base"
+    assert main(["model", "preset", "--out", str(out)]) == 0
+    assert (out / "config.json").exists()
+    loaded = load_model(out)
+    assert loaded.model.config.model_type == "llama"
+    assert main(["model", "preset", "--out", str(out)]) == 2
+    assert "not an empty directory" in capsys.readouterr().err

@@ -1,0 +1,38 @@
+"""``securefed model``: build the built-in preset base model (for trying a deployment by hand)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from securefed.errors import InvalidInput
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "model",
+        help="build the built-in tiny base model into a directory",
+        description=(
+            "Build the preset Llama-architecture base model and its byte-level tokenizer into DIR with "
+            "save_pretrained, exactly as a real local checkpoint is laid out. Nothing is downloaded. Every "
+            "party of a federation must use the same built directory (copy it; do not rebuild per machine)."
+        ),
+    )
+    sub = p.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    preset = sub.add_parser("preset", help="build the preset model", description=p.description)
+    preset.add_argument("--out", required=True, type=Path, help="directory to create (must be empty or absent)")
+    preset.add_argument("--size", default="tiny", choices=["tiny", "small"],
+                        help="tiny: hidden 64, 2 layers (default); small: hidden 256, 4 layers, untrained")
+    preset.set_defaults(handler=_preset)
+
+
+def _preset(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out}: exists and is not an empty directory; choose another --out")
+    from securefed.training.preset import build_tiny_model
+
+    print(f"building the {args.size} preset model into {out} ...", flush=True)
+    build_tiny_model(out, args.size)
+    print(f"done: {out} (load it with base_model_dir = \"{out}\")")
+    return 0
