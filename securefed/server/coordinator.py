@@ -366,10 +366,12 @@ class Coordinator:
                 self.ctx, self.driver = ctx, driver
                 self.state = ServerState.RUNNING
                 phase = driver.first_phase()
+                # The round log names a stage before any client can act in it (status and crash forensics
+                # never lag behind what clients were told).
+                self.roundlog.update_attempt(attempt, cohort=list(cohort), stage=STAGE_NAMES[phase.stage],
+                                             session_id=ctx.plan.plan_sha256.hex())
                 self.phase = phase
                 self._cv.notify_all()
-            self.roundlog.update_attempt(attempt, cohort=list(cohort), stage=STAGE_NAMES[phase.stage],
-                                         session_id=ctx.plan.plan_sha256.hex())
             log(logger, "round started", attempt=attempt, round=round_no, mode=mode.value, cohort=list(cohort),
                 global_digest=self.global_ckpt.digest[:16])
             while outcome is None:
@@ -383,16 +385,19 @@ class Coordinator:
                     result = driver.finish_phase(phase)
                     if isinstance(result, RoundOutcome):
                         outcome = result
+                    else:
+                        phase = result
+                    self.roundlog.update_attempt(
+                        attempt, stage="apply" if outcome else STAGE_NAMES[phase.stage], timings=timings,
+                        dropouts=sorted(ctx.dropouts), declined=ctx.declined, bytes_in=ctx.bytes_in,
+                        bytes_out=ctx.bytes_out,
+                    )
+                    if outcome is not None:
                         self.state = ServerState.AGGREGATING
                         self.phase = None
                     else:
-                        phase = result
                         self.phase = phase
                     self._cv.notify_all()
-                self.roundlog.update_attempt(
-                    attempt, stage="apply" if outcome else STAGE_NAMES[phase.stage], timings=timings,
-                    dropouts=sorted(ctx.dropouts), declined=ctx.declined, bytes_in=ctx.bytes_in, bytes_out=ctx.bytes_out,
-                )
                 if self._stop.is_set():
                     raise ProtocolAbort("server shutting down")
             fault_point("before_apply", attempt)
