@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from securefed.errors import CryptoError, InvalidMessage, LedgerError, SecureFedError
+from securefed.fsutil import atomic_write
 from securefed.privacy.budget import PrivacyBudget
 from securefed.privacy.events import (
     AccountantName,
@@ -663,11 +664,3 @@ def _split_sql(script: str) -> list[str]:
     return out
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -267,7 +267,7 @@ def write_report(results: Sequence[LedgerVerification], out_dir: str | Path) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(results)
-    from securefed.privacy.ledger import atomic_write
+    from securefed.fsutil import atomic_write
 
     html_path, json_path = out_dir / "report.html", out_dir / "report.json"
     atomic_write(json_path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from securefed.errors import InvalidMessage, SecureFedError
+from securefed.fsutil import atomic_write
 
 TENSOR_NAME = "adapter"
 STATE_TENSOR = "server_state"
@@ -58,17 +58,6 @@ class Checkpoint:
         return json.loads(self.settings_json) if self.settings_json else {}
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def encode_bundle(vector: np.ndarray, layout_json: str, settings_json: str = "",
                   server_state: np.ndarray | None = None, extra: dict[str, str] | None = None) -> tuple[bytes, str]:
     """(safetensors bytes, digest) of a global bundle."""
@@ -92,14 +81,7 @@ def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: 
                        settings_json: str = "", server_state: np.ndarray | None = None) -> str:
     """Write the bundle to ``path`` atomically (temp file, fsync, rename, fsync dir); return the digest."""
     data, digest = encode_bundle(vector, layout_json, settings_json, server_state, extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, data)
     return digest
 
 

@@ -122,11 +122,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ckks_init(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
     from securefed import he
     from securefed.errors import ConfigError
+    from securefed.fsutil import atomic_write
 
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -134,14 +134,8 @@ def _ckks_init(args: argparse.Namespace) -> int:
     if not args.force and (secret.exists() or public.exists()):
         raise ConfigError(f"{d} already holds CKKS contexts; replacing them locks every member out (pass --force)")
     ctx = he.generate_client_context(args.params)
-    tmp = secret.with_name(secret.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(ctx.serialize_secret())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, secret)
-    public.write_bytes(ctx.public_bytes())
+    atomic_write(secret, ctx.serialize_secret(), mode=0o600)
+    atomic_write(public, ctx.public_bytes())
     print(f"secret context (members only, keep 0600): {secret}")
     print(f"public context (server.ckks_public_context): {public}")
     return 0

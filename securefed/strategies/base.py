@@ -17,8 +17,7 @@ A strategy that needs one client's individual update (robust aggregation such as
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -28,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from securefed.errors import ConfigError, InvalidInput
+from securefed.fsutil import atomic_write
 
 
 class StrategyKind(str, Enum):
@@ -148,21 +148,9 @@ def check_secure_aggregation(strategy: Strategy, secure_aggregation: bool) -> No
 
 def save_vector(path: str | Path, vec: np.ndarray) -> None:
     """Atomically write a float32 vector as .npy (no pickle): for client/server strategy state."""
-    path = Path(path)
-    arr = np.ascontiguousarray(np.asarray(vec, dtype=np.float32))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(np.asarray(vec, dtype=np.float32)), allow_pickle=False)
+    atomic_write(path, buf.getvalue())
 
 
 def load_vector(path: str | Path, dim: int) -> np.ndarray:

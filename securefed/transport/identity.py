@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securefed.errors import ConfigError, CryptoError
+from securefed.fsutil import atomic_write
 
 # 2.25.<uuid4 as integer>: securefed identity-key extension (see module docstring).
 IDENTITY_KEY_OID = x509.ObjectIdentifier("2.25.235998976550115650901031322822185632379")
@@ -86,30 +87,13 @@ def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:
     """Write a secret file with mode 0600 from its first byte on, atomically (write-then-rename)."""
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; refusing to overwrite a private key (pass --force to replace it)")
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask cannot widen it, but be explicit where it is the point
-        with os.fdopen(fd, "wb") as fh:
-            fd = -1
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    finally:
-        if fd != -1:
-            os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def _write_public(path: Path, data: bytes, *, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; refusing to overwrite it (pass --force to replace it)")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644)
 
 
 def _read_private(path: Path) -> bytes:
