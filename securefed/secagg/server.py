@@ -39,7 +39,7 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from securefed.secagg.client import pairwise_mask_key, self_mask_key
+from securefed.secagg.client import SECRET_SIZE, pairwise_mask_key, self_mask_key
 from securefed.secagg.params import SecAggParams
 from securefed.secagg.session import (
     NeighbourGraph,
@@ -48,8 +48,6 @@ from securefed.secagg.session import (
     plan_digest,
     session_id,
 )
-
-SECRET_SIZE = 32
 
 
 @dataclass(frozen=True, eq=False)
