@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clients, args.rounds, args.long_steps = [3], 2, 0
     logging.getLogger("securefed").setLevel(logging.WARNING)
-    from securefed.server.logs import setup_logging
+    from securefed.logs import setup_logging
     from securefed.training.preset import build_tiny_model
 
     setup_logging(level="warning")

@@ -243,13 +243,12 @@ def _perplexity(p, final: Path | None) -> tuple[float, float]:
     """Held-out perplexity with the initial (round 0) adapter and with the final one."""
     import numpy as np
 
-    from securefed.server.checkpoint import read_adapter_file
+    from securefed.protocol.bundle import read_adapter_file
+    from securefed.server.config import load_server_config
     from securefed.training.adapter import AdapterLayout, load_adapter_vector
     from securefed.training.config import LoraSettings
     from securefed.training.data import demo_heldout_dataset, evaluate
     from securefed.training.model import load_model
-
-    from securefed.server.config import load_server_config
 
     cfg = load_server_config(p.server_toml)
     b0 = read_adapter_file(cfg.checkpoint_dir / "global-r000000.safetensors")

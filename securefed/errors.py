@@ -30,6 +30,19 @@ class InvalidMessage(SecureFedError):
     """A message from the network or disk failed to decode or validate (size, shape, range)."""
 
 
+class CheckpointError(InvalidMessage):
+    """A global bundle (a checkpoint file, or the bytes a peer sent) is missing, unreadable, or does not
+    match its digest."""
+
+
+class StateError(SecureFedError):
+    """Durable local state (the coordinator's round log) is unreadable or inconsistent."""
+
+
+class RoundLogError(StateError):
+    """The round log is unreadable, inconsistent, or refuses a record (a forked or rewound ledger)."""
+
+
 class CryptoError(SecureFedError):
     """A cryptographic check failed (bad key, low-order point, authentication failure)."""
 

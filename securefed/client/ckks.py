@@ -13,7 +13,7 @@ import hmac
 
 from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, ProtocolAbort
-from securefed.server.drivers import contribution_digest, contribution_payload, decode_contributions
+from securefed.protocol.ckks import contribution_digest, contribution_payload, decode_contributions
 from securefed.transport._generated import federation_pb2 as pb
 
 
@@ -45,7 +45,7 @@ def checked_contributions(plan: pb.RoundPlan, attempt: int, parts: list[bytes], 
 def check_confirmations(plan: pb.RoundPlan, attempt: int, request_digest: bytes, req: pb.DecryptRequest) -> int:
     """Before decrypting: at least ``threshold`` distinct cohort members confirmed exactly the request
     (contributor set) this member checked. Returns how many did; ``ProtocolAbort`` otherwise."""
-    from securefed.server.drivers import confirmation_payload
+    from securefed.protocol.ckks import confirmation_payload
 
     if not hmac.compare_digest(bytes(req.request_sha256), bytes(request_digest)):
         raise ProtocolAbort("decrypt request is for another contributor set than the one this member confirmed")

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _client(args: argparse.Namespace) -> int:
     from securefed.client.config import load_client_config
-    from securefed.server.logs import setup_logging
+    from securefed.logs import setup_logging
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
     cfg = load_client_config(args.config)

@@ -41,10 +41,10 @@ from securefed.errors import (
     SecureFedError,
     TransportError,
 )
-from securefed.server.checkpoint import Bundle, decode_bundle, write_adapter_file
-from securefed.server.coordinator import fault_point
-from securefed.server.logs import get_logger, log
-from securefed.server.plan import cohort_ids, plan_bytes, verify_plan
+from securefed.faults import fault_point
+from securefed.logs import get_logger, log
+from securefed.protocol.bundle import Bundle, decode_bundle, write_adapter_file
+from securefed.protocol.plan import cohort_ids, plan_bytes, verify_plan
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("client")
@@ -90,10 +90,11 @@ class RoundSession:
 class ClientDaemon:
     def __init__(self, config: ClientConfig, *, fault: FaultHook | None = None,
                  stop: threading.Event | None = None) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         from securefed.crypto.keys import IdentityKeyPair
         from securefed.privacy.ledger import Ledger
         from securefed.transport import identity as tid
-        from cryptography.hazmat.primitives import serialization
 
         self.config = config
         self.name = config.client.name
@@ -623,8 +624,8 @@ class ClientDaemon:
     # secagg ------------------------------------------------------------------------------------
     def _start_secagg(self, s: RoundSession) -> None:
         from securefed import secagg as sa
+        from securefed.protocol import secagg_wire as wire
         from securefed.secagg.client import setup_digest
-        from securefed.server import wire
 
         plan = s.plan
         expected_model = bytes(plan.global_adapter_sha256)
@@ -647,7 +648,7 @@ class ClientDaemon:
             advertise_keys=wire.advertise_to_pb(adv, s.ids)))
 
     def _on_secagg(self, task: pb.Task, stage: int) -> None:
-        from securefed.server import wire
+        from securefed.protocol import secagg_wire as wire
 
         s = self.session
         assert s is not None
@@ -720,10 +721,9 @@ class ClientDaemon:
     def _send_ckks(self, s: RoundSession) -> None:
         import grpc
 
+        from securefed.protocol.ckks import contribution_digest, contribution_payload
         from securefed.transport.chunking import split_payload
         from securefed.transport.service import error_from_rpc
-
-        from securefed.server.drivers import contribution_digest, contribution_payload
 
         ctx = self._ckks_context(s.plan)
         enc = ctx.encrypt(np.asarray(s.payload.vector, dtype=np.float64))
@@ -754,7 +754,7 @@ class ClientDaemon:
         """Check the decryption request (>= t signed contributions, own included) and confirm it."""
         from securefed import he
         from securefed.client.ckks import checked_contributions
-        from securefed.server.drivers import confirmation_payload, digest_parts
+        from securefed.protocol.ckks import confirmation_payload, digest_parts
         from securefed.transport._generated import secagg_pb2 as secagg_pb
 
         digest = digest_parts(parts)
@@ -777,7 +777,7 @@ class ClientDaemon:
     def _ckks_decrypt(self, s: RoundSession, req: pb.DecryptRequest) -> None:
         """Decrypt the confirmed sum, only once >= t members confirmed the same contributor set."""
         from securefed.client.ckks import check_confirmations
-        from securefed.server.drivers import encode_decrypted
+        from securefed.protocol.ckks import encode_decrypted
 
         got = s.extra.get("ckks_request")
         if got is None or s.decrypted:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from securefed.server.logs import get_logger, log
+from securefed.logs import get_logger, log
 
 logger = get_logger("client.progress")
 

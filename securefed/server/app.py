@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from securefed.errors import ConfigError
+from securefed.logs import get_logger, log
+from securefed.protocol.plan import seal_plan
 from securefed.server.config import AggregationMode, ServerConfig
 from securefed.server.coordinator import AttemptContext, Coordinator, RoundOutcome
-from securefed.server.logs import get_logger, log
-from securefed.server.plan import seal_plan
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server")

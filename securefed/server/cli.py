@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _server(args: argparse.Namespace) -> int:
+    from securefed.logs import setup_logging
     from securefed.server.config import load_server_config
-    from securefed.server.logs import setup_logging
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
     cfg = load_server_config(args.config)

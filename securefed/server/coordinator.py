@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import abc
 import enum
-import os
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -32,32 +30,15 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import ConfigError, InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.faults import fault_point
+from securefed.logs import get_logger, log
+from securefed.protocol.stages import STAGE_NAMES
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import ServerConfig
-from securefed.server.logs import get_logger, log
 from securefed.server.roundlog import RoundLog
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server.coordinator")
-
-STAGE_NAMES = {v.number: v.name.removeprefix("STAGE_").lower() for v in pb.Stage.DESCRIPTOR.values}
-
-# Test-only fault injection: SECUREFED_FAULT_INJECT="kill@<point>[#attempt]" SIGKILLs this process
-# at that point (a real kill -9, so the crash tests exercise the same path an operator's crash does).
-FAULT_ENV = "SECUREFED_FAULT_INJECT"
-
-
-def fault_point(name: str, attempt: int | None = None) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    for item in spec.split(","):
-        action, _, rest = item.partition("@")
-        point, _, when = rest.partition("#")
-        if action == "kill" and point == name and (not when or attempt is None or int(when) == attempt):
-            log(logger, "fault injection: SIGKILL", point=name, attempt=attempt)
-            os.kill(os.getpid(), signal.SIGKILL)
-
 
 class ServerState(enum.Enum):
     STARTING = "starting"

@@ -8,28 +8,34 @@ CKKS driver only adds ciphertexts and collects the clients' decryption of that s
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 
 import numpy as np
 
 from securefed import secagg as sa
 from securefed.errors import InvalidMessage, ProtocolAbort
-from securefed.server import wire
-from securefed.server.coordinator import AttemptContext, Phase, RoundDriver, RoundOutcome, logger
-from securefed.server.logs import log
-from securefed.server.plan import cohort_ids, plan_bytes
+from securefed.logs import log
+from securefed.protocol import secagg_wire as wire
+from securefed.protocol.ckks import (
+    confirmation_payload,
+    contribution_digest,
+    contribution_payload,
+    decode_decrypted,
+    digest_parts,
+    encode_contributions,
+    split_upload,
+)
+from securefed.protocol.plan import cohort_ids, plan_bytes
+from securefed.protocol.stages import SECAGG_TO_WIRE
+from securefed.server.coordinator import (
+    AttemptContext,
+    Phase,
+    RoundDriver,
+    RoundOutcome,
+    logger,
+)
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as secagg_pb
-
-_SA_STAGE_TO_WIRE = {
-    sa.Stage.ADVERTISE_KEYS: pb.STAGE_ADVERTISE_KEYS,
-    sa.Stage.SHARE_KEYS: pb.STAGE_SHARE_KEYS,
-    sa.Stage.MASKED_INPUT: pb.STAGE_MASKED_INPUT,
-    sa.Stage.CONSISTENCY: pb.STAGE_CONSISTENCY_CHECK,
-    sa.Stage.UNMASK: pb.STAGE_UNMASK,
-}
 
 
 def secagg_params(ctx: AttemptContext) -> sa.SecAggParams:
@@ -124,7 +130,7 @@ class SecAggDriver(RoundDriver):
             res = self.server.result
             contributors = tuple(self.ids.name_of(i) for i in res.survivors)
             return RoundOutcome(np.asarray(res.values, dtype=np.float64), contributors, tuple(sorted(ctx.dropouts)))
-        wire_stage = _SA_STAGE_TO_WIRE[sa.Stage(stage.value)]
+        wire_stage = SECAGG_TO_WIRE[sa.Stage(stage.value)]
         sid = self.server.session_id
         tasks: dict[str, pb.Task] = {}
         for cid, msg in out.items():
@@ -190,85 +196,6 @@ class PlaintextDriver(RoundDriver):
         return RoundOutcome(np.asarray(sums, dtype=np.float64), tuple(got), tuple(sorted(self.ctx.dropouts)))
 
 
-def digest_parts(parts: list[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(len(p).to_bytes(8, "big"))
-        h.update(p)
-    return h.digest()
-
-
-# ---- CKKS ------------------------------------------------------------------------------------------
-
-# The decrypted sum travels back as fixed point in Z_2^64 with this many fractional bits: exact to
-# 2^-40, far below the CKKS decryption noise, and a sum up to 2^23 in magnitude fits.
-DECRYPTED_FRAC_BITS = 40
-
-
-def encode_decrypted(values: np.ndarray) -> bytes:
-    v = np.rint(np.asarray(values, dtype=np.float64) * 2.0**DECRYPTED_FRAC_BITS)
-    if not np.all(np.isfinite(v)) or np.max(np.abs(v), initial=0) >= 2.0**62:
-        raise InvalidMessage("decrypted aggregate out of range")
-    return v.astype("<i8").tobytes()
-
-
-def decode_decrypted(data: bytes, length: int) -> np.ndarray:
-    if len(data) != 8 * length:
-        raise InvalidMessage(f"decrypted aggregate is {len(data)} bytes, expected {8 * length}")
-    return np.frombuffer(data, dtype="<i8").astype(np.float64) / 2.0**DECRYPTED_FRAC_BITS
-
-
-CONTRIBUTION_DOMAIN = b"securefed/ckks-contribution/v1\x00"
-MANIFEST_FORMAT = "securefed-ckks-contributions/v1"
-CONFIRMATION_DOMAIN = b"securefed/ckks-confirm/v1\x00"
-
-
-def confirmation_payload(plan_sha256: bytes, attempt: int, request_digest: bytes) -> bytes:
-    """What a member signs to confirm the one decryption request (contributor set) it accepted."""
-    return CONFIRMATION_DOMAIN + bytes(plan_sha256) + attempt.to_bytes(8, "big") + bytes(request_digest)
-
-
-def contribution_digest(chunks: list[bytes]) -> bytes:
-    return digest_parts(chunks)
-
-
-def contribution_payload(plan_sha256: bytes, attempt: int, client: str, chunks_digest: bytes) -> bytes:
-    """What a member signs for its CKKS upload: this plan, this attempt, this member, these ciphertexts."""
-    name = client.encode("utf-8")
-    return (CONTRIBUTION_DOMAIN + bytes(plan_sha256) + attempt.to_bytes(8, "big") + len(name).to_bytes(2, "big")
-            + name + chunks_digest)
-
-
-def encode_contributions(items: list[tuple[str, bytes, list[bytes]]]) -> list[bytes]:
-    """Parts of the decryption request: a JSON manifest, then every contribution's ciphertext chunks."""
-    manifest = {"format": MANIFEST_FORMAT,
-                "contributors": [{"client": c, "chunks": len(ch), "signature": sig.hex()} for c, sig, ch in items]}
-    parts = [json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8")]
-    for _, _, ch in items:
-        parts.extend(ch)
-    return parts
-
-
-def decode_contributions(parts: list[bytes]) -> list[tuple[str, bytes, list[bytes]]]:
-    try:
-        manifest = json.loads(parts[0])
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise ValueError("format")
-        entries = manifest["contributors"]
-        out, i = [], 1
-        for e in entries:
-            k = int(e["chunks"])
-            if k < 1 or i + k > len(parts):
-                raise ValueError("chunk count")
-            out.append((str(e["client"]), bytes.fromhex(e["signature"]), list(parts[i : i + k])))
-            i += k
-        if i != len(parts):
-            raise ValueError("trailing parts")
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, OverflowError):
-        raise InvalidMessage("malformed CKKS decryption request") from None
-    return out
-
-
 class CkksDriver(RoundDriver):
     """CKKS: members upload ciphertexts under the federation's shared secret key, each signed with
     their certified identity key; the server adds nothing it cannot check and holds no key.
@@ -314,9 +241,7 @@ class CkksDriver(RoundDriver):
             raise InvalidMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         if client in self.ctx.declined:
             raise InvalidMessage("you declined this round")
-        if len(parts) < 2 or len(parts[-1]) != 64:
-            raise InvalidMessage("a CKKS upload is its ciphertexts followed by the 64-byte contribution signature")
-        chunks, sig = parts[:-1], parts[-1]
+        chunks, sig = split_upload(parts)
         verify_signature(self.ctx.identity_keys[client], sig,
                          contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client,
                                               contribution_digest(chunks)))

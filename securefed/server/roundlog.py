@@ -17,12 +17,12 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
 from typing import Any, Iterator
 
-from securefed.errors import SecureFedError
+from securefed.errors import RoundLogError
 
 SCHEMA_VERSION = 1
 
@@ -70,10 +70,6 @@ class AttemptStatus(str, enum.Enum):
     COMPLETED = "completed"
     ABORTED = "aborted"
     ABANDONED = "abandoned"  # the server died during the attempt
-
-
-class RoundLogError(SecureFedError):
-    """The round log is unreadable or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import grpc
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, InvalidMessage
+from securefed.logs import get_logger, log
 from securefed.server.coordinator import Coordinator, ServerState
-from securefed.server.logs import get_logger, log
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc

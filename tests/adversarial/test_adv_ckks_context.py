@@ -141,7 +141,7 @@ def _aggregate_chunk(members, server) -> bytes:
 def _ckks_round(n: int, t: int, *, with_identities: bool = False):
     """n members with real CKKS uploads, each signed for one plan and attempt as the daemon does."""
     from securefed.crypto.keys import IdentityKeyPair
-    from securefed.server.drivers import contribution_digest, contribution_payload
+    from securefed.protocol.ckks import contribution_digest, contribution_payload
     from securefed.transport._generated import federation_pb2 as pb
 
     params = he.get_params(he.DEFAULT_PARAMS_NAME)
@@ -175,7 +175,7 @@ def _member_decrypts(members, plan, me, parts, own_digest):
 
 
 def test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member():
-    from securefed.server.drivers import encode_contributions
+    from securefed.protocol.ckks import encode_contributions
 
     members, plan, names, _, uploads = _ckks_round(5, 3)
     me, victim = names[0], names[1]
@@ -190,7 +190,7 @@ def test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member():
 def _confirm(plan, me: str, parts, own_digest, identity) -> tuple[bytes, bytes]:
     """A member's first step (daemon ``_ckks_confirm``): check the request, sign its digest once."""
     from securefed.client.ckks import checked_contributions
-    from securefed.server.drivers import confirmation_payload, digest_parts
+    from securefed.protocol.ckks import confirmation_payload, digest_parts
 
     checked_contributions(plan, 7, parts, me, own_digest)
     digest = digest_parts(parts)
@@ -204,7 +204,7 @@ def test_different_contributor_sets_per_decryptor_cannot_all_be_confirmed():
     and decrypts only a request that a strict majority confirmed: no request here gets more than one
     confirmation, so nobody decrypts, whatever confirmations the server forwards."""
     from securefed.client.ckks import check_confirmations
-    from securefed.server.drivers import encode_contributions
+    from securefed.protocol.ckks import encode_contributions
     from securefed.transport._generated import federation_pb2 as pb
     from securefed.transport._generated import secagg_pb2 as spb
 
@@ -239,7 +239,7 @@ def test_without_the_confirmation_step_per_decryptor_sets_would_reveal_every_upd
     """Why the confirmation step matters (and a control that the attack above is real): decrypting
     each member's own valid request, as the first version did, gives five sums that solve for every
     individual update."""
-    from securefed.server.drivers import encode_contributions
+    from securefed.protocol.ckks import encode_contributions
 
     n, t = 5, 3
     members, plan, names, updates, uploads = _ckks_round(n, t)

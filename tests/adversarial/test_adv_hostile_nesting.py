@@ -47,7 +47,7 @@ def test_deeply_nested_or_overflowing_adapter_layout_is_invalid_input():
 
 
 def test_hostile_ckks_decryption_request_manifest_is_invalid_message():
-    from securefed.server.drivers import MANIFEST_FORMAT, decode_contributions
+    from securefed.protocol.ckks import MANIFEST_FORMAT, decode_contributions
 
     with pytest.raises(InvalidMessage):
         decode_contributions([DEEP_JSON.encode()])

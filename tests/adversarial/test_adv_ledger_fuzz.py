@@ -20,7 +20,13 @@ from securefed.errors import LedgerError, SecureFedError
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
 from securefed.privacy.events import DpEvent, LibraryVersions
-from securefed.privacy.ledger import Ledger, check_head, entry_hash, load_export, load_ledger
+from securefed.privacy.ledger import (
+    Ledger,
+    check_head,
+    entry_hash,
+    load_export,
+    load_ledger,
+)
 
 _FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 BUDGET = PrivacyBudget(target_epsilon=8.0, delta=1e-5)
@@ -188,7 +194,7 @@ def test_hostile_nesting_and_huge_numbers_are_typed_errors(tmp_path):
     """Deeply nested JSON/TOML and out-of-range numbers from disk or a peer: typed errors, no
     RecursionError/OverflowError (ledger exports and headers, configs, adapter layouts, CKKS requests)."""
     from securefed.config import StrictModel, load_toml
-    from securefed.server.drivers import decode_contributions
+    from securefed.protocol.ckks import decode_contributions
     from securefed.training.adapter import AdapterLayout
 
     deep = "[" * 100_000 + "]" * 100_000

@@ -1,6 +1,6 @@
 """Everything a peer sends over the network, fuzzed through the real decoding path.
 
-bytes --protobuf--> securefed.v1 message --securefed.server.wire--> secagg dataclass --> the REAL
+bytes --protobuf--> securefed.v1 message --securefed.protocol.secagg_wire--> secagg dataclass --> the REAL
 client or server state machine at the matching stage. Whatever the bytes, the outcome is a typed
 ``SecureFedError`` (``InvalidMessage`` at the server, ``ProtocolAbort`` at a client) or a valid step;
 never another exception. A refused message leaves the server's round intact: the honest round still
@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securefed.errors import InvalidMessage, SecureFedError
+from securefed.protocol import secagg_wire as wire
+from securefed.protocol.plan import CohortIds
 from securefed.secagg import OnClientAbort, SecAggParams, SimulatedRound, Stage
-from securefed.server import wire
-from securefed.server.plan import CohortIds
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as spb
 from securefed.transport.chunking import ChunkAssembler, split_payload
@@ -218,7 +218,7 @@ def test_a_payload_declared_larger_than_the_bound_is_refused_before_buffering():
 @_FUZZ
 @given(raw=st.binary(max_size=400))
 def test_a_fuzzed_round_plan_is_refused_or_verified(raw):
-    from securefed.server.plan import verify_plan
+    from securefed.protocol.plan import verify_plan
 
     plan = _parse(pb.RoundPlan, raw)
     if plan is None:
@@ -305,9 +305,9 @@ def test_a_masked_input_outside_the_ring_or_of_the_wrong_shape_is_refused(rounds
 def test_nan_or_inf_updates_are_refused_before_anything_is_sent(bad):
     from securefed import he
     from securefed.crypto.fixedpoint import encode
+    from securefed.crypto.keys import IdentityKeyPair
     from securefed.errors import InvalidInput
     from securefed.secagg import SecAggClient
-    from securefed.crypto.keys import IdentityKeyPair
 
     x = np.ones(D)
     x[3] = bad

@@ -7,15 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from daemon_helpers import FAST_CLIENT, fast_server
 
 from securefed.errors import InvalidMessage
 from securefed.federation import provision, run_in_process
 from securefed.privacy.ledger import load_ledger
-from securefed.server.checkpoint import read_adapter_file
+from securefed.protocol.bundle import read_adapter_file
 from securefed.server.roundlog import AttemptStatus
 from securefed.strategies import StrategySettings, make_strategy
-
-from daemon_helpers import FAST_CLIENT, fast_server
 
 pytestmark = pytest.mark.slow
 

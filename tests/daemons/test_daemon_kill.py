@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from daemon_helpers import FAST_CLIENT, fast_server, free_port
+
 from securefed.federation import provision, set_client_server, start_clients
 from securefed.privacy.ledger import load_ledger
 from securefed.privacy.verify import verify_ledgers
-from securefed.server.checkpoint import read_adapter_file
+from securefed.protocol.bundle import read_adapter_file
 from securefed.server.roundlog import AttemptStatus, RoundLog
 from securefed.strategies import StrategySettings, make_strategy
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from securefed import secagg as sa
 from securefed.errors import InvalidMessage
-from securefed.server.plan import CohortIds, plan_bytes
+from securefed.protocol.plan import CohortIds, plan_bytes
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as spb
 
