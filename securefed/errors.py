@@ -30,6 +30,10 @@ class InvalidMessage(SecureFedError):
     """A message from the network or disk failed to decode or validate (size, shape, range)."""
 
 
+class NotRegistered(InvalidMessage):
+    """The server does not know this member (it restarted, or never saw it register): register again."""
+
+
 class CheckpointError(InvalidMessage):
     """A global bundle (a checkpoint file, or the bytes a peer sent) is missing, unreadable, or does not
     match its digest."""

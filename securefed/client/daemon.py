@@ -37,6 +37,7 @@ from securefed.errors import (
     ConfigError,
     CryptoError,
     InvalidMessage,
+    NotRegistered,
     ProtocolAbort,
     SecureFedError,
     TransportError,
@@ -212,13 +213,14 @@ class ClientDaemon:
                 self._connect()
             except GoSilent:
                 self._drop_session("fault injection: going silent")
+            except NotRegistered as exc:  # the server restarted or forgot us: register again
+                self._drop_session(str(exc))
+                registered = False
             except (InvalidMessage, ProtocolAbort, CryptoError) as exc:
                 # The server refused one of our messages, or the protocol failed a check: this
                 # session is over for us. Keep serving; the next plan starts fresh.
                 log(logger, "session ended", reason=str(exc))
                 self._drop_session(str(exc))
-                if "register before polling" in str(exc):
-                    registered = False
         log(logger, "client stopped", client=self.name)
         return 0  # stopped on request (SIGTERM/SIGINT): not a failure
 

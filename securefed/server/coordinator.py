@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import ConfigError, InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.errors import ConfigError, InvalidMessage, NotRegistered, ProtocolAbort, SecureFedError
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.protocol.stages import STAGE_NAMES
@@ -455,7 +455,7 @@ class Coordinator:
         end = time.monotonic() + wait
         with self._cv:
             if client_id not in self.clients:
-                raise InvalidMessage("register before polling")
+                raise NotRegistered("register before polling")
             while True:
                 self._touch(client_id)
                 t = self._task_for(client_id)

@@ -125,6 +125,7 @@ def check_claimed_sender(message: pb_message.Message, peer: AuthenticatedPeer, c
 # ---- error mapping -------------------------------------------------------------------------
 
 _STATUS_FOR_ERROR: tuple[tuple[type[errors.SecureFedError], grpc.StatusCode], ...] = (
+    (errors.NotRegistered, grpc.StatusCode.NOT_FOUND),  # before its base class InvalidMessage
     (errors.InvalidMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.CryptoError, grpc.StatusCode.PERMISSION_DENIED),
@@ -134,6 +135,7 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.SecureFedError], grpc.StatusCode], ..
 )
 
 _ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.SecureFedError]] = {
+    grpc.StatusCode.NOT_FOUND: errors.NotRegistered,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidMessage,
     grpc.StatusCode.PERMISSION_DENIED: errors.CryptoError,
     grpc.StatusCode.UNAUTHENTICATED: errors.CryptoError,

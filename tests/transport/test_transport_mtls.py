@@ -36,6 +36,8 @@ class RecordingServicer(FederationServicer):
         self.calls["GetStatus"] += 1
         if request.header.round == 666:
             raise errors.ProtocolAbort("round 666 was aborted")
+        if request.header.round == 667:
+            raise errors.NotRegistered("register before polling")
         return pb.StatusResponse(
             protocol_version=PROTOCOL_VERSION,
             client_id=service.peer_identity(context),
@@ -356,6 +358,12 @@ def test_servicer_errors_map_to_status_codes(creds: Path, server: tuple[Recordin
     assert err.details() == "round 666 was aborted"
     typed = service.error_from_rpc(err)
     assert isinstance(typed, errors.ProtocolAbort) and "round 666 was aborted" in str(typed)
+    # A condition the member reacts to travels as its own status code and comes back as its own type
+    # (the member re-registers on NotRegistered; it never matches the message text).
+    with tls.make_channel(_target(port), creds, "alice") as ch:
+        err = _rpc_error(lambda: _status(ch, "alice", round_=667))
+    assert err.code() is grpc.StatusCode.NOT_FOUND
+    assert type(service.error_from_rpc(err)) is errors.NotRegistered
 
 
 # ---- TLS version -------------------------------------------------------------------------------
