@@ -53,31 +53,27 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from securefed.client.budget import BudgetPlanner  # noqa: E402
 from securefed.client.daemon import ClientDaemon  # noqa: E402
+from securefed.client.trainer import Trainer  # noqa: E402
+from securefed.privacy.budget import BudgetProjection  # noqa: E402
+from securefed.training.adapter import adapter_to_vector  # noqa: E402
+from securefed.training.config import ClippingMode  # noqa: E402
+from securefed.training.dp import LocalTrainResult, plan_steps  # noqa: E402
 
 
-class BaselineClient(ClientDaemon):
-    """The no-privacy baseline: plain SGD, no budget, no ledger. Benchmark only."""
+class BaselineTrainer(Trainer):
+    """Plain SGD on the same model and data: no clipping, no noise. Benchmark only."""
 
-    def _check_budget(self, attempt: int):
-        return 0.0, {"baseline": "no DP"}
-
-    def _record_and_report(self, s) -> None:
-        self.released_payloads[s.attempt] = np.array(s.payload.vector, dtype=np.float64)
-
-    def _train(self, s, sigma):
-        import torch
-
-        from securefed.training.adapter import adapter_to_vector
-        from securefed.training.config import ClippingMode
-        from securefed.training.dp import LocalTrainResult, plan_steps
-
+    def train(self, strategy, bundle, sigma, attempt, client_state_path):
         t = self.config.training
-        model, data = self._model, self._data
+        model, data = self._model, self.load_data()
         q, steps = plan_steps(t, len(data))
         start, _ = adapter_to_vector(model)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate)
-        gen = torch.Generator().manual_seed(s.attempt)  # not secret: the non-private baseline
+        gen = torch.Generator().manual_seed(attempt)  # not secret: the non-private baseline
         model.train()
         losses = []
         t0 = time.perf_counter()
@@ -95,8 +91,37 @@ class BaselineClient(ClientDaemon):
                                   clipping_mode=ClippingMode.HOOKS, train_loss=float(np.mean(losses)),
                                   learning_rate=t.learning_rate, expected_batch_size=t.batch_size,
                                   seconds=time.perf_counter() - t0)
-        payload = s.strategy.client_payload(result, client_state=None, server_state=s.bundle.server_state)
-        return payload, result
+        return strategy.client_payload(result, client_state=None, server_state=bundle.server_state), result
+
+
+class BaselinePlanner(BudgetPlanner):
+    """No budget: every round is approved at sigma 0. Benchmark only."""
+
+    def noise_multiplier(self, q, steps):
+        return 0.0
+
+    def approve(self, attempt):
+        inf = float("inf")
+        return self.planned_event(attempt), BudgetProjection(self.config.privacy.accountant, self.config.privacy.delta,
+                                                             inf, 0.0, inf, inf, None)
+
+    def precompute_next(self):
+        pass
+
+
+class BaselineClient(ClientDaemon):
+    """The no-privacy baseline: plain SGD, no budget, no ledger. Benchmark only."""
+
+    def __init__(self, config, **kw):
+        super().__init__(config, **kw)
+        self.trainer = BaselineTrainer(config)
+        self._budget = BaselinePlanner(config, self.ledger, self.trainer.dataset_size)
+
+    def prepare(self):
+        pass
+
+    def _record_release(self, s, payload):
+        pass  # no ledger entry, no report: nothing was spent
 
 
 def run_one(workdir: Path, model_dir: Path, n: int, rounds: int, secure: bool, steps: int, dp: bool | None = None) -> dict:

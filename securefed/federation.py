@@ -180,8 +180,11 @@ class ClientThreads:
 
 
 def start_clients(p: Provisioned, address: str, *, names: list[str] | None = None,
-                  faults: dict[str, Any] | None = None) -> ClientThreads:
-    """Client daemons as threads of this process, dialling ``address`` over mutual TLS."""
+                  hooks: dict[str, Any] | None = None) -> ClientThreads:
+    """Client daemons as threads of this process, dialling ``address`` over mutual TLS.
+
+    ``hooks`` maps a member's name to the ``client.hooks.MemberHooks`` it runs with (tests watch
+    members through them)."""
     from securefed.client.daemon import ClientDaemon
 
     stop = threading.Event()
@@ -191,7 +194,7 @@ def start_clients(p: Provisioned, address: str, *, names: list[str] | None = Non
             continue
         ccfg: ClientConfig = load_client_config(toml)
         ccfg = ccfg.model_copy(update={"client": ccfg.client.model_copy(update={"server": address})})
-        d = ClientDaemon(ccfg, fault=(faults or {}).get(name), stop=stop)
+        d = ClientDaemon(ccfg, hooks=(hooks or {}).get(name), stop=stop)
         out.daemons[name] = d
 
         def _run(d=d, name=name) -> None:
@@ -206,7 +209,7 @@ def start_clients(p: Provisioned, address: str, *, names: list[str] | None = Non
     return out
 
 
-def run_in_process(p: Provisioned, *, faults: dict[str, Any] | None = None, timeout_s: float = 300.0,
+def run_in_process(p: Provisioned, *, hooks: dict[str, Any] | None = None, timeout_s: float = 300.0,
                    server_config: ServerConfig | None = None) -> FederationResult:
     """Server and clients as threads of this process (real gRPC over mutual TLS on 127.0.0.1)."""
     from securefed.server.app import ServerApp
@@ -215,7 +218,7 @@ def run_in_process(p: Provisioned, *, faults: dict[str, Any] | None = None, time
     app = ServerApp(cfg)
     port = app.start()
     t0 = time.monotonic()
-    clients = start_clients(p, f"127.0.0.1:{port}", faults=faults)
+    clients = start_clients(p, f"127.0.0.1:{port}", hooks=hooks)
     result: dict[str, bool] = {}
     try:
         st = threading.Thread(target=lambda: result.setdefault("ok", app.run()), daemon=True)

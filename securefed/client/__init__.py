@@ -1,6 +1,24 @@
 """The member's daemon: pulls round plans, enforces its own privacy budget, trains with DP-SGD,
 protects its update (secure aggregation or CKKS), and writes its ledger entry before release.
 
-Layout: ``config`` (ClientConfig), ``daemon`` (the pull loop and one round's session), ``progress``
-(tqdm on a terminal, clean log lines otherwise), ``cli`` (``securefed client``).
+It imports the shared vocabulary (``securefed.protocol``), never the coordinator (``securefed.server``):
+the code that must hold against a hostile server does not depend on the server's files.
+
+* ``cli``                ``securefed client --config client.toml``
+* ``config``             ``ClientConfig``: the member's client.toml
+* ``daemon``             ``ClientDaemon``: dispatches each task to the parts below, in the order of a round
+* ``pull_loop``          register, long-poll, reconnect with backoff; ends sessions on typed errors
+* ``connection``         the stub: unary calls, streamed download/uploads with progress, error mapping
+* ``admission``          pure: plan + bundle + config -> leave (``ProtocolAbort``), decline (reason), or go on
+* ``budget``             ``BudgetPlanner``: the planned DP event, noise calibration, the guard's memoised verdict
+* ``trainer``            ``Trainer``: base model + LoRA, data, DP-SGD rounds, evaluation, PEFT export
+* ``session``            ``RoundSession``: one attempt as typed state; what protocol adapters share
+* ``secagg_session``     tasks -> ``SecAggClient`` messages, member-side graph guard
+* ``ckks_session``       contribute, confirm one contributor set, decrypt only what was checked
+* ``plaintext_session``  debugging only: the update in clear, when the member opted in
+* ``cohort``             every listed member's certificate against the pinned federation CA
+* ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries
+* ``global_store``       the latest global adapter and SCAFFOLD's client state on disk
+* ``hooks``              ``MemberHooks``: observers tests inject (fault points, releases, outcomes)
+* ``progress``           tqdm on a terminal, clean log lines otherwise
 """

@@ -6,6 +6,8 @@ import argparse
 import signal
 import threading
 
+from securefed.logs import setup_logging
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="run a member's client daemon",
@@ -18,12 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> int:
+    # Deferred so that `securefed --help` stays fast: the daemon pulls in torch, grpc and opacus.
     from securefed.client.config import load_client_config
-    from securefed.logs import setup_logging
+    from securefed.client.daemon import ClientDaemon
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
     cfg = load_client_config(args.config)
-    from securefed.client.daemon import ClientDaemon
 
     stop = threading.Event()
     daemon = ClientDaemon(cfg, stop=stop)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from tqdm import tqdm
+
 from securefed.logs import get_logger, log
 
 logger = get_logger("client.progress")
@@ -21,8 +23,6 @@ class Progress:
         self._t0 = time.monotonic()
         use_tty = sys.stderr.isatty() if tty is None else tty
         if use_tty:
-            from tqdm import tqdm
-
             scale = unit == "B"
             self._bar = tqdm(total=self.total, desc=what, unit=unit, unit_scale=scale, leave=False, file=sys.stderr)
 

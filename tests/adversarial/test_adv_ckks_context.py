@@ -95,7 +95,7 @@ def test_the_he_layer_alone_would_decrypt_one_upload_as_a_sum_so_members_check_p
     """CKKS gives the sum no integrity: decrypting member A's ciphertext passed off as "the aggregate"
     returns A's update, and the range check cannot tell (A's update is a plausible sum). So the
     wrapper's decrypt must never see a ciphertext the member did not add up itself: the client daemon
-    checks the signed contributions first (``securefed.client.ckks.checked_contributions``; see
+    checks the signed contributions first (``securefed.client.ckks_session.checked_contributions``; see
     ``test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member``)."""
     params, members, server = federation
     rng = np.random.default_rng(7)  # not secret: test data
@@ -135,7 +135,7 @@ def _aggregate_chunk(members, server) -> bytes:
     return agg.result_chunks()[0]
 
 
-# ---- the member-side decryption check (securefed.client.ckks) -------------------------------------
+# ---- the member-side decryption check (securefed.client.ckks_session) -------------------------------------
 
 
 def _ckks_round(n: int, t: int, *, with_identities: bool = False):
@@ -164,13 +164,13 @@ def _ckks_round(n: int, t: int, *, with_identities: bool = False):
 
 
 def _member_decrypts(members, plan, me, parts, own_digest):
-    """What the client daemon does with a decryption request (securefed/client/daemon.py _ckks_decrypt)."""
-    from securefed.client.ckks import checked_contributions
+    """What the client daemon does with a decryption request (securefed/client/ckks_session.py CkksSession.confirm)."""
+    from securefed.client.ckks_session import checked_contributions
 
     items = checked_contributions(plan, 7, parts, me, own_digest)
     agg = he.ServerAggregator(he.ServerContext.from_public_bytes(members.public_bytes(), members.params), 50)
-    for c, chunks in items:
-        agg.add(chunks, sender=c)
+    for c in items:
+        agg.add(c.chunks, sender=c.client)
     return members.decrypt(agg.result_chunks(), 50, summands=len(items))
 
 
@@ -189,7 +189,7 @@ def test_a_single_upload_or_an_unsigned_sum_is_not_decrypted_by_a_member():
 
 def _confirm(plan, me: str, parts, own_digest, identity) -> tuple[bytes, bytes]:
     """A member's first step (daemon ``_ckks_confirm``): check the request, sign its digest once."""
-    from securefed.client.ckks import checked_contributions
+    from securefed.client.ckks_session import checked_contributions
     from securefed.protocol.ckks import confirmation_payload, digest_parts
 
     checked_contributions(plan, 7, parts, me, own_digest)
@@ -203,7 +203,7 @@ def test_different_contributor_sets_per_decryptor_cannot_all_be_confirmed():
     five different sums would solve for every update. Now a member confirms one request per attempt
     and decrypts only a request that a strict majority confirmed: no request here gets more than one
     confirmation, so nobody decrypts, whatever confirmations the server forwards."""
-    from securefed.client.ckks import check_confirmations
+    from securefed.client.ckks_session import check_confirmations
     from securefed.protocol.ckks import encode_contributions
     from securefed.transport._generated import federation_pb2 as pb
     from securefed.transport._generated import secagg_pb2 as spb

@@ -13,7 +13,7 @@ KIT = Path(__file__).resolve().parents[2] / "clients"
 
 
 def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
-    from securefed.client.ckks import checked_contributions
+    from securefed.client.ckks_session import checked_contributions
     from securefed.crypto.keys import IdentityKeyPair
     from securefed.errors import ProtocolAbort
     from securefed.protocol.ckks import (
@@ -36,7 +36,7 @@ def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
 
     own = contribution_digest(chunks["a"])
     ok = checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
-    assert [c for c, _ in ok] == ["a", "b"]
+    assert [c.client for c in ok] == ["a", "b"]
     refusals = [
         ("threshold", [signed("b")]),  # b's ciphertext alone: decrypting it would reveal b's update
         ("include", [signed("b"), signed("c")]),  # this member's own contribution is missing
@@ -93,7 +93,7 @@ def test_cohort_member_certificates_are_checked_against_the_pinned_ca(tmp_path):
 def test_ckks_member_decrypts_only_a_contributor_set_a_majority_confirmed():
     """Different contributor sets per decryptor would let the server difference sums: a member
     decrypts only the request it checked itself, once >= t (a strict majority) confirmed that request."""
-    from securefed.client.ckks import check_confirmations
+    from securefed.client.ckks_session import check_confirmations
     from securefed.crypto.keys import IdentityKeyPair
     from securefed.errors import ProtocolAbort
     from securefed.protocol.ckks import confirmation_payload

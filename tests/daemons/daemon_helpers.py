@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+
+import numpy as np
+
+from securefed.client.hooks import MemberHooks
+from securefed.errors import ProtocolAbort
 
 # Fast but real: DP-SGD with Opacus on the tiny model, 2 steps a round, short stage deadlines.
 FAST_CLIENT = {
@@ -25,3 +31,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class GoSilent(ProtocolAbort):
+    """Raised from a test hook: the member leaves the session without telling the server."""
+
+
+class Recorder(MemberHooks):
+    """Watches one member: what it released (by attempt), its outcomes; ``at`` runs a test's fault hook."""
+
+    def __init__(self, at: Callable[[str, int], None] | None = None) -> None:
+        self._at = at
+        self.released_payloads: dict[int, np.ndarray] = {}
+        self.history: list[dict] = []
+
+    def at(self, point: str, attempt: int) -> None:
+        if self._at is not None:
+            self._at(point, attempt)
+
+    def released(self, attempt: int, payload: np.ndarray) -> None:
+        self.released_payloads[attempt] = np.array(payload, dtype=np.float64)
+
+    def outcome(self, attempt: int, outcome: str, **fields: object) -> None:
+        self.history.append({"attempt": attempt, "outcome": outcome, **fields})
+
+    @property
+    def declined(self) -> list[dict]:
+        return [h for h in self.history if h["outcome"] == "declined"]
+
+
+def recorders(names, **at: Callable[[str, int], None]) -> dict[str, Recorder]:
+    """One Recorder per member; ``at={"member-1": fn}`` gives a member a fault hook."""
+    return {n: Recorder(at.get(n)) for n in names}

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from daemon_helpers import FAST_CLIENT, fast_server
+from daemon_helpers import FAST_CLIENT, GoSilent, fast_server, recorders
 
 from securefed.errors import InvalidMessage
 from securefed.federation import provision, run_in_process
@@ -54,11 +54,11 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
         if point == "after_accept" and attempt == 2 and "status" not in replay:
             from securefed.transport._generated import federation_pb2 as pb
 
-            replay["status"] = d._call("GetStatus", pb.GetStatusRequest(header=pb.RequestHeader(client_id="member-1")))
+            replay["status"] = d.connection.call("GetStatus", pb.GetStatusRequest(header=pb.RequestHeader(client_id="member-1")))
         if point == "after_accept" and attempt == 2 and "error" not in replay:
             old = next(r for a, m, r in sent if a == 1 and m == "SubmitResult" and r.HasField("advertise_keys"))
             try:
-                d._call("SubmitResult", old)  # attempt 1's round keys, played again during attempt 2
+                d.connection.call("SubmitResult", old)  # attempt 1's round keys, played again during attempt 2
             except InvalidMessage as exc:
                 replay["error"] = str(exc)
 
@@ -72,18 +72,19 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
         ct = orig_start(*a, **kw)
         res_holder["daemons"] = ct.daemons
         d1 = ct.daemons["member-1"]
-        inner = d1._call
+        inner = d1.connection.call
 
-        def recording_call(method, request, **k):
-            sent.append((d1.session.attempt if d1.session else 0, method, request))
-            return inner(method, request, **k)
+        def recording_call(method, request):
+            sent.append((d1.current_attempt(), method, request))
+            return inner(method, request)
 
-        d1._call = recording_call
+        d1.connection.call = recording_call
         return ct
 
     fed.start_clients = start_and_wrap
     try:
-        res = run_in_process(p, faults={"member-1": member1_fault}, timeout_s=240)
+        watch = recorders(p.client_tomls, **{"member-1": member1_fault})
+        res = run_in_process(p, hooks=watch, timeout_s=240)
     finally:
         fed.start_clients = orig_start
     assert res.ok, [r.reason for r in _records(p)]
@@ -98,7 +99,7 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
         assert "privacy budget" in rec.declined["member-3"]
         prev = read_adapter_file(store.path_for(rec.round - 1))
         got = read_adapter_file(store.path_for(rec.round)).vector
-        payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+        payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
         want = expected_fedavg(prev, payloads)
         assert np.max(np.abs(got - prev.vector)) > 1e-4  # the round really moved the adapter
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -113,7 +114,7 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
 
     # Budget: member-3 declined every round, trained nothing and spent nothing.
     m3 = res.clients["member-3"]
-    assert m3.rounds_trained == 0 and len(m3.declined) == 2 and not m3.released_payloads
+    assert m3.rounds_trained == 0 and len(watch["member-3"].declined) == 2 and not watch["member-3"].released_payloads
     assert len(load_ledger(p.root / "clients" / "member-3" / "ledger.sqlite").events) == 0
 
     # The server recorded exactly the signed entries the participants wrote, before release.
@@ -133,21 +134,20 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
 def test_ckks_equals_plaintext_fedavg(tmp_path, tiny_model):
     p = provision(tmp_path, 3, mode="ckks", rounds=1, threshold=2, model_dir=tiny_model, server=fast_server(),
                   client=FAST_CLIENT)
-    res = run_in_process(p, timeout_s=240)
+    watch = recorders(p.client_tomls)
+    res = run_in_process(p, hooks=watch, timeout_s=240)
     assert res.ok, [r.reason for r in _records(p)]
     (rec,) = _records(p)
     store = res.server.coordinator.store
     prev = read_adapter_file(store.path_for(0))
     got = read_adapter_file(store.path_for(1)).vector
-    payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2", "member-3")]
+    payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2", "member-3")]
     # CKKS is approximate (scale 2^40 plus flooding noise): agreement to 1e-5 on a delta of ~1e-2.
     np.testing.assert_allclose(got, expected_fedavg(prev, payloads), rtol=0, atol=1e-5)
     assert np.max(np.abs(got - prev.vector)) > 1e-4
 
 
 def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model):
-    from securefed.client.daemon import GoSilent
-
     p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
                   server=fast_server(masked_input_s=3.0), client=FAST_CLIENT)
 
@@ -155,7 +155,8 @@ def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model)
         if point == "before_masked_input" and attempt == 1:
             raise GoSilent()  # as if the process died after sharing its keys
 
-    res = run_in_process(p, faults={"member-2": silent_in_attempt_1, "member-3": silent_in_attempt_1}, timeout_s=240)
+    watch = recorders(p.client_tomls, **{"member-2": silent_in_attempt_1, "member-3": silent_in_attempt_1})
+    res = run_in_process(p, hooks=watch, timeout_s=240)
     assert res.ok
     first, second = _records(p)
     assert first.status is AttemptStatus.ABORTED and "threshold" in first.reason
@@ -164,7 +165,7 @@ def test_round_aborts_below_threshold_then_next_round_runs(tmp_path, tiny_model)
     # member-1 released (and accounted) in both attempts; the silent ones only in the second.
     n_entries = {m: len(load_ledger(p.root / "clients" / m / "ledger.sqlite").events) for m in res.clients}
     assert n_entries == {"member-1": 2, "member-2": 1, "member-3": 1}
-    assert {h["outcome"] for h in res.clients["member-1"].history} == {"aborted", "completed"}
+    assert {h["outcome"] for h in watch["member-1"].history} == {"aborted", "completed"}
 
 
 def test_client_refuses_plaintext_rounds_unless_it_opted_in(tmp_path, tiny_model):
@@ -173,14 +174,15 @@ def test_client_refuses_plaintext_rounds_unless_it_opted_in(tmp_path, tiny_model
     p = provision(tmp_path, 3, mode="plaintext", rounds=1, threshold=2, model_dir=tiny_model,
                   server=fast_server(), client=FAST_CLIENT,
                   per_client={"member-3": {"client": {"allow_plaintext_for_debugging": False}}})
-    res = run_in_process(p, timeout_s=240)
+    watch = recorders(p.client_tomls)
+    res = run_in_process(p, hooks=watch, timeout_s=240)
     assert res.ok
     (rec,) = _records(p)
     assert set(rec.survivors) == {"member-1", "member-2"} and "plaintext" in rec.declined["member-3"]
-    assert not res.clients["member-3"].released_payloads and res.clients["member-3"].rounds_trained == 0
+    assert not watch["member-3"].released_payloads and res.clients["member-3"].rounds_trained == 0
     store_dir = p.root / "server-state" / "checkpoints"
     prev, got = read_adapter_file(store_dir / "global-r000000.safetensors"), read_adapter_file(store_dir / "global-r000001.safetensors")
-    payloads = [res.clients[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+    payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
     np.testing.assert_allclose(got.vector, expected_fedavg(prev, payloads), rtol=0, atol=1e-6)
 
 
@@ -202,10 +204,11 @@ def test_sparse_graph_round_with_keys_left_out_is_abandoned_by_members(tmp_path,
                   server={**fast_server(share_keys_s=2.0), "federation": {"neighbour_degree": 2, "max_attempts": 1}},
                   client=FAST_CLIENT, per_client={"member-4": {"privacy": {"target_epsilon": 0.2},
                                                                "training": {"noise_multiplier": 0.6}}})
-    res = run_in_process(p, timeout_s=240)
+    watch = recorders(p.client_tomls)
+    res = run_in_process(p, hooks=watch, timeout_s=240)
     assert res.ok is False
     (rec,) = _records(p)
     assert rec.status is AttemptStatus.ABORTED and "member-4" in rec.declined
     assert set(rec.dropouts) == {"member-1", "member-2", "member-3"}  # none sent shares
     for m in ("member-1", "member-2", "member-3"):
-        assert not res.clients[m].released_payloads  # nothing left any member
+        assert not watch[m].released_payloads  # nothing left any member

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_helpers import FAST_CLIENT, fast_server, free_port
+from daemon_helpers import FAST_CLIENT, fast_server, free_port, recorders
 
 from securefed.federation import provision, set_client_server, start_clients
 from securefed.privacy.ledger import load_ledger
@@ -67,7 +67,8 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     # the server must rebuild its pairwise-mask key from the survivors' shares.
     proc = _spawn(["client", "--config", str(p.client_tomls["member-3"]), "--log-json"], tmp_path / "member-3.log",
                   fault="kill@client:before_masked_input#1")
-    clients = start_clients(p, addr, names=["member-1", "member-2"])
+    watch = recorders(["member-1", "member-2"])
+    clients = start_clients(p, addr, names=["member-1", "member-2"], hooks=watch)
     result: dict = {}
     th = threading.Thread(target=lambda: result.setdefault("ok", app.run()), daemon=True)
     try:
@@ -86,7 +87,7 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     assert set(rec.survivors) == {"member-1", "member-2"} and rec.dropouts == ("member-3",)
     prev = read_adapter_file(p.root / "server-state" / "checkpoints" / "global-r000000.safetensors")
     got = read_adapter_file(p.root / "server-state" / "checkpoints" / "global-r000001.safetensors").vector
-    payloads = [clients.daemons[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+    payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
     np.testing.assert_allclose(got, _fedavg(prev, payloads), rtol=0, atol=1e-6)
     # The killed client never released an update, so it never wrote (or reported) a DP event.
     assert len(load_ledger(p.root / "clients" / "member-3" / "ledger.sqlite").events) == 0
@@ -106,7 +107,8 @@ def test_server_kill9_mid_unmasking_resumes_without_double_apply(tmp_path, tiny_
         end = time.monotonic() + 120
         while not port_file.exists() and srv.poll() is None and time.monotonic() < end:
             time.sleep(0.1)
-        clients = start_clients(p, f"127.0.0.1:{port}")
+        watch = recorders(p.client_tomls)
+        clients = start_clients(p, f"127.0.0.1:{port}", hooks=watch)
         # Killed (SIGKILL) as soon as the first unmasking response of attempt 1 arrives.
         assert srv.wait(180) == -signal.SIGKILL
         mid, _ = _attempts(p)
@@ -130,7 +132,7 @@ def test_server_kill9_mid_unmasking_resumes_without_double_apply(tmp_path, tiny_
     ck = p.root / "server-state" / "checkpoints"
     g0, g1, g2 = (read_adapter_file(ck / f"global-r00000{r}.safetensors") for r in range(3))
     assert g1.digest == attempts[1].result_hash and g2.digest == attempts[2].result_hash
-    pay = {a: [clients.daemons[m].released_payloads[a] for m in sorted(clients.daemons)] for a in (1, 2, 3)}
+    pay = {a: [watch[m].released_payloads[a] for m in sorted(clients.daemons)] for a in (1, 2, 3)}
     # Round 1 = FedAvg of attempt 2's updates only: attempt 1's update was not applied, let alone twice.
     np.testing.assert_allclose(g1.vector, _fedavg(g0, pay[2]), rtol=0, atol=1e-6)
     assert not np.allclose(g1.vector, _fedavg(g0, pay[1]), rtol=0, atol=1e-6)

@@ -1,0 +1,73 @@
+"""Whether the member takes part in a plan: pure functions of the plan, the bundle and its own config.
+
+Two verdicts, kept apart:
+
+* ``check_plan`` raises ``ProtocolAbort`` for a plan no honest server sends (a bad digest, another
+  identity key for this member, an uncertified cohort member, a payload size the strategy does not
+  produce): the member leaves the session without answering.
+* ``decline_reason`` returns why this member, by its own rules, sits a well-formed plan out (cohort or
+  threshold below its minimums, other LoRA settings than it expects, a plaintext round it did not opt
+  into, ...), or None to go on. The member answers with that reason and trains nothing.
+
+No I/O: everything the rules need is passed in.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from cryptography import x509
+
+from securefed.client.cohort import verify_cohort
+from securefed.client.config import ClientConfig
+from securefed.client.guards import GraphGrindingGuard
+from securefed.errors import ProtocolAbort
+from securefed.protocol.plan import verify_plan
+from securefed.training.config import LoraSettings
+from securefed.transport._generated import federation_pb2 as pb
+
+MODE_NAMES = {pb.AGGREGATION_MODE_SECAGG: "secagg", pb.AGGREGATION_MODE_CKKS: "ckks",
+              pb.AGGREGATION_MODE_PLAINTEXT: "plaintext"}
+
+
+def check_plan(plan: pb.RoundPlan, name: str, identity_public_key: bytes, ca: x509.Certificate) -> None:
+    """``ProtocolAbort`` (or ``InvalidMessage``) unless the plan is well-formed and lists this member
+    with its own key, in a cohort of members certified by the pinned CA."""
+    verify_plan(plan)
+    if plan.mode not in MODE_NAMES:
+        raise ProtocolAbort("unknown aggregation mode in the plan")
+    members = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
+    if name not in members:
+        raise ProtocolAbort("the plan does not list this member")
+    if not hmac.compare_digest(members[name], identity_public_key):
+        raise ProtocolAbort("the plan lists another identity key for this client")
+    verify_cohort(ca, plan)
+
+
+def check_payload_size(plan: pb.RoundPlan, payload_size: int) -> None:
+    if plan.vector_length != payload_size:
+        raise ProtocolAbort(f"plan vector_length {plan.vector_length} != strategy payload {payload_size}")
+
+
+def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,
+                   grinding: GraphGrindingGuard) -> str | None:
+    """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
+    c = config.client
+    n, t = len(plan.cohort), int(plan.secagg.threshold)
+    if n < c.min_cohort_size or (plan.mode != pb.AGGREGATION_MODE_PLAINTEXT and t < c.min_threshold):
+        return (f"cohort of {n} with threshold {t} is below this member's minimums "
+                f"(min_cohort_size {c.min_cohort_size}, min_threshold {c.min_threshold})")
+    if config.lora is not None and config.lora != lora:
+        return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
+    if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows(adapter_digest):
+        return (f"{grinding.unreleased(adapter_digest)} sparse-graph sessions for this adapter ended before this "
+                "member's release: declining more (graph-grinding guard)")
+    if plan.mode == pb.AGGREGATION_MODE_CKKS:
+        if c.ckks_secret_context is None:
+            return "mode ckks needs client.ckks_secret_context"
+        if 2 * t <= n:
+            return f"ckks threshold {t} is not a strict majority of the {n} listed members"
+    if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT and not c.allow_plaintext_for_debugging:
+        return ("the server asked for a plaintext round (it would see this member's update); "
+                "refused: set client.allow_plaintext_for_debugging only for debugging")
+    return None

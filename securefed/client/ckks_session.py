@@ -1,0 +1,162 @@
+"""The member's CKKS session: contribute, confirm one contributor set, decrypt only what it checked.
+
+The member holds the federation's secret key, so a decryption it returns is a decryption oracle
+unless it checks *what* it decrypts. It decrypts only a sum it computes itself from at least
+``threshold`` contributions that distinct cohort members signed for this plan and attempt, its own
+among them (unchanged), and only after a ``threshold`` of members (a strict majority) confirmed that
+very contributor set. A server that sends one member's ciphertext alone, a forged or replayed
+contribution, drops this member's own, or asks twice in one attempt, gets a ``ProtocolAbort``.
+Message formats: ``securefed.protocol.ckks``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from securefed import he
+from securefed.client.session import RoundSession, SessionDeps
+from securefed.crypto.keys import verify_signature
+from securefed.errors import CryptoError, ProtocolAbort
+from securefed.protocol import ckks as wire
+from securefed.transport._generated import federation_pb2 as pb
+from securefed.transport._generated import secagg_pb2 as secagg_pb
+
+
+class MemberKey:
+    """The federation's secret CKKS context, read once, checked against each plan."""
+
+    def __init__(self, secret_context: Path) -> None:
+        self.path = secret_context
+        self._ctx: he.ClientContext | None = None
+
+    def context_for(self, plan: pb.RoundPlan) -> he.ClientContext:
+        if self._ctx is None:
+            c = plan.ckks
+            name = next((p.name for p in he.PARAMETER_SETS.values()
+                         if p.poly_modulus_degree == c.poly_modulus_degree
+                         and tuple(p.coeff_mod_bit_sizes) == tuple(c.coeff_mod_bit_sizes)
+                         and p.global_scale_bits == c.global_scale_bits), None)
+            if name is None:
+                raise ProtocolAbort("the plan names CKKS parameters this client does not know")
+            self._ctx = he.ClientContext.from_secret_bytes(self.path.read_bytes(), name)
+        if not hmac.compare_digest(hashlib.sha256(self._ctx.public_bytes()).digest(),
+                                   bytes(plan.ckks.public_context_sha256)):
+            raise ProtocolAbort("the server's CKKS context is not this federation's (public context digest differs)")
+        return self._ctx
+
+
+def checked_contributions(plan: pb.RoundPlan, attempt: int, parts: list[bytes], me: str,
+                          own_digest: bytes | None) -> list[wire.Contribution]:
+    """The decryption request's contributions, once each is signed by a distinct cohort member for
+    this plan and attempt, there are at least ``threshold``, and this member's own is there unchanged."""
+    keys = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
+    items = wire.decode_contributions(parts)
+    names = [c.client for c in items]
+    t = int(plan.secagg.threshold)
+    if len(set(names)) != len(names) or not set(names) <= set(keys):
+        raise ProtocolAbort("decryption request names unknown or repeated contributors")
+    if t < 2 or len(names) < t:
+        raise ProtocolAbort(f"decryption request has {len(names)} contribution(s), the threshold is {t}: refused")
+    if me not in names:
+        raise ProtocolAbort("the decryption request does not include this member's contribution")
+    for c in items:
+        d = c.digest
+        try:
+            verify_signature(keys[c.client], c.signature, wire.contribution_payload(plan.plan_sha256, attempt, c.client, d))
+        except CryptoError:
+            raise ProtocolAbort(f"contribution of {c.client} is not signed by {c.client} for this plan") from None
+        if c.client == me and not (own_digest and hmac.compare_digest(d, own_digest)):
+            raise ProtocolAbort("the decryption request alters this member's own contribution")
+    return items
+
+
+def check_confirmations(plan: pb.RoundPlan, attempt: int, request_digest: bytes, req: pb.DecryptRequest) -> int:
+    """Before decrypting: at least ``threshold`` distinct cohort members confirmed exactly the request
+    (contributor set) this member checked. Returns how many did; ``ProtocolAbort`` otherwise."""
+    if not hmac.compare_digest(bytes(req.request_sha256), bytes(request_digest)):
+        raise ProtocolAbort("decrypt request is for another contributor set than the one this member confirmed")
+    keys = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
+    t = int(plan.secagg.threshold)
+    if 2 * t <= len(keys):
+        raise ProtocolAbort(f"threshold {t} is not a strict majority of the {len(keys)} members: refused")
+    payload = wire.confirmation_payload(plan.plan_sha256, attempt, request_digest)
+    good = set()
+    for c in req.confirmations:
+        if c.client_id in good or c.client_id not in keys:
+            raise ProtocolAbort("decrypt request carries unknown or repeated confirmations")
+        try:
+            verify_signature(keys[c.client_id], bytes(c.signature), payload)
+        except CryptoError:
+            raise ProtocolAbort(f"confirmation of {c.client_id} does not verify for this request") from None
+        good.add(c.client_id)
+    if len(good) < t:
+        raise ProtocolAbort(f"only {len(good)} members confirmed this contributor set, the threshold is {t}: refused")
+    return len(good)
+
+
+@dataclass(frozen=True)
+class ConfirmedRequest:
+    """The one contributor set this member confirmed in an attempt, and the sum it computed of it."""
+
+    digest: bytes
+    sum_chunks: list[bytes]
+    summands: int
+
+
+class CkksSession:
+    def __init__(self, deps: SessionDeps, session: RoundSession, key: MemberKey) -> None:
+        self.deps = deps
+        self.s = session
+        self.ctx = key.context_for(session.plan)
+        self.own_digest: bytes | None = None
+        self.confirmed: ConfirmedRequest | None = None
+        self.decrypted = False
+
+    def contribute(self, payload: np.ndarray) -> None:
+        """Encrypt the update, sign the ciphertexts for this plan and attempt, record, upload."""
+        s = self.s
+        chunks = self.ctx.encrypt(np.asarray(payload, dtype=np.float64)).to_chunks()
+        self.own_digest = wire.contribution_digest(chunks)
+        # Signed, so decryptors can check the sum they are asked to decrypt is made of real contributions.
+        sig = self.deps.identity.sign(wire.contribution_payload(s.plan_digest, s.attempt, self.deps.name, self.own_digest))
+        self.deps.record_release(s, payload)
+        header = self.deps.connection.header(s.attempt, wire.CkksStage.CONTRIBUTE.wire_stage)
+        self.deps.connection.upload_ciphertext(header, [*chunks, sig])
+        s.released = True
+
+    def confirm(self, announced_digest: bytes, parts: list[bytes]) -> None:
+        """Check the decryption request (>= t signed contributions, own included) and confirm it."""
+        s = self.s
+        digest = wire.digest_parts(parts)
+        if not hmac.compare_digest(digest, announced_digest):
+            raise ProtocolAbort("decryption request does not match its announced digest")
+        if self.confirmed is not None:
+            raise ProtocolAbort("a second decryption request in one attempt: refused (one contributor set per attempt)")
+        items = checked_contributions(s.plan, s.attempt, parts, self.deps.name, self.own_digest)
+        agg = he.ServerAggregator(he.ServerContext.from_public_bytes(self.ctx.public_bytes(), self.ctx.params),
+                                  int(s.plan.vector_length))
+        for c in items:
+            agg.add(c.chunks, sender=c.client)
+        self.confirmed = ConfirmedRequest(digest, agg.result_chunks(), len(items))
+        sig = self.deps.identity.sign(wire.confirmation_payload(s.plan_digest, s.attempt, digest))
+        self.deps.connection.submit(self.deps.connection.header(s.attempt, wire.CkksStage.CONFIRM.wire_stage),
+                                    consistency_signature=secagg_pb.ConsistencySignature(client_id=self.deps.name,
+                                                                                         signature=sig))
+
+    def decrypt(self, req: pb.DecryptRequest) -> None:
+        """Decrypt the confirmed sum, only once >= t members confirmed the same contributor set."""
+        got = self.confirmed
+        if got is None or self.decrypted:
+            return
+        s = self.s
+        check_confirmations(s.plan, s.attempt, got.digest, req)
+        total = self.ctx.decrypt(got.sum_chunks, int(s.plan.vector_length), summands=got.summands)
+        self.deps.fault("before_decrypt_upload", s.attempt)
+        header = self.deps.connection.header(s.attempt, wire.CkksStage.DECRYPT.wire_stage)
+        self.deps.connection.upload_masked(header, 64, wire.encode_decrypted(total))
+        self.decrypted = True
