@@ -1,7 +1,7 @@
 """The member's daemon: pulls round plans, enforces its own privacy budget, trains with DP-SGD,
 protects its update (secure aggregation or CKKS), and writes its ledger entry before release.
 
-It imports the shared vocabulary (``securefed.protocol``), never the coordinator (``securefed.server``):
+It imports the shared vocabulary (``securefed.protocol``), never the coordinator's package:
 the code that must hold against a hostile server does not depend on the server's files.
 
 * ``cli``                ``securefed client --config client.toml``
