@@ -14,11 +14,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securefed.errors import ConfigError
 from securefed.fsutil import atomic_write
 from securefed.logs import setup_logging
 from securefed.server.roundlog import RoundLog
+
+if TYPE_CHECKING:
+    from securefed.server.config import ServerConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(handler=_ckks_init)
 
 
-def _load_config(path: str):
+def _load_config(path: str) -> ServerConfig:
     from securefed.server.config import load_server_config  # pydantic, numpy, the strategies
 
     return load_server_config(path)
