@@ -172,7 +172,7 @@ def run_one(workdir: Path, model_dir: Path, n: int, rounds: int, secure: bool, s
     # Whole-run protobuf payload bytes (every request, task, upload and download, TLS/HTTP2 framing
     # excluded) per client per attempt: attribution to one attempt is not needed.
     n_att = max(1, len(attempts))
-    wire_in, wire_out = co.total_bytes_in / (n * n_att), co.total_bytes_out / (n * n_att)
+    wire_in, wire_out = co.mailbox.total_bytes_in / (n * n_att), co.mailbox.total_bytes_out / (n * n_att)
     return {
         "ok": bool(res.ok) and len(done) == rounds,
         "rounds_completed": len(done),

@@ -34,6 +34,22 @@ class NotRegistered(InvalidMessage):
     """The server does not know this member (it restarted, or never saw it register): register again."""
 
 
+class StaleMessage(InvalidMessage):
+    """A message for a round or stage that is not the one open now (late, early, or for an attempt
+    that is over): the sender's part in that session is over."""
+
+
+class ReplayedMessage(StaleMessage):
+    """A message already seen: its sequence number is not above the sender's last one in this
+    attempt (replayed or reordered), or a second answer to a stage already answered."""
+
+
+class LedgerConflict(InvalidMessage):
+    """A member's reported ledger entry contradicts what it reported before: another entry at a
+    recorded position, or one that does not chain to the recorded entry before it (a forked or
+    rewritten ledger)."""
+
+
 class CheckpointError(InvalidMessage):
     """A global bundle (a checkpoint file, or the bytes a peer sent) is missing, unreadable, or does not
     match its digest."""
@@ -44,7 +60,9 @@ class StateError(SecureFedError):
 
 
 class RoundLogError(StateError):
-    """The round log is unreadable, inconsistent, or refuses a record (a forked or rewound ledger)."""
+    """The round log is unreadable or inconsistent, or refuses a change (a second completion of a
+    round, an update of an attempt that is not running). A member's contradictory ledger report is
+    ``LedgerConflict``."""
 
 
 class CryptoError(SecureFedError):

@@ -8,5 +8,6 @@ coordinator's files.
 * ``bundle``       the global bundle (adapter vector + layout + settings + server state): format, digest
 * ``secagg_wire``  protobuf <-> secure-aggregation messages, both directions
 * ``ckks``         the CKKS mode's stages and messages: contributions, confirmations, decrypted sums
+* ``plaintext``    the plaintext (debug) mode's upload: fixed point in the plan's ring
 * ``stages``       stage names, and the secagg stages on the wire
 """

@@ -27,6 +27,14 @@ SECAGG_TASK_STAGE: dict[str, int] = {
     "unmask_request": pb.STAGE_UNMASK,
 }
 
+# The SubmitResult body a member answers each secagg stage with (its header names that stage).
+SECAGG_RESULT_STAGE: dict[str, int] = {
+    "advertise_keys": pb.STAGE_ADVERTISE_KEYS,
+    "share_keys": pb.STAGE_SHARE_KEYS,
+    "consistency_signature": pb.STAGE_CONSISTENCY_CHECK,
+    "unmask_response": pb.STAGE_UNMASK,
+}
+
 
 def stage_name(stage: int) -> str:
     return STAGE_NAMES.get(stage, f"stage-{stage}")

@@ -1,7 +1,18 @@
-"""The federation coordinator: round state machine, crash-safe round log and checkpoints, gRPC service.
+"""The federation coordinator: a round loop, a mailbox for the members, one driver per mode, gRPC.
 
-Layout: ``config`` (ServerConfig), ``roundlog`` (SQLite round log), ``checkpoint`` (atomic
-safetensors store), ``logs`` (structured logging shared with the client daemon), ``coordinator``
-(the round state machine; no gRPC), ``service`` (the gRPC servicer), ``cli`` (``securefed server``,
-``securefed status``).
+It never imports ``securefed.client``; what both sides agree on is ``securefed.protocol``.
+
+* ``config``            ``server.toml`` (ServerConfig), validated, with the setups it refuses
+* ``app``               assembles config, strategy, plan, driver, coordinator and gRPC server (``ServerApp``)
+* ``coordinator``       the round loop: recover, wait for clients, run an attempt, commit or abort
+* ``mailbox``           registry, what each member is handed next (notices, long-poll), header checks, intake
+* ``attempt``           the data of one attempt: ``AttemptContext``, ``Phase``, ``RoundOutcome``
+* ``driver``            the ``RoundDriver`` contract and the plan stage every mode shares
+* ``secagg_driver``     pairwise masking (Bonawitz et al. / SecAgg+) through ``securefed.secagg``
+* ``ckks_driver``       CKKS: signed ciphertexts added keylessly, decrypted by the members
+* ``plaintext_driver``  DEBUG ONLY: fixed-point uploads in clear, the reference sum
+* ``service``           the gRPC servicer: authenticate, check framing, hand over to mailbox/coordinator
+* ``roundlog``          the SQLite round log (attempts, privacy events), crash-safe
+* ``checkpoint``        the global adapter after each round, one atomic bundle file per round
+* ``cli``               ``securefed server``, ``securefed status``, ``securefed ckks-init``
 """

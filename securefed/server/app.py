@@ -9,17 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from securefed import he
 from securefed.errors import ConfigError
 from securefed.logs import get_logger, log
 from securefed.protocol.plan import seal_plan
+from securefed.server.attempt import AttemptContext, RoundOutcome
+from securefed.server.ckks_driver import CkksDriver
 from securefed.server.config import AggregationMode, ServerConfig
-from securefed.server.coordinator import AttemptContext, Coordinator, RoundOutcome
+from securefed.server.coordinator import Coordinator
+from securefed.server.driver import RoundDriver
+from securefed.server.plaintext_driver import PlaintextDriver
+from securefed.server.secagg_driver import SecAggDriver
+from securefed.server.service import FederationService
+from securefed.strategies import Strategy, check_secure_aggregation, make_strategy
 from securefed.transport._generated import federation_pb2 as pb
+from securefed.transport.service import add_federation_servicer
+from securefed.transport.tls import make_server
 
 logger = get_logger("server")
 
@@ -37,7 +46,8 @@ def settings_json(config: ServerConfig) -> str:
 
 def initial_adapter(config: ServerConfig):
     """The round-0 adapter: LoRA attached to the base model with the (public) init seed."""
-    from securefed.strategies import make_strategy
+    # The one place the server touches the base model (torch, transformers, peft), and only when a
+    # federation starts: a restarted coordinator resumes from its checkpoints without them.
     from securefed.training.adapter import adapter_to_vector
     from securefed.training.model import load_model
 
@@ -49,20 +59,17 @@ def initial_adapter(config: ServerConfig):
 
 
 class ServerApp:
-    def __init__(self, config: ServerConfig, *, address: str | None = None) -> None:
-        from securefed.strategies import check_secure_aggregation, make_strategy
+    """One coordinator with its callbacks (plan, driver, strategy) and its gRPC server."""
 
+    def __init__(self, config: ServerConfig, *, address: str | None = None) -> None:
         self.config = config
         self.address = address or config.server.address
-        self._strategy_cache: dict[int, object] = {}
-        self._make_strategy = make_strategy
+        self._strategy_cache: dict[int, Strategy] = {}
         fed = config.federation
         check_secure_aggregation(make_strategy(config.strategy, dim=1), fed.mode is not AggregationMode.PLAINTEXT)
-        self.server_ctx = None
+        self.server_ctx: he.ServerContext | None = None
         self.ckks_public_sha = b""
         if fed.mode is AggregationMode.CKKS:
-            from securefed import he
-
             path = config.server.ckks_public_context
             try:
                 raw = Path(path).read_bytes()  # type: ignore[arg-type]
@@ -78,10 +85,10 @@ class ServerApp:
         self.grpc_server = None
         self.port: int | None = None
 
-    def strategy(self, dim: int):
+    def strategy(self, dim: int) -> Strategy:
         s = self._strategy_cache.get(dim)
         if s is None:
-            s = self._strategy_cache[dim] = self._make_strategy(self.config.strategy, dim=dim)
+            s = self._strategy_cache[dim] = make_strategy(self.config.strategy, dim=dim)
         return s
 
     # --- coordinator callbacks --------------------------------------------------------------------
@@ -98,10 +105,8 @@ class ServerApp:
         )
         bound = self.strategy(ctx.global_ckpt.vector.size).payload_bound()
         if cfg.federation.mode is AggregationMode.SECAGG:
-            from securefed.server.drivers import secagg_params
-
-            p = secagg_params(ctx)
             n = len(ctx.cohort)
+            p = cfg.secagg_params(n)
             k = p.effective_degree(n)
             plan.secagg.CopyFrom(pb.SecAggParams(threshold=p.threshold, neighbours=0 if k == n - 1 else k,
                                                  ring_bits=p.ring_bits, frac_bits=p.frac_bits, clip=float(bound)))
@@ -119,15 +124,14 @@ class ServerApp:
                                              public_context_sha256=self.ckks_public_sha))
         return seal_plan(plan)
 
-    def make_driver(self, ctx: AttemptContext):
-        from securefed.server import drivers
-
+    def make_driver(self, ctx: AttemptContext) -> RoundDriver:
         mode = self.config.federation.mode
         if mode is AggregationMode.SECAGG:
-            return drivers.SecAggDriver(ctx)
+            return SecAggDriver(ctx)
         if mode is AggregationMode.CKKS:
-            return drivers.CkksDriver(ctx, self.server_ctx)
-        return drivers.PlaintextDriver(ctx)
+            assert self.server_ctx is not None
+            return CkksDriver(ctx, self.server_ctx)
+        return PlaintextDriver(ctx)
 
     def apply(self, global_vec: np.ndarray, sums: np.ndarray, ctx: AttemptContext, outcome: RoundOutcome):
         strategy = self.strategy(global_vec.size)
@@ -137,10 +141,6 @@ class ServerApp:
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> int:
-        from securefed.server.service import FederationService
-        from securefed.transport.service import add_federation_servicer
-        from securefed.transport.tls import make_server
-
         self.coordinator.recover()
         workers = max(16, 4 * self.config.federation.cohort_size + 8)
         bound = make_server(self.address, self.config.server.credentials_dir, max_workers=workers)
@@ -153,13 +153,7 @@ class ServerApp:
         return bound.port
 
     def run(self) -> bool:
-        ok = self.coordinator.run()
-        return ok
-
-    def linger(self, seconds: float) -> None:
-        """Keep answering polls (``Done``) for a moment so clients learn the federation is over."""
-        ev = threading.Event()
-        ev.wait(seconds)
+        return self.coordinator.run()
 
     def stop(self, grace: float = 1.0) -> None:
         self.coordinator.stop()

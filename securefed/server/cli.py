@@ -1,4 +1,9 @@
-"""``securefed server --config server.toml`` and ``securefed status --config server.toml``."""
+"""The operator's commands: ``securefed server``, ``securefed status`` and ``securefed ckks-init``.
+
+``securefed.cli`` imports this module to build its parser, so it stays cheap to import: the
+handlers import what is heavy (pydantic, numpy and the strategies through the config; grpc through
+the app; the CKKS backend) when they run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from securefed.errors import ConfigError
+from securefed.fsutil import atomic_write
+from securefed.logs import setup_logging
+from securefed.server.roundlog import RoundLog
+
+if TYPE_CHECKING:
+    from securefed.server.config import ServerConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,19 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     k.set_defaults(handler=_ckks_init)
 
 
+def _load_config(path: str) -> ServerConfig:
+    from securefed.server.config import load_server_config  # pydantic, numpy, the strategies
+
+    return load_server_config(path)
+
+
 def _server(args: argparse.Namespace) -> int:
-    from securefed.logs import setup_logging
-    from securefed.server.config import load_server_config
+    from securefed.server.app import ServerApp  # grpc, the whole coordinator
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
-    cfg = load_server_config(args.config)
-    from securefed.server.app import ServerApp
-
-    app = ServerApp(cfg)
+    app = ServerApp(_load_config(args.config))
     port = app.start()
     if args.port_file:
-        from pathlib import Path
-
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(str(port))
         tmp.replace(args.port_file)
@@ -72,10 +87,7 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from securefed.server.config import load_server_config
-    from securefed.server.roundlog import RoundLog
-
-    cfg = load_server_config(args.config)
+    cfg = _load_config(args.config)
     log = RoundLog(cfg.server.state_dir / "rounds.sqlite", readonly=True)
     try:
         attempts = log.attempts(limit=args.last)
@@ -122,11 +134,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _ckks_init(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from securefed import he
-    from securefed.errors import ConfigError
-    from securefed.fsutil import atomic_write
+    from securefed import he  # pydantic, and TenSEAL on first use
 
     d = Path(args.dir)
     d.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``server.toml``: what the federation operator sets.
+"""``server.toml``: what the federation operator sets, validated, with the setups it refuses.
 
 Example (see clients/server.toml for the annotated version)::
 
@@ -36,6 +36,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from securefed.config import StrictModel, format_validation_error, load_toml
 from securefed.errors import InsecureParameters
+from securefed.secagg.params import SecAggParams
+from securefed.strategies import make_strategy
 from securefed.strategies.config import StrategySettings
 from securefed.training.config import LoraSettings
 
@@ -127,8 +129,6 @@ class ServerConfig(StrictModel):
                 f"({fed.cohort_size}) in mode 'ckks': set threshold >= {fed.cohort_size // 2 + 1}"
             )
         if fed.mode is AggregationMode.SECAGG:
-            from securefed.secagg.params import SecAggParams
-
             if fed.threshold > fed.cohort_size:
                 raise InsecureParameters(
                     f"{source}: federation.threshold ({fed.threshold}) must be <= cohort_size ({fed.cohort_size})"
@@ -137,12 +137,8 @@ class ServerConfig(StrictModel):
                 raise InsecureParameters(
                     f"{source}: federation.min_clients ({fed.min_clients}) must be >= threshold ({fed.threshold})"
                 )
-            n = fed.cohort_size
-            k = fed.neighbour_degree or None
             try:
-                SecAggParams(threshold=fed.threshold, neighbour_degree=k if k is None or k < n - 1 else None,
-                             ring_bits=fed.ring_bits, frac_bits=fed.frac_bits,
-                             clip=self.payload_bound()).check_cohort(n)
+                self.secagg_params(fed.cohort_size).check_cohort(fed.cohort_size)
             except InsecureParameters as exc:
                 raise InsecureParameters(f"{source}: federation: {exc}") from None
             except ValidationError as exc:  # a ValueError too: keep it to one line, naming the key
@@ -152,9 +148,14 @@ class ServerConfig(StrictModel):
 
     def payload_bound(self) -> float:
         """Max |element| of one client's payload under the configured strategy (the fixed-point clip)."""
-        from securefed.strategies import make_strategy
-
         return make_strategy(self.strategy, dim=1).payload_bound()
+
+    def secagg_params(self, n: int) -> SecAggParams:
+        """The secure-aggregation parameters for a cohort of ``n`` (degree 0 or >= n - 1: complete graph)."""
+        fed = self.federation
+        k = fed.neighbour_degree or None
+        return SecAggParams(threshold=fed.threshold, neighbour_degree=k if k is None or k < n - 1 else None,
+                            ring_bits=fed.ring_bits, frac_bits=fed.frac_bits, clip=self.payload_bound())
 
     @property
     def attempts_limit(self) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from securefed.errors import RoundLogError
+from securefed.errors import LedgerConflict, RoundLogError
 
 SCHEMA_VERSION = 1
 
@@ -244,7 +244,7 @@ class RoundLog:
                              identity_key: str = "") -> bool:
         """Store a client's signed DP event; a second report for the same attempt is ignored (False).
 
-        Refuses (``RoundLogError``) an entry that contradicts what this client reported before: another
+        Refuses (``LedgerConflict``) an entry that contradicts what this client reported before: another
         hash at a recorded position, or a ``prev_hash`` that is not the recorded entry before it (a
         forked or rewritten ledger). Gaps are allowed: a client can spend budget without reporting
         it (it crashed after its write-ahead append)."""
@@ -252,12 +252,12 @@ class RoundLog:
             same = db.execute("SELECT entry_hash FROM privacy_events WHERE client_id=? AND ledger_seq=?",
                               (client_id, int(ledger_seq))).fetchone()
             if same is not None and same[0] != entry_hash:
-                raise RoundLogError(f"ledger entry {ledger_seq} of {client_id} differs from the one reported before")
+                raise LedgerConflict(f"ledger entry {ledger_seq} of {client_id} differs from the one reported before")
             if prev_hash is not None and ledger_seq > 0:
                 before = db.execute("SELECT entry_hash FROM privacy_events WHERE client_id=? AND ledger_seq=?",
                                     (client_id, int(ledger_seq) - 1)).fetchone()
                 if before is not None and before[0] != prev_hash:
-                    raise RoundLogError(f"ledger entry {ledger_seq} of {client_id} does not chain to entry {ledger_seq - 1}")
+                    raise LedgerConflict(f"ledger entry {ledger_seq} of {client_id} does not chain to entry {ledger_seq - 1}")
             cur = db.execute(
                 "INSERT OR IGNORE INTO privacy_events(attempt, client_id, ledger_seq, entry_hash, identity_key, event, "
                 "signature, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

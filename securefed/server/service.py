@@ -1,28 +1,40 @@
 """The gRPC face of the coordinator: ``securefed.v1.Federation`` over mutual TLS.
 
 Every handler first authenticates the caller from its certificate (``transport.service`` already
-refused messages naming another sender), then hands typed data to the ``Coordinator``. Errors are
-securefed errors, which the transport maps to gRPC status codes with a one-line message.
+refused messages naming another sender), checks what only the wire can check (chunk framing,
+signatures over privacy events), then hands typed data to the ``Mailbox`` (requests) or the
+``Coordinator`` (status). Errors are securefed errors, which the transport maps to gRPC status codes
+with a one-line message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
-import threading
 from typing import Iterator
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, InvalidMessage
 from securefed.logs import get_logger, log
+from securefed.privacy.events import DpEvent
+from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc
 from securefed.transport.chunking import ChunkAssembler, split_payload
-from securefed.transport.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_POLL_WAIT_MS, PROTOCOL_VERSION
+from securefed.transport.limits import (
+    CHUNK_BYTES,
+    MAX_MESSAGE_BYTES,
+    MAX_PAYLOAD_BYTES,
+    MAX_POLL_WAIT_MS,
+    PROTOCOL_VERSION,
+)
 from securefed.transport.service import authenticate_peer
 
 logger = get_logger("server.rpc")
@@ -37,8 +49,8 @@ _STATE = {
 class FederationService(pb_grpc.FederationServicer):
     def __init__(self, coordinator: Coordinator, federation_id: str = "securefed") -> None:
         self.co = coordinator
+        self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
-        self._lock = threading.Lock()
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
@@ -47,9 +59,6 @@ class FederationService(pb_grpc.FederationServicer):
 
     # --- RPCs ---------------------------------------------------------------------------------
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
         cid, key = self._peer(context)
         if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
             raise CryptoError("identity key does not match the one bound in your certificate")
@@ -57,22 +66,22 @@ class FederationService(pb_grpc.FederationServicer):
         # other members can check the key they are given is certified by the federation CA.
         pem = context.auth_context()["x509_pem_cert"][0]
         der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-        self.co.register(cid, key, tuple(request.supported_modes), certificate=der)
+        self.mailbox.register(cid, key, tuple(request.supported_modes), certificate=der)
         st = self.co.status()
         return pb.RegisterResponse(client_id=cid, federation_id=self.federation_id, current_round=st["attempt"] or 0,
                                    max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES)
 
     def PollTask(self, request: pb.PollTaskRequest, context) -> pb.Task:
         cid, _ = self._peer(context)
-        self.co.count_in(request.ByteSize())
+        self.mailbox.count_in(request.ByteSize())
         wait_ms = min(request.max_wait_ms or 0, MAX_POLL_WAIT_MS)
-        task = self.co.poll(cid, wait_ms / 1000.0)
-        self.co.count_out(task.ByteSize())
+        task = self.mailbox.poll(cid, wait_ms / 1000.0)
+        self.mailbox.count_out(task.ByteSize())
         return task
 
     def SubmitResult(self, request: pb.SubmitResultRequest, context) -> pb.SubmitResultResponse:
         cid, _ = self._peer(context)
-        self.co.submit(cid, request, request.ByteSize())
+        self.mailbox.submit(cid, request, request.ByteSize())
         return pb.SubmitResultResponse(accepted=True)
 
     def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context) -> pb.UploadReceipt:
@@ -85,7 +94,7 @@ class FederationService(pb_grpc.FederationServicer):
                 header, ring_bits = msg.header, int(msg.ring_bits)
                 if ring_bits not in (32, 64):
                     raise InvalidMessage("ring_bits must be 32 or 64")
-                expected = self.co.expected_payload_bytes(ring_bits)
+                expected = self.mailbox.expected_payload_bytes(ring_bits)
                 asm = ChunkAssembler(expected_size=expected)
             elif msg.header.round != header.round or msg.header.stage != header.stage or msg.ring_bits != ring_bits:
                 raise InvalidMessage("chunk headers differ within one upload")
@@ -94,9 +103,7 @@ class FederationService(pb_grpc.FederationServicer):
         if asm is None or header is None:
             raise InvalidMessage("empty upload")
         data = asm.payload()
-        self.co.upload_masked(cid, header, ring_bits, data)
-        import hashlib
-
+        self.mailbox.upload_masked(cid, header, ring_bits, data)
         return pb.UploadReceipt(bytes_received=len(data), sha256=hashlib.sha256(data).digest())
 
     def UploadCiphertext(self, request_iterator: Iterator[pb.CiphertextChunk], context) -> pb.UploadReceipt:
@@ -116,7 +123,7 @@ class FederationService(pb_grpc.FederationServicer):
             if msg.index != len(parts):
                 raise InvalidMessage(f"ciphertext {msg.index} out of order, expected {len(parts)}")
             if asm is None:
-                asm = ChunkAssembler(max_size=self.co.max_ciphertext_bytes())
+                asm = ChunkAssembler(max_size=MAX_PAYLOAD_BYTES)
             if asm.add(msg.chunk):
                 p = asm.payload()
                 total += len(p)
@@ -124,26 +131,23 @@ class FederationService(pb_grpc.FederationServicer):
                 asm = None
         if header is None or count is None or len(parts) != count or asm is not None:
             raise InvalidMessage("incomplete ciphertext upload")
-        self.co.upload_ciphertext(cid, header, parts)
+        self.mailbox.upload_ciphertext(cid, header, parts)
         return pb.UploadReceipt(bytes_received=total)
 
     def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context) -> Iterator[pb.AggregateChunk]:
         cid, _ = self._peer(context)
-        self.co.count_in(request.ByteSize())
-        rnd, kind, parts = self.co.download(cid, request.header)
+        self.mailbox.count_in(request.ByteSize())
+        rnd, kind, parts = self.mailbox.download(cid, request.header)
         n = 0
         for i, part in enumerate(parts):
             for ch in split_payload(part):
                 msg = pb.AggregateChunk(round=rnd, kind=kind, index=i, count=len(parts), chunk=ch)
                 n += msg.ByteSize()
                 yield msg
-        self.co.count_out(n)
+        self.mailbox.count_out(n)
 
     def ReportPrivacyEvent(self, request: pb.PrivacyEventReport, context) -> pb.PrivacyEventAck:
         cid, key = self._peer(context)
-        from securefed.privacy.events import DpEvent
-        from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
-
         ev = DpEvent.from_json(request.entry)  # InvalidMessage unless canonical and valid
         if ev.client_id != cid:
             raise InvalidMessage("privacy event names another client")
@@ -155,11 +159,12 @@ class FederationService(pb_grpc.FederationServicer):
         if not hmac.compare_digest(want, request.entry_hash):
             raise InvalidMessage("entry_hash does not match prev_hash and the entry")
         verify_signature(key, bytes(request.signature), ENTRY_CONTEXT + bytes(request.entry_hash))
-        self.co.count_in(request.ByteSize())
-        self.co.check_header(cid, request.header)
-        new = self.co.record_privacy_event(cid, ev.round_id, bytes(request.entry), bytes(request.signature),
-                                           sequence=request.sequence, entry_hash=request.entry_hash.hex(),
-                                           prev_hash=request.prev_hash.hex(), identity_key=key)
+        self.mailbox.count_in(request.ByteSize())
+        self.mailbox.check_header(cid, request.header)
+        # LedgerConflict (refused) when it contradicts an entry this member reported before.
+        new = self.co.roundlog.record_privacy_event(
+            ev.round_id, cid, bytes(request.entry).decode("utf-8"), bytes(request.signature), ledger_seq=request.sequence,
+            entry_hash=request.entry_hash.hex(), prev_hash=request.prev_hash.hex(), identity_key=key.hex())
         log(logger, "privacy event recorded", client=cid, attempt=ev.round_id, ledger_seq=request.sequence,
             noise_multiplier=ev.noise_multiplier, steps=ev.steps, sample_rate=ev.sample_rate, new=new)
         return pb.PrivacyEventAck(recorded_sequence=request.sequence)
@@ -169,8 +174,8 @@ class FederationService(pb_grpc.FederationServicer):
         st = self.co.status()
         return pb.StatusResponse(
             protocol_version=PROTOCOL_VERSION, server_version=__version__, client_id=cid,
-            current_round=st["attempt"] or 0, stage=st["stage_code"], state=_STATE[self.co.state],
-            registered_clients=len(self.co.clients), cohort_size=len(st["cohort"]),
+            current_round=st["attempt"] or 0, stage=st["stage_code"], state=_STATE[ServerState(st["state"])],
+            registered_clients=st["registered"], cohort_size=len(st["cohort"]),
             completed_rounds=st["completed_rounds"],
             global_adapter_sha256=bytes.fromhex(st["global_digest"]) if st["global_digest"] else b"",
             detail=st["detail"],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from securefed.config import parse_model
-from securefed.errors import InvalidMessage
+from securefed.errors import ReplayedMessage, StaleMessage
 from securefed.protocol.plan import verify_plan
 from securefed.server.config import ServerConfig
 from securefed.server.roundlog import AttemptStatus
@@ -54,33 +54,33 @@ def test_coordinator_round_with_a_silent_client_and_replay_rejection(tmp_path):
     co.recover()
     names = ["a", "b", "c"]
     for i, n in enumerate(names):
-        co.register(n, bytes([i + 1]) * 32)
+        co.mailbox.register(n, bytes([i + 1]) * 32)
     done = {}
     th = threading.Thread(target=lambda: done.setdefault("ok", co.run()))
     th.start()
     try:
-        plans = {n: co.poll(n, 3.0) for n in names}
+        plans = {n: co.mailbox.poll(n, 3.0) for n in names}
         assert all(t.WhichOneof("body") == "plan" for t in plans.values())
         plan = plans["a"].plan
         verify_plan(plan)
         payload = {"a": np.array([0.1] * 6 + [0.5]), "b": np.array([0.3] * 6 + [0.5])}
         for n in ("a", "b"):  # "c" stays silent: a dropout at the deadline
-            co.submit(n, pb.SubmitResultRequest(header=_hdr(n, plan, 1), plan_decision=pb.PlanDecision(participate=True)))
-            co.upload_masked(n, _hdr(n, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, payload[n]))
+            co.mailbox.submit(n, pb.SubmitResultRequest(header=_hdr(n, plan, 1), plan_decision=pb.PlanDecision(participate=True)))
+            co.mailbox.upload_masked(n, _hdr(n, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, payload[n]))
         # Replays: the same sequence again, and a message naming another round, are both refused.
-        with pytest.raises(InvalidMessage, match="sequence"):
-            co.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 2), plan_decision=pb.PlanDecision(participate=True)))
+        with pytest.raises(ReplayedMessage, match="sequence"):
+            co.mailbox.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 2), plan_decision=pb.PlanDecision(participate=True)))
         old = pb.RequestHeader(client_id="a", session_id=plan.plan_sha256, round=plan.round - 1 or 99, stage=pb.STAGE_PLAN, sequence=9)
-        with pytest.raises(InvalidMessage, match="round"):
-            co.submit("a", pb.SubmitResultRequest(header=old, plan_decision=pb.PlanDecision(participate=True)))
+        with pytest.raises(StaleMessage, match="round"):
+            co.mailbox.submit("a", pb.SubmitResultRequest(header=old, plan_decision=pb.PlanDecision(participate=True)))
         th.join(20)
         assert done["ok"] is True
         rec = co.roundlog.attempts()[-1]
         assert rec.status is AttemptStatus.COMPLETED and set(rec.survivors) == {"a", "b"} and rec.dropouts == ("c",)
         # Payloads are [w*delta, w]: FedAvg = (0.1 + 0.3) / (0.5 + 0.5) = 0.4 added to the zero adapter.
         np.testing.assert_allclose(co.global_ckpt.vector, np.full(6, 0.4), atol=1e-6)
-        assert co.poll("a", 0.1).WhichOneof("body") == "aggregate_ready"
-        assert co.poll("a", 0.1).WhichOneof("body") == "done"
+        assert co.mailbox.poll("a", 0.1).WhichOneof("body") == "aggregate_ready"
+        assert co.mailbox.poll("a", 0.1).WhichOneof("body") == "done"
     finally:
         co.stop()
         th.join(5)
@@ -91,22 +91,22 @@ def test_coordinator_aborts_below_threshold_and_records_declines(tmp_path):
     co = _coordinator(tmp_path, training_s=1.0, threshold=2)
     co.recover()
     for i, n in enumerate(["a", "b", "c"]):
-        co.register(n, bytes([i + 1]) * 32)
+        co.mailbox.register(n, bytes([i + 1]) * 32)
     th = threading.Thread(target=co._run_attempt)
     th.start()
     try:
-        plan = co.poll("a", 3.0).plan
-        co.poll("b", 1.0)
-        co.submit("b", pb.SubmitResultRequest(header=_hdr("b", plan, 1), plan_decision=pb.PlanDecision(
+        plan = co.mailbox.poll("a", 3.0).plan
+        co.mailbox.poll("b", 1.0)
+        co.mailbox.submit("b", pb.SubmitResultRequest(header=_hdr("b", plan, 1), plan_decision=pb.PlanDecision(
             participate=False, decline_reason="privacy budget: spent")))
-        co.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 1), plan_decision=pb.PlanDecision(participate=True)))
-        co.upload_masked("a", _hdr("a", plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, np.full(7, 0.1)))
+        co.mailbox.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 1), plan_decision=pb.PlanDecision(participate=True)))
+        co.mailbox.upload_masked("a", _hdr("a", plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, np.full(7, 0.1)))
         th.join(10)
         rec = co.roundlog.attempts()[-1]
         assert rec.status is AttemptStatus.ABORTED and "threshold" in rec.reason
         assert rec.declined == {"b": "privacy budget: spent"} and rec.dropouts == ("c",)
         assert co.global_ckpt.round == 0 and not (tmp_path / "state" / "checkpoints" / "global-r000001.safetensors").exists()
-        assert co.poll("a", 0.1).aborted.reason.startswith("only 1")
+        assert co.mailbox.poll("a", 0.1).aborted.reason.startswith("only 1")
     finally:
         co.stop()
         th.join(5)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from securefed.errors import CheckpointError
+from securefed.errors import CheckpointError, LedgerConflict, RoundLogError
 from securefed.protocol.bundle import adapter_digest, decode_bundle
 from securefed.server.checkpoint import CheckpointStore
-from securefed.server.roundlog import AttemptStatus, RoundLog, RoundLogError
+from securefed.server.roundlog import AttemptStatus, RoundLog
 
 KIT = Path(__file__).resolve().parents[2] / "clients"
 
@@ -39,9 +39,9 @@ def test_roundlog_allows_one_completion_per_round_and_recovers(tmp_path):
     assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e0") is True
     assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=0, entry_hash="e0") is False
     # A forked or rewritten ledger is refused: another hash at a known position, or a broken link.
-    with pytest.raises(RoundLogError, match="differs"):
+    with pytest.raises(LedgerConflict, match="differs"):
         log.record_privacy_event(a4 + 1, "x", "{}", b"s", ledger_seq=0, entry_hash="other")
-    with pytest.raises(RoundLogError, match="chain"):
+    with pytest.raises(LedgerConflict, match="chain"):
         log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="not-e0")
     assert log.record_privacy_event(a4, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="e0") is False
     assert log.record_privacy_event(a4 + 1, "x", "{}", b"s", ledger_seq=1, entry_hash="e1", prev_hash="e0") is True
