@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from securefed.errors import ConfigError
+
 MARKER = ".securefed-demo"
 
 
@@ -40,8 +42,6 @@ def _say(msg: str) -> None:
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
-            from securefed.errors import ConfigError
-
             raise ConfigError(f"{out} exists and was not written by `securefed demo`; choose another --out")
         for child in out.iterdir():
             if child.name == "work":
@@ -77,8 +77,6 @@ def _json_lines(path: Path) -> list[dict]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from securefed.errors import ConfigError
-
     if not 3 <= args.clients <= 20:
         raise ConfigError("--clients: use 3..20 (secure aggregation needs at least 3)")
     if not 1 <= args.rounds <= 50:

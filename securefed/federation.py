@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from securefed import he
 from securefed.client.config import ClientConfig, load_client_config
+from securefed.client.daemon import ClientDaemon
+from securefed.server.app import ServerApp
 from securefed.server.config import ServerConfig, load_server_config
+from securefed.training.preset import PRESET_MARKER, build_tiny_model
+from securefed.transport import identity as tid
 
 
 @dataclass
@@ -60,8 +65,6 @@ def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 
 
 def ensure_tiny_model(model_dir: Path) -> Path:
-    from securefed.training.preset import PRESET_MARKER, build_tiny_model
-
     if not (model_dir / PRESET_MARKER).exists():
         build_tiny_model(model_dir)
     return model_dir
@@ -86,8 +89,6 @@ def provision(
 
     ``server``/``client``/``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``).
     """
-    from securefed.transport import identity as tid
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     pki = root / "pki"
@@ -101,8 +102,6 @@ def provision(
     model_dir = ensure_tiny_model(Path(model_dir) if model_dir else root / "model")
     ckks_secret = ckks_public = None
     if mode == "ckks":
-        from securefed import he
-
         ckks_secret, ckks_public = root / "ckks" / "federation.secret.ctx", root / "ckks" / "federation.public.ctx"
         if not ckks_secret.exists():
             ctx = he.generate_client_context(he.DEFAULT_PARAMS_NAME)
@@ -185,8 +184,6 @@ def start_clients(p: Provisioned, address: str, *, names: list[str] | None = Non
 
     ``hooks`` maps a member's name to the ``client.hooks.MemberHooks`` it runs with (tests watch
     members through them)."""
-    from securefed.client.daemon import ClientDaemon
-
     stop = threading.Event()
     out = ClientThreads({}, {}, {}, stop)
     for name, toml in p.client_tomls.items():
@@ -212,8 +209,6 @@ def start_clients(p: Provisioned, address: str, *, names: list[str] | None = Non
 def run_in_process(p: Provisioned, *, hooks: dict[str, Any] | None = None, timeout_s: float = 300.0,
                    server_config: ServerConfig | None = None) -> FederationResult:
     """Server and clients as threads of this process (real gRPC over mutual TLS on 127.0.0.1)."""
-    from securefed.server.app import ServerApp
-
     cfg = server_config or load_server_config(p.server_toml)
     app = ServerApp(cfg)
     port = app.start()

@@ -14,6 +14,7 @@ Safe, whole operations only::
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from securefed.he.params import DEFAULT_PARAMS_NAME, PARAMETER_SETS, CkksParams, get_params
@@ -39,8 +40,6 @@ _SUBMODULES = frozenset({"keys", "aggregate", "vector", "wire", "params"})
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     if name in _SUBMODULES:  # ``he.keys.generate_client_context`` works without an explicit import
         return importlib.import_module(f"securefed.he.{name}")
     module = _LAZY.get(name)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import ClassVar
 
+import numpy as np
+
 from securefed.errors import AccountingError
 from securefed.privacy import formulas
 from securefed.privacy.events import AccountantName, DpEvent, Sampler, parse_accountant_name
@@ -122,8 +124,6 @@ def cumulative_epsilons(
     name = parse_accountant_name(accountant)
     mechs = [mechanism_of(e) for e in events]
     if name is AccountantName.RDP:
-        import numpy as np
-
         out, curve = [], np.zeros(len(formulas.DEFAULT_RDP_ORDERS))
         for m in mechs:
             curve = curve + formulas.rdp_curve([m])

@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from securefed.errors import InvalidInput
+
+# The handlers import the verification modules themselves: they load numpy, pydantic, scipy and
+# dp-accounting, which registering the subcommands (and so every `securefed --help`) must not pay for.
 
 
 def register(subparsers) -> None:
@@ -43,8 +49,6 @@ def register(subparsers) -> None:
 
 
 def _parse_keys(items: list[str]) -> dict[str, bytes]:
-    from securefed.errors import InvalidInput
-
     keys: dict[str, bytes] = {}
     for item in items:
         cid, sep, hexkey = item.partition("=")
@@ -58,10 +62,8 @@ def _parse_keys(items: list[str]) -> dict[str, bytes]:
     return keys
 
 
-def _parse_heads(items: list[str]):
-    from securefed.errors import InvalidInput
-    from securefed.privacy.ledger import LedgerHead
-
+def _parse_heads(items: list[str]) -> dict[str, tuple[int, str]]:
+    """``CLIENT=LENGTH:HASH`` items as ``{client: (length, hash)}`` (the fields of a ``LedgerHead``)."""
     heads = {}
     for item in items:
         cid, sep, rest = item.partition("=")
@@ -72,7 +74,7 @@ def _parse_heads(items: list[str]):
             bytes.fromhex(h)
         except ValueError:
             raise InvalidInput(f"--expect-head {item!r}: the hash must be 64 hex characters") from None
-        heads[cid] = LedgerHead(int(length), h.lower())
+        heads[cid] = (int(length), h.lower())
     return heads
 
 
@@ -89,17 +91,14 @@ def _print_results(results) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    import sys
+    from securefed.privacy import ledger, report, verify
 
-    from securefed.privacy.verify import verify_ledgers
-
-    results = verify_ledgers(args.ledgers, public_keys=_parse_keys(args.public_key),
-                             heads=_parse_heads(args.expect_head))
+    keys = _parse_keys(args.public_key)
+    heads = {cid: ledger.LedgerHead(*head) for cid, head in _parse_heads(args.expect_head).items()}
+    results = verify.verify_ledgers(args.ledgers, public_keys=keys, heads=heads)
     failed = [r for r in results if not r.ok]
     if args.json:
-        from securefed.privacy.report import build_report
-
-        print(json.dumps(build_report(results), allow_nan=False))
+        print(json.dumps(report.build_report(results), allow_nan=False))
     else:
         _print_results(results)
     if failed:
@@ -113,13 +112,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    import sys
+    from securefed.privacy import report, verify
 
-    from securefed.privacy.report import write_report
-    from securefed.privacy.verify import verify_ledgers
-
-    results = verify_ledgers(args.ledgers, public_keys=_parse_keys(args.public_key))
-    html_path, json_path = write_report(results, args.out)
+    results = verify.verify_ledgers(args.ledgers, public_keys=_parse_keys(args.public_key))
+    html_path, json_path = report.write_report(results, args.out)
     print(f"report: {html_path}")
     print(f"data:   {json_path}")
     failed = [r for r in results if not r.ok]

@@ -16,6 +16,11 @@ import argparse
 import json
 import math
 
+from securefed.errors import AccountingError, ConfigError, InvalidInput
+
+# The handlers import the accounting modules themselves: those load numpy and pydantic, which
+# registering the subcommands (and so every `securefed --help`) must not pay for.
+
 ACCOUNTANT_CHOICES = ("rdp", "prv")
 
 
@@ -64,17 +69,15 @@ def _json_num(x: float) -> float | None:
 
 
 def _epsilon(args: argparse.Namespace) -> int:
-    from securefed.errors import AccountingError, InvalidInput
-    from securefed.privacy.accountants import accountant_class
-    from securefed.privacy.formulas import SubsampledGaussian
+    from securefed.privacy import accountants, formulas
 
     if args.steps < 0:
         raise InvalidInput(f"--steps must be >= 0, got {args.steps}")
     if not (0 < args.delta < 1):
         raise InvalidInput(f"--delta must be in (0, 1), got {args.delta:g}")
     try:
-        mech = SubsampledGaussian(args.noise_multiplier, args.sample_rate, args.steps)
-        eps = accountant_class(args.accountant).epsilon_of_mechanisms([mech], args.delta)
+        mech = formulas.SubsampledGaussian(args.noise_multiplier, args.sample_rate, args.steps)
+        eps = accountants.accountant_class(args.accountant).epsilon_of_mechanisms([mech], args.delta)
     except AccountingError as exc:
         raise InvalidInput(str(exc)) from None
     if args.json:
@@ -96,10 +99,7 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from securefed.errors import ConfigError
-    from securefed.privacy.accountants import accountant_class, mechanism_of
-    from securefed.privacy.budget import calibrate_noise, check_delta_for_dataset, plan_schedule
-    from securefed.privacy.formulas import SubsampledGaussian
+    from securefed.privacy import accountants, budget, formulas, ledger
 
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
@@ -107,23 +107,21 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError(f"--clip must be > 0, got {args.clip:g}")
     if not (0 < args.delta < 1):
         raise ConfigError(f"--delta must be in (0, 1), got {args.delta:g}")
-    check_delta_for_dataset(args.delta, args.dataset_size)
-    sched = plan_schedule(args.dataset_size, args.batch_size, args.epochs_per_round)
+    budget.check_delta_for_dataset(args.delta, args.dataset_size)
+    sched = budget.plan_schedule(args.dataset_size, args.batch_size, args.epochs_per_round)
     prior = ()
     if args.ledger:
-        from securefed.privacy.ledger import load_ledger
-
-        prior = load_ledger(args.ledger).events
+        prior = ledger.load_ledger(args.ledger).events
     total_steps = sched.steps_per_round * args.rounds
-    sigma = calibrate_noise(args.target_epsilon, args.delta, sched.sample_rate, total_steps, args.accountant,
-                            prior_events=prior)
-    cls = accountant_class(args.accountant)
-    prior_mechs = [mechanism_of(e) for e in prior]
+    sigma = budget.calibrate_noise(args.target_epsilon, args.delta, sched.sample_rate, total_steps,
+                                   args.accountant, prior_events=prior)
+    cls = accountants.accountant_class(args.accountant)
+    prior_mechs = [accountants.mechanism_of(e) for e in prior]
     spent = cls.epsilon_of_mechanisms(prior_mechs, args.delta) if prior_mechs else 0.0
     rows = []
     for r in range(1, args.rounds + 1):
         eps = cls.epsilon_of_mechanisms(
-            [*prior_mechs, SubsampledGaussian(sigma, sched.sample_rate, sched.steps_per_round * r)], args.delta
+            [*prior_mechs, formulas.SubsampledGaussian(sigma, sched.sample_rate, sched.steps_per_round * r)], args.delta
         )
         rows.append({"round": r, "steps": sched.steps_per_round * r, "epsilon": eps,
                      "remaining": args.target_epsilon - eps})
@@ -156,12 +154,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from securefed.privacy.accountants import compute_epsilon
-    from securefed.privacy.ledger import load_ledger
+    from securefed.privacy import accountants, ledger
 
-    led = load_ledger(args.ledger)  # LedgerError (one line) if anything does not verify
+    led = ledger.load_ledger(args.ledger)  # LedgerError (one line) if anything does not verify
     b = led.header.budget
-    eps = compute_epsilon(led.events, b.delta, b.accountant)
+    eps = accountants.compute_epsilon(led.events, b.delta, b.accountant)
     insecure = [e.round_id for e in led.events if not e.secure_rng]
     if args.json:
         print(json.dumps({
@@ -186,9 +183,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from securefed.privacy.ledger import Ledger
+    from securefed.privacy import ledger
 
-    with Ledger.open(args.ledger) as led:
+    with ledger.Ledger.open(args.ledger) as led:
         led.export_json(args.out)
         n = len(led.entries())
     print(f"exported {n} verified entries of client {led.client_id} to {args.out}")

@@ -23,6 +23,7 @@ from enum import Enum
 from importlib import metadata
 from typing import Any
 
+from securefed import __version__
 from securefed.errors import AccountingError, InvalidInput, InvalidMessage
 
 #: Version of the event record layout; part of the canonical bytes so a format change cannot be
@@ -104,8 +105,6 @@ class LibraryVersions:
 
     @classmethod
     def current(cls) -> LibraryVersions:
-        from securefed import __version__
-
         return cls(opacus=_version_of("opacus"), torch=_version_of("torch"), securefed=__version__)
 
     def to_dict(self) -> dict[str, str]:

@@ -34,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, InvalidMessage, LedgerError, SecureFedError
 from securefed.fsutil import atomic_write
+from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
 from securefed.privacy.events import (
+    _CLIENT_ID,
     AccountantName,
     DpEvent,
     canonical_json,
@@ -156,8 +159,6 @@ def header_body(client_id: str, public_key: bytes, budget: PrivacyBudget, create
 
 def parse_header(body: Any, header_hash: Any, signature: Any) -> LedgerHeader:
     """Check the header's bytes, hash and self-signature; raise ``LedgerError`` on any failure."""
-    from securefed.crypto.keys import verify_signature
-
     if not isinstance(body, str) or not _is_hex(header_hash, 32) or not _is_hex(signature, 64):
         raise LedgerError("ledger header is malformed")
     raw = body.encode("utf-8")
@@ -199,8 +200,6 @@ def verify_entries(header: LedgerHeader, rows: Sequence[Sequence[Any]]) -> list[
     """Verify ``(seq, event, prev_hash, entry_hash, signature)`` rows (in stored order) against the
     header: contiguous seq from 0, each prev_hash the previous hash, each hash recomputed from the
     exact bytes, each signature valid, each event valid and this client's, at the budget's delta."""
-    from securefed.crypto.keys import verify_signature
-
     entries: list[LedgerEntry] = []
     prev = header.header_hash
     for expected_seq, row in enumerate(rows):
@@ -452,8 +451,6 @@ class Ledger:
     def epsilon(self, accountant: str | AccountantName | None = None, delta: float | None = None) -> float:
         """Epsilon spent so far, derived from the verified events (default: the budget's accountant
         and delta)."""
-        from securefed.privacy.accountants import compute_epsilon
-
         name = parse_accountant_name(accountant) if accountant is not None else self.budget.accountant
         return compute_epsilon(self.events(), self.budget.delta if delta is None else delta, name)
 
@@ -645,8 +642,6 @@ def _check_magic(path: Path) -> None:
 
 
 def _probe_client_id(client_id: str) -> None:
-    from securefed.privacy.events import _CLIENT_ID
-
     if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         raise LedgerError(f"client_id {client_id!r} must be 1-128 characters of letters, digits and ._:@-")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed.errors import AccountingError, InvalidInput
+from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon, cumulative_epsilons
 from securefed.privacy.events import utc_timestamp
 from securefed.privacy.verify import LedgerVerification
@@ -267,8 +268,6 @@ def write_report(results: Sequence[LedgerVerification], out_dir: str | Path) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(results)
-    from securefed.fsutil import atomic_write
-
     html_path, json_path = out_dir / "report.html", out_dir / "report.json"
     atomic_write(json_path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     atomic_write(html_path, render_html(report).encode("utf-8"))

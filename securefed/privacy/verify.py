@@ -40,6 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import dp_accounting
+import numpy as np
+from absl import logging as absl_logging
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+from scipy import integrate
+
 from securefed.errors import AccountingError, LedgerError, SecureFedError
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.events import AccountantName, DpEvent
@@ -69,8 +76,6 @@ PLD_DISCRETIZATION = 1e-3
 
 
 def _dp_events(events: Sequence[DpEvent]):
-    import dp_accounting
-
     for sigma, q, steps in merge((e.noise_multiplier, e.sample_rate, e.steps) for e in events):
         yield dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
 
@@ -78,9 +83,6 @@ def _dp_events(events: Sequence[DpEvent]):
 def independent_rdp_epsilon(events: Sequence[DpEvent], delta: float,
                             orders: Sequence[float] = DEFAULT_RDP_ORDERS) -> float:
     """Epsilon of the events by ``dp_accounting.rdp.RdpAccountant`` (a second implementation)."""
-    from absl import logging as absl_logging
-    from dp_accounting.rdp import RdpAccountant
-
     # dp-accounting warns (once per order) when its series for fractional orders < 2 does not converge and
     # drops those orders; the verify output already says its fractional orders are looser, so keep the
     # auditor's terminal readable.
@@ -104,9 +106,6 @@ def direct_rdp(q: float, sigma: float, alpha: float) -> float:
     space around the two places the integrand lives (z ~ 0 and z ~ alpha). Shares no code with Opacus
     or dp-accounting. Absolute error in log(A) ~1e-15.
     """
-    import numpy as np
-    from scipy import integrate
-
     if q == 0:
         return 0.0
     if sigma == 0:
@@ -143,8 +142,6 @@ def direct_epsilon_at_order(events: Sequence[DpEvent], delta: float, order: floa
 
 def independent_pld_epsilon(events: Sequence[DpEvent], delta: float) -> float:
     """Epsilon of the events by ``dp_accounting.pld.PLDAccountant`` (cross-check for PRV)."""
-    from dp_accounting.pld import PLDAccountant
-
     pairs = list(_dp_events(events))
     if not pairs:
         return 0.0

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from securefed.config import StrictModel
+from securefed.crypto.fixedpoint import FixedPointParams
 from securefed.errors import InsecureParameters
 
 # Ids travel as 8-byte big-endian integers in HKDF info and AEAD associated data.
@@ -59,10 +60,8 @@ class SecAggParams(StrictModel):
         """m: how many parties hold shares of one client's secrets (its neighbours and itself)."""
         return self.effective_degree(n) + 1
 
-    def fixed_point(self):
+    def fixed_point(self) -> FixedPointParams:
         """The matching ``crypto.fixedpoint.FixedPointParams``."""
-        from securefed.crypto.fixedpoint import FixedPointParams
-
         return FixedPointParams(clip=self.clip, frac_bits=self.frac_bits, ring_bits=self.ring_bits)
 
     def check_cohort(self, n: int) -> None:

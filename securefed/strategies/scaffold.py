@@ -66,7 +66,7 @@ class Scaffold(Strategy):
         return v.astype(np.float32)
 
     def client_hooks(self, client_state=None, server_state=None) -> ControlCorrection:
-        import torch
+        import torch  # only the member's hook needs torch; the coordinator loads strategies without it
 
         c = self._state(server_state, "server control variate c")
         ci = self._state(client_state, "client control variate c_i")

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from securefed.errors import InvalidInput, ModelError
 
@@ -111,8 +112,6 @@ def adapter_layout(model) -> AdapterLayout:
 
 def adapter_to_vector(model) -> tuple[np.ndarray, AdapterLayout]:
     """Concatenate the trainable adapter tensors into one new float32 vector (a copy)."""
-    import torch
-
     layout = adapter_layout(model)
     with torch.no_grad():
         parts = [p.detach().to("cpu").reshape(-1) for _, p in _adapter_params(model)]
@@ -122,8 +121,6 @@ def adapter_to_vector(model) -> tuple[np.ndarray, AdapterLayout]:
 
 def load_adapter_vector(model, vec: np.ndarray, layout: AdapterLayout) -> None:
     """Write ``vec`` into the model's adapter tensors, bit-exactly. The layout must match the model's."""
-    import torch
-
     mine = adapter_layout(model)
     if mine != layout:
         raise ModelError(

@@ -14,8 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pydoc_data.topics
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from securefed.errors import InvalidInput
 
@@ -45,8 +48,6 @@ class TokenDataset:
 
     def batch(self, indices):
         """Rows ``indices`` (a list or 1-D tensor) as a dict ready for the model."""
-        import torch
-
         idx = torch.as_tensor(indices, dtype=torch.long)
         return {
             "input_ids": self.input_ids[idx],
@@ -56,8 +57,6 @@ class TokenDataset:
 
 
 def _stack(rows: list[tuple[list[int], list[int], list[int]]]) -> TokenDataset:
-    import torch
-
     if not rows:
         raise InvalidInput("dataset is empty after tokenisation; provide more text")
     return TokenDataset(
@@ -177,9 +176,7 @@ def load_jsonl(
 
 def demo_corpus() -> dict[str, str]:
     """The standard library's ``pydoc_data.topics.topics``: topic name -> documentation text."""
-    from pydoc_data.topics import topics
-
-    return dict(topics)
+    return dict(pydoc_data.topics.topics)
 
 
 @dataclass(frozen=True)
@@ -231,8 +228,6 @@ def demo_heldout_dataset(tokenizer, n_clients: int, block_size: int, heldout_fra
 
 def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples: int | None = None) -> tuple[float, float]:
     """Token-level mean cross-entropy and perplexity of ``model`` on ``dataset`` (no gradients)."""
-    import torch
-
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     if n == 0:
         raise InvalidInput("evaluation dataset is empty")

@@ -34,11 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
+import torch
+from opacus import PrivacyEngine
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+from torch.utils.data import DataLoader, TensorDataset
 
 from securefed.errors import ConfigError, InvalidInput, ModelError
-from securefed.training.adapter import adapter_to_vector
+from securefed.training.adapter import adapter_to_vector, load_adapter_vector
 from securefed.training.config import ClippingMode, LocalTrainingSettings
 from securefed.training.data import IGNORE_INDEX, TokenDataset
+from securefed.training.model import LoadedModel
 from securefed.training.rng import CsprngSource, RandomSource, TorchSource
 
 log = logging.getLogger(__name__)
@@ -76,8 +81,6 @@ class LocalTrainResult:
 
 def per_sample_loss(logits, labels):
     """Mean next-token cross-entropy of each sequence (the privacy unit): shape [B]."""
-    import torch
-
     shift_logits = logits[:, :-1, :]
     shift_labels = labels[:, 1:]
     ce = torch.nn.functional.cross_entropy(
@@ -91,15 +94,11 @@ def per_sample_loss(logits, labels):
 
 
 def _unwrap(model):
-    from securefed.training.model import LoadedModel
-
     return model.model if isinstance(model, LoadedModel) else model
 
 
 def _noise_add(optimizer, source: RandomSource) -> None:
     """Replacement for ``DPOptimizer.add_noise``: same contract, our random source."""
-    import torch
-
     std = optimizer.noise_multiplier * optimizer.max_grad_norm
     params = optimizer.params
     for p in params:
@@ -136,10 +135,6 @@ class DPTrainer:
         source: RandomSource,
         correction: GradientCorrection | None = None,
     ) -> None:
-        import torch
-        from opacus import PrivacyEngine
-        from torch.utils.data import DataLoader, TensorDataset
-
         if mode is ClippingMode.AUTO:
             raise ValueError("DPTrainer needs a concrete clipping mode")
         self.model = model
@@ -184,8 +179,6 @@ class DPTrainer:
     @property
     def last_norms(self):
         """Per-sample gradient L2 norms (before clipping) of the last non-empty step."""
-        import torch
-
         if self._last_norms is None and self._last_grad_samples is not None:
             self._last_norms = torch.cat(self._last_grad_samples, dim=1).norm(2, dim=1)
         return self._last_norms
@@ -206,8 +199,6 @@ class DPTrainer:
             p.grad = None
 
     def _flat(self):
-        import torch
-
         return torch.cat([p.detach().reshape(-1) for p in self.params])
 
     def _apply_correction(self) -> None:
@@ -235,8 +226,6 @@ class DPTrainer:
 
         Returns the batch's mean per-sample loss (None for an empty batch).
         """
-        import torch
-
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
         loss_value: float | None = None
@@ -254,8 +243,6 @@ class DPTrainer:
             losses = per_sample_loss(logits, batch["labels"])
             loss_value = float(losses.detach().mean())
             if self.mode is ClippingMode.GHOST:
-                from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-
                 DPTensorFastGradientClipping(self.module, opt, losses, "mean").backward()
                 for p in self.params:
                     if p.grad is None:
@@ -337,8 +324,6 @@ def train_local(
     The adapter currently loaded in ``model`` is the starting point (load the global adapter first);
     on return the model holds the locally trained adapter and ``result.delta`` is new - start.
     """
-    import torch
-
     model = _unwrap(model)
     sigma = _resolve_sigma(settings, noise_multiplier)
     if not isinstance(train_data, TokenDataset):
@@ -379,8 +364,6 @@ def train_local(
             # Auto: restore the starting adapter and retry with hooks. Nothing was released.
             log.warning("ghost clipping failed on this model (%s); falling back to hooks", exc)
             last_error = exc
-            from securefed.training.adapter import load_adapter_vector
-
             if trainer is not None:
                 trainer.close()
                 trainer = None

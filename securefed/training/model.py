@@ -14,18 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Set before transformers/huggingface_hub are imported, which read them then; harmless if they already
+# were (local_files_only is passed explicitly as well).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
 from securefed.errors import ModelError
+from securefed.training.adapter import adapter_layout
 from securefed.training.config import LoraSettings
 
 log = logging.getLogger(__name__)
-
-
-def _offline() -> None:
-    # Set before transformers/huggingface_hub read them; harmless if already imported (local_files_only
-    # is passed explicitly as well).
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,6 @@ class LoadedModel:
 
 
 def load_tokenizer(model_dir: str | Path):
-    _offline()
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     _check_dir(model_dir)
     try:
@@ -71,11 +72,6 @@ def load_model(model_dir: str | Path, lora: LoraSettings | None = None) -> Loade
     The LoRA A matrices are initialised from ``lora.init_seed`` (public), so every party that loads the
     same base model with the same settings gets the same initial adapter.
     """
-    _offline()
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
 
     model_dir = Path(model_dir)
@@ -113,9 +109,6 @@ def load_model(model_dir: str | Path, lora: LoraSettings | None = None) -> Loade
 
 def attach_lora(model, lora: LoraSettings):
     """Wrap ``model`` with a peft LoRA adapter; only the adapter stays trainable."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in lora.target_modules if t not in names]
     if missing:
@@ -149,12 +142,6 @@ def layout_for_config(config, lora: LoraSettings):
     ``config`` is a transformers ``PretrainedConfig`` or a local model directory. Lets a server that holds no
     model weights compute the adapter length and layout hash, and the benchmark size a 7B-shaped adapter.
     """
-    _offline()
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from securefed.training.adapter import adapter_layout
-
     if isinstance(config, (str, Path)):
         model_dir = Path(config)
         _check_dir(model_dir)

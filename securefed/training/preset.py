@@ -8,12 +8,21 @@ demo corpus. Nothing is downloaded.
 
 from __future__ import annotations
 
+import ast
 import json
+import sysconfig
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
 from securefed.errors import InvalidInput, ModelError
+from securefed.training.data import blocks_from_texts, demo_corpus
+from securefed.training.dp import per_sample_loss
 
 PRESET_MARKER = "securefed_preset.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
@@ -49,10 +58,7 @@ PRESETS: dict[PresetSize, PresetSpec] = {
 
 def train_tokenizer(vocab_size: int = 512):
     """Byte-level BPE trained on the demo corpus; deterministic (sorted topics, fixed trainer settings)."""
-    from pydoc_data.topics import topics
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    topics = demo_corpus()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -75,9 +81,6 @@ def train_tokenizer(vocab_size: int = 512):
 def public_pretraining_texts(max_chars: int = 300_000) -> list[str]:
     """Docstrings of the standard library's top-level modules (sorted; pydoc_data excluded): public text
     disjoint from the demo corpus the clients train on."""
-    import ast
-    import sysconfig
-
     root = Path(sysconfig.get_paths()["stdlib"])
     texts: list[str] = []
     total = 0
@@ -99,11 +102,6 @@ def public_pretraining_texts(max_chars: int = 300_000) -> list[str]:
 
 def _pretrain(model, tokenizer, steps: int, block: int = 64, batch: int = 16, seed: int = 0) -> None:
     """A short, deterministic, non-private pretraining pass on public text (single-threaded for determinism)."""
-    import torch
-
-    from securefed.training.data import blocks_from_texts
-    from securefed.training.dp import per_sample_loss
-
     texts = public_pretraining_texts()
     if not texts:  # a Python without its stdlib sources: keep the random base
         return
@@ -138,10 +136,6 @@ def build_tiny_model(directory: str | Path, size: str | PresetSize = PresetSize.
     except ValueError:
         raise InvalidInput(f"preset size {size!r}: choose one of {[s.value for s in PresetSize]}") from None
     spec = PRESETS[size]
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
 
     directory = Path(directory)

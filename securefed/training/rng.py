@@ -17,6 +17,8 @@ import os
 from typing import Protocol
 
 import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 _TWO_POW_M53 = 1.0 / (1 << 53)
 
@@ -35,8 +37,6 @@ class CsprngSource:
     secure = True
 
     def __init__(self) -> None:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
         key = os.urandom(32)
         nonce = os.urandom(16)
         self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
@@ -73,13 +73,9 @@ class TorchSource:
     secure = False
 
     def gaussian(self, n: int, std: float) -> np.ndarray:
-        import torch
-
         if std == 0.0 or n == 0:
             return np.zeros(n, dtype=np.float64)
         return torch.normal(0.0, std, size=(n,), dtype=torch.float64).numpy()
 
     def bernoulli(self, n: int, p: float) -> np.ndarray:
-        import torch
-
         return (torch.rand(n, dtype=torch.float64) < p).numpy()

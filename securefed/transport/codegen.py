@@ -17,6 +17,7 @@ tests/transport/test_transport_codegen.py runs the same comparison.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import re
 import shutil
 import sys
@@ -24,6 +25,11 @@ import tempfile
 from pathlib import Path
 
 from securefed.errors import ConfigError
+
+try:
+    from grpc_tools import protoc  # dev-only dependency: only needed to regenerate
+except ImportError:  # pragma: no cover - depends on the environment
+    protoc = None
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
@@ -56,12 +62,8 @@ def _fix_imports(text: str) -> str:
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) and write the flattened, import-fixed stubs into out_dir."""
-    try:
-        from grpc_tools import protoc  # dev-only dependency: only needed to regenerate
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("grpcio-tools is not installed; install the dev extras: pip install -e '.[dev]'") from exc
-    import importlib.resources
-
+    if protoc is None:  # pragma: no cover - depends on the environment
+        raise ConfigError("grpcio-tools is not installed; install the dev extras: pip install -e '.[dev]'")
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="securefed-protoc-") as raw:

@@ -17,6 +17,7 @@ any public CA is worthless here.
 from __future__ import annotations
 
 import os
+from concurrent import futures
 from typing import NamedTuple, Sequence
 
 import grpc
@@ -99,8 +100,6 @@ def make_server(
     Each in-flight RPC holds a worker thread, long polls included: size max_workers above the
     number of clients that poll at once, or polls queue behind one another.
     """
-    from concurrent import futures
-
     if max_workers < 1:
         raise ConfigError("max_workers must be at least 1")
     server = grpc.server(
