@@ -13,6 +13,7 @@ cohort, sorted, to 1..n. Both sides compute it from the same plan.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 
 from securefed.errors import InvalidMessage
@@ -38,8 +39,6 @@ def seal_plan(plan: pb.RoundPlan) -> pb.RoundPlan:
 
 
 def verify_plan(plan: pb.RoundPlan) -> None:
-    import hmac
-
     if not hmac.compare_digest(plan.plan_sha256, plan_sha256(plan)):
         raise InvalidMessage("round plan digest does not match its contents")
     ids = [m.client_id for m in plan.cohort]
