@@ -74,7 +74,7 @@ def rpc_errors() -> Iterator[None]:
 class Download:
     round: int  # the global-adapter version (or the attempt, for a driver's aggregate)
     kind: int  # pb.AggregateKind
-    parts: list[bytearray]
+    parts: list[bytearray | memoryview]  # transport.chunking.PartsReceiver's buffers, not copied
     nbytes: int
 
 

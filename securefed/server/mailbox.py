@@ -219,7 +219,7 @@ class Mailbox:
             return then()
 
     def take_upload(self, client_id: str, header: pb.RequestHeader, kind: int, ring_bits: int,
-                    parts: list[bytearray]) -> None:
+                    parts: list[bytearray | memoryview]) -> None:
         """A whole upload, admitted by ``admit_upload`` (whose header carried the sequence number); its
         bytes were counted as they arrived (``count_upload``)."""
         if kind == pb.TRANSFER_KIND_RING_VECTOR:

@@ -77,7 +77,7 @@ class Upload:
             self.receiver.write(offset, data)
             return self.receiver.complete
 
-    def take_parts(self) -> list[bytearray] | None:
+    def take_parts(self) -> list[bytearray | memoryview] | None:
         """The parts, exactly once (None if another stream took them), to hand to the round."""
         with self.lock:
             r = self.receiver

@@ -6,10 +6,10 @@ ciphertext under CKKS) whose sizes are declared up front, with one SHA-256 over 
 concatenated in order. Offsets count bytes of that concatenation, so where a dropped transfer
 resumes is one number (protocols/transfers.md).
 
-* ``PartsReceiver`` appends each chunk at its committed offset, trims a chunk that starts before it
+* ``PartsReceiver`` writes each chunk at its committed offset, trims a chunk that starts before it
   (a resumed sender repeats what was in flight), refuses one that starts after it, and checks the
-  digest once the last byte is in. Buffers grow with what arrived, never with what a peer declared,
-  and are handed over as they are: the whole payload is never copied.
+  digest once the last byte is in. Memory follows what arrived, never what a peer declared, and the
+  buffers are handed over as they are: the whole payload is never copied.
 * ``slices`` and ``part_slices`` cut parts into memoryviews from an offset, without copying.
 * The two hot messages, ``TransferChunk`` and ``AggregateChunk``, are encoded and decoded here by
   hand, so a chunk's bytes are copied once on each side (into the message, into the buffer) rather
@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Union
 
+import numpy as np
+
 from securefed.errors import InvalidMessage
 from securefed.transport.limits import CHUNK_BYTES, MAX_PAYLOAD_BYTES, MAX_TRANSFER_PARTS
 
@@ -36,6 +38,7 @@ Buffer = Union[bytes, bytearray, memoryview]
 
 TRANSFER_ID_DOMAIN = b"securefed/transfer-id/v1\x00"
 DIGEST_BYTES = 32
+LARGE_PART = 1 << 20  # parts this big get an exact-size buffer whose pages arrive with the bytes
 
 
 # ---- parts, digests, ids ----------------------------------------------------------------------------
@@ -80,7 +83,13 @@ def transfer_id(member: str, attempt: int, stage: int, kind: int, ring_bits: int
 # ---- the receiving side ------------------------------------------------------------------------------
 
 class PartsReceiver:
-    """Assemble declared parts from chunks at global offsets; resumable at ``committed``."""
+    """Assemble declared parts from chunks at global offsets; resumable at ``committed``.
+
+    A part of ``LARGE_PART`` bytes or more is one uninitialised numpy buffer of its exact size, whose
+    pages the OS provides only as bytes are written (no zero fill, no reallocation, no over-allocation),
+    handed over as a ``memoryview``; a smaller one (a CKKS ciphertext, a manifest) grows as a
+    ``bytearray``. Either way memory follows the bytes received, not the bytes declared.
+    """
 
     def __init__(self, part_sizes: Sequence[int], sha256: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES,
                  max_parts: int = MAX_TRANSFER_PARTS) -> None:
@@ -91,9 +100,10 @@ class PartsReceiver:
         self.total = sum(self.sizes)
         self.committed = 0
         self.failed = False
-        self._parts: list[bytearray] = []
+        self._parts: list[bytearray | memoryview] = []
+        self._have = 0  # bytes in the part being filled (the last one opened)
         self._hash = hashlib.sha256()
-        self._fill_empty_parts()
+        self._open_parts()
         if self.total == 0:
             self._verify()
 
@@ -122,26 +132,32 @@ class PartsReceiver:
         self._hash.update(view)
         taken = len(view)
         while len(view):
-            cur = self._parts[-1]
-            room = self.sizes[len(self._parts) - 1] - len(cur)
-            cur += view[:room]
-            view = view[room:]
-            self._fill_empty_parts()
+            buf, size = self._parts[-1], self.sizes[len(self._parts) - 1]
+            take = view[:size - self._have]
+            if isinstance(buf, bytearray):
+                buf += take
+            else:
+                buf[self._have:self._have + len(take)] = take
+            self._have += len(take)
+            view = view[len(take):]
+            self._open_parts()
         self.committed += taken
         if self.complete:
             self._verify()
         return taken
 
-    def parts(self) -> list[bytearray]:
+    def parts(self) -> list[bytearray | memoryview]:
         if not self.complete:
             raise InvalidMessage(f"transfer incomplete: {self.committed} of {self.total} bytes")
         return self._parts
 
-    def _fill_empty_parts(self) -> None:
+    def _open_parts(self) -> None:
         """Open the next part once the current one is full (zero-size parts complete at once)."""
         while len(self._parts) < len(self.sizes) and (
-                not self._parts or len(self._parts[-1]) == self.sizes[len(self._parts) - 1]):
-            self._parts.append(bytearray())
+                not self._parts or self._have == self.sizes[len(self._parts) - 1]):
+            size = self.sizes[len(self._parts)]
+            self._parts.append(memoryview(np.empty(size, np.uint8)) if size >= LARGE_PART else bytearray())
+            self._have = 0
 
     def _verify(self) -> None:
         if not hmac.compare_digest(self._hash.digest(), self.sha256):
