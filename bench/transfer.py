@@ -15,8 +15,6 @@ Records, per payload size, measured in the same run:
   driver is told to drop the upload, so what is measured is the transport, not the aggregation.
 * ``resume``: a whole round with one member behind the relay cutting its connection every quarter
   of the payload, up to five times each way: wire bytes over payload (target < 2).
-* ``codec``: one 64 KiB chunk encoded and decoded by hand (one copy of the data each way) against
-  the protobuf runtime (upb copies on construction, serialisation and each read of the field).
 
     python bench/transfer.py --json            # 8, 32 and 128 MiB
     python bench/transfer.py --json --quick    # 8 MiB
@@ -44,7 +42,6 @@ from transfer_harness import MEMBERS, identity_key, make_pki, member_config, run
 
 from securefed.client.connection import Connection  # noqa: E402
 from securefed.transport._generated import federation_pb2 as pb  # noqa: E402
-from securefed.transport.chunking import decode_transfer_chunk, encode_transfer_chunk, views  # noqa: E402
 from securefed.transport.limits import MIB, TRANSFER_CHUNK_BYTES  # noqa: E402
 
 
@@ -168,34 +165,6 @@ def resume_case(dim: int, cuts: int = 5) -> dict:
     }
 
 
-def codec_case(repeats: int = 2000) -> dict:
-    data = os.urandom(TRANSFER_CHUNK_BYTES)
-    tid = bytes(32)
-
-    def hand():
-        raw = encode_transfer_chunk(tid, 12345, views([data]))
-        out = bytearray()
-        out += decode_transfer_chunk(raw).data
-
-    def runtime():
-        raw = pb.TransferChunk(transfer_id=tid, offset=12345, data=data).SerializeToString()
-        out = bytearray()
-        out += pb.TransferChunk.FromString(raw).data
-
-    def best(fn):
-        t = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(repeats // 5):
-                fn()
-            t = min(t, time.perf_counter() - t0)
-        return t / (repeats // 5)
-
-    h, r = best(hand), best(runtime)
-    return {"case": "codec", "chunk_bytes": TRANSFER_CHUNK_BYTES, "hand_us_per_chunk": round(h * 1e6, 2),
-            "protobuf_runtime_us_per_chunk": round(r * 1e6, 2), "runtime_over_hand": round(r / h, 2)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print one JSON array (default: one record per line)")
@@ -210,7 +179,6 @@ def main() -> None:
     for dim in dims:
         records.append({**transfer_case(dim), "cores": cores})
     records.append({**resume_case(2 << 20), "cores": cores})
-    records.append({**codec_case(), "cores": cores})
     if args.json:
         print(json.dumps(records, indent=1))
     else:
