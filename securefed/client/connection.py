@@ -153,48 +153,20 @@ class Connection:
     # --- resumable transfers --------------------------------------------------------------------
     def upload(self, header: pb.RequestHeader, kind: int, parts: Sequence[Buffer], *, ring_bits: int = 0) -> None:
         """Declare the upload, then send it from wherever the server says it stands, until it has it all."""
-        vs = views(parts)
-        sizes = [len(v) for v in vs]
-        total, digest = sum(sizes), content_digest(vs)
-        tid = transfer_id(self.name, header.round, header.stage, kind, ring_bits, sizes, digest)
-        req = pb.TransferOpenRequest(header=header, kind=kind, ring_bits=ring_bits, part_sizes=sizes, sha256=digest)
-        with Progress("upload", total, "B", attempt=header.round) as prog:
-            high = [0]  # progress shows the furthest byte sent; a resume repeats what was in flight
-
-            def sent(end: int, n: int) -> None:
-                self.counts.sent += n
-                if end > high[0]:
-                    prog.update(end - high[0])
-                    high[0] = end
-
-            tries = [0]
+        out = _Outgoing(self.name, header, kind, parts, ring_bits, self.counts)
+        with Progress("upload", out.total, "B", attempt=header.round) as out.progress:
 
             def step() -> None:
-                if tries[0]:
-                    req.header.sequence = next_sequence()  # asking again is a new request
-                tries[0] += 1
-                st = self.call("OpenTransfer", req)
-                if bytes(st.transfer_id) != tid:
-                    raise InvalidMessage("the server named another upload than the one declared")
-                if st.complete:
-                    return
-                if st.committed >= total:  # whole, but the server is still handing it to the round
-                    raise TransportError("the server is still taking the upload")
-                chunk = min(st.chunk_bytes or TRANSFER_CHUNK_BYTES, CHUNK_BYTES)
-
-                def messages() -> Iterator[bytes]:
-                    for off, pieces in slices(vs, int(st.committed), chunk):
-                        n = sum(len(p) for p in pieces)
-                        sent(off + n, n)
-                        yield encode_transfer_chunk(tid, off, pieces)
-
+                start = out.resume_point(self.call("OpenTransfer", out.open_request()))
+                if start is None:
+                    return  # the server has it all
                 with rpc_errors():
-                    done = self._send_transfer(messages(), timeout=self._timeout)
+                    done = self._send_transfer(out.messages(start), timeout=self._timeout)
                 if not done.complete:
                     raise TransportError("the upload stream ended before the server had every byte")
 
             self._resuming("upload", header.round, step)
-        self.counts.uploaded += total
+        self.counts.uploaded += out.total
 
     def download(self, attempt: int) -> Download:
         """The aggregate the server serves this member for ``attempt`` (the global adapter by default)."""
@@ -236,6 +208,50 @@ class Connection:
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, conn.backoff_max_s)
+
+
+class _Outgoing:
+    """One upload across its streams: declared once, sent from the offset the server acknowledges."""
+
+    def __init__(self, name: str, header: pb.RequestHeader, kind: int, parts: Sequence[Buffer], ring_bits: int,
+                 counts: TransferCounts) -> None:
+        self.views = views(parts)
+        sizes = [len(v) for v in self.views]
+        self.total, digest = sum(sizes), content_digest(self.views)
+        self.id = transfer_id(name, header.round, header.stage, kind, ring_bits, sizes, digest)
+        self._request = pb.TransferOpenRequest(header=header, kind=kind, ring_bits=ring_bits, part_sizes=sizes,
+                                               sha256=digest)
+        self._asked = False
+        self._counts = counts
+        self._high = 0  # progress shows the furthest byte sent; a resume repeats what was in flight
+        self._chunk = TRANSFER_CHUNK_BYTES
+        self.progress: Progress | None = None
+
+    def open_request(self) -> pb.TransferOpenRequest:
+        if self._asked:
+            self._request.header.sequence = next_sequence()  # asking again is a new request
+        self._asked = True
+        return self._request
+
+    def resume_point(self, st: pb.TransferState) -> int | None:
+        """Where to send from, or None once the server has it all."""
+        if bytes(st.transfer_id) != self.id:
+            raise InvalidMessage("the server named another upload than the one declared")
+        if st.complete:
+            return None
+        if st.committed >= self.total:  # whole, but the server is still handing it to the round
+            raise TransportError("the server is still taking the upload")
+        self._chunk = min(st.chunk_bytes or TRANSFER_CHUNK_BYTES, CHUNK_BYTES)
+        return int(st.committed)
+
+    def messages(self, start: int) -> Iterator[bytes]:
+        for off, pieces in slices(self.views, start, self._chunk):
+            n = sum(len(p) for p in pieces)
+            self._counts.sent += n
+            if off + n > self._high and self.progress is not None:
+                self.progress.update(off + n - self._high)
+                self._high = off + n
+            yield encode_transfer_chunk(self.id, off, pieces)
 
 
 class _Incoming:
