@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/secagg.py --json
 	$(BIN)/python bench/training.py --json
 	$(BIN)/python bench/round.py --json
+	$(BIN)/python bench/transfer.py --json
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -8,7 +8,7 @@ the code that must hold against a hostile server does not depend on the server's
 * ``config``             ``ClientConfig``: the member's client.toml
 * ``daemon``             ``ClientDaemon``: dispatches each task to the parts below, in the order of a round
 * ``pull_loop``          register, long-poll, reconnect with backoff; ends sessions on typed errors
-* ``connection``         the stub: unary calls, streamed download/uploads with progress, error mapping
+* ``connection``         the stub: unary calls, resumable streamed download/uploads with progress, error mapping
 * ``admission``          pure: plan + bundle + config -> leave (``ProtocolAbort``), decline (reason), or go on
 * ``budget``             ``BudgetPlanner``: the planned DP event, noise calibration, the guard's memoised verdict
 * ``trainer``            ``Trainer``: base model + LoRA, data, DP-SGD rounds, evaluation, PEFT export

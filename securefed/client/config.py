@@ -89,7 +89,10 @@ class ConnectionSection(StrictModel):
     backoff_initial_s: float = Field(0.5, gt=0, description="first reconnect delay; doubles up to backoff_max_s")
     backoff_max_s: float = Field(15.0, gt=0)
     give_up_after_s: float | None = Field(None, gt=0, description="stop after this long without the server (None: never)")
-    rpc_timeout_s: float = Field(120.0, gt=0, description="deadline of one request (uploads included)")
+    rpc_timeout_s: float = Field(120.0, gt=0, description="deadline of one request (one stream of an upload or "
+                                 "download; an interrupted transfer resumes where it stopped)")
+    transfer_give_up_s: float = Field(300.0, gt=0, description="how long one upload or download keeps resuming "
+                                      "after dropped connections before this member gives it up")
 
 
 class ClientConfig(StrictModel):

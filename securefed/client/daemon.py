@@ -74,7 +74,7 @@ class ClientDaemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger.open_or_create(config.ledger_path, self.identity, client_id=self.name,
                                             budget=config.privacy)
-        self.connection = Connection(config)
+        self.connection = Connection(config, stop=self.stop_event)
         self.trainer = Trainer(config)
         self.store = GlobalStore(self.state_dir)
         self.grinding = GraphGrindingGuard(config.client.sparse_graph_max_retries)

@@ -76,8 +76,9 @@ class Bundle:
     meta: dict[str, str]
 
 
-def decode_bundle(data: bytes, source: str = "<bundle>") -> Bundle:
+def decode_bundle(data: bytes | bytearray, source: str = "<bundle>") -> Bundle:
     """Parse and verify bundle bytes (from disk or the wire); CheckpointError on any mismatch."""
+    data = bytes(data)  # safetensors reads bytes only (a download arrives as a bytearray); no copy for bytes
     try:
         n = int.from_bytes(data[:8], "little")
         if n <= 0 or n > len(data) - 8 or n > 1 << 24:

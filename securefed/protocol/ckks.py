@@ -3,14 +3,15 @@
 A CKKS attempt runs three stages of its own (``CkksStage``), carried by existing wire messages:
 
 * ``CONTRIBUTE``: each member uploads its ciphertext chunks followed by a ``Contribution`` signature
-  (``UploadCiphertext``, header stage ``STAGE_CIPHERTEXT_UPLOAD``) while the plan stage is open;
+  (a ``TRANSFER_KIND_CIPHERTEXTS`` transfer, header stage ``STAGE_CIPHERTEXT_UPLOAD``) while the plan
+  stage is open;
 * ``CONFIRM``: the server offers every contributor the decryption request (all signed contributions,
   ``encode_contributions``) as an ``AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM`` download; a member that
   accepts it signs ``confirmation_payload`` (``SubmitResult.consistency_signature``, header stage
   ``STAGE_CONSISTENCY_CHECK``);
 * ``DECRYPT``: the server hands back the confirmations (``Task.decrypt_request``); a member decrypts
-  and returns the sum as fixed point (``encode_decrypted``; ``UploadMasked``, header stage
-  ``STAGE_AGGREGATE``).
+  and returns the sum as fixed point (``encode_decrypted``; a ``TRANSFER_KIND_RING_VECTOR`` transfer,
+  header stage ``STAGE_AGGREGATE``).
 
 Everything a member signs here is domain-separated and binds the plan digest and the attempt.
 """

@@ -3,7 +3,8 @@
 DEBUG ONLY (``federation.allow_plaintext_for_debugging``). The encoding, ring and clip are the
 plan's ``secagg`` parameters, exactly as under secure aggregation but without the masks, so a
 plaintext round is the reference the secure modes are compared with. The member sends the ring
-elements, little-endian, with ``UploadMasked`` and header stage ``STAGE_PLAINTEXT_UPLOAD``.
+elements, little-endian, as a ``TRANSFER_KIND_RING_VECTOR`` transfer with header stage
+``STAGE_PLAINTEXT_UPLOAD``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def fixed_point(plan: pb.RoundPlan) -> FixedPointParams:
 
 
 def encode_upload(values: np.ndarray, plan: pb.RoundPlan) -> tuple[int, bytes]:
-    """(ring_bits, bytes) of a member's payload vector, for ``UploadMasked``."""
+    """(ring_bits, bytes) of a member's payload vector, for its ring-vector upload."""
     fp = fixed_point(plan)
     enc, _ = encode(np.asarray(values, dtype=np.float64), fp)
     return fp.ring_bits, np.ascontiguousarray(enc, dtype=RING_DTYPES[fp.ring_bits]).tobytes()

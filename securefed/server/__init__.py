@@ -6,12 +6,14 @@ It never imports ``securefed.client``; what both sides agree on is ``securefed.p
 * ``app``               assembles config, strategy, plan, driver, coordinator and gRPC server (``ServerApp``)
 * ``coordinator``       the round loop: recover, wait for clients, run an attempt, commit or abort
 * ``mailbox``           registry, what each member is handed next (notices, long-poll), header checks, intake
+* ``transfers``         resumable uploads (admitted before buffering) and downloads from any offset
+* ``uploads``           the uploads held while they arrive: one incomplete per member, freed with the attempt
 * ``attempt``           the data of one attempt: ``AttemptContext``, ``Phase``, ``RoundOutcome``
 * ``driver``            the ``RoundDriver`` contract and the plan stage every mode shares
 * ``secagg_driver``     pairwise masking (Bonawitz et al. / SecAgg+) through ``securefed.secagg``
 * ``ckks_driver``       CKKS: signed ciphertexts added keylessly, decrypted by the members
 * ``plaintext_driver``  DEBUG ONLY: fixed-point uploads in clear, the reference sum
-* ``service``           the gRPC servicer: authenticate, check framing, hand over to mailbox/coordinator
+* ``service``           the gRPC servicer: authenticate, hand over to mailbox/transfers/coordinator
 * ``roundlog``          the SQLite round log (attempts, privacy events), crash-safe
 * ``checkpoint``        the global adapter after each round, one atomic bundle file per round
 * ``cli``               ``securefed server``, ``securefed status``, ``securefed ckks-init``

@@ -12,7 +12,9 @@ import numpy as np
 from securefed import he
 from securefed.crypto.keys import verify_signature
 from securefed.errors import InvalidMessage, ProtocolAbort, StaleMessage
+from securefed.he.wire import max_blob_bytes
 from securefed.protocol.ckks import (
+    SIGNATURE_BYTES,
     confirmation_payload,
     contribution_digest,
     contribution_payload,
@@ -62,6 +64,24 @@ class CkksDriver(RoundDriver):
 
     def first_phase(self) -> Phase:
         return self.plan_phase()
+
+    def check_upload(self, phase: Phase, client: str, kind: int, stage: int, ring_bits: int,
+                     part_sizes: tuple[int, ...]) -> None:
+        if kind == pb.TRANSFER_KIND_RING_VECTOR:  # the decrypted sum
+            if phase.stage != pb.STAGE_AGGREGATE or stage != pb.STAGE_AGGREGATE:
+                raise StaleMessage("decrypted aggregate refused at this stage")
+            if client not in phase.expected:
+                raise InvalidMessage("you were not asked to decrypt this aggregate")
+            return self.expect_ring_vector(kind, ring_bits, 64, part_sizes)
+        if phase.stage != pb.STAGE_PLAN or stage != pb.STAGE_CIPHERTEXT_UPLOAD:
+            raise StaleMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
+        self.refuse_if_declined(client)
+        p = self.agg.params
+        want, limit = p.chunks_for(self.ctx.payload_length), max_blob_bytes(p.poly_modulus_degree, len(p.data_prime_bit_sizes))
+        if (len(part_sizes) != want + 1 or part_sizes[-1] != SIGNATURE_BYTES
+                or max(part_sizes[:-1], default=0) > limit):
+            raise InvalidMessage(f"a CKKS upload is {want} ciphertexts of at most {limit} bytes each, then the "
+                                 f"{SIGNATURE_BYTES}-byte signature")
 
     def on_ciphertext_upload(self, phase: Phase, client: str, parts: list[bytes]) -> None:
         if phase.stage != pb.STAGE_PLAN:

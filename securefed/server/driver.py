@@ -79,6 +79,23 @@ class RoundDriver(abc.ABC):
         """A ``SubmitResult`` other than the plan decision."""
         raise InvalidMessage(f"{kind} is not expected in this aggregation mode")
 
+    def check_upload(self, phase: Phase, client: str, kind: int, stage: int, ring_bits: int,
+                     part_sizes: tuple[int, ...]) -> None:
+        """Before a byte of an upload is buffered (``server.transfers``): refuse it unless this stage
+        takes it from this client, with exactly these part sizes (or sizes within the mode's bounds)."""
+        raise InvalidMessage("uploads are not expected in this aggregation mode")
+
+    def expect_ring_vector(self, kind: int, ring_bits: int, want_bits: int, part_sizes: tuple[int, ...]) -> None:
+        """An upload must be one vector of the round's length in Z_2^want_bits."""
+        if kind != pb.TRANSFER_KIND_RING_VECTOR:
+            raise InvalidMessage("this stage takes a ring vector")
+        if ring_bits != want_bits:
+            raise InvalidMessage(f"upload in Z_2^{ring_bits}, the round uses Z_2^{want_bits}")
+        want = self.ctx.payload_length * want_bits // 8
+        if tuple(part_sizes) != (want,):
+            raise InvalidMessage(f"upload declares {sum(part_sizes)} bytes in {len(part_sizes)} part(s), "
+                                 f"the round expects one of {want}")
+
     def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
         raise InvalidMessage("masked uploads are not expected in this aggregation mode")
 

@@ -29,6 +29,7 @@ from securefed.logs import get_logger, log
 from securefed.server.attempt import AttemptContext, Phase
 from securefed.server.checkpoint import Checkpoint
 from securefed.server.driver import RoundDriver
+from securefed.server.uploads import UploadTable
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server.coordinator")
@@ -70,6 +71,8 @@ class Mailbox:
         self._notices: dict[str, _Notice] = {}
         self._sequences: dict[str, int] = {}  # last sequence per member in the live attempt
         self.done_delivered: set[str] = set()
+        self.uploads = UploadTable()  # uploads of the live attempt while they arrive (server.transfers)
+        self._adapter: tuple[Checkpoint, bytes] | None = None  # the published bundle's bytes, read once
         # Protobuf payload bytes over the whole run (TLS/HTTP2 framing not included).
         self.total_bytes_in = 0
         self.total_bytes_out = 0
@@ -127,6 +130,7 @@ class Mailbox:
                 self._notices[c] = _Notice(ctx.attempt, ctx.task(pb.STAGE_AGGREGATE, **outcome))
             self.ctx, self.driver, self.phase = None, None, None
             self._sequences.clear()
+            self.uploads.clear()
             self._cv.notify_all()
 
     def finish(self, done: pb.Done) -> None:
@@ -201,11 +205,35 @@ class Mailbox:
         self._take(client_id, header, sum(len(p) for p in parts),
                    lambda d, ph: d.on_ciphertext_upload(ph, client_id, parts))
 
+    def admit_upload(self, client_id: str, header: pb.RequestHeader, kind: int, ring_bits: int,
+                     part_sizes: tuple[int, ...], *, then: Callable[[], Any]) -> Any:
+        """Before a byte of an upload is buffered: the checks its delivery will face, then ``then()``
+        (which records the upload) under the same lock, so it cannot outlive an attempt that just ended."""
+        with self._cv:
+            self.check_header(client_id, header)
+            phase, driver = self.phase, self.driver
+            assert phase is not None and driver is not None
+            if client_id in phase.responded:
+                raise ReplayedMessage("already answered this stage")
+            driver.check_upload(phase, client_id, kind, int(header.stage), ring_bits, part_sizes)
+            return then()
+
+    def take_upload(self, client_id: str, header: pb.RequestHeader, kind: int, ring_bits: int,
+                    parts: list[bytearray | memoryview]) -> None:
+        """A whole upload, admitted by ``admit_upload`` (whose header carried the sequence number); its
+        bytes were counted as they arrived (``count_upload``)."""
+        if kind == pb.TRANSFER_KIND_RING_VECTOR:
+            self._take(client_id, header, 0, lambda d, ph: d.on_masked_upload(ph, client_id, header.stage, ring_bits,
+                                                                              parts[0]), sequenced=False)
+        else:
+            self._take(client_id, header, 0, lambda d, ph: d.on_ciphertext_upload(ph, client_id, parts), sequenced=False)
+
     def _take(self, client_id: str, header: pb.RequestHeader, nbytes: int,
-              hand: Callable[[RoundDriver, Phase], None], *, again_in_plan: bool = False) -> None:
+              hand: Callable[[RoundDriver, Phase], None], *, again_in_plan: bool = False,
+              sequenced: bool = True) -> None:
         """Header checks, then the driver; the member is not handed this stage's task again."""
         with self._cv:
-            ctx = self.check_header(client_id, header)
+            ctx = self.check_header(client_id, header, sequence_required=sequenced)
             phase, driver = self.phase, self.driver
             assert phase is not None and driver is not None
             if client_id in phase.responded and not (again_in_plan and phase.stage == pb.STAGE_PLAN):
@@ -219,12 +247,6 @@ class Mailbox:
             if phase.stage == pb.STAGE_UNMASK:
                 fault_point("unmask_received", ctx.attempt)  # test hook: die in the middle of unmasking
 
-    def expected_payload_bytes(self, ring_bits: int) -> int:
-        with self._cv:
-            if self.ctx is None:
-                raise StaleMessage("no round is collecting uploads now")
-            return self.ctx.payload_length * ring_bits // 8
-
     def download(self, client_id: str, header: pb.RequestHeader) -> tuple[int, int, list[bytes]]:
         """(round, AggregateKind, parts): the driver's aggregate for this client, else the global adapter."""
         with self._cv:
@@ -235,7 +257,10 @@ class Mailbox:
                     return self.ctx.attempt, got[0], got[1]
             ckpt = self.published
         assert ckpt is not None
-        return ckpt.round, pb.AGGREGATE_KIND_GLOBAL_ADAPTER, [ckpt.path.read_bytes()]
+        cached = self._adapter
+        if cached is None or cached[0] is not ckpt:
+            cached = self._adapter = (ckpt, ckpt.path.read_bytes())  # outside the lock
+        return ckpt.round, pb.AGGREGATE_KIND_GLOBAL_ADAPTER, [cached[1]]
 
     # --- byte counts --------------------------------------------------------------------------------
     def count_out(self, nbytes: int) -> None:
@@ -247,3 +272,11 @@ class Mailbox:
     def count_in(self, nbytes: int) -> None:
         with self._cv:
             self.total_bytes_in += nbytes
+
+    def count_upload(self, client_id: str, nbytes: int) -> None:
+        """Upload bytes as they arrive: the attempt's and the run's counts, and a sign of life."""
+        with self._cv:
+            self.total_bytes_in += nbytes
+            if self.ctx is not None:
+                self.ctx.bytes_in += nbytes
+            self._touch(client_id)

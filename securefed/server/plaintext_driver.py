@@ -28,6 +28,13 @@ class PlaintextDriver(RoundDriver):
     def first_phase(self) -> Phase:
         return self.plan_phase()
 
+    def check_upload(self, phase: Phase, client: str, kind: int, stage: int, ring_bits: int,
+                     part_sizes: tuple[int, ...]) -> None:
+        if phase.stage != pb.STAGE_PLAN or stage != pb.STAGE_PLAINTEXT_UPLOAD:
+            raise StaleMessage("plaintext upload refused at this stage")
+        self.refuse_if_declined(client)
+        self.expect_ring_vector(kind, ring_bits, self.fp.ring_bits, part_sizes)
+
     def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
         if phase.stage != pb.STAGE_PLAN or stage != pb.STAGE_PLAINTEXT_UPLOAD:
             raise StaleMessage("plaintext upload refused at this stage")

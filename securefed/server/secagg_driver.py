@@ -74,6 +74,14 @@ class SecAggDriver(RoundDriver):
         self.server.receive(msg)
         phase.responded.add(client)
 
+    def check_upload(self, phase: Phase, client: str, kind: int, stage: int, ring_bits: int,
+                     part_sizes: tuple[int, ...]) -> None:
+        if phase.stage != pb.STAGE_MASKED_INPUT or stage != pb.STAGE_MASKED_INPUT:
+            raise StaleMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")
+        if client not in phase.expected:
+            raise InvalidMessage("no masked input is expected from you in this round")
+        self.expect_ring_vector(kind, ring_bits, self.params.ring_bits, part_sizes)
+
     def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
         if phase.stage != pb.STAGE_MASKED_INPUT or stage != pb.STAGE_MASKED_INPUT:
             raise StaleMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")

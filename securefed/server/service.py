@@ -1,15 +1,14 @@
 """The gRPC face of the coordinator: ``securefed.v1.Federation`` over mutual TLS.
 
 Every handler first authenticates the caller from its certificate (``transport.service`` already
-refused messages naming another sender), checks what only the wire can check (chunk framing,
-signatures over privacy events), then hands typed data to the ``Mailbox`` (requests) or the
-``Coordinator`` (status). Errors are securefed errors, which the transport maps to gRPC status codes
-with a one-line message.
+refused messages naming another sender), checks what only the wire can check (signatures over
+privacy events), then hands typed data to the ``Mailbox`` (requests), to ``server.transfers``
+(resumable uploads and downloads) or to the ``Coordinator`` (status). Errors are securefed errors,
+which the transport maps to gRPC status codes with a one-line message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Iterator
 
@@ -24,20 +23,16 @@ from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
+from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc
-from securefed.transport.chunking import ChunkAssembler, split_payload
-from securefed.transport.limits import (
-    CHUNK_BYTES,
-    MAX_MESSAGE_BYTES,
-    MAX_PAYLOAD_BYTES,
-    MAX_POLL_WAIT_MS,
-    PROTOCOL_VERSION,
-)
-from securefed.transport.service import authenticate_peer
+from securefed.transport.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_POLL_WAIT_MS, PROTOCOL_VERSION
+from securefed.transport.service import authenticate_peer, raw_messages
 
 logger = get_logger("server.rpc")
+
+_SUPERSEDED = "UploadMasked and UploadCiphertext are superseded by OpenTransfer and SendTransfer (resumable)"
 
 _STATE = {
     ServerState.STARTING: pb.ROUND_STATE_IDLE, ServerState.WAITING: pb.ROUND_STATE_IDLE,
@@ -51,6 +46,8 @@ class FederationService(pb_grpc.FederationServicer):
         self.co = coordinator
         self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
+        self.uploads = UploadIntake(self.mailbox)
+        self.downloads = Downloads()
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
@@ -85,66 +82,31 @@ class FederationService(pb_grpc.FederationServicer):
         return pb.SubmitResultResponse(accepted=True)
 
     def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context) -> pb.UploadReceipt:
-        cid, _ = self._peer(context)
-        header = None
-        ring_bits = 0
-        asm: ChunkAssembler | None = None
-        for msg in request_iterator:
-            if header is None:
-                header, ring_bits = msg.header, int(msg.ring_bits)
-                if ring_bits not in (32, 64):
-                    raise InvalidMessage("ring_bits must be 32 or 64")
-                expected = self.mailbox.expected_payload_bytes(ring_bits)
-                asm = ChunkAssembler(expected_size=expected)
-            elif msg.header.round != header.round or msg.header.stage != header.stage or msg.ring_bits != ring_bits:
-                raise InvalidMessage("chunk headers differ within one upload")
-            assert asm is not None
-            asm.add(msg.chunk)
-        if asm is None or header is None:
-            raise InvalidMessage("empty upload")
-        data = asm.payload()
-        self.mailbox.upload_masked(cid, header, ring_bits, data)
-        return pb.UploadReceipt(bytes_received=len(data), sha256=hashlib.sha256(data).digest())
+        self._peer(context)
+        raise InvalidMessage(_SUPERSEDED)  # before a message is read
 
     def UploadCiphertext(self, request_iterator: Iterator[pb.CiphertextChunk], context) -> pb.UploadReceipt:
-        cid, _ = self._peer(context)
-        header = None
-        parts: list[bytes] = []
-        count = None
-        asm: ChunkAssembler | None = None
-        total = 0
-        for msg in request_iterator:
-            if header is None:
-                header, count = msg.header, int(msg.count)
-                if not 0 < count <= 1 << 16:
-                    raise InvalidMessage("ciphertext count out of range")
-            elif msg.header.round != header.round or msg.count != count:
-                raise InvalidMessage("chunk headers differ within one upload")
-            if msg.index != len(parts):
-                raise InvalidMessage(f"ciphertext {msg.index} out of order, expected {len(parts)}")
-            if asm is None:
-                asm = ChunkAssembler(max_size=MAX_PAYLOAD_BYTES)
-            if asm.add(msg.chunk):
-                p = asm.payload()
-                total += len(p)
-                parts.append(p)
-                asm = None
-        if header is None or count is None or len(parts) != count or asm is not None:
-            raise InvalidMessage("incomplete ciphertext upload")
-        self.mailbox.upload_ciphertext(cid, header, parts)
-        return pb.UploadReceipt(bytes_received=total)
+        self._peer(context)
+        raise InvalidMessage(_SUPERSEDED)
 
-    def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context) -> Iterator[pb.AggregateChunk]:
+    def OpenTransfer(self, request: pb.TransferOpenRequest, context) -> pb.TransferState:
+        cid, _ = self._peer(context)
+        self.mailbox.count_in(request.ByteSize())
+        return self.uploads.open(cid, request)
+
+    @raw_messages  # TransferChunk names no sender; decoded by server.transfers without copying the data
+    def SendTransfer(self, request_iterator: Iterator[bytes], context) -> pb.TransferState:
+        cid, _ = self._peer(context)
+        return self.uploads.receive(cid, request_iterator)
+
+    def DownloadAggregate(self, request: pb.DownloadAggregateRequest, context) -> Iterator[bytes]:
         cid, _ = self._peer(context)
         self.mailbox.count_in(request.ByteSize())
         rnd, kind, parts = self.mailbox.download(cid, request.header)
-        n = 0
-        for i, part in enumerate(parts):
-            for ch in split_payload(part):
-                msg = pb.AggregateChunk(round=rnd, kind=kind, index=i, count=len(parts), chunk=ch)
-                n += msg.ByteSize()
-                yield msg
-        self.mailbox.count_out(n)
+        served = self.downloads.content(rnd, kind, parts)
+        for raw in self.downloads.stream(served, bytes(request.resume_content_sha256), request.resume_offset):
+            self.mailbox.count_out(len(raw))
+            yield raw  # serialized AggregateChunk
 
     def ReportPrivacyEvent(self, request: pb.PrivacyEventReport, context) -> pb.PrivacyEventAck:
         cid, key = self._peer(context)

@@ -2,12 +2,12 @@
 
 Submodules (import them directly; this package stays light so ``securefed --help`` does not load gRPC):
 
-* ``limits``    message and chunk size limits (8 MiB per message, 4 MiB chunks)
+* ``limits``    message and chunk size limits (8 MiB per message, 4 MiB chunks at most, 64 KiB sent)
 * ``identity``  federation CA, server/client certificates, Ed25519 identity binding, loaders
 * ``tls``       ``make_server`` / ``make_channel`` with required client certificates
 * ``service``   ``add_federation_servicer``, ``peer_identity``: identity from the certificate,
                 claimed-sender checks, malformed-message and error-to-status mapping
-* ``chunking``  splitting large payloads into ``Chunk`` messages and reassembling them
+* ``chunking``  resumable transfers: parts, digests, slices, ``PartsReceiver``, the chunk codecs
 * ``replay``    per-(client, session) sequence numbers for replay rejection
 * ``messages``  the generated protobuf modules (``pb``, ``secagg_pb``) and the client stub
 * ``codegen``   ``python -m securefed.transport.codegen`` regenerates ``_generated/``

@@ -12,24 +12,24 @@ so the files are flattened into one directory and those imports rewritten to pac
 
 ``--check`` regenerates into a temporary directory and exits 1 if the checked-in files differ;
 tests/transport/test_transport_codegen.py runs the same comparison.
+
+protoc runs in a child process: grpcio-tools carries its own copy of the protobuf C++ runtime, and
+a process that has loaded it aborts or crashes when TenSEAL (which links another copy) loads after
+it, as happened when the stub check and a CKKS test shared a pytest worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.resources
+import importlib.util
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from securefed.errors import ConfigError
-
-try:
-    from grpc_tools import protoc  # dev-only dependency: only needed to regenerate
-except ImportError:  # pragma: no cover - depends on the environment
-    protoc = None
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent.parent
@@ -62,13 +62,14 @@ def _fix_imports(text: str) -> str:
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) and write the flattened, import-fixed stubs into out_dir."""
-    if protoc is None:  # pragma: no cover - depends on the environment
+    spec = importlib.util.find_spec("grpc_tools")  # dev-only dependency: only needed to regenerate
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - depends on the environment
         raise ConfigError("grpcio-tools is not installed; install the dev extras: pip install -e '.[dev]'")
-    well_known = str(importlib.resources.files("grpc_tools") / "_proto")
+    well_known = str(Path(next(iter(spec.submodule_search_locations))) / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="securefed-protoc-") as raw:
         args = [
-            "grpc_tools.protoc",
+            sys.executable, "-m", "grpc_tools.protoc",
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
             f"--python_out={raw}",
@@ -76,7 +77,7 @@ def generate(out_dir: Path) -> list[Path]:
             f"--grpc_python_out={raw}",
             *[str(p) for p in proto_files()],
         ]
-        code = protoc.main(args)
+        code = subprocess.run(args, check=False).returncode
         if code != 0:
             raise ConfigError(f"protoc failed (exit {code}) on {PROTO_ROOT / PROTO_SUBDIR}; see its message above")
         written: list[Path] = []

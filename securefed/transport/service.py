@@ -184,14 +184,49 @@ def _wrap_response_stream(responses: Iterator[Any], context: grpc.ServicerContex
         _abort(context, status_for(exc), str(exc))
 
 
+def raw_messages(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a client-streaming servicer method that takes its messages as serialized bytes (it decodes
+    them itself, e.g. to avoid copying large payloads). Allowed only for messages that name no sender
+    and carry no header, so the claimed-sender check has nothing to look at."""
+    fn.raw_messages = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _names_sender(descriptor: Any, seen: frozenset[str] = frozenset()) -> bool:
+    if descriptor.full_name in seen:
+        return False
+    for field in descriptor.fields:
+        if field.name in SENDER_FIELDS or field.name == "header":
+            return True
+        if field.message_type is not None and _names_sender(field.message_type, seen | {descriptor.full_name}):
+            return True
+    return False
+
+
+def _serialize_response(response_cls: type[pb_message.Message]) -> Callable[[Any], bytes]:
+    """Messages are serialized; bytes a servicer already serialized (a hand-encoded chunk) pass as they are."""
+    serialize = response_cls.SerializeToString
+
+    def run(msg: Any) -> bytes:
+        return msg if isinstance(msg, bytes) else serialize(msg)
+
+    return run
+
+
 def _method_handler(method: Any, servicer_fn: Callable[..., Any]) -> grpc.RpcMethodHandler:
     request_cls = getattr(federation_pb2, method.input_type.name)
     response_cls = getattr(federation_pb2, method.output_type.name)
-    serialize = response_cls.SerializeToString
+    serialize = _serialize_response(response_cls)
+    raw = bool(getattr(servicer_fn, "raw_messages", False))
+    if raw and (not method.client_streaming or _names_sender(request_cls.DESCRIPTOR)):
+        raise errors.ConfigError(f"{method.full_name}: raw messages only for client streams that name no sender")
 
     def decoded_stream(raw_iter: Iterator[bytes], peer: AuthenticatedPeer, context: grpc.ServicerContext) -> Iterator[Any]:
-        for raw in raw_iter:
-            msg = _decode(request_cls, raw, context)
+        if raw:
+            yield from raw_iter  # nothing in these messages names a sender (checked above)
+            return
+        for item in raw_iter:
+            msg = _decode(request_cls, item, context)
             check_claimed_sender(msg, peer, context)
             yield msg
 

@@ -24,7 +24,7 @@ from securefed.protocol.plan import CohortIds
 from securefed.secagg import OnClientAbort, SecAggParams, SimulatedRound, Stage
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as spb
-from securefed.transport.chunking import ChunkAssembler, split_payload
+from securefed.transport.chunking import PartsReceiver
 
 _FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -187,32 +187,32 @@ def test_fuzzed_client_messages_are_refused_without_harming_the_round(rounds, da
 
 
 @_FUZZ
-@given(chunks=st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(0, 1 << 40), st.binary(max_size=64),
-                                 st.binary(max_size=40)), max_size=6),
-       expected=st.one_of(st.none(), st.integers(0, 4096)))
-def test_chunk_reassembly_is_bounded_and_typed(chunks, expected):
-    asm = ChunkAssembler(expected_size=expected, max_size=4096)
-    for offset, total, data, digest in chunks:
+@given(chunks=st.lists(st.tuples(st.integers(0, 1 << 40), st.binary(max_size=64)), max_size=6),
+       sizes=st.lists(st.integers(0, 1 << 40), min_size=1, max_size=4), digest=st.binary(min_size=32, max_size=32))
+def test_chunk_reassembly_is_bounded_and_typed(chunks, sizes, digest):
+    try:
+        recv = PartsReceiver(sizes, digest, max_bytes=4096)
+    except InvalidMessage:
+        return
+    for offset, data in chunks:
         try:
-            asm.add(pb.Chunk(offset=offset, total_size=total, data=data, sha256=digest))
+            recv.write(offset, data)
         except InvalidMessage:
             break
-        assert len(asm._buf) <= 4096  # never buffers beyond the bound it was given
-    if not asm.complete:
+        assert recv.committed <= 4096 and sum(len(p) for p in recv._parts) <= 4096  # within the bound given
+    if not recv.complete:
         with pytest.raises(InvalidMessage):
-            asm.payload()
+            recv.parts()
 
 
 def test_a_payload_declared_larger_than_the_bound_is_refused_before_buffering():
-    asm = ChunkAssembler(max_size=1 << 20)
     with pytest.raises(InvalidMessage, match="exceeds"):
-        asm.add(pb.Chunk(offset=0, total_size=(1 << 20) + 1, data=b"x"))
-    good = list(split_payload(b"y" * 5000, chunk_bytes=1024))
-    asm = ChunkAssembler(max_size=1 << 20)
-    for ch in good[:-1]:
-        asm.add(ch)
+        PartsReceiver([(1 << 20) + 1], bytes(32), max_bytes=1 << 20)
+    recv = PartsReceiver([5000], bytes(32), max_bytes=1 << 20)  # the wrong digest for these bytes
+    for off in range(0, 4096, 1024):
+        recv.write(off, b"y" * 1024)
     with pytest.raises(InvalidMessage, match="digest"):
-        asm.add(pb.Chunk(offset=good[-1].offset, total_size=5000, data=good[-1].data, sha256=bytes(32)))
+        recv.write(4096, b"y" * 904)
 
 
 @_FUZZ

@@ -31,6 +31,9 @@ class _Driver(RoundDriver):
     def first_phase(self) -> Phase:
         return self.plan_phase()
 
+    def check_upload(self, phase: Phase, client: str, kind: int, stage: int, ring_bits: int, part_sizes) -> None:
+        self.expect_ring_vector(kind, ring_bits, 64, part_sizes)
+
     def on_masked_upload(self, phase: Phase, client: str, stage: int, ring_bits: int, data: bytes) -> None:
         self.uploads[client] = data
         phase.responded.add(client)
@@ -122,11 +125,14 @@ def test_messages_for_no_open_attempt_or_another_attempt_are_stale_and_strangers
     mb, _ = _mailbox()
     with pytest.raises(StaleMessage, match="no round"):
         mb.check_header("a", _hdr(1, 1))
+    upload = (pb.TRANSFER_KIND_RING_VECTOR, 64, (3 * 8,))
     with pytest.raises(StaleMessage, match="no round"):
-        mb.expected_payload_bytes(64)
+        mb.admit_upload("a", _hdr(7, 1), *upload, then=lambda: "admitted")
     ctx, d, ph = _attempt(tmp_path, 7)
     mb.open(ctx, d, ph)
-    assert mb.expected_payload_bytes(64) == 3 * 8
+    assert mb.admit_upload("a", _hdr(7, 1), *upload, then=lambda: "admitted") == "admitted"
+    with pytest.raises(InvalidMessage, match="expects one of 24"):
+        mb.admit_upload("a", _hdr(7, 2), pb.TRANSFER_KIND_RING_VECTOR, 64, (25,), then=lambda: "admitted")
     with pytest.raises(StaleMessage, match="round 6"):
         mb.check_header("a", _hdr(6, 1))
     with pytest.raises(InvalidMessage, match="cohort") as exc:

@@ -49,7 +49,14 @@ def test_service_surface() -> None:
         "DownloadAggregate": (False, True),
         "ReportPrivacyEvent": (False, False),
         "GetStatus": (False, False),
+        "OpenTransfer": (False, False),
+        "SendTransfer": (True, False),
     }
-    # Every request names round/session/stage through a header (replay rejection).
+    # Every request names round/session/stage through a header (replay rejection), except the chunks of
+    # an upload: they name the transfer an OpenTransfer (header, sequence) declared, and the id binds
+    # the member, attempt, stage, sizes and digest, so a replayed chunk only repeats bytes already held.
     for m in pb.DESCRIPTOR.services_by_name["Federation"].methods:
+        if m.input_type.name == "TransferChunk":
+            assert set(m.input_type.fields_by_name) == {"transfer_id", "offset", "data"}
+            continue
         assert "header" in m.input_type.fields_by_name, m.input_type.name

@@ -16,13 +16,27 @@ import pytest
 
 from securefed import errors
 from securefed.transport import identity, service, tls
-from securefed.transport.chunking import ChunkAssembler, split_payload
 from securefed.transport.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES, MIB, PROTOCOL_VERSION
 from securefed.transport.messages import FederationServicer, FederationStub, pb, secagg_pb
 
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 5.0
+
+
+def split_payload(payload: bytes, size: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
+    """Legacy per-message chunks (offset, total size, data); the transport moves them like any message."""
+    for off in range(0, max(len(payload), 1), size):
+        yield pb.Chunk(offset=off, total_size=len(payload), data=payload[off:off + size])
+
+
+def join_chunks(chunks: Iterator[pb.Chunk]) -> bytes:
+    out = bytearray()
+    for c in chunks:
+        if c.offset != len(out):
+            raise errors.InvalidMessage(f"chunk at offset {c.offset}, expected {len(out)} (out of order or missing)")
+        out += c.data
+    return bytes(out)
 
 
 class RecordingServicer(FederationServicer):
@@ -54,10 +68,7 @@ class RecordingServicer(FederationServicer):
         )
 
     def UploadMasked(self, request_iterator: Iterator[pb.MaskedInputChunk], context: grpc.ServicerContext) -> pb.UploadReceipt:
-        assembler = ChunkAssembler()
-        for msg in request_iterator:
-            assembler.add(msg.chunk)
-        payload = assembler.payload()
+        payload = join_chunks(msg.chunk for msg in request_iterator)
         self.calls["UploadMasked"] += 1  # completed uploads only
         return pb.UploadReceipt(bytes_received=len(payload), sha256=hashlib.sha256(payload).digest())
 
@@ -308,12 +319,9 @@ def test_large_payloads_stream_as_chunks_both_ways(creds: Path, server: tuple[Re
         assert receipt.bytes_received == len(payload)
         assert receipt.sha256 == hashlib.sha256(payload).digest()
 
-        assembler = ChunkAssembler()
         parts = list(stub.DownloadAggregate(pb.DownloadAggregateRequest(header=_header("alice", round=3)), timeout=TIMEOUT))
-        for part in parts:
-            assert part.round == 3
-            assembler.add(part.chunk)
-        assert len(parts) == 2 and assembler.payload() == servicer.aggregate
+        assert all(part.round == 3 for part in parts)
+        assert len(parts) == 2 and join_chunks(p.chunk for p in parts) == servicer.aggregate
 
         # A spoofed chunk mid-stream is refused even though the first chunk was honest.
         def mixed() -> Iterator[pb.MaskedInputChunk]:

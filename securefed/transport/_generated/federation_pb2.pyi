@@ -51,6 +51,12 @@ class AggregateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AGGREGATE_KIND_GLOBAL_ADAPTER: _ClassVar[AggregateKind]
     AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM: _ClassVar[AggregateKind]
 
+class TransferKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_KIND_UNSPECIFIED: _ClassVar[TransferKind]
+    TRANSFER_KIND_RING_VECTOR: _ClassVar[TransferKind]
+    TRANSFER_KIND_CIPHERTEXTS: _ClassVar[TransferKind]
+
 class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROUND_STATE_UNSPECIFIED: _ClassVar[RoundState]
@@ -87,6 +93,9 @@ RING_BITS_64: RingBits
 AGGREGATE_KIND_UNSPECIFIED: AggregateKind
 AGGREGATE_KIND_GLOBAL_ADAPTER: AggregateKind
 AGGREGATE_KIND_CKKS_CIPHERTEXT_SUM: AggregateKind
+TRANSFER_KIND_UNSPECIFIED: TransferKind
+TRANSFER_KIND_RING_VECTOR: TransferKind
+TRANSFER_KIND_CIPHERTEXTS: TransferKind
 ROUND_STATE_UNSPECIFIED: RoundState
 ROUND_STATE_IDLE: RoundState
 ROUND_STATE_RUNNING: RoundState
@@ -363,24 +372,70 @@ class UploadReceipt(_message.Message):
     def __init__(self, bytes_received: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
 class DownloadAggregateRequest(_message.Message):
-    __slots__ = ("header",)
+    __slots__ = ("header", "resume_content_sha256", "resume_offset")
     HEADER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RESUME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ...) -> None: ...
+    resume_content_sha256: bytes
+    resume_offset: int
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., resume_content_sha256: _Optional[bytes] = ..., resume_offset: _Optional[int] = ...) -> None: ...
 
 class AggregateChunk(_message.Message):
-    __slots__ = ("round", "kind", "index", "count", "chunk")
+    __slots__ = ("round", "kind", "index", "count", "chunk", "content_sha256", "part_sizes")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PART_SIZES_FIELD_NUMBER: _ClassVar[int]
     round: int
     kind: AggregateKind
     index: int
     count: int
     chunk: Chunk
-    def __init__(self, round: _Optional[int] = ..., kind: _Optional[_Union[AggregateKind, str]] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    content_sha256: bytes
+    part_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round: _Optional[int] = ..., kind: _Optional[_Union[AggregateKind, str]] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., content_sha256: _Optional[bytes] = ..., part_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TransferOpenRequest(_message.Message):
+    __slots__ = ("header", "kind", "ring_bits", "part_sizes", "sha256")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    RING_BITS_FIELD_NUMBER: _ClassVar[int]
+    PART_SIZES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    kind: TransferKind
+    ring_bits: RingBits
+    part_sizes: _containers.RepeatedScalarFieldContainer[int]
+    sha256: bytes
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., kind: _Optional[_Union[TransferKind, str]] = ..., ring_bits: _Optional[_Union[RingBits, str]] = ..., part_sizes: _Optional[_Iterable[int]] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class TransferState(_message.Message):
+    __slots__ = ("transfer_id", "committed", "total_size", "complete", "chunk_bytes")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: bytes
+    committed: int
+    total_size: int
+    complete: bool
+    chunk_bytes: int
+    def __init__(self, transfer_id: _Optional[bytes] = ..., committed: _Optional[int] = ..., total_size: _Optional[int] = ..., complete: _Optional[bool] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class TransferChunk(_message.Message):
+    __slots__ = ("transfer_id", "offset", "data")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: bytes
+    offset: int
+    data: bytes
+    def __init__(self, transfer_id: _Optional[bytes] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class LedgerHeaderRecord(_message.Message):
     __slots__ = ("body", "header_hash", "signature")

@@ -74,6 +74,16 @@ class FederationStub:
                 request_serializer=securefed_dot_v1_dot_federation__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=securefed_dot_v1_dot_federation__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.OpenTransfer = channel.unary_unary(
+                '/securefed.v1.Federation/OpenTransfer',
+                request_serializer=securefed_dot_v1_dot_federation__pb2.TransferOpenRequest.SerializeToString,
+                response_deserializer=securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
+                _registered_method=True)
+        self.SendTransfer = channel.stream_unary(
+                '/securefed.v1.Federation/SendTransfer',
+                request_serializer=securefed_dot_v1_dot_federation__pb2.TransferChunk.SerializeToString,
+                response_deserializer=securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -135,6 +145,22 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenTransfer(self, request, context):
+        """Resumable uploads (protocols/transfers.md). Declare an upload, or, after a dropped connection,
+        learn how many of its bytes the server already holds. Every check (round, stage, cohort,
+        sequence, expected size) happens here, before the server buffers a byte.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTransfer(self, request_iterator, context):
+        """The bytes of an opened upload, from the offset OpenTransfer acknowledged, to the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +203,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=securefed_dot_v1_dot_federation__pb2.GetStatusRequest.FromString,
                     response_serializer=securefed_dot_v1_dot_federation__pb2.StatusResponse.SerializeToString,
+            ),
+            'OpenTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenTransfer,
+                    request_deserializer=securefed_dot_v1_dot_federation__pb2.TransferOpenRequest.FromString,
+                    response_serializer=securefed_dot_v1_dot_federation__pb2.TransferState.SerializeToString,
+            ),
+            'SendTransfer': grpc.stream_unary_rpc_method_handler(
+                    servicer.SendTransfer,
+                    request_deserializer=securefed_dot_v1_dot_federation__pb2.TransferChunk.FromString,
+                    response_serializer=securefed_dot_v1_dot_federation__pb2.TransferState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +431,60 @@ class Federation:
             '/securefed.v1.Federation/GetStatus',
             securefed_dot_v1_dot_federation__pb2.GetStatusRequest.SerializeToString,
             securefed_dot_v1_dot_federation__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/securefed.v1.Federation/OpenTransfer',
+            securefed_dot_v1_dot_federation__pb2.TransferOpenRequest.SerializeToString,
+            securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTransfer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/securefed.v1.Federation/SendTransfer',
+            securefed_dot_v1_dot_federation__pb2.TransferChunk.SerializeToString,
+            securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
             options,
             channel_credentials,
             insecure,
