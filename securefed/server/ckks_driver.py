@@ -1,11 +1,14 @@
 """The ckks mode as a coordinator driver: add signed ciphertexts, let the members decrypt the sum.
 
 The server holds only the federation's public CKKS context (no secret key): it checks and adds
-ciphertexts, hands the members one decryption request, and applies their decryption of the sum.
-The messages and what each party signs are ``securefed.protocol.ckks``.
+ciphertexts as they arrive (one running sum: memory O(d), not O(N d)), hands the members one
+decryption request holding that sum, and applies their decryption of it. The messages and what
+each party signs are ``securefed.protocol.ckks``.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
@@ -13,12 +16,13 @@ from securefed import he
 from securefed.crypto.keys import verify_signature
 from securefed.errors import InvalidMessage, ProtocolAbort, StaleMessage
 from securefed.protocol.ckks import (
+    DECRYPTED_BITS,
+    Contribution,
     confirmation_payload,
-    contribution_digest,
     contribution_payload,
     decode_decrypted,
     digest_parts,
-    encode_contributions,
+    encode_request,
     split_upload,
 )
 from securefed.server.attempt import AttemptContext, Phase, RoundOutcome
@@ -33,19 +37,19 @@ class CkksDriver(RoundDriver):
 
     Decryption must not become an oracle, nor a differencing tool:
 
-    1. *Confirm.* Every uploader downloads the decryption request: all signed contributions. It
-       checks that at least ``threshold`` distinct cohort members signed their ciphertexts for this
-       plan and attempt, its own included and unchanged (``client.ckks.checked_contributions``), and
-       signs the request's digest. An honest member confirms one request per attempt.
+    1. *Confirm.* Every uploader downloads the decryption request: the sum's c0, and per contributor
+       its signature, c1 seeds and members-only sealed tag. It checks that at least ``threshold``
+       distinct cohort members signed for this plan and attempt, its own included and unchanged, and
+       that the sum's linear tag equals the sum of their tags (so the server sent exactly their sum),
+       then signs the request's digest. An honest member confirms one request per attempt.
     2. *Decrypt.* The server hands the confirmations back. A member decrypts only when at least
        ``threshold`` distinct cohort members confirmed the very request it checked; with the threshold
        a strict majority of the cohort, two different contributor sets cannot both be confirmed, so
-       the server cannot obtain two sums over different sets and take their difference. The member
-       adds the contributions itself and decrypts that sum (with flooding noise).
+       the server cannot obtain two sums over different sets and take their difference.
 
     The server applies the decrypted SUM only when all decryptions agree to within the CKKS noise, so
     one lying decryptor aborts the round rather than steering the model. Cost: a decryptor downloads
-    every contribution, O(n) update sizes.
+    one sum (c0) and every contributor's seeds (65 bytes per 4096 parameters each).
     """
 
     AGREEMENT_TOL = 1e-3
@@ -54,7 +58,7 @@ class CkksDriver(RoundDriver):
         super().__init__(ctx)
         self.agg = he.ServerAggregator(server_ctx, ctx.payload_length)
         self.uploaded: list[str] = []
-        self.contributions: dict[str, tuple[bytes, list[bytes]]] = {}
+        self.contributions: dict[str, Contribution] = {}  # signatures, seeds and sealed tags: no c0 kept
         self.request_parts: list[bytes] | None = None
         self.request_digest = b""
         self.confirmations: dict[str, bytes] = {}
@@ -67,12 +71,14 @@ class CkksDriver(RoundDriver):
         if phase.stage != pb.STAGE_PLAN:
             raise StaleMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         self.refuse_if_declined(client)
-        chunks, sig = split_upload(parts)
-        verify_signature(self.ctx.identity_keys[client], sig,
-                         contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client,
-                                              contribution_digest(chunks)))
-        self.agg.add(chunks, sender=client)  # validates every ciphertext before adding
-        self.contributions[client] = (sig, chunks)
+        up = split_upload(parts)
+        c0_sha, seeds_sha = hashlib.sha256(up.c0).digest(), hashlib.sha256(up.seeds).digest()
+        verify_signature(self.ctx.identity_keys[client], up.signature,
+                         contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client, c0_sha, seeds_sha,
+                                              up.sealed_tag))
+        vec = he.EncryptedVector.from_parts(self.agg.params, up.c0, up.seeds, self.ctx.payload_length)
+        self.agg.add(vec, sender=client)  # validates every coefficient before the sum keeps any of it
+        self.contributions[client] = Contribution(client, c0_sha, up.seeds, up.sealed_tag, up.signature)
         self.uploaded.append(client)
         phase.responded.add(client)
 
@@ -81,6 +87,8 @@ class CkksDriver(RoundDriver):
             raise StaleMessage("decrypted aggregate refused at this stage")
         if client not in phase.expected:
             raise InvalidMessage("you were not asked to decrypt this aggregate")
+        if ring_bits != DECRYPTED_BITS:
+            raise InvalidMessage(f"a decrypted aggregate travels as float32 (ring_bits {DECRYPTED_BITS}), not {ring_bits}")
         self.decrypted[client] = decode_decrypted(data, self.ctx.payload_length)
         phase.responded.add(client)
 
@@ -108,11 +116,13 @@ class CkksDriver(RoundDriver):
         return self._outcome()
 
     def _confirm_phase(self) -> Phase:
-        """Offer every contributor the decryption request: all signed contributions."""
+        """Offer every contributor the decryption request: the sum and who is in it."""
         ctx = self.ctx
         self.require(len(self.uploaded), "clients uploaded ciphertexts")
         names = sorted(self.uploaded)
-        self.request_parts = encode_contributions([(c, *self.contributions[c]) for c in names])
+        total = self.agg.result(names)
+        self.agg.close()  # the packed sum in the request is all that is kept
+        self.request_parts = encode_request([self.contributions[c] for c in names], total.c0)
         self.request_digest = digest_parts(self.request_parts)
         size = sum(len(p) for p in self.request_parts)
         ready = pb.AggregateReady(total_size=size, sha256=self.request_digest)
