@@ -22,7 +22,7 @@ import numpy as np
 
 from securefed import he
 from securefed.client.session import RoundSession, SessionDeps
-from securefed.crypto.keys import verify_signature
+from securefed.crypto.keys import IdentityKeyPair, verify_signature
 from securefed.errors import CryptoError, InvalidMessage, ProtocolAbort
 from securefed.he import tags
 from securefed.protocol import ckks as wire
@@ -51,6 +51,19 @@ class MemberKey:
                                    bytes(plan.ckks.public_context_sha256)):
             raise ProtocolAbort("the server's CKKS context is not this federation's (public context digest differs)")
         return self._ctx
+
+
+def make_contribution(ctx: he.ClientContext, identity: IdentityKeyPair, plan_sha256: bytes, attempt: int, name: str,
+                      payload: np.ndarray) -> tuple[wire.Contribution, list[bytes]]:
+    """(this member's entry as a request must list it, the upload parts): the update encrypted, its
+    linear tag sealed for members, and the identity signature over c0, seeds and sealed tag."""
+    enc = ctx.encrypt(np.asarray(payload, dtype=np.float64))
+    keys = ctx.attempt_keys(plan_sha256, attempt)
+    sealed = tags.seal_tag(keys, ctx.contribution_tag(enc, keys), plan_sha256=plan_sha256, attempt=attempt, client=name)
+    c0_sha = hashlib.sha256(enc.c0).digest()
+    sig = identity.sign(wire.contribution_payload(plan_sha256, attempt, name, c0_sha, hashlib.sha256(enc.seeds).digest(),
+                                                  sealed))
+    return wire.Contribution(name, c0_sha, enc.seeds, sealed, sig), wire.encode_upload(enc.c0, enc.seeds, sealed, sig)
 
 
 def checked_contributions(plan: pb.RoundPlan, attempt: int, parts: list[bytes], me: str,
@@ -146,18 +159,12 @@ class CkksSession:
 
     def contribute(self, payload: np.ndarray) -> None:
         """Encrypt the update, tag it, seal the tag, sign it all for this plan and attempt, record, upload."""
-        s, name = self.s, self.deps.name
-        enc = self.ctx.encrypt(np.asarray(payload, dtype=np.float64))
-        keys = self.ctx.attempt_keys(s.plan_digest, s.attempt)
-        sealed = tags.seal_tag(keys, self.ctx.contribution_tag(enc, keys), plan_sha256=s.plan_digest,
-                               attempt=s.attempt, client=name)
-        c0_sha = hashlib.sha256(enc.c0).digest()
-        sig = self.deps.identity.sign(wire.contribution_payload(s.plan_digest, s.attempt, name, c0_sha,
-                                                                hashlib.sha256(enc.seeds).digest(), sealed))
-        self.own = wire.Contribution(name, c0_sha, enc.seeds, sealed, sig)
+        s = self.s
+        self.own, parts = make_contribution(self.ctx, self.deps.identity, s.plan_digest, s.attempt, self.deps.name,
+                                            payload)
         self.deps.record_release(s, payload)
         header = self.deps.connection.header(s.attempt, wire.CkksStage.CONTRIBUTE.wire_stage)
-        self.deps.connection.upload_ciphertext(header, wire.encode_upload(enc.c0, enc.seeds, sealed, sig))
+        self.deps.connection.upload_ciphertext(header, parts)
         s.released = True
 
     def confirm(self, announced_digest: bytes, parts: list[bytes]) -> None:
