@@ -63,11 +63,15 @@ def _scratch_path() -> Iterator[tuple[str, Callable[[], bytes], Callable[[bytes]
             yield path, read, write
 
 
-def save(obj: Any) -> bytes:
+def save(obj: Any, scratch: "Scratch | None" = None) -> bytes:
     """Serialize a SEAL object (Ciphertext or SerializableCiphertext) with SEAL's default zstd."""
-    with _scratch_path() as (path, read, _write):
-        obj.save(path)
-        data = read()
+    if scratch is not None:
+        obj.save(scratch.path)
+        data = scratch.read()
+    else:
+        with _scratch_path() as (path, read, _write):
+            obj.save(path)
+            data = read()
     if not data:
         raise CryptoError("SEAL failed to serialize a ciphertext")
     return data
@@ -169,16 +173,41 @@ def probe_layout(seal_context: Any, encryptor: Any, encoder: Any, params: CkksPa
     return layout
 
 
-def load_blob(seal_context: Any, blob: bytes) -> Any:
+class Scratch:
+    """One reusable in-memory file for SEAL loads (one memfd per owner, not per ciphertext: a decryptor
+    loads one ciphertext per contributor and chunk). Not thread-safe: one per context."""
+
+    def __init__(self) -> None:
+        self._cm = _scratch_path()
+        self.path, self.read, self.write = self._cm.__enter__()
+
+    def close(self) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def load_blob(seal_context: Any, blob: bytes, scratch: Scratch | None = None) -> Any:
     """SEAL's own ``load`` of an uncompressed blob built by ``Layout``: it checks the metadata against
     the context and that every coefficient is reduced; InvalidMessage otherwise."""
     ct = sealapi.Ciphertext()
-    with _scratch_path() as (path, _read, write):
-        write(blob)
+    own = scratch is None
+    scratch = scratch or Scratch()
+    try:
+        scratch.write(blob)
         try:
-            ct.load(seal_context, path)
+            ct.load(seal_context, scratch.path)
         except Exception:  # SEAL raises std exceptions mapped to ValueError/RuntimeError/...
             raise InvalidMessage("ciphertext does not load under this CKKS context") from None
+    finally:
+        if own:
+            scratch.close()
     if ct.size() != 2 or not ct.is_ntt_form() or list(ct.parms_id()) != list(seal_context.first_parms_id()):
         raise InvalidMessage("ciphertext is not a fresh ciphertext for this CKKS parameter set")
     return ct

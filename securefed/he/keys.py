@@ -110,7 +110,7 @@ class ClientContext:
     """The federation's shared CKKS secret context, as each member holds it."""
 
     __slots__ = ("params", "primes", "_ctx", "_seal_ctx", "_encoder", "_encryptor", "_decryptor", "_evaluator",
-                 "_layout", "_members_key")
+                 "_layout", "_members_key", "_scratch")
 
     def __init__(self, ctx: Any, params: CkksParams) -> None:  # use generate/from_secret_bytes
         if not ctx.has_secret_key():
@@ -127,6 +127,7 @@ class ClientContext:
         self._evaluator = sealapi.Evaluator(self._seal_ctx)
         self._layout = _seal.probe_layout(self._seal_ctx, self._encryptor, self._encoder, params)
         self._members_key: bytes | None = None
+        self._scratch = _seal.Scratch()
 
     @classmethod
     def from_secret_bytes(cls, data: bytes, params: CkksParams | str) -> "ClientContext":
@@ -197,7 +198,7 @@ class ClientContext:
             z = block[:half] + 1j * block[half:]
             pt = sealapi.Plaintext()
             self._encoder.encode(z.tolist(), p.scale, pt)
-            raw = _seal.inflate(_seal.save(self._encryptor.encrypt_symmetric(pt)), inflated_max)
+            raw = _seal.inflate(_seal.save(self._encryptor.encrypt_symmetric(pt), self._scratch), inflated_max)
             c0[i], rec = self._layout.split_seeded(raw)
             seeds.append(rec)
         return EncryptedVector(p.name, len(x), pack_coeffs(c0, p.coeff_bytes), b"".join(seeds))
@@ -246,9 +247,10 @@ class ClientContext:
         for i in range(count):
             c0 = unpack_coeffs(view[i * per : (i + 1) * per], width, self.primes, p.poly_modulus_degree).reshape(-1)
             # c1 of the sum is the sum of every contributor's c1 = PRNG(seed): SEAL expands each seed.
-            ct = _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(c0, seeds[0][i]))
+            ct = _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(c0, seeds[0][i]), self._scratch)
             for other in seeds[1:]:
-                self._evaluator.add_inplace(ct, _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(zeros, other[i])))
+                self._evaluator.add_inplace(ct, _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(zeros, other[i]),
+                                                                self._scratch))
             pt = sealapi.Plaintext()
             self._decryptor.decrypt(ct, pt)
             z = np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)
