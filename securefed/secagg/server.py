@@ -332,9 +332,11 @@ class SecAggServer:
         secrets_: dict[int, bytes] = {}
         for u in sorted(needed):
             shares = (self._b_shares if u in u3 else self._s_shares).get(u, [])
-            # One share beyond t (when there is one) lets combine() detect an inconsistent share.
+            # One share beyond t (when there is one) lets combine() detect an inconsistent share. The
+            # lowest x-coordinates first: owners whose shares sit at the same coordinates then share
+            # one set of (cached) Lagrange weights.
             try:
-                secrets_[u] = combine(shares[: self._t + 1], self._t, SECRET_SIZE)
+                secrets_[u] = combine(sorted(shares, key=lambda s: s.x)[: self._t + 1], self._t, SECRET_SIZE)
             except CryptoError as exc:
                 self._abort(f"cannot rebuild the secret of client {u}: {exc}")
         for u in sorted(needed - u3):
