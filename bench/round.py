@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run before it is killed")
     ap.add_argument("--keep", type=Path, default=None, help="keep work directories (logs) under this path")
     ap.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    ap.add_argument("--jsonl", type=Path, default=None, help="also append each record to this file as it is measured")
     ap.add_argument("--quick", action="store_true", help="3 members, ~1M parameters")
     args = ap.parse_args(argv)
     if args.quick:
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                         "machine": f"{platform.machine()} {os.cpu_count()} cpus, shared",
                         "transport": "gRPC over mutual TLS 1.3, 127.0.0.1; one process per member and for the server",
                     })
+                    if args.jsonl:
+                        with open(args.jsonl, "a") as f:
+                            f.write(json.dumps(records[-1]) + "\n")
     print(json.dumps(records, indent=None if args.json else 1))
     return 0 if all(r["ok"] for r in records) else 1
 

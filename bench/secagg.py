@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
 from securefed.crypto.fixedpoint import encode, encode_masked  # noqa: E402
+from securefed.crypto import shamir  # noqa: E402
 from securefed.crypto.keys import AgreementKeyPair  # noqa: E402
 from securefed.crypto.prg import BLOCK_BYTES, default_workers, ring_dtype, run_ranges  # noqa: E402
 from securefed.secagg import SecAggParams, SimulatedRound, Stage, suggest_params  # noqa: E402
@@ -99,6 +100,7 @@ def time_unmask(rnd: SimulatedRound, d: int, ring_bits: int, workers: int) -> tu
     server._d = d
     saved = os.environ.get("SECUREFED_MASK_WORKERS")
     os.environ["SECUREFED_MASK_WORKERS"] = str(workers)
+    shamir._lagrange_weights.cache_clear()  # a cold start, as for a server's first round
     try:
         t0 = time.perf_counter()
         server.close_stage()
@@ -194,11 +196,14 @@ def run(quick: bool = False) -> list[dict]:
             for _ in range(repeats):
                 for k, fn in runs.items():
                     t[k] = min(t[k], _best(fn, 1))
-            unmask_s, masks = time_unmask(rnd, d, bits, cores)
-            unmask1_s, _ = time_unmask(rnd, d, bits, 1)
+            _, masks = time_unmask(rnd, min(d, 4096), bits, cores)  # how many masks close_stage() expands
             sks, sks1 = time_keystream(masks, d, itemsize, cores), time_keystream(masks, d, itemsize, 1)
-            server_ks_s, server_ks1_s = _best(sks, 2), _best(sks1, 2)
-            unmask_s = min(unmask_s, time_unmask(rnd, d, bits, cores)[0])
+            unmask_s = unmask1_s = server_ks_s = server_ks1_s = math.inf
+            for _ in range(3 if d > 1_000_000 else repeats):  # interleaved, best of each
+                unmask_s = min(unmask_s, time_unmask(rnd, d, bits, cores)[0])
+                server_ks_s = min(server_ks_s, _best(sks, 1))
+                unmask1_s = min(unmask1_s, time_unmask(rnd, d, bits, 1)[0])
+                server_ks1_s = min(server_ks1_s, _best(sks1, 1))
             survivors = n - len(dropped)
             vecs = [np.frombuffer(os.urandom(d * itemsize), dtype=ring_dtype(bits)) for _ in range(2)]
             total = np.zeros(d, dtype=ring_dtype(bits))
