@@ -21,7 +21,7 @@ import numpy as np
 
 import tenseal.sealapi as sealapi
 
-from securefed.crypto.prg import keystream
+from securefed.crypto.prg import stream_at
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
 from securefed.he import _seal, tags
 from securefed.he.params import DEFAULT_PARAMS_NAME, CkksParams, get_params
@@ -50,20 +50,28 @@ def _resolve(params: CkksParams | str) -> CkksParams:
     raise InvalidInput("params must be a CkksParams or the name of a parameter set")
 
 
+_GAUSS_BLOCK = 1 << 20  # values per block: bounds the temporaries for LLM-sized vectors
+
+
 def secure_gaussian(count: int, key: bytes | None = None) -> np.ndarray:
     """``count`` iid N(0, 1) samples (Box-Muller) from os.urandom, or from the AES-CTR keystream of
     ``key`` (32 bytes) when every holder of that key must draw the same samples.
 
     numpy only converts the CSPRNG bytes to floats here; it is not used as a random generator.
     """
-    pairs = (count + 1) // 2
-    raw_bytes = os.urandom(16 * pairs) if key is None else keystream(key, 16 * pairs)
-    raw = np.frombuffer(raw_bytes, dtype="<u8").astype(np.uint64).reshape(2, pairs)
-    u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
-    u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    r = np.sqrt(-2.0 * np.log(u1))
-    theta = 2.0 * math.pi * u2
-    return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:count]
+    out = np.empty(count)
+    stream = None if key is None else stream_at(key)
+    for start in range(0, count, _GAUSS_BLOCK):
+        m = min(_GAUSS_BLOCK, count - start)
+        pairs = (m + 1) // 2
+        raw_bytes = os.urandom(16 * pairs) if stream is None else stream.update(bytes(16 * pairs))
+        raw = np.frombuffer(raw_bytes, dtype="<u8").astype(np.uint64).reshape(2, pairs)
+        u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
+        u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        r = np.sqrt(-2.0 * np.log(u1))
+        theta = 2.0 * math.pi * u2
+        out[start : start + m] = np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:m]
+    return out
 
 
 class ServerContext:
