@@ -62,7 +62,11 @@ class CkksDriver(RoundDriver):
         self.request_parts: list[bytes] | None = None
         self.request_digest = b""
         self.confirmations: dict[str, bytes] = {}
-        self.decrypted: dict[str, np.ndarray] = {}
+        # The first decryption returned, and who returned which: every later one is compared with it on
+        # arrival and dropped, so the server holds one decrypted vector, not one per decryptor.
+        self.reference: np.ndarray | None = None
+        self.decrypted: list[str] = []
+        self.disagreed: list[str] = []
 
     def first_phase(self) -> Phase:
         return self.plan_phase()
@@ -89,7 +93,12 @@ class CkksDriver(RoundDriver):
             raise InvalidMessage("you were not asked to decrypt this aggregate")
         if ring_bits != DECRYPTED_BITS:
             raise InvalidMessage(f"a decrypted aggregate travels as float32 (ring_bits {DECRYPTED_BITS}), not {ring_bits}")
-        self.decrypted[client] = decode_decrypted(data, self.ctx.payload_length)
+        values = decode_decrypted(data, self.ctx.payload_length)
+        if self.reference is None:
+            self.reference = values
+        elif float(np.max(np.abs(values - self.reference), initial=0.0)) > self.AGREEMENT_TOL:
+            self.disagreed.append(client)
+        self.decrypted.append(client)
         phase.responded.add(client)
 
     def download(self, client: str) -> tuple[int, list[bytes]] | None:
@@ -142,14 +151,13 @@ class CkksDriver(RoundDriver):
     def _outcome(self) -> RoundOutcome:
         """The decrypted sum, when every decryption returned agrees."""
         ctx = self.ctx
-        if not self.decrypted:
+        if self.reference is None:
             raise ProtocolAbort("no client returned the decrypted aggregate")
-        names = sorted(self.decrypted)
-        ref = self.decrypted[names[0]]
-        for n in names[1:]:
-            if float(np.max(np.abs(self.decrypted[n] - ref), initial=0.0)) > self.AGREEMENT_TOL:
-                raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
-        sums = np.mean([self.decrypted[n] for n in names], axis=0)
+        if self.disagreed:
+            raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
+        # Every decryptor of the attempt adds the same flooding noise (protocols/ckks.md section 5), so the
+        # agreeing decryptions are one value: averaging them would gain nothing.
+        sums = self.reference
         # CKKS decryption (and its flooding noise) is approximate: a true sum at the edge of the
         # range can come back a hair outside it. Clamping to the range is post-processing.
         lim = len(self.uploaded) * ctx.config.payload_bound()
