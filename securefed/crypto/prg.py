@@ -1,18 +1,24 @@
 """Mask expansion: a 32-byte key -> a stream of uniform ring elements, from AES-256-CTR.
 
-The nonce / initial counter block is fixed at zero. That is safe only because every key is used
-for exactly one stream (keys come from HKDF with a per-session salt, or from ``secrets``); never
-call these functions twice with one key for two different purposes.
+The initial counter block is zero, so byte ``16 j`` of a key's stream is the encryption of the
+128-bit big-endian integer ``j``. That is safe only because every key is used for exactly one
+stream (keys come from HKDF with a per-session salt, or from ``secrets``); never call these
+functions twice with one key for two different purposes.
 
-Speed: the hot path :func:`add_mask_` never materialises the whole mask. It encrypts a
-cache-sized block of zeros into one reused buffer with ``update_into`` (the keystream), views it
-as uint32/uint64 and adds it into the accumulator in place; unsigned wrap-around is exactly
-arithmetic mod 2^32 / 2^64.
+Speed (issue 12): a mask is never materialised. The vector is cut into contiguous ranges, one per
+worker thread (AES-CTR in ``cryptography`` and numpy's ufuncs release the GIL, so threads run on
+every core: measured in ``bench/secagg.py``); each worker seeks every stream to its range's start
+(the counter block is ``offset / 16``) and walks its range in cache-sized blocks, adding each mask's
+next block of keystream into the accumulator while that block is still in L2. Unsigned wrap-around
+is exactly arithmetic mod 2^32 / 2^64. The result does not depend on the number of workers.
 """
 
 from __future__ import annotations
 
-from typing import Final
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -20,17 +26,22 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from securefed.crypto._checks import require_bytes, require_int
 from securefed.errors import CryptoError, InvalidInput
 
-__all__ = ["CIPHER", "KEY_SIZE", "RING_DTYPES", "add_mask_", "expand_mask", "keystream", "ring_dtype"]
+__all__ = ["BLOCK_BYTES", "CIPHER", "KEY_SIZE", "RING_DTYPES", "MaskStreams", "add_mask_", "add_masks_",
+           "default_workers", "expand_mask", "keystream", "ring_dtype", "run_ranges", "stream_at"]
 
 CIPHER: Final = "AES-256-CTR"
 KEY_SIZE: Final = 32
 RING_DTYPES: Final = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
 
-# 256 KiB keeps the keystream block resident in L2 while it is added into the accumulator;
-# measured fastest among 64 KiB .. 4 MiB on the development machine.
-_CHUNK_BYTES: Final = 1 << 18
-_ZEROS: Final = memoryview(bytes(_CHUNK_BYTES))  # immutable, so safe to share between calls
-_ZERO_COUNTER: Final = bytes(16)
+# 128 KiB blocks: the accumulator block, one keystream block and (when encoding) the rounding
+# buffers stay in L2 together; measured fastest among 32 KiB .. 1 MiB on the development machine.
+BLOCK_BYTES: Final = 1 << 17
+_ZEROS: Final = memoryview(bytes(4 * BLOCK_BYTES))  # immutable, so safe to share between threads
+_AES_BLOCK: Final = 16
+# Below this many words per worker a thread costs more than it saves.
+_MIN_WORDS_PER_WORKER: Final = 1 << 18
+
+T = TypeVar("T")
 
 
 def ring_dtype(ring_bits: int) -> np.dtype:
@@ -40,24 +51,41 @@ def ring_dtype(ring_bits: int) -> np.dtype:
     return RING_DTYPES[ring_bits]
 
 
-def _encryptor(key: bytes) -> CipherContext:
-    raw = require_bytes(key, "mask key", CryptoError, size=KEY_SIZE)
-    return Cipher(algorithms.AES(raw), modes.CTR(_ZERO_COUNTER)).encryptor()
+def default_workers() -> int:
+    """Worker threads for mask expansion: the cores this process may run on
+    (``SECUREFED_MASK_WORKERS`` overrides, e.g. to keep cores free for training)."""
+    env = os.environ.get("SECUREFED_MASK_WORKERS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise InvalidInput(f"SECUREFED_MASK_WORKERS must be an integer, got {env!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
-def _fill(encryptor: CipherContext, out: memoryview) -> None:
-    """Write the next len(out) keystream bytes into ``out`` (a writable byte view)."""
-    total = len(out)
-    for start in range(0, total, _CHUNK_BYTES):
-        stop = min(start + _CHUNK_BYTES, total)
-        encryptor.update_into(_ZEROS[: stop - start], out[start:stop])
+def _check_key(key: object) -> bytes:
+    return require_bytes(key, "mask key", CryptoError, size=KEY_SIZE)
+
+
+def stream_at(key: bytes, byte_offset: int = 0) -> CipherContext:
+    """The keystream of ``key`` from ``byte_offset`` on (a multiple of 16): the counter block
+    starts at ``byte_offset / 16`` (big-endian, as OpenSSL increments it)."""
+    raw = _check_key(key)
+    off = require_int(byte_offset, "byte_offset", InvalidInput, lo=0)
+    if off % _AES_BLOCK:
+        raise InvalidInput(f"byte_offset must be a multiple of {_AES_BLOCK}, got {off}")
+    return Cipher(algorithms.AES(raw), modes.CTR((off // _AES_BLOCK).to_bytes(16, "big"))).encryptor()
 
 
 def keystream(key: bytes, nbytes: int) -> bytes:
     """The first ``nbytes`` of the AES-256-CTR keystream under ``key`` (counter block 0)."""
     n = require_int(nbytes, "nbytes", InvalidInput, lo=0)
-    enc = _encryptor(key)
-    return b"".join(enc.update(_ZEROS[: min(_CHUNK_BYTES, n - start)]) for start in range(0, n, _CHUNK_BYTES))
+    enc = stream_at(key)
+    step = len(_ZEROS)
+    return b"".join(enc.update(_ZEROS[: min(step, n - start)]) for start in range(0, n, step))
 
 
 def expand_mask(key: bytes, d: int, ring_bits: int) -> np.ndarray:
@@ -68,17 +96,77 @@ def expand_mask(key: bytes, d: int, ring_bits: int) -> np.ndarray:
     """
     dtype = ring_dtype(ring_bits)
     n = require_int(d, "d", InvalidInput, lo=0)
-    enc = _encryptor(key)
+    enc = stream_at(key)
     out = np.empty(n, dtype=dtype.newbyteorder("<"))
-    _fill(enc, memoryview(out).cast("B"))
+    view = memoryview(out).cast("B")
+    step = len(_ZEROS)
+    for start in range(0, len(view), step):
+        stop = min(start + step, len(view))
+        enc.update_into(_ZEROS[: stop - start], view[start:stop])
     return out.astype(dtype, copy=False)  # no-op on little-endian hosts
 
 
-def add_mask_(acc: np.ndarray, key: bytes, sign: int) -> None:
-    """In place: ``acc += sign * expand_mask(key, acc.size, bits)`` mod 2^bits.
+class MaskStreams:
+    """Signed mask streams positioned at one word offset of the vector they mask.
 
-    ``acc`` must be a writable C-contiguous uint32 (ring 32) or uint64 (ring 64) array; any
-    shape is treated as its flattened view. ``sign`` is +1 (add) or -1 (remove).
+    ``apply(part, scratch)`` adds (sign +1) or subtracts (sign -1) each stream's next ``len(part)``
+    words into ``part`` in place; calling it on consecutive blocks walks the streams forward.
+    """
+
+    __slots__ = ("_ops", "_itemsize")
+
+    def __init__(self, masks: Sequence[tuple[bytes, int]], word_offset: int, dtype: np.dtype) -> None:
+        self._itemsize = dtype.itemsize
+        self._ops = [(stream_at(key, word_offset * self._itemsize), np.add if sign == 1 else np.subtract)
+                     for key, sign in masks]
+
+    def apply(self, part: np.ndarray, scratch: np.ndarray) -> None:
+        count = part.size
+        nbytes = count * self._itemsize
+        raw = memoryview(scratch).cast("B")[:nbytes]
+        words = scratch[:count]  # little-endian keystream words (numpy swaps on a big-endian host)
+        zeros = _ZEROS[:nbytes]
+        for enc, op in self._ops:
+            enc.update_into(zeros, raw)
+            op(part, words, part)  # in place; positional out is the cheapest ufunc call
+
+
+def check_masks(masks: Sequence[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """Every (key, sign) checked before any stream is opened, so a bad one changes nothing."""
+    out = []
+    for key, sign in masks:
+        if isinstance(sign, bool) or sign not in (1, -1):
+            raise InvalidInput(f"sign must be +1 or -1, got {sign!r}")
+        out.append((_check_key(key), sign))
+    return out
+
+
+def block_words(dtype: np.dtype) -> int:
+    return BLOCK_BYTES // dtype.itemsize
+
+
+def run_ranges(n: int, align: int, workers: int | None, fn: Callable[[int, int], T]) -> list[T]:
+    """``fn(start, stop)`` over contiguous ranges covering ``range(n)``, each start a multiple of
+    ``align``, in up to ``workers`` threads (default: every core). Results in range order; the
+    first exception of any range is raised after all ranges have stopped."""
+    w = default_workers() if workers is None else require_int(workers, "workers", InvalidInput, lo=1)
+    w = max(1, min(w, n // _MIN_WORDS_PER_WORKER))
+    if w == 1:
+        return [fn(0, n)]
+    per = -(-n // w)
+    per = -(-per // align) * align
+    bounds = [(s, min(s + per, n)) for s in range(0, n, per)]
+    with ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="securefed-mask") as pool:
+        futures = [pool.submit(fn, s, e) for s, e in bounds]
+        return [f.result() for f in futures]
+
+
+def add_masks_(acc: np.ndarray, masks: Sequence[tuple[bytes, int]], *, workers: int | None = None) -> None:
+    """In place: ``acc += sum(sign * expand_mask(key, acc.size, bits))`` mod 2^bits over ``masks``.
+
+    ``acc`` must be a writable C-contiguous uint32 (ring 32) or uint64 (ring 64) array; any shape is
+    treated as its flattened view. Each sign is +1 (add) or -1 (remove). ``workers`` threads share
+    the vector (default: every core); the result is the same for any number of workers.
     """
     if not isinstance(acc, np.ndarray):
         raise InvalidInput(f"accumulator must be a numpy array, got {type(acc).__name__}")
@@ -86,19 +174,22 @@ def add_mask_(acc: np.ndarray, key: bytes, sign: int) -> None:
         raise InvalidInput(f"accumulator dtype must be uint32 or uint64, got {acc.dtype}")
     if not acc.flags.c_contiguous or not acc.flags.writeable:
         raise InvalidInput("accumulator must be a writable C-contiguous array (use np.ascontiguousarray)")
-    if isinstance(sign, bool) or sign not in (1, -1):
-        raise InvalidInput(f"sign must be +1 or -1, got {sign!r}")
-    enc = _encryptor(key)
+    checked = check_masks(masks)
+    if not checked or acc.size == 0:
+        return
     flat = acc.reshape(-1)  # a view, since acc is C-contiguous
-    itemsize = acc.dtype.itemsize
-    per = _CHUNK_BYTES // itemsize
-    block = np.empty(per, dtype=acc.dtype.newbyteorder("<"))
-    block_bytes = memoryview(block).cast("B")
-    words = block  # little-endian keystream words (numpy byte-swaps on a big-endian host)
-    op = np.add if sign == 1 else np.subtract
-    for start in range(0, flat.size, per):
-        stop = min(start + per, flat.size)
-        count = stop - start
-        enc.update_into(_ZEROS[: count * itemsize], block_bytes[: count * itemsize])
-        part = flat[start:stop]
-        op(part, words[:count], out=part)
+    dtype = acc.dtype
+    per = block_words(dtype)
+
+    def work(start: int, stop: int) -> None:
+        streams = MaskStreams(checked, start, dtype)
+        scratch = np.empty(per, dtype=dtype.newbyteorder("<"))
+        for s in range(start, stop, per):
+            streams.apply(flat[s : min(s + per, stop)], scratch)
+
+    run_ranges(flat.size, per, workers, work)
+
+
+def add_mask_(acc: np.ndarray, key: bytes, sign: int) -> None:
+    """In place: ``acc += sign * expand_mask(key, acc.size, bits)`` mod 2^bits (one mask)."""
+    add_masks_(acc, [(key, sign)])

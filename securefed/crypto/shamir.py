@@ -11,6 +11,8 @@ because the t-1 random coefficients come from :mod:`secrets`.
 
 from __future__ import annotations
 
+import functools
+
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -117,17 +119,35 @@ def split(secret: bytes, n: int, t: int) -> list[Share]:
     return _split_with_coefficients(secret, n, coefficients)
 
 
+@functools.lru_cache(maxsize=4096)
+def _lagrange_weights(xs: tuple[int, ...], x: int) -> tuple[int, ...]:
+    """w_i = prod_{j != i} (x - x_j) / (x_i - x_j) mod PRIME: they depend only on the (public)
+    x-coordinates, so an unmasking server that rebuilds many secrets from shares at the same
+    coordinates computes them once; one modular inversion for all of them (Montgomery's trick)."""
+    nums, dens = [], []
+    for i, xi in enumerate(xs):
+        num = den = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num *= x - xj  # small integers: exact, reduced once below
+                den *= xi - xj
+        nums.append(num % PRIME)
+        dens.append(den % PRIME)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)  # nonzero: the x are distinct and PRIME is prime
+    out = [0] * len(xs)
+    for i in reversed(range(len(xs))):
+        out[i] = nums[i] * prefix[i] % PRIME * inv % PRIME
+        inv = inv * dens[i] % PRIME
+    return tuple(out)
+
+
 def _interpolate(points: Sequence[Share], x: int) -> int:
     """Value at ``x`` of the unique polynomial of degree < len(points) through ``points``."""
-    total = 0
-    for i, pi in enumerate(points):
-        num, den = 1, 1
-        for j, pj in enumerate(points):
-            if i != j:
-                num = num * (x - pj.x) % PRIME
-                den = den * (pi.x - pj.x) % PRIME
-        total = (total + pi.y * num * pow(den, -1, PRIME)) % PRIME
-    return total
+    weights = _lagrange_weights(tuple(p.x for p in points), x)
+    return sum(w * p.y for w, p in zip(weights, points)) % PRIME
 
 
 def combine(shares: Sequence[Share], t: int, secret_len: int = 32) -> bytes:

@@ -6,10 +6,11 @@ Safe, whole operations only::
     client = he.generate_client_context("ckks-n4096-q56-s40")      # provisioning
     server_ctx = he.ServerContext.from_public_bytes(client.public_bytes(), "ckks-n4096-q56-s40")
     agg = he.ServerAggregator(server_ctx, length=len(update))
-    agg.add(client.encrypt(update).to_chunks(), sender="org-a")
-    total = client.decrypt(agg.result_chunks(), len(update))
+    agg.add(client.encrypt(update), sender="org-a")            # c0 summed mod q; seeds kept
+    total = client.decrypt(agg.result())                       # c1 regenerated from the seeds
 
-``params`` and ``wire`` are pure Python; everything else imports TenSEAL lazily on first use.
+Members check a sum before decrypting it with the linear tags of ``he.tags`` (protocols/ckks.md).
+``params`` and ``vector`` are pure Python; everything else imports TenSEAL lazily on first use.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _LAZY = {
     "generate_client_context": "securefed.he.keys",
     "ServerAggregator": "securefed.he.aggregate",
     "EncryptedVector": "securefed.he.vector",
+    "EncryptedSum": "securefed.he.vector",
 }
 
 __all__ = [
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = frozenset({"keys", "aggregate", "vector", "wire", "params"})
+_SUBMODULES = frozenset({"keys", "aggregate", "vector", "tags", "params"})
 
 
 def __getattr__(name: str) -> Any:

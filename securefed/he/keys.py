@@ -3,7 +3,9 @@
 * ``ClientContext`` holds the federation's shared secret key (made once at provisioning with
   :func:`generate_client_context`, handed to members out of band with ``serialize_secret()``).
   Clients encrypt with the *secret* key (SEAL symmetric encryption): the second ciphertext
-  polynomial is then a PRNG expansion of a 64-byte seed, so an upload is half the size.
+  polynomial is then a PRNG expansion of a 64-byte seed, so an upload is c0 and the seed, and a
+  decryptor regenerates c1 of a sum from the contributors' seeds (he.vector). The same secret
+  yields the members-only key of the linear tags (he.tags).
 * ``ServerContext`` is built from ``ClientContext.public_bytes()``: encryption parameters only, no
   key of any kind. Loading refuses bytes that carry a secret key.
 * Both sides pin a named parameter set and refuse a context that deviates from it.
@@ -17,12 +19,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
-from securefed.he import _seal
-from securefed.he.params import DEFAULT_PARAMS_NAME, CkksParams, get_params
-from securefed.he.vector import EncryptedVector, check_chunks, check_length
-
 import tenseal.sealapi as sealapi
+
+from securefed.crypto.prg import stream_at
+from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.he import _seal, tags
+from securefed.he.params import DEFAULT_PARAMS_NAME, CkksParams, get_params
+from securefed.he.vector import (
+    EncryptedSum,
+    EncryptedVector,
+    check_length,
+    pack_coeffs,
+    seed_records,
+    unpack_coeffs,
+)
 
 # A parameters-only context is ~100 bytes; a secret one ~60 KB (N=4096) to ~250 KB (N=8192).
 # Context bytes come from provisioning (operator files), not from peers; the caps bound parsing.
@@ -40,24 +50,34 @@ def _resolve(params: CkksParams | str) -> CkksParams:
     raise InvalidInput("params must be a CkksParams or the name of a parameter set")
 
 
-def secure_gaussian(count: int) -> np.ndarray:
-    """``count`` iid N(0, 1) samples from os.urandom (Box-Muller).
+_GAUSS_BLOCK = 1 << 20  # values per block: bounds the temporaries for LLM-sized vectors
+
+
+def secure_gaussian(count: int, key: bytes | None = None) -> np.ndarray:
+    """``count`` iid N(0, 1) samples (Box-Muller) from os.urandom, or from the AES-CTR keystream of
+    ``key`` (32 bytes) when every holder of that key must draw the same samples.
 
     numpy only converts the CSPRNG bytes to floats here; it is not used as a random generator.
     """
-    pairs = (count + 1) // 2
-    raw = np.frombuffer(os.urandom(16 * pairs), dtype=np.uint64).reshape(2, pairs)
-    u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
-    u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    r = np.sqrt(-2.0 * np.log(u1))
-    theta = 2.0 * math.pi * u2
-    return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:count]
+    out = np.empty(count)
+    stream = None if key is None else stream_at(key)
+    for start in range(0, count, _GAUSS_BLOCK):
+        m = min(_GAUSS_BLOCK, count - start)
+        pairs = (m + 1) // 2
+        raw_bytes = os.urandom(16 * pairs) if stream is None else stream.update(bytes(16 * pairs))
+        raw = np.frombuffer(raw_bytes, dtype="<u8").astype(np.uint64).reshape(2, pairs)
+        u1 = ((raw[0] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]: log is finite
+        u2 = (raw[1] >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        r = np.sqrt(-2.0 * np.log(u1))
+        theta = 2.0 * math.pi * u2
+        out[start : start + m] = np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:m]
+    return out
 
 
 class ServerContext:
     """Encryption parameters without any key: enough to check and add ciphertexts, nothing more."""
 
-    __slots__ = ("params", "_ctx", "seal_context")
+    __slots__ = ("params", "_ctx", "seal_context", "primes")
 
     def __init__(self, ctx: Any, params: CkksParams) -> None:  # use from_public_bytes
         if ctx.has_secret_key() or not ctx.is_public():
@@ -68,6 +88,7 @@ class ServerContext:
         self.params = params
         self._ctx = ctx
         self.seal_context = ctx.seal_context().data
+        self.primes = _seal.primes(params)
 
     @classmethod
     def from_public_bytes(cls, data: bytes, params: CkksParams | str) -> "ServerContext":
@@ -96,19 +117,25 @@ class ServerContext:
 class ClientContext:
     """The federation's shared CKKS secret context, as each member holds it."""
 
-    __slots__ = ("params", "_ctx", "_seal_ctx", "_encoder", "_encryptor", "_decryptor")
+    __slots__ = ("params", "primes", "_ctx", "_seal_ctx", "_encoder", "_encryptor", "_decryptor", "_evaluator",
+                 "_layout", "_members_key", "_scratch")
 
     def __init__(self, ctx: Any, params: CkksParams) -> None:  # use generate/from_secret_bytes
         if not ctx.has_secret_key():
             raise CryptoError("CKKS client context has no secret key")
         _seal.check_context_params(ctx, params)
         self.params = params
+        self.primes = _seal.primes(params)
         self._ctx = ctx
         self._seal_ctx = ctx.seal_context().data
         sk = ctx.secret_key().data
         self._encoder = sealapi.CKKSEncoder(self._seal_ctx)
         self._encryptor = sealapi.Encryptor(self._seal_ctx, sk)
         self._decryptor = sealapi.Decryptor(self._seal_ctx, sk)
+        self._evaluator = sealapi.Evaluator(self._seal_ctx)
+        self._layout = _seal.probe_layout(self._seal_ctx, self._encryptor, self._encoder, params)
+        self._members_key: bytes | None = None
+        self._scratch = _seal.Scratch()
 
     @classmethod
     def from_secret_bytes(cls, data: bytes, params: CkksParams | str) -> "ClientContext":
@@ -128,6 +155,15 @@ class ClientContext:
     def public_bytes(self) -> bytes:
         """Parameters only (no key of any kind): what the server gets."""
         return _seal.serialize_context(self._ctx, secret=False)
+
+    def members_key(self) -> bytes:
+        """The members-only key (he.tags): derived from the secret key, so the server cannot have it."""
+        if self._members_key is None:
+            self._members_key = tags.members_key(_seal.secret_key_coefficients(self._ctx))
+        return self._members_key
+
+    def attempt_keys(self, plan_sha256: bytes, attempt: int) -> tags.AttemptKeys:
+        return tags.AttemptKeys.derive(self.members_key(), plan_sha256, attempt)
 
     # --- encryption ---------------------------------------------------------------------------
 
@@ -154,61 +190,75 @@ class ClientContext:
         return x
 
     def encrypt(self, vec: object) -> EncryptedVector:
-        """Encrypt a real vector: N reals per ciphertext (real and imaginary parts of N/2 slots)."""
+        """Encrypt a real vector: N reals per ciphertext (real and imaginary parts of N/2 slots),
+        each a seeded secret-key ciphertext of which only c0 and c1's seed leave (he.vector)."""
         x = self._check_input(vec)
         p = self.params
         n, half = p.chunk_size, p.slot_count
         count = p.chunks_for(len(x))
-        padded = np.zeros(count * n)
-        padded[: len(x)] = x
-        chunks = []
+        c0 = np.empty((count, len(self.primes) * p.poly_modulus_degree), dtype=np.uint64)
+        seeds = []
+        inflated_max = 2 * 8 * c0.shape[1] + 4096
         for i in range(count):
-            block = padded[i * n : (i + 1) * n]
+            block = np.zeros(n)
+            part = x[i * n : (i + 1) * n]
+            block[: part.size] = part
             z = block[:half] + 1j * block[half:]
             pt = sealapi.Plaintext()
             self._encoder.encode(z.tolist(), p.scale, pt)
-            # The Serializable form keeps c1 as a seed: only c0 goes on the wire.
-            chunks.append(_seal.save(self._encryptor.encrypt_symmetric(pt)))
-        return EncryptedVector(p.name, len(x), tuple(chunks))
+            raw = _seal.inflate(_seal.save(self._encryptor.encrypt_symmetric(pt), self._scratch), inflated_max)
+            c0[i], rec = self._layout.split_seeded(raw)
+            seeds.append(rec)
+        return EncryptedVector(p.name, len(x), pack_coeffs(c0, p.coeff_bytes), b"".join(seeds))
+
+    def contribution_tag(self, vec: EncryptedVector, keys: tags.AttemptKeys) -> tuple[int, ...]:
+        """This attempt's linear tag of a contribution (he.tags), per data prime."""
+        return tags.linear_tag(vec.c0, self.params, self.primes, keys.vector)
+
+    def sum_matches(self, total: EncryptedSum, contributor_tags: Sequence[Sequence[int]], keys: tags.AttemptKeys) -> bool:
+        """Whether the sum's tag equals the sum of the contributors' tags (mod every data prime)."""
+        got = tags.linear_tag(total.c0, self.params, self.primes, keys.vector)
+        return got == tags.sum_tags(contributor_tags, self.primes)
 
     # --- decryption ---------------------------------------------------------------------------
 
-    def decrypt(
-        self,
-        chunks: Sequence[bytes] | EncryptedVector,
-        length: int | None = None,
-        *,
-        summands: int | None = None,
-    ) -> np.ndarray:
-        """Decrypt a sum of at most ``summands`` vectors (default: params.max_summands).
+    def decrypt(self, total: EncryptedSum, *, summands: int | None = None, noise_key: bytes | None = None) -> np.ndarray:
+        """Decrypt a sum (c1 regenerated here from the contributors' seeds) of ``total.summands``
+        vectors, or at most ``summands`` if given (default: params.max_summands as the range bound).
 
-        Gaussian noise of std ``params.flood_sigma`` (from os.urandom) is added to every value
-        before it is returned, so that what a member later publishes is a fresh RLWE sample rather
-        than the exact c0 + c1·s, which would reveal the secret key (Li & Micciancio 2021).
+        Gaussian noise of std ``params.flood_sigma`` is added to every value before it is returned,
+        so that what a member later publishes is a fresh RLWE sample rather than the exact
+        c0 + c1·s, which would reveal the secret key (Li & Micciancio 2021). With ``noise_key`` every
+        member draws the same noise, so the server cannot average several decryptions to thin it.
         Out-of-range values (a contribution under another key, corruption, overflow) abort.
         """
-        values = self._decode_checked(chunks, length, summands)
-        return values + self.params.flood_sigma * secure_gaussian(len(values))
+        values = self._decode_checked(total, summands)
+        return values + self.params.flood_sigma * secure_gaussian(len(values), noise_key)
 
-    def _decode_checked(
-        self, chunks: Sequence[bytes] | EncryptedVector, length: int | None, summands: int | None
-    ) -> np.ndarray:
+    def _decode_checked(self, total: EncryptedSum, summands: int | None) -> np.ndarray:
         """Exact CKKS decode with range checks, *without* flooding: never release this."""
-        if isinstance(chunks, EncryptedVector):
-            length = chunks.length if length is None else length
-            chunks = chunks.chunks
-        if length is None:
-            raise InvalidInput("decrypt needs the vector length")
+        if not isinstance(total, EncryptedSum) or total.params_name != self.params.name:
+            raise InvalidInput("decrypt needs an EncryptedSum under this parameter set")
         p = self.params
-        items = check_chunks(p, chunks, length)
+        length = total.length
         if summands is None:
-            summands = p.max_summands
+            summands = total.summands
         if isinstance(summands, bool) or not isinstance(summands, int) or not 1 <= summands <= p.max_summands:
             raise InvalidInput(f"summands must be an integer in 1..{p.max_summands}")
-        n, half = p.chunk_size, p.slot_count
-        out = np.empty(len(items) * n)
-        for i, blob in enumerate(items):
-            ct = _seal.load_ciphertext(self._seal_ctx, blob, p)
+        n, half, width = p.chunk_size, p.slot_count, p.coeff_bytes
+        per = len(self.primes) * p.poly_modulus_degree * width
+        count = p.chunks_for(length)
+        seeds = [seed_records(s) for s in total.seeds]
+        zeros = np.zeros(len(self.primes) * p.poly_modulus_degree, dtype=np.uint64)
+        view = memoryview(total.c0)
+        out = np.empty(count * n)
+        for i in range(count):
+            c0 = unpack_coeffs(view[i * per : (i + 1) * per], width, self.primes, p.poly_modulus_degree).reshape(-1)
+            # c1 of the sum is the sum of every contributor's c1 = PRNG(seed): SEAL expands each seed.
+            ct = _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(c0, seeds[0][i]), self._scratch)
+            for other in seeds[1:]:
+                self._evaluator.add_inplace(ct, _seal.load_blob(self._seal_ctx, self._layout.seeded_blob(zeros, other[i]),
+                                                                self._scratch))
             pt = sealapi.Plaintext()
             self._decryptor.decrypt(ct, pt)
             z = np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)

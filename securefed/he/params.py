@@ -111,6 +111,11 @@ class CkksParams(StrictModel):
         return self.coeff_mod_bit_sizes[:-1]
 
     @property
+    def coeff_bytes(self) -> int:
+        """Bytes a packed ciphertext coefficient takes on the wire (a b-bit prime: ceil(b / 8))."""
+        return -(-max(self.data_prime_bit_sizes) // 8)
+
+    @property
     def slot_count(self) -> int:
         """Complex CKKS slots per ciphertext (N/2)."""
         return self.poly_modulus_degree // 2

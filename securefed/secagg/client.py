@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from securefed.config import format_validation_error
 from securefed.crypto.aead import decrypt_share, encrypt_share
-from securefed.crypto.fixedpoint import encode
+from securefed.crypto.fixedpoint import encode_masked
 from securefed.crypto.keys import (
     PURPOSE_MASK,
     PURPOSE_SHARE_ENCRYPTION,
@@ -34,7 +34,7 @@ from securefed.crypto.keys import (
     verify_signature,
     x25519_shared_secret,
 )
-from securefed.crypto.prg import add_mask_
+from securefed.crypto.prg import add_masks_
 from securefed.crypto.shamir import SHARE_SIZE, Share, split
 from securefed.errors import CryptoError, InsecureParameters, InvalidInput, InvalidMessage, ProtocolAbort
 from securefed.secagg.messages import (
@@ -103,10 +103,10 @@ def mask_keys(*, session_id: bytes, client_id: int, self_mask_seed: bytes, mask_
     return keys
 
 
-def apply_masks(acc: np.ndarray, keys: list[tuple[bytes, int]]) -> None:
-    """In place: acc += sum(sign * PRG(key)) mod 2^bits; each mask streamed straight into ``acc``."""
-    for key, sign in keys:
-        add_mask_(acc, key, sign)
+def apply_masks(acc: np.ndarray, keys: list[tuple[bytes, int]], *, workers: int | None = None) -> None:
+    """In place: acc += sum(sign * PRG(key)) mod 2^bits; every mask streamed straight into ``acc``,
+    block by block, on every core (``crypto.prg.add_masks_``)."""
+    add_masks_(acc, keys, workers=workers)
 
 
 def mask_encoded(acc: np.ndarray, *, session_id: bytes, client_id: int, self_mask_seed: bytes,
@@ -382,11 +382,11 @@ class SecAggClient:
         if alive_holders < self._t:
             self._abort(f"only {alive_holders} of this client's share holders are still in the round, fewer than the threshold {self._t}")
 
-        acc, clipped = encode(self._input, self._params.fixed_point())
-        acc = np.ascontiguousarray(acc)
-        mask_encoded(acc, session_id=sid, client_id=me, self_mask_seed=self._b_u,
-                     mask_private_key=self._s_key.private_bytes(),
-                     neighbour_mask_keys={v: self._keys[v].s_pk for v in u2})
+        # Encoding, stochastic rounding and every mask in one pass over memory (crypto.fixedpoint).
+        masks = mask_keys(session_id=sid, client_id=me, self_mask_seed=self._b_u,
+                          mask_private_key=self._s_key.private_bytes(),
+                          neighbour_mask_keys={v: self._keys[v].s_pk for v in u2})
+        acc, clipped = encode_masked(self._input, self._params.fixed_point(), masks)
         self._held, self._u2_neighbours = held, u2
         self._input = None  # the plaintext update is not needed any more
         self._b_u = b""

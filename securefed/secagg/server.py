@@ -19,7 +19,7 @@ import numpy as np
 
 from securefed.crypto.fixedpoint import decode_sum
 from securefed.crypto.keys import AgreementKeyPair, verify_signature
-from securefed.crypto.prg import add_mask_, ring_dtype
+from securefed.crypto.prg import add_masks_, ring_dtype
 from securefed.crypto.shamir import Share, combine
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
 from securefed.secagg.messages import (
@@ -332,9 +332,11 @@ class SecAggServer:
         secrets_: dict[int, bytes] = {}
         for u in sorted(needed):
             shares = (self._b_shares if u in u3 else self._s_shares).get(u, [])
-            # One share beyond t (when there is one) lets combine() detect an inconsistent share.
+            # One share beyond t (when there is one) lets combine() detect an inconsistent share. The
+            # lowest x-coordinates first: owners whose shares sit at the same coordinates then share
+            # one set of (cached) Lagrange weights.
             try:
-                secrets_[u] = combine(shares[: self._t + 1], self._t, SECRET_SIZE)
+                secrets_[u] = combine(sorted(shares, key=lambda s: s.x)[: self._t + 1], self._t, SECRET_SIZE)
             except CryptoError as exc:
                 self._abort(f"cannot rebuild the secret of client {u}: {exc}")
         for u in sorted(needed - u3):
@@ -342,14 +344,14 @@ class SecAggServer:
                 self._abort(f"the rebuilt mask key of dropped client {u} does not match its public key")
         total = self._sum
         sid = self._session_id
-        # Each mask is expanded exactly once, straight into the running sum.
-        for u in self._u3:
-            add_mask_(total, self_mask_key(secrets_[u], sid, u), -1)
+        masks = [(self_mask_key(secrets_[u], sid, u), -1) for u in self._u3]
         for u in sorted(needed - u3):
             s_sk = secrets_[u]
-            for v in sorted(self._graph.of(u) & u3):
-                # v added +PRG(s_uv) if u > v, else -PRG(s_uv): take it back out.
-                add_mask_(total, pairwise_mask_key(s_sk, self._keys[v].s_pk, sid, u, v), -1 if u > v else +1)
+            # v added +PRG(s_uv) if u > v, else -PRG(s_uv): take it back out.
+            masks += [(pairwise_mask_key(s_sk, self._keys[v].s_pk, sid, u, v), -1 if u > v else +1)
+                      for v in sorted(self._graph.of(u) & u3)]
+        # Each mask is expanded exactly once, straight into the running sum, on every core.
+        add_masks_(total, masks)
         self._sum = None
         values = decode_sum(total, self._fp, len(self._u3))
         self._result = AggregateResult(total, values, self._u3, dict(self._dropouts), sid)

@@ -111,7 +111,7 @@ class ServerApp:
             plan.secagg.CopyFrom(pb.SecAggParams(threshold=p.threshold, neighbours=0 if k == n - 1 else k,
                                                  ring_bits=p.ring_bits, frac_bits=p.frac_bits, clip=float(bound)))
         elif cfg.federation.mode is AggregationMode.PLAINTEXT:
-            plan.secagg.CopyFrom(pb.SecAggParams(threshold=cfg.federation.threshold, ring_bits=cfg.federation.ring_bits,
+            plan.secagg.CopyFrom(pb.SecAggParams(threshold=cfg.federation.threshold, ring_bits=cfg.ring_bits(),
                                                  frac_bits=cfg.federation.frac_bits, clip=float(bound)))
         else:
             assert self.server_ctx is not None

@@ -1,26 +1,32 @@
 """The ckks mode as a coordinator driver: add signed ciphertexts, let the members decrypt the sum.
 
 The server holds only the federation's public CKKS context (no secret key): it checks and adds
-ciphertexts, hands the members one decryption request, and applies their decryption of the sum.
-The messages and what each party signs are ``securefed.protocol.ckks``.
+ciphertexts as they arrive (one running sum: memory O(d), not O(N d)), hands the members one
+decryption request holding that sum, and applies their decryption of it. The messages and what
+each party signs are ``securefed.protocol.ckks``.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
 from securefed import he
 from securefed.crypto.keys import verify_signature
 from securefed.errors import InvalidMessage, ProtocolAbort, StaleMessage
-from securefed.he.wire import max_blob_bytes
+from securefed.he.vector import c0_bytes, seeds_bytes
 from securefed.protocol.ckks import (
+    DECRYPTED_BITS,
+    MAX_SEALED_TAG_BYTES,
     SIGNATURE_BYTES,
+    UPLOAD_PARTS,
+    Contribution,
     confirmation_payload,
-    contribution_digest,
     contribution_payload,
     decode_decrypted,
     digest_parts,
-    encode_contributions,
+    encode_request,
     split_upload,
 )
 from securefed.server.attempt import AttemptContext, Phase, RoundOutcome
@@ -35,19 +41,19 @@ class CkksDriver(RoundDriver):
 
     Decryption must not become an oracle, nor a differencing tool:
 
-    1. *Confirm.* Every uploader downloads the decryption request: all signed contributions. It
-       checks that at least ``threshold`` distinct cohort members signed their ciphertexts for this
-       plan and attempt, its own included and unchanged (``client.ckks.checked_contributions``), and
-       signs the request's digest. An honest member confirms one request per attempt.
+    1. *Confirm.* Every uploader downloads the decryption request: the sum's c0, and per contributor
+       its signature, c1 seeds and members-only sealed tag. It checks that at least ``threshold``
+       distinct cohort members signed for this plan and attempt, its own included and unchanged, and
+       that the sum's linear tag equals the sum of their tags (so the server sent exactly their sum),
+       then signs the request's digest. An honest member confirms one request per attempt.
     2. *Decrypt.* The server hands the confirmations back. A member decrypts only when at least
        ``threshold`` distinct cohort members confirmed the very request it checked; with the threshold
        a strict majority of the cohort, two different contributor sets cannot both be confirmed, so
-       the server cannot obtain two sums over different sets and take their difference. The member
-       adds the contributions itself and decrypts that sum (with flooding noise).
+       the server cannot obtain two sums over different sets and take their difference.
 
     The server applies the decrypted SUM only when all decryptions agree to within the CKKS noise, so
     one lying decryptor aborts the round rather than steering the model. Cost: a decryptor downloads
-    every contribution, O(n) update sizes.
+    one sum (c0) and every contributor's seeds (65 bytes per 4096 parameters each).
     """
 
     AGREEMENT_TOL = 1e-3
@@ -56,11 +62,15 @@ class CkksDriver(RoundDriver):
         super().__init__(ctx)
         self.agg = he.ServerAggregator(server_ctx, ctx.payload_length)
         self.uploaded: list[str] = []
-        self.contributions: dict[str, tuple[bytes, list[bytes]]] = {}
+        self.contributions: dict[str, Contribution] = {}  # signatures, seeds and sealed tags: no c0 kept
         self.request_parts: list[bytes] | None = None
         self.request_digest = b""
         self.confirmations: dict[str, bytes] = {}
-        self.decrypted: dict[str, np.ndarray] = {}
+        # The first decryption returned, and who returned which: every later one is compared with it on
+        # arrival and dropped, so the server holds one decrypted vector, not one per decryptor.
+        self.reference: np.ndarray | None = None
+        self.decrypted: list[str] = []
+        self.disagreed: list[str] = []
 
     def first_phase(self) -> Phase:
         return self.plan_phase()
@@ -72,27 +82,29 @@ class CkksDriver(RoundDriver):
                 raise StaleMessage("decrypted aggregate refused at this stage")
             if client not in phase.expected:
                 raise InvalidMessage("you were not asked to decrypt this aggregate")
-            return self.expect_ring_vector(kind, ring_bits, 64, part_sizes)
+            return self.expect_ring_vector(kind, ring_bits, DECRYPTED_BITS, part_sizes)
         if phase.stage != pb.STAGE_PLAN or stage != pb.STAGE_CIPHERTEXT_UPLOAD:
             raise StaleMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         self.refuse_if_declined(client)
-        p = self.agg.params
-        want, limit = p.chunks_for(self.ctx.payload_length), max_blob_bytes(p.poly_modulus_degree, len(p.data_prime_bit_sizes))
-        if (len(part_sizes) != want + 1 or part_sizes[-1] != SIGNATURE_BYTES
-                or max(part_sizes[:-1], default=0) > limit):
-            raise InvalidMessage(f"a CKKS upload is {want} ciphertexts of at most {limit} bytes each, then the "
-                                 f"{SIGNATURE_BYTES}-byte signature")
+        p, length = self.agg.params, self.ctx.payload_length
+        c0_size, seeds_size = c0_bytes(p, length), seeds_bytes(p, length)
+        if (len(part_sizes) != UPLOAD_PARTS or part_sizes[0] != c0_size or part_sizes[1] != seeds_size
+                or not 0 < part_sizes[2] <= MAX_SEALED_TAG_BYTES or part_sizes[3] != SIGNATURE_BYTES):
+            raise InvalidMessage(f"a CKKS upload is [c0 of {c0_size} bytes, seeds of {seeds_size} bytes, a sealed tag of "
+                                 f"at most {MAX_SEALED_TAG_BYTES} bytes, the {SIGNATURE_BYTES}-byte signature]")
 
     def on_ciphertext_upload(self, phase: Phase, client: str, parts: list[bytes]) -> None:
         if phase.stage != pb.STAGE_PLAN:
             raise StaleMessage(f"ciphertext refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         self.refuse_if_declined(client)
-        chunks, sig = split_upload(parts)
-        verify_signature(self.ctx.identity_keys[client], sig,
-                         contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client,
-                                              contribution_digest(chunks)))
-        self.agg.add(chunks, sender=client)  # validates every ciphertext before adding
-        self.contributions[client] = (sig, chunks)
+        up = split_upload(parts)
+        c0_sha, seeds_sha = hashlib.sha256(up.c0).digest(), hashlib.sha256(up.seeds).digest()
+        verify_signature(self.ctx.identity_keys[client], up.signature,
+                         contribution_payload(self.ctx.plan.plan_sha256, self.ctx.attempt, client, c0_sha, seeds_sha,
+                                              up.sealed_tag))
+        vec = he.EncryptedVector.from_parts(self.agg.params, up.c0, up.seeds, self.ctx.payload_length)
+        self.agg.add(vec, sender=client)  # validates every coefficient before the sum keeps any of it
+        self.contributions[client] = Contribution(client, c0_sha, up.seeds, up.sealed_tag, up.signature)
         self.uploaded.append(client)
         phase.responded.add(client)
 
@@ -101,7 +113,14 @@ class CkksDriver(RoundDriver):
             raise StaleMessage("decrypted aggregate refused at this stage")
         if client not in phase.expected:
             raise InvalidMessage("you were not asked to decrypt this aggregate")
-        self.decrypted[client] = decode_decrypted(data, self.ctx.payload_length)
+        if ring_bits != DECRYPTED_BITS:
+            raise InvalidMessage(f"a decrypted aggregate travels as float32 (ring_bits {DECRYPTED_BITS}), not {ring_bits}")
+        values = decode_decrypted(data, self.ctx.payload_length)
+        if self.reference is None:
+            self.reference = values
+        elif float(np.max(np.abs(values - self.reference), initial=0.0)) > self.AGREEMENT_TOL:
+            self.disagreed.append(client)
+        self.decrypted.append(client)
         phase.responded.add(client)
 
     def download(self, client: str) -> tuple[int, list[bytes]] | None:
@@ -128,11 +147,13 @@ class CkksDriver(RoundDriver):
         return self._outcome()
 
     def _confirm_phase(self) -> Phase:
-        """Offer every contributor the decryption request: all signed contributions."""
+        """Offer every contributor the decryption request: the sum and who is in it."""
         ctx = self.ctx
         self.require(len(self.uploaded), "clients uploaded ciphertexts")
         names = sorted(self.uploaded)
-        self.request_parts = encode_contributions([(c, *self.contributions[c]) for c in names])
+        total = self.agg.result(names)
+        self.agg.close()  # the packed sum in the request is all that is kept
+        self.request_parts = encode_request([self.contributions[c] for c in names], total.c0)
         self.request_digest = digest_parts(self.request_parts)
         size = sum(len(p) for p in self.request_parts)
         ready = pb.AggregateReady(total_size=size, sha256=self.request_digest)
@@ -152,14 +173,13 @@ class CkksDriver(RoundDriver):
     def _outcome(self) -> RoundOutcome:
         """The decrypted sum, when every decryption returned agrees."""
         ctx = self.ctx
-        if not self.decrypted:
+        if self.reference is None:
             raise ProtocolAbort("no client returned the decrypted aggregate")
-        names = sorted(self.decrypted)
-        ref = self.decrypted[names[0]]
-        for n in names[1:]:
-            if float(np.max(np.abs(self.decrypted[n] - ref), initial=0.0)) > self.AGREEMENT_TOL:
-                raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
-        sums = np.mean([self.decrypted[n] for n in names], axis=0)
+        if self.disagreed:
+            raise ProtocolAbort("decryptions of the aggregate disagree: a decryptor lied or erred; nothing applied")
+        # Every decryptor of the attempt adds the same flooding noise (protocols/ckks.md section 5), so the
+        # agreeing decryptions are one value: averaging them would gain nothing.
+        sums = self.reference
         # CKKS decryption (and its flooding noise) is approximate: a true sum at the edge of the
         # range can come back a hair outside it. Clamping to the range is post-processing.
         lim = len(self.uploaded) * ctx.config.payload_bound()

@@ -35,6 +35,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from securefed.config import StrictModel, format_validation_error, load_toml
+from securefed.crypto.fixedpoint import FixedPointParams
 from securefed.errors import InsecureParameters
 from securefed.secagg.params import SecAggParams
 from securefed.strategies import make_strategy
@@ -73,14 +74,21 @@ class FederationSection(StrictModel):
     allow_plaintext_for_debugging: bool = Field(
         False, description="plaintext shows each update to the server; refused unless this is true"
     )
-    frac_bits: int = Field(32, gt=0, le=48, description="fixed-point fractional bits (precision 2^-frac_bits)")
-    ring_bits: int = Field(64, description="fixed-point ring Z_(2^ring_bits): 32 or 64")
+    frac_bits: int = Field(
+        24, gt=0, le=48,
+        description="fixed-point fractional bits (precision 2^-frac_bits; 2^-24 ~ 6e-8 is far below DP noise)",
+    )
+    ring_bits: int | None = Field(
+        None,
+        description="fixed-point ring Z_(2^ring_bits): 32 or 64; default: the smallest ring in which a sum of "
+        "cohort_size clipped payloads at frac_bits cannot overflow (32 for the shipped configs)",
+    )
     ckks_params: str = Field("ckks-n4096-q56-s40", description="CKKS parameter set name (securefed.he), mode = 'ckks' only")
 
     @model_validator(mode="after")
     def _check(self) -> "FederationSection":
-        if self.ring_bits not in (32, 64):
-            raise ValueError("ring_bits must be 32 or 64")
+        if self.ring_bits is not None and self.ring_bits not in (32, 64):
+            raise ValueError("ring_bits must be 32 or 64 (or left out: the smallest safe ring)")
         if self.min_clients > self.cohort_size:
             raise ValueError(f"min_clients ({self.min_clients}) must be <= cohort_size ({self.cohort_size})")
         return self
@@ -150,12 +158,29 @@ class ServerConfig(StrictModel):
         """Max |element| of one client's payload under the configured strategy (the fixed-point clip)."""
         return make_strategy(self.strategy, dim=1).payload_bound()
 
+    def ring_bits(self) -> int:
+        """``federation.ring_bits``, or by default the smallest ring (32, else 64) in which a sum of
+        ``cohort_size`` payloads clipped to ``payload_bound()`` at ``frac_bits`` cannot overflow. Sized
+        by the configured cohort, not a round's, so every round of the federation uses one ring;
+        a 32-bit ring halves every upload. Neither fitting: ``check_safety`` refuses the config."""
+        fed = self.federation
+        if fed.ring_bits is not None:
+            return fed.ring_bits
+        for bits in (32, 64):
+            try:
+                FixedPointParams(clip=self.payload_bound(), frac_bits=fed.frac_bits, ring_bits=bits).check_capacity(
+                    fed.cohort_size)
+            except InsecureParameters:
+                continue
+            return bits
+        return 64  # check_capacity then refuses it with a message naming what to lower
+
     def secagg_params(self, n: int) -> SecAggParams:
         """The secure-aggregation parameters for a cohort of ``n`` (degree 0 or >= n - 1: complete graph)."""
         fed = self.federation
         k = fed.neighbour_degree or None
         return SecAggParams(threshold=fed.threshold, neighbour_degree=k if k is None or k < n - 1 else None,
-                            ring_bits=fed.ring_bits, frac_bits=fed.frac_bits, clip=self.payload_bound())
+                            ring_bits=self.ring_bits(), frac_bits=fed.frac_bits, clip=self.payload_bound())
 
     @property
     def attempts_limit(self) -> int:

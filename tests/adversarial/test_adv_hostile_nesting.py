@@ -47,14 +47,14 @@ def test_deeply_nested_or_overflowing_adapter_layout_is_invalid_input():
 
 
 def test_hostile_ckks_decryption_request_manifest_is_invalid_message():
-    from securefed.protocol.ckks import MANIFEST_FORMAT, decode_contributions
+    from securefed.protocol.ckks import MANIFEST_FORMAT, decode_request
 
     with pytest.raises(InvalidMessage):
-        decode_contributions([DEEP_JSON.encode()])
-    manifest = ('{"format": "%s", "contributors": [{"client": "a", "signature": "00", "chunks": 1e400}]}'
+        decode_request([DEEP_JSON.encode()])
+    manifest = ('{"format": "%s", "contributors": [{"client": "a", "signature": "00", "c0_sha256": 1e400}]}'
                 % MANIFEST_FORMAT)
     with pytest.raises(InvalidMessage):
-        decode_contributions([manifest.encode(), b"x"])
+        decode_request([manifest.encode(), b"x", b"y"])
 
 
 def test_undecodable_text_in_a_ledger_file_is_a_ledger_error(tmp_path):

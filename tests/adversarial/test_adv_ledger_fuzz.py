@@ -194,7 +194,7 @@ def test_hostile_nesting_and_huge_numbers_are_typed_errors(tmp_path):
     """Deeply nested JSON/TOML and out-of-range numbers from disk or a peer: typed errors, no
     RecursionError/OverflowError (ledger exports and headers, configs, adapter layouts, CKKS requests)."""
     from securefed.config import StrictModel, load_toml
-    from securefed.protocol.ckks import decode_contributions
+    from securefed.protocol.ckks import decode_request
     from securefed.training.adapter import AdapterLayout
 
     deep = "[" * 100_000 + "]" * 100_000
@@ -207,7 +207,7 @@ def test_hostile_nesting_and_huge_numbers_are_typed_errors(tmp_path):
     with pytest.raises(SecureFedError):
         AdapterLayout.from_json(deep)
     with pytest.raises(SecureFedError):
-        decode_contributions([deep.encode()])
-    huge = b'{"format":"securefed-ckks-contributions/v1","contributors":[{"client":"a","chunks":1e400,"signature":"00"}]}'
+        decode_request([deep.encode()])
+    huge = b'{"format":"securefed-ckks-sum/v2","contributors":[{"client":"a","sealed_tag":1e400,"signature":"00"}]}'
     with pytest.raises(SecureFedError):
-        decode_contributions([huge, b"x"])
+        decode_request([huge, b"x", b"y"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,7 @@ def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
     from securefed.client.ckks_session import checked_contributions
     from securefed.crypto.keys import IdentityKeyPair
     from securefed.errors import ProtocolAbort
-    from securefed.protocol.ckks import (
-        contribution_digest,
-        contribution_payload,
-        encode_contributions,
-    )
+    from securefed.protocol.ckks import Contribution, contribution_payload, encode_request
 
     names = ["a", "b", "c"]
     idk = {n: IdentityKeyPair.generate() for n in names}
@@ -28,28 +25,35 @@ def test_ckks_member_decrypts_only_a_sum_of_enough_signed_contributions():
         round=5, global_adapter_sha256=b"\x03" * 32, mode=pb.AGGREGATION_MODE_CKKS, vector_length=4,
         cohort=[pb.CohortMember(client_id=n, identity_public_key=idk[n].public_bytes()) for n in names],
         secagg=pb.SecAggParams(threshold=2)))
-    chunks = {n: [f"ciphertext of {n}".encode()] for n in names}
+    seeds = {n: bytes([1]) + f"seed of {n}".encode().ljust(64, b".") for n in names}
+    sealed = {n: f"sealed tag of {n}".encode() for n in names}
+    c0_sha = {n: hashlib.sha256(n.encode()).digest() for n in names}
 
-    def signed(n, signer=None, attempt=5):
-        d = contribution_digest(chunks[n])
-        return (n, (signer or idk[n]).sign(contribution_payload(plan.plan_sha256, attempt, n, d)), chunks[n])
+    def signed(n, signer=None, attempt=5, tag=None):
+        tag = tag or sealed[n]
+        payload = contribution_payload(plan.plan_sha256, attempt, n, c0_sha[n], hashlib.sha256(seeds[n]).digest(), tag)
+        return Contribution(n, c0_sha[n], seeds[n], tag, (signer or idk[n]).sign(payload))
 
-    own = contribution_digest(chunks["a"])
-    ok = checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
-    assert [c.client for c in ok] == ["a", "b"]
+    own = signed("a")
+
+    def request(items):
+        return encode_request(items, b"c0 of the sum")
+
+    ok, c0 = checked_contributions(plan, 5, request([own, signed("b")]), "a", own)
+    assert [c.client for c in ok] == ["a", "b"] and c0 == b"c0 of the sum"
     refusals = [
         ("threshold", [signed("b")]),  # b's ciphertext alone: decrypting it would reveal b's update
         ("include", [signed("b"), signed("c")]),  # this member's own contribution is missing
-        ("not signed by b", [signed("a"), signed("b", signer=idk["c"])]),  # forged by another member
-        ("not signed by b", [signed("a"), signed("b", attempt=4)]),  # replayed from another attempt
-        ("repeated", [signed("a"), signed("a")]),
+        ("not signed by b", [own, signed("b", signer=idk["c"])]),  # forged by another member
+        ("not signed by b", [own, signed("b", attempt=4)]),  # replayed from another attempt
+        ("not signed by b", [own, signed("b")._replace(sealed_tag=b"another tag")]),  # tag swapped after signing
+        ("not signed by b", [own, signed("b")._replace(seeds=bytes([1]) + bytes(64))]),  # seeds swapped
+        ("repeated", [own, own]),
+        ("alters", [signed("a", tag=b"another tag a signed"), signed("b")]),  # not the entry this member uploaded
     ]
     for why, items in refusals:
         with pytest.raises(ProtocolAbort, match=why):
-            checked_contributions(plan, 5, encode_contributions(items), "a", own)
-    chunks["a"] = [b"tampered"]
-    with pytest.raises(ProtocolAbort, match="alters"):
-        checked_contributions(plan, 5, encode_contributions([signed("a"), signed("b")]), "a", own)
+            checked_contributions(plan, 5, request(items), "a", own)
 
 
 def test_cohort_member_certificates_are_checked_against_the_pinned_ca(tmp_path):

@@ -153,10 +153,61 @@ def test_rounding_randomness_is_fresh_and_from_the_keyed_stream():
     assert not np.array_equal(a, b)
     key = bytes(range(32))
     c, _ = _encode_with_rounding_key(values, params, key)
-    # Independent recomputation: u = (word >> 11) * 2^-53 from the AES-CTR words; up iff u < 0.5.
-    words = [int(w) for w in expand_mask(key, 256, 64)]
-    expected = [1 if (w >> 11) * 2.0**-53 < 0.5 else 0 for w in words]
+    # Independent recomputation: R = 32 here (bitlen(16) = 5), so 0.5 units scale to t = 2^31 and
+    # the value rounds up iff the 32-bit keystream word r satisfies 2^31 + r >= 2^32.
+    assert fixedpoint.rounding_bits(params) == 32
+    words = [int(w) for w in expand_mask(key, 256, 32)]
+    expected = [1 if w >= 2**31 else 0 for w in words]
     assert [int(x) for x in c] == expected
+
+
+@pytest.mark.parametrize(("clip", "frac_bits", "ring_bits", "want"),
+                         [(1.0, 16, 32, 32), (1.0, 24, 32, 32), (1.0, 32, 64, 29), (1.0, 52, 64, 9), (2.0**53, 0, 64, 8)])
+def test_rounding_bits_fit_an_int64_with_the_random_addend(clip, frac_bits, ring_bits, want):
+    params = FixedPointParams(clip, frac_bits, ring_bits)
+    r = fixedpoint.rounding_bits(params)
+    assert r == want
+    assert params.max_abs_encoded * 2**r + 2**r < 2**63  # t + r never overflows int64
+
+
+@settings(max_examples=40, deadline=None)
+@given(key=st.binary(min_size=32, max_size=32), ring_bits=st.sampled_from([32, 64]), workers=st.integers(1, 4),
+       n=st.integers(0, 3000), nmasks=st.integers(0, 4))
+def test_encode_masked_is_encode_plus_masks_for_any_worker_count(key, ring_bits, workers, n, nmasks):
+    params = FixedPointParams(1.0, 12, ring_bits)
+    values = np.linspace(-1.5, 1.5, n)
+    masks = [(bytes([i]) * 32, 1 if i % 2 else -1) for i in range(nmasks)]
+    fused, clipped = fixedpoint.encode_masked(values, params, masks, workers=workers, rounding_key=key)
+    plain, clipped_plain = _encode_with_rounding_key(values, params, key)
+    for k, sign in masks:
+        m = expand_mask(k, n, ring_bits)
+        plain = plain + m if sign == 1 else plain - m
+    np.testing.assert_array_equal(fused, plain)
+    assert clipped == clipped_plain == int(np.count_nonzero(np.abs(values) > 1.0))
+
+
+def test_encode_is_the_same_across_range_boundaries_and_workers():
+    """Ranges start at block boundaries and seek the rounding stream: 1 or 3 workers agree."""
+    from securefed.crypto import prg
+    n = 3 * prg._MIN_WORDS_PER_WORKER + 12345
+    values = np.sin(np.arange(n, dtype=np.float64))
+    params = FixedPointParams(1.0, 20, 32)
+    key = bytes(range(32))
+    one, c1 = fixedpoint.encode_masked(values, params, workers=1, rounding_key=key)
+    three, c3 = fixedpoint.encode_masked(values, params, workers=3, rounding_key=key)
+    np.testing.assert_array_equal(one, three)
+    assert c1 == c3 == 0
+    assert np.max(np.abs(one.view(np.int32) / 2**20 - values)) <= 2**-20
+
+
+def test_float32_and_integer_inputs_encode_like_float64():
+    params = FixedPointParams(4.0, 10, 32)
+    key = bytes(32)
+    ref, _ = _encode_with_rounding_key(np.array([0.5, -1.25, 3.0, 9.0]), params, key)
+    f32, _ = _encode_with_rounding_key(np.array([0.5, -1.25, 3.0, 9.0], dtype=np.float32), params, key)
+    ints, clipped = _encode_with_rounding_key(np.array([0, -1, 3, 9]), params, key)
+    np.testing.assert_array_equal(ref, f32)
+    assert [int(v) for v in ints.view(np.int32)] == [0, -1024, 3072, 4096] and clipped == 1
 
 
 def test_encode_never_touches_numpy_rng(monkeypatch):

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from securefed import errors
 from securefed.crypto.keys import PURPOSE_MASK, derive_key
-from securefed.crypto.prg import _CHUNK_BYTES, add_mask_, expand_mask, keystream
+from securefed.crypto.prg import BLOCK_BYTES as _CHUNK_BYTES
+from securefed.crypto.prg import add_mask_, add_masks_, expand_mask, keystream, stream_at
 from securefed.errors import CryptoError, InvalidInput
 
 DTYPES = {32: np.uint32, 64: np.uint64}
@@ -190,3 +191,40 @@ def test_keystream_length_and_prefix():
     assert len(long) == 1000 and keystream(key, 17) == long[:17] and keystream(key, 0) == b""
     with pytest.raises(InvalidInput):
         keystream(key, -1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(key=keys32, block=st.integers(0, 10_000))
+def test_stream_at_an_offset_is_that_slice_of_the_keystream(key, block):
+    """Workers seek each stream to their range: counter block offset/16, as OpenSSL increments it."""
+    ref = keystream(key, 16 * (block + 3))
+    assert stream_at(key, 16 * block).update(bytes(48)) == ref[16 * block:]
+
+
+def test_stream_at_refuses_unaligned_offsets():
+    with pytest.raises(InvalidInput):
+        stream_at(bytes(32), 8)
+
+
+@pytest.mark.parametrize("ring_bits", [32, 64])
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_add_masks_is_the_same_for_any_number_of_workers(ring_bits, workers):
+    from securefed.crypto import prg
+    d = 4 * prg._MIN_WORDS_PER_WORKER + 1001  # enough words that every worker gets a range
+    masks = [(secrets.token_bytes(32), s) for s in (1, -1, -1, 1)]
+    ref = np.zeros(d, DTYPES[ring_bits])
+    for key, sign in masks:
+        m = expand_mask(key, d, ring_bits)
+        ref = ref + m if sign == 1 else ref - m
+    acc = np.zeros(d, DTYPES[ring_bits])
+    add_masks_(acc, masks, workers=workers)
+    np.testing.assert_array_equal(acc, ref)
+
+
+def test_a_bad_key_anywhere_in_the_list_changes_nothing():
+    acc = np.arange(10, dtype=np.uint32)
+    with pytest.raises(CryptoError):
+        add_masks_(acc, [(bytes(32), 1), (b"short", 1)])
+    with pytest.raises(InvalidInput):
+        add_masks_(acc, [(bytes(32), 1), (bytes(32), 0)])
+    np.testing.assert_array_equal(acc, np.arange(10, dtype=np.uint32))

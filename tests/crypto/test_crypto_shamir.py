@@ -159,3 +159,22 @@ def test_combine_checks_secret_length_and_types():
 def test_leading_zero_secret_round_trips_with_its_length():
     secret = b"\x00\x00\x01" + b"\x00" * 29
     assert combine(split(secret, 4, 3)[1:], 3, 32) == secret
+
+
+@settings(max_examples=40, deadline=None)
+@given(xs=st.lists(st.integers(1, 5000), min_size=1, max_size=12, unique=True), at=st.integers(0, 5000), data=st.data())
+def test_cached_lagrange_weights_match_the_textbook_formula(xs, at, data):
+    """The weights (one inversion for all, cached by coordinates) equal prod (x - x_j)/(x_i - x_j)."""
+    from securefed.crypto import shamir
+
+    ys = data.draw(st.lists(st.integers(0, shamir.PRIME - 1), min_size=len(xs), max_size=len(xs)))
+    points = [shamir.Share(x, y) for x, y in zip(xs, ys)]
+    want = 0
+    for i, pi in enumerate(points):
+        num = den = 1
+        for j, pj in enumerate(points):
+            if i != j:
+                num, den = num * (at - pj.x) % shamir.PRIME, den * (pi.x - pj.x) % shamir.PRIME
+        want = (want + pi.y * num * pow(den, -1, shamir.PRIME)) % shamir.PRIME
+    assert shamir._interpolate(points, at) == want
+    assert shamir._interpolate(points, at) == want  # and again from the cache

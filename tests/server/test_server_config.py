@@ -59,3 +59,27 @@ def test_ckks_needs_public_context_and_typos_are_errors(tmp_path):
                  '[federation]\nmode = "ckks"\ncohort_size = 4\nmin_clients = 4\nthreshold = 2\n')
     with pytest.raises(InsecureParameters, match="strict majority"):
         load_server_config(p)
+
+
+def test_default_ring_is_the_smallest_that_cannot_overflow(tmp_path):
+    """No ring_bits: 32 bits while cohort * clip * 2^frac_bits fits, 64 beyond, refused beyond both."""
+    small = load_server_config(_server_toml(tmp_path, "cohort_size = 10\nmin_clients = 8\nthreshold = 6\n"))
+    assert small.federation.ring_bits is None and small.ring_bits() == 32
+    assert small.secagg_params(10).ring_bits == 32
+    small.secagg_params(10).check_cohort(10)  # the chosen ring really holds the sum
+    # 200 members * clip 1 * 2^24 > 2^31 - 1: the 32-bit ring could overflow, so 64 is chosen.
+    big = load_server_config(_server_toml(tmp_path, "cohort_size = 200\nmin_clients = 150\nthreshold = 101\n"))
+    assert big.ring_bits() == 64
+    # Control: forcing 32 bits on that cohort is refused, naming the fix.
+    with pytest.raises(InsecureParameters, match="ring_bits=64"):
+        load_server_config(_server_toml(tmp_path, "cohort_size = 200\nmin_clients = 150\nthreshold = 101\nring_bits = 32\n"))
+    with pytest.raises(InsecureParameters, match="lower frac_bits"):
+        load_server_config(_server_toml(tmp_path, "cohort_size = 10\nmin_clients = 8\nthreshold = 6\nfrac_bits = 30\n"
+                                                  "ring_bits = 32\n"))
+    explicit = load_server_config(_server_toml(tmp_path, "cohort_size = 10\nmin_clients = 8\nthreshold = 6\nring_bits = 64\n"))
+    assert explicit.ring_bits() == 64
+
+
+def test_the_shipped_example_uses_the_32_bit_ring():
+    s = load_server_config(KIT / "server.toml")
+    assert s.ring_bits() == 32 and s.secagg_params(s.federation.cohort_size).ring_bits == 32

@@ -42,7 +42,7 @@ def _plaintext_upload(plan: pb.RoundPlan, payload: np.ndarray) -> bytes:
 
     fp = FixedPointParams(clip=plan.secagg.clip, frac_bits=plan.secagg.frac_bits, ring_bits=plan.secagg.ring_bits)
     enc, _ = encode(payload, fp)
-    return enc.astype("<u8").tobytes()
+    return enc.astype("<u4" if fp.ring_bits == 32 else "<u8").tobytes()
 
 
 def _hdr(name: str, plan: pb.RoundPlan, seq: int, stage=pb.STAGE_PLAN) -> pb.RequestHeader:
@@ -66,7 +66,8 @@ def test_coordinator_round_with_a_silent_client_and_replay_rejection(tmp_path):
         payload = {"a": np.array([0.1] * 6 + [0.5]), "b": np.array([0.3] * 6 + [0.5])}
         for n in ("a", "b"):  # "c" stays silent: a dropout at the deadline
             co.mailbox.submit(n, pb.SubmitResultRequest(header=_hdr(n, plan, 1), plan_decision=pb.PlanDecision(participate=True)))
-            co.mailbox.upload_masked(n, _hdr(n, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, payload[n]))
+            co.mailbox.upload_masked(n, _hdr(n, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), plan.secagg.ring_bits,
+                                    _plaintext_upload(plan, payload[n]))
         # Replays: the same sequence again, and a message naming another round, are both refused.
         with pytest.raises(ReplayedMessage, match="sequence"):
             co.mailbox.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 2), plan_decision=pb.PlanDecision(participate=True)))
@@ -100,7 +101,8 @@ def test_coordinator_aborts_below_threshold_and_records_declines(tmp_path):
         co.mailbox.submit("b", pb.SubmitResultRequest(header=_hdr("b", plan, 1), plan_decision=pb.PlanDecision(
             participate=False, decline_reason="privacy budget: spent")))
         co.mailbox.submit("a", pb.SubmitResultRequest(header=_hdr("a", plan, 1), plan_decision=pb.PlanDecision(participate=True)))
-        co.mailbox.upload_masked("a", _hdr("a", plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, _plaintext_upload(plan, np.full(7, 0.1)))
+        co.mailbox.upload_masked("a", _hdr("a", plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), plan.secagg.ring_bits,
+                                    _plaintext_upload(plan, np.full(7, 0.1)))
         th.join(10)
         rec = co.roundlog.attempts()[-1]
         assert rec.status is AttemptStatus.ABORTED and "threshold" in rec.reason

@@ -21,7 +21,7 @@ from securefed import he
 from securefed.client.connection import next_sequence
 from securefed.config import parse_model
 from securefed.errors import InvalidMessage, StaleMessage
-from securefed.he.wire import max_blob_bytes
+from securefed.he.vector import c0_bytes, seeds_bytes
 from securefed.server.attempt import AttemptContext
 from securefed.server.checkpoint import Checkpoint
 from securefed.server.ckks_driver import CkksDriver
@@ -241,7 +241,7 @@ def test_after_the_attacks_honest_members_complete_the_round(round_open):
     assert app.coordinator.mailbox.uploads.buffered_bytes() == 0  # freed when the attempt ended
 
 
-def test_a_ckks_upload_must_declare_exactly_the_ciphertexts_the_round_expects(tmp_path):
+def test_a_ckks_upload_must_declare_exactly_the_parts_the_round_expects(tmp_path):
     """The driver-side check the issue's attack hit (``UploadCiphertext`` buffered 65,536 x 4 GiB)."""
     client = he.generate_client_context(he.DEFAULT_PARAMS_NAME)
     server_ctx = he.ServerContext.from_public_bytes(client.public_bytes(), he.DEFAULT_PARAMS_NAME)
@@ -256,12 +256,12 @@ def test_a_ckks_upload_must_declare_exactly_the_ciphertexts_the_round_expects(tm
     d = CkksDriver(ctx, server_ctx)
     phase = d.first_phase()
     p = server_ctx.params
-    limit = max_blob_bytes(p.poly_modulus_degree, len(p.data_prime_bit_sizes))
-    ok = (limit, 10, 30_000, 1, 64)  # four ciphertexts (3 * 4096 + 5 values) and the signature
+    ok = (c0_bytes(p, length), seeds_bytes(p, length), 100, 64)  # c0, seeds, sealed tag, signature
     kind, stage = pb.TRANSFER_KIND_CIPHERTEXTS, pb.STAGE_CIPHERTEXT_UPLOAD
     d.check_upload(phase, "a", kind, stage, 0, ok)
-    for bad in ((limit,) * 3 + (64,), ok[:-1] + (65,), (limit + 1,) + ok[1:], (HUGE // 65536,) * 65536):
-        with pytest.raises(InvalidMessage, match="ciphertexts of at most"):
+    for bad in (ok[:-1], ok[:-1] + (65,), (ok[0] + 1,) + ok[1:], ok[:1] + (ok[1] - 65,) + ok[2:],
+                ok[:2] + (0,) + ok[3:], ok[:2] + (257,) + ok[3:], (HUGE // 65536,) * 65536):
+        with pytest.raises(InvalidMessage, match="a CKKS upload is"):
             d.check_upload(phase, "a", kind, stage, 0, bad)
     with pytest.raises(StaleMessage):
-        d.check_upload(phase, "a", pb.TRANSFER_KIND_RING_VECTOR, pb.STAGE_AGGREGATE, 64, (8 * length,))
+        d.check_upload(phase, "a", pb.TRANSFER_KIND_RING_VECTOR, pb.STAGE_AGGREGATE, 32, (4 * length,))
