@@ -101,20 +101,27 @@ class _Recompute:
         self.module = None  # the GradSampleModule currently training this model, if any
 
     def contexts(self):
-        return contextlib.nullcontext(), self._quiet()
+        return contextlib.nullcontext(), _QuietHooks(self)
 
-    @contextlib.contextmanager
-    def _quiet(self):
-        m = self.module
-        if m is None:
-            yield
-            return
-        prev = m.hooks_enabled
-        m.hooks_enabled = False
-        try:
-            yield
-        finally:
-            m.hooks_enabled = prev  # ghost clipping's second backward runs with hooks off: keep that
+
+class _QuietHooks:
+    """Re-enterable (ghost clipping's second backward recomputes again with the same context)."""
+
+    def __init__(self, owner: _Recompute) -> None:
+        self.owner = owner
+        self.saved: list[bool] = []
+
+    def __enter__(self):
+        m = self.owner.module
+        if m is not None:
+            self.saved.append(m.hooks_enabled)
+            m.hooks_enabled = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        m = self.owner.module
+        if m is not None and self.saved:
+            m.hooks_enabled = self.saved.pop()  # ghost clipping's second backward runs with hooks off: keep that
 
 
 def enable_gradient_checkpointing(model) -> None:
