@@ -61,3 +61,24 @@ def test_demo_completes_a_round_on_your_checkpoint(family, targets, tmp_path):
     assert (tmp_path / "out" / "final_adapter_peft" / "adapter_config.json").exists()
     assert _snapshot(user) == before  # the user's checkpoint is byte-identical afterwards
     assert targets in (tmp_path / "out" / "final_adapter_peft" / "adapter_config.json").read_text()
+
+
+def test_the_server_needs_only_config_json_and_a_pinned_fingerprint(tmp_path):
+    user = build_family("phi3", tmp_path / "ckpt")
+    fp = compute_fingerprint(user)
+    bare = tmp_path / "server-model"
+    bare.mkdir()
+    shutil.copy(user / "config.json", bare / "config.json")  # no weights on the server
+    p = provision(tmp_path / "fed", 3, model_dir=user)
+    cfg = load_server_config(p.server_toml)
+    cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"base_model_dir": bare})})
+    with pytest.raises(ConfigError, match="holds no weights"):
+        ServerApp(cfg)
+    pinned = cfg.model_copy(update={"model": cfg.model.model_copy(update={"fingerprint": fp})})
+    vec, layout_json, settings, _ = initial_adapter(pinned, fp)
+    with_weights = load_server_config(p.server_toml)
+    assert (vec.tobytes(), layout_json) == (lambda r: (r[0].tobytes(), r[1]))(initial_adapter(with_weights, fp))
+    assert "qkv_proj" in layout_json
+    wrong = with_weights.model_copy(update={"model": with_weights.model.model_copy(update={"fingerprint": "0" * 64})})
+    with pytest.raises(ConfigError, match="does not match the weights"):
+        ServerApp(wrong)
