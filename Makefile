@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/secagg.py --json
 	$(BIN)/python bench/training.py --json
+	$(BIN)/python bench/utility.py --json
 	$(BIN)/python bench/round.py --json
 	$(BIN)/python bench/transfer.py --json
 

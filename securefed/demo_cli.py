@@ -1,10 +1,13 @@
 """``securefed demo``: a whole federation on this machine, as separate processes on 127.0.0.1.
 
-A CA and mutual-TLS certificates, the tiny preset model, the shipped non-IID data (``pydoc_data``
-split by topic), one ``securefed server`` process and N ``securefed client`` processes, a few rounds
-of DP-SGD with secure aggregation (pairwise masking, or ``--mode ckks``). Then it prints held-out
-perplexity before/after, the epsilon each client spent, and where the final adapter and the audit
-report are. Exits non-zero if any round failed or any ledger fails verification.
+A CA and mutual-TLS certificates, the tiny preset model (or your own checkpoint with ``--model DIR``:
+any causal or seq2seq Hugging Face checkpoint saved with save_pretrained, with its tokenizer; it is
+only read, never written), the shipped non-IID data (``pydoc_data`` split by topic; a seq2seq model
+learns to continue the second half of each block from its first half), one ``securefed server``
+process and N ``securefed client`` processes, a few rounds of DP-SGD with secure aggregation
+(pairwise masking, or ``--mode ckks``). Then it prints held-out perplexity before/after, the epsilon
+each client spent, and where the final adapter and the audit report are. Exits non-zero if any round
+failed or any ledger fails verification.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clients", type=int, default=3, help="clients (default 3)")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's target epsilon (default 8)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument("--model", metavar="DIR", help="federate this checkpoint (a save_pretrained directory with its "
+                   "tokenizer) instead of the tiny preset; read-only")
+    p.add_argument("--target-modules", metavar="NAMES", help="LoRA targets: 'auto' (default with --model: the "
+                   "attention query/value projections), 'all-linear', or comma-separated names/dotted suffixes")
     p.set_defaults(handler=_demo)
 
 
@@ -76,6 +83,29 @@ def _json_lines(path: Path) -> list[dict]:
     return out
 
 
+def _targets(arg: str | None, user_model: bool):
+    if arg is None:
+        return "auto" if user_model else ["q_proj", "k_proj", "v_proj", "o_proj"]
+    if arg in ("auto", "all-linear"):
+        return arg
+    names = [t.strip() for t in arg.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("--target-modules: give 'auto', 'all-linear' or comma-separated module names")
+    return names
+
+
+def _user_model(arg: str | None, out: Path) -> Path | None:
+    if arg is None:
+        return None
+    model = Path(arg).resolve()
+    if model == out or out in model.parents:
+        raise ConfigError(f"--model {model} lies inside --out {out}, which the demo clears; move it or choose "
+                          "another --out")
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"--model {model}: no config.json; point it at a save_pretrained directory")
+    return model
+
+
 def _demo(args: argparse.Namespace) -> int:
     if not 3 <= args.clients <= 20:
         raise ConfigError("--clients: use 3..20 (secure aggregation needs at least 3)")
@@ -83,19 +113,22 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError("--rounds: use 1..50")
     t_start = time.monotonic()
     out = Path(args.out).resolve()
+    user_model = _user_model(args.model, out)
+    targets = _targets(args.target_modules, user_model is not None)
     _prepare_out(out)
     work = out / "work"
     logs = out / "logs"
     ledgers = out / "ledgers"
     from securefed.federation import provision, set_client_server
 
-    _say(f"provisioning: CA + certificates, tiny model, {args.clients} members, mode={args.mode} -> {out}")
+    _say(f"provisioning: CA + certificates, {user_model or 'tiny preset model'}, {args.clients} members, "
+         f"mode={args.mode} -> {out}")
     n = args.clients
     threshold = n // 2 + 1
     names = [f"member-{i + 1}" for i in range(n)]
     p = provision(
         work, n, mode=args.mode, rounds=args.rounds, threshold=threshold, target_epsilon=args.epsilon,
-        model_dir=work / "model",
+        model_dir=user_model,
         # planned_rounds = rounds + 1: the noise leaves room for one retried round (an abort or crash
         # spends budget too), so a hiccup does not lock members out of the last round.
         per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1}}
@@ -103,7 +136,7 @@ def _demo(args: argparse.Namespace) -> int:
         client={"training": {"steps": 24, "batch_size": 16, "learning_rate": 0.2, "max_seq_len": 32},
                 "connection": {"give_up_after_s": 60.0}},
         server={"deadlines": {"join_s": 120.0, "training_s": 120.0},
-                "lora": {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}},
+                "lora": {"rank": 4, "alpha": 8.0, "target_modules": targets}},
     )
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -252,13 +285,13 @@ def _perplexity(p, final: Path | None) -> tuple[float, float]:
     b0 = read_adapter_file(cfg.checkpoint_dir / "global-r000000.safetensors")
     lora = LoraSettings.model_validate(json.loads(b0.settings_json)["lora"])
     loaded = load_model(p.model_dir, lora=lora)
-    held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32)
+    held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32, kind=loaded.kind)
     layout = AdapterLayout.from_json(b0.layout_json)
     load_adapter_vector(loaded.model, np.array(b0.vector), layout)
-    _, before = evaluate(loaded.model, held, max_examples=128)
+    _, before = evaluate(loaded.model, held, max_examples=128, kind=loaded.kind)
     after = before
     if final is not None:
         bf = read_adapter_file(final)
         load_adapter_vector(loaded.model, np.array(bf.vector), layout)
-        _, after = evaluate(loaded.model, held, max_examples=128)
+        _, after = evaluate(loaded.model, held, max_examples=128, kind=loaded.kind)
     return before, after

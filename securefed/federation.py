@@ -18,6 +18,7 @@ from typing import Any
 from securefed import he
 from securefed.client.config import ClientConfig, load_client_config
 from securefed.client.daemon import ClientDaemon
+from securefed.errors import ConfigError
 from securefed.server.app import ServerApp
 from securefed.server.config import ServerConfig, load_server_config
 from securefed.training.preset import PRESET_MARKER, build_tiny_model
@@ -65,8 +66,25 @@ def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 
 
 def ensure_tiny_model(model_dir: Path) -> Path:
-    if not (model_dir / PRESET_MARKER).exists():
-        build_tiny_model(model_dir)
+    """The preset model in ``model_dir``: reused if the directory holds it, built if the directory is
+    absent or empty; anything else (a user's checkpoint, other files) is refused, never replaced."""
+    model_dir = Path(model_dir)
+    if (model_dir / PRESET_MARKER).is_file():
+        return model_dir
+    if model_dir.exists() and (not model_dir.is_dir() or any(model_dir.iterdir())):
+        raise ConfigError(f"{model_dir}: exists and is not the securefed preset model; not touching it "
+                          "(use it as the federation's model, or choose another directory)")
+    build_tiny_model(model_dir)
+    return model_dir
+
+
+def check_model_dir(model_dir: Path) -> Path:
+    """A user's checkpoint directory, used read-only: it must look like a save_pretrained directory."""
+    model_dir = Path(model_dir).resolve()
+    if not model_dir.is_dir():
+        raise ConfigError(f"{model_dir}: model directory not found")
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir}: no config.json; point --model at a save_pretrained directory")
     return model_dir
 
 
@@ -85,9 +103,11 @@ def provision(
     per_client: dict[str, dict[str, dict[str, Any]]] | None = None,
     target_epsilon: float = 8.0,
 ) -> Provisioned:
-    """CA + certificates, the tiny model, CKKS contexts (mode ckks), and one TOML per party.
+    """CA + certificates, the model, CKKS contexts (mode ckks), and one TOML per party.
 
-    ``server``/``client``/``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``).
+    ``model_dir``: a checkpoint to federate, used read-only (nothing is ever written into, replaced in
+    or deleted from it); without it the tiny preset is built under ``root``. ``server``/``client``/
+    ``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``).
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -99,7 +119,7 @@ def provision(
     for n in names:
         if not (pki / "clients" / f"{n}.pem").exists():
             tid.issue_client(pki, n)
-    model_dir = ensure_tiny_model(Path(model_dir) if model_dir else root / "model")
+    model_dir = check_model_dir(model_dir) if model_dir else ensure_tiny_model(root / "model")
     ckks_secret = ckks_public = None
     if mode == "ckks":
         ckks_secret, ckks_public = root / "ckks" / "federation.secret.ctx", root / "ckks" / "federation.public.ctx"
@@ -117,7 +137,7 @@ def provision(
                        "threshold": threshold, "mode": mode,
                        "allow_plaintext_for_debugging": True if mode == "plaintext" else None},
         "strategy": {"kind": "fedavg", "max_samples": 1000, "delta_bound": 1.0},
-        "lora": {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"]},
+        "lora": {"rank": 4, "alpha": 8.0, "target_modules": "auto"},
         "deadlines": {"join_s": 120.0, "training_s": 120.0, "share_keys_s": 30.0, "masked_input_s": 30.0,
                       "unmask_s": 30.0, "decrypt_s": 60.0, "poll_s": 2.0},
     }

@@ -9,6 +9,10 @@ Two verdicts, kept apart:
   threshold below its minimums, other LoRA settings than it expects, a plaintext round it did not opt
   into, ...), or None to go on. The member answers with that reason and trains nothing.
 
+``base_model_reason`` is the base-model rule, kept as its own function: the plan and the bundle's
+settings both name the fingerprint of the base checkpoint the federation trains; a member whose own
+checkpoint hashes differently declines before training, naming both.
+
 No I/O: everything the rules need is passed in.
 """
 
@@ -47,6 +51,23 @@ def check_plan(plan: pb.RoundPlan, name: str, identity_public_key: bytes, ca: x5
 def check_payload_size(plan: pb.RoundPlan, payload_size: int) -> None:
     if plan.vector_length != payload_size:
         raise ProtocolAbort(f"plan vector_length {plan.vector_length} != strategy payload {payload_size}")
+
+
+def base_model_reason(plan: pb.RoundPlan, settings: dict, mine: str) -> str | None:
+    """Why this member declines ``plan`` for its base model (``mine``: its checkpoint's fingerprint, hex),
+    or None when the federation's is the same. ``ProtocolAbort`` when the plan and the global bundle's
+    settings (both bound into the session) name different bases: no honest server sends that."""
+    planned = bytes(plan.base_model_fingerprint).hex()
+    base = settings.get("base_model")
+    bundled = base.get("fingerprint") if isinstance(base, dict) else None
+    if not planned:
+        return "the plan names no base-model fingerprint; this member trains only on a verified base model"
+    if bundled != planned:
+        raise ProtocolAbort("the plan and the global adapter's settings name different base models")
+    if not hmac.compare_digest(planned, mine):
+        return (f"base model differs: the federation's is {planned[:16]}..., this member's checkpoint is "
+                f"{mine[:16]}...; use the federation's base checkpoint (securefed model fingerprint DIR)")
+    return None
 
 
 def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,

@@ -21,6 +21,11 @@ Example (see clients/client.toml for the annotated version)::
     learning_rate = 0.05
     batch_size = 8
     epochs = 1.0
+
+    [model]                             # securefed.training.ModelSettings: this member's hardware
+    device = "auto"                     # cuda, then mps, then cpu
+    dtype = "auto"                      # the checkpoint's, where the device computes in it
+    max_memory_gb = 8                   # picks micro-batches / checkpointing (/ quantization = "auto")
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from pydantic import Field, model_validator
 from securefed.config import StrictModel, load_toml
 from securefed.errors import ConfigError
 from securefed.privacy.budget import PrivacyBudget
-from securefed.training.config import LocalTrainingSettings, LoraSettings
+from securefed.training.config import LocalTrainingSettings, LoraSettings, ModelSettings
 
 
 class ClientSection(StrictModel):
@@ -100,6 +105,10 @@ class ClientConfig(StrictModel):
     data: DataSection
     privacy: PrivacyBudget
     training: LocalTrainingSettings = LocalTrainingSettings()
+    model: ModelSettings = Field(
+        ModelSettings(), description="how this member loads the base model on its hardware (dtype, device, "
+        "quantization, memory cap); nothing here changes the federation's adapter"
+    )
     lora: LoraSettings | None = Field(
         None, description="optional: the LoRA settings this member expects; a federation using others is refused"
     )

@@ -103,7 +103,12 @@ class ClientDaemon:
         self.ledger.close()
 
     def prepare(self) -> None:
-        """Before joining: tokenize the data and calibrate the noise, so rounds only train."""
+        """Before joining: fingerprint the base model, check a step fits the memory cap, tokenize the
+        data and calibrate the noise, so rounds only train."""
+        self.trainer.base_fingerprint()
+        if self.config.model.max_memory_gb is not None:
+            plan = self.trainer.memory_plan(self.config.lora or LoraSettings())
+            log(logger, "memory plan", plan=plan.describe(), max_memory_gb=self.config.model.max_memory_gb)
         try:
             p = self.budget.project(self.budget.planned_event(0))
             log(logger, "privacy budget", epsilon_spent=round(p.epsilon_before, 4), target_epsilon=p.target_epsilon,
@@ -162,12 +167,16 @@ class ClientDaemon:
         self.protocol = None
         admission.check_payload_size(plan, strategy.payload_size)
         lora = LoraSettings.model_validate(settings["lora"])
-        reason = admission.decline_reason(plan, lora, self.config, bundle.digest, self.grinding)
+        reason = (admission.base_model_reason(plan, settings, self.trainer.base_fingerprint())
+                  or admission.decline_reason(plan, lora, self.config, bundle.digest, self.grinding))
         if reason is not None:
             return self._decline(reason)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
-        self.trainer.load_global(lora, bundle)
+        try:
+            self.trainer.load_global(lora, bundle)
+        except ConfigError as exc:  # e.g. the federation's adapter does not fit this member's max_memory_gb
+            return self._decline(str(exc))
         try:
             s.approved, projection = self.budget.approve(attempt)
         except (BudgetExceeded, ConfigError) as exc:

@@ -1,12 +1,16 @@
 """The member's local model work: base model + LoRA, its private data, DP-SGD rounds, evaluation, export.
 
-Loading is lazy and done once: the tokenizer and data at start-up (so the budget can be planned),
-the model with the federation's LoRA settings at the first plan (reloaded only if those change).
-Everything here runs on the member's own data and never talks to the network.
+Loading is lazy and done once: the tokenizer, data and the base model's fingerprint at start-up (so
+the budget can be planned and a plan for another base declined), the model with the federation's
+LoRA settings at the first plan (reloaded only if those change), on this member's hardware as its
+``[model]`` settings say: dtype, device, quantization, and a memory plan (physical micro-batches,
+gradient checkpointing) that fits ``max_memory_gb``. Everything here runs on the member's own data
+and never talks to the network.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +23,12 @@ from securefed.strategies.base import ClientPayload, Strategy, load_vector
 from securefed.training import data as td
 from securefed.training.adapter import AdapterLayout, load_adapter_vector
 from securefed.training.config import LoraSettings
-from securefed.training.dp import LocalTrainResult, plan_steps, train_local
-from securefed.training.model import load_model, load_tokenizer
+from securefed.training.dp import LocalTrainResult, enable_gradient_checkpointing, plan_steps, train_local
+from securefed.training.families import model_kind
+from securefed.training.fingerprint import base_fingerprint
+from securefed.training.loss import SequenceLoss
+from securefed.training.memory import MemoryPlan, plan_for_checkpoint
+from securefed.training.model import load_config, load_model, load_tokenizer
 
 logger = get_logger("client.trainer")
 
@@ -29,35 +37,77 @@ class Trainer:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         self._model = None
+        self._loaded = None
+        self._loss: SequenceLoss | None = None
         self._tokenizer = None
         self._lora_json: str | None = None
+        self._fingerprint: str | None = None
+        self.plan: MemoryPlan | None = None
         self.data: td.TokenDataset | None = None
         self.heldout: td.TokenDataset | None = None
+        self.kind = None
 
     @property
     def dataset_size(self) -> int:
         return len(self.load_data())
 
+    @property
+    def model_dir(self) -> Path:
+        return self.config.client.base_model_dir
+
+    def base_fingerprint(self) -> str:
+        """This member's base checkpoint, hashed (streamed; cached in the state dir)."""
+        if self._fingerprint is None:
+            shown = [0]  # percent reported so far
+            with Progress("fingerprinting the base model", 100, "%") as prog:
+                def tick(done: int, total: int) -> None:
+                    pct = int(100 * done / max(total, 1))
+                    if pct > shown[0]:
+                        prog.update(pct - shown[0])
+                        shown[0] = pct
+
+                self._fingerprint = base_fingerprint(self.model_dir, cache_dir=self.config.client.state_dir,
+                                                     progress=tick)
+            log(logger, "base model fingerprint", fingerprint=self._fingerprint, model_dir=str(self.model_dir))
+        return self._fingerprint
+
     def load_data(self) -> td.TokenDataset:
         """Tokenize this member's training data (and the demo's held-out split when asked)."""
         if self.data is None:
-            self._tokenizer = self._tokenizer or load_tokenizer(self.config.client.base_model_dir)
+            self._tokenizer = self._tokenizer or load_tokenizer(self.model_dir)
+            self.kind = model_kind(load_config(self.model_dir, self.config.model.trust_remote_code)[0])
             d, block = self.config.data, self.config.training.max_seq_len
             if d.path is not None:
-                self.data = td.load_jsonl(d.path, self._tokenizer, block)
+                self.data = td.load_jsonl(d.path, self._tokenizer, block, kind=self.kind)
             else:
-                self.data = td.demo_client_dataset(self._tokenizer, d.demo_client, d.demo_clients, block)
+                self.data = td.demo_client_dataset(self._tokenizer, d.demo_client, d.demo_clients, block, kind=self.kind)
                 if self.config.client.eval_heldout:
-                    self.heldout = td.demo_heldout_dataset(self._tokenizer, d.demo_clients, block)
-            log(logger, "training data loaded", examples=len(self.data), block_size=block)
+                    self.heldout = td.demo_heldout_dataset(self._tokenizer, d.demo_clients, block, kind=self.kind)
+            log(logger, "training data loaded", examples=len(self.data), block_size=block, kind=self.kind.value)
         return self.data
+
+    def memory_plan(self, lora: LoraSettings) -> MemoryPlan:
+        """Physical batch, checkpointing and quantization for a step of this member's batch
+        (``ConfigError`` naming what would fit when nothing does)."""
+        t = self.config.training
+        return plan_for_checkpoint(self.model_dir, self.config.model, lora, logical_batch=t.batch_size,
+                                   seq_len=t.max_seq_len)
 
     def load_global(self, lora: LoraSettings, bundle: Bundle) -> None:
         """The base model with the federation's LoRA settings, its adapter set to ``bundle``."""
         lj = lora.model_dump_json()
         if self._model is None or self._lora_json != lj:
-            loaded = load_model(self.config.client.base_model_dir, lora=lora)
-            self._model, self._tokenizer, self._lora_json = loaded.model, loaded.tokenizer, lj
+            plan = self.memory_plan(lora)
+            loaded = load_model(self.model_dir, lora=lora, settings=self.config.model, quantization=plan.quantization)
+            if plan.gradient_checkpointing:
+                enable_gradient_checkpointing(loaded.model)
+            self._model, self._tokenizer, self._lora_json, self._loaded = loaded.model, loaded.tokenizer, lj, loaded
+            self._loss = SequenceLoss(loaded.model, loaded.kind)
+            self.plan = plan
+            log(logger, "base model loaded", device=loaded.device, dtype=loaded.dtype, quantization=loaded.quantization,
+                kind=loaded.kind.value, physical_batch_size=plan.physical_batch_size,
+                gradient_checkpointing=plan.gradient_checkpointing, estimated_step_gib=round(plan.estimated_gb, 2),
+                max_memory_gb=self.config.model.max_memory_gb, chunked_loss=self._loss.chunked)
         self._set_adapter(bundle)
 
     def train(self, strategy: Strategy, bundle: Bundle, sigma: float, attempt: int,
@@ -70,9 +120,11 @@ class Trainer:
                             else strategy.initial_client_state())
         hooks = strategy.client_hooks(client_state, bundle.server_state)
         _, steps = plan_steps(self.config.training, len(data))
+        physical = self.plan.physical_batch_size if self.plan else None
         with Progress("training", steps, "step", attempt=attempt) as prog:
             result = train_local(self._model, data, self.config.training, sigma, strategy_state=hooks,
-                                 progress=lambda i, n, loss: prog.update(1, loss=loss))
+                                 progress=lambda i, n, loss: prog.update(1, loss=loss),
+                                 physical_batch_size=physical, loss=self._loss)
         payload = strategy.client_payload(result, client_state=client_state, server_state=bundle.server_state)
         log(logger, "local training done", attempt=attempt, steps=result.steps, sample_rate=round(result.sample_rate, 5),
             noise_multiplier=round(result.noise_multiplier, 4), train_loss=round(result.train_loss, 4),
@@ -84,8 +136,8 @@ class Trainer:
         if self.heldout is None or self._model is None:
             return None
         self._set_adapter(bundle)
-        _, ppl = td.evaluate(self._model, self.heldout, max_examples=64)
-        return float(ppl)
+        _, ppl = td.evaluate(self._model, self.heldout, max_examples=64, loss=self._loss)
+        return float(ppl) if math.isfinite(ppl) else None
 
     def export_peft(self, bundle: Bundle, out_dir: Path) -> Path | None:
         """``bundle`` as a PEFT adapter directory (adapter_model.safetensors + adapter_config.json),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from securefed import he
-from securefed.errors import ConfigError
+from securefed.errors import ConfigError, ModelError
 from securefed.logs import get_logger, log
 from securefed.protocol.plan import seal_plan
 from securefed.server.attempt import AttemptContext, RoundOutcome
@@ -26,6 +26,7 @@ from securefed.server.plaintext_driver import PlaintextDriver
 from securefed.server.secagg_driver import SecAggDriver
 from securefed.server.service import FederationService
 from securefed.strategies import Strategy, check_secure_aggregation, make_strategy
+from securefed.training.fingerprint import base_fingerprint, has_weights, short
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport.service import add_federation_servicer
 from securefed.transport.tls import make_server
@@ -38,24 +39,52 @@ _STRATEGY = {"fedavg": pb.STRATEGY_FEDAVG, "fedprox": pb.STRATEGY_FEDPROX, "scaf
              "fednova": pb.STRATEGY_FEDNOVA}
 
 
-def settings_json(config: ServerConfig) -> str:
-    """Canonical JSON of what every member must apply identically; bound into the global bundle digest."""
-    return json.dumps({"lora": config.lora.model_dump(mode="json"), "strategy": config.strategy.model_dump(mode="json")},
-                      sort_keys=True, separators=(",", ":"))
+def settings_json(config: ServerConfig, fingerprint: str) -> str:
+    """Canonical JSON of what every member must apply identically (LoRA, strategy, the base model's
+    fingerprint); bound into the global bundle digest."""
+    return json.dumps({"lora": config.lora.model_dump(mode="json"), "strategy": config.strategy.model_dump(mode="json"),
+                       "base_model": {"fingerprint": fingerprint}}, sort_keys=True, separators=(",", ":"))
 
 
-def initial_adapter(config: ServerConfig):
-    """The round-0 adapter: LoRA attached to the base model with the (public) init seed."""
-    # The one place the server touches the base model (torch, transformers, peft), and only when a
-    # federation starts: a restarted coordinator resumes from its checkpoints without them.
-    from securefed.training.adapter import adapter_to_vector
-    from securefed.training.model import load_model
+def server_fingerprint(config: ServerConfig) -> str:
+    """The base checkpoint's fingerprint: streamed from the weights in base_model_dir (cached in the
+    state dir), or the operator's pinned ``[model] fingerprint`` when the server holds no weights."""
+    d, pinned = config.server.base_model_dir, config.model.fingerprint
+    if not has_weights(d):
+        if pinned is None:
+            raise ConfigError(f"server.base_model_dir {d} holds no weights: copy the checkpoint there, or set "
+                              "[model] fingerprint (`securefed model fingerprint DIR` on a machine that has it)")
+        return pinned
+    log(logger, "fingerprinting the base model", model_dir=str(d))
+    try:
+        fp = base_fingerprint(d, cache_dir=config.server.state_dir)
+    except ModelError as exc:
+        raise ConfigError(f"server.base_model_dir: {exc}") from None
+    if pinned is not None and pinned != fp:
+        raise ConfigError(f"[model] fingerprint {short(pinned)}... does not match the weights in {d} "
+                          f"({short(fp)}...): fix the pin or the directory")
+    log(logger, "base model fingerprint", fingerprint=fp)
+    return fp
 
-    loaded = load_model(config.server.base_model_dir, lora=config.lora)
-    vec, layout = adapter_to_vector(loaded.model)
+
+def initial_adapter(config: ServerConfig, fingerprint: str):
+    """The round-0 adapter from the config alone: the layout of LoRA on the architecture built on
+    torch's meta device (no base weights in memory), the values a pure function of the public seed."""
+    # The one place the server touches torch/transformers/peft, and only when a federation starts:
+    # a restarted coordinator resumes from its checkpoints without them.
+    from securefed.training.adapter import initial_vector
+    from securefed.training.model import layout_for_config
+
+    try:
+        layout = layout_for_config(config.server.base_model_dir, config.lora,
+                                   trust_remote_code=config.model.trust_remote_code)
+    except ModelError as exc:
+        raise ConfigError(f"server.base_model_dir: {exc}") from None
+    vec = initial_vector(layout, config.lora.init_seed)
     strategy = make_strategy(config.strategy, dim=layout.total_size)
     state = strategy.initial_server_state()
-    return vec, layout.to_json(), settings_json(config), None if state is None else np.asarray(state, np.float32)
+    return (vec, layout.to_json(), settings_json(config, fingerprint),
+            None if state is None else np.asarray(state, np.float32))
 
 
 class ServerApp:
@@ -77,8 +106,10 @@ class ServerApp:
                 raise ConfigError(f"server.ckks_public_context: cannot read {path} ({exc.strerror})") from None
             self.server_ctx = he.ServerContext.from_public_bytes(raw, fed.ckks_params)
             self.ckks_public_sha = hashlib.sha256(raw).digest()
+        self.base_fingerprint = server_fingerprint(config)
         self.coordinator = Coordinator(
-            config, initial_adapter=lambda: initial_adapter(config), settings_json=settings_json(config),
+            config, initial_adapter=lambda: initial_adapter(config, self.base_fingerprint),
+            settings_json=settings_json(config, self.base_fingerprint),
             payload_length=lambda dim: self.strategy(dim).payload_size, build_plan=self.build_plan,
             driver_factory=self.make_driver, apply_update=self.apply,
         )
@@ -102,6 +133,7 @@ class ServerApp:
             cohort=[pb.CohortMember(client_id=c, identity_public_key=ctx.identity_keys[c],
                                     certificate=ctx.certificates.get(c, b"")) for c in sorted(ctx.cohort)],
             vector_length=ctx.payload_length, stage_timeout_ms=int(cfg.deadlines.training_s * 1000),
+            base_model_fingerprint=bytes.fromhex(self.base_fingerprint),
         )
         bound = self.strategy(ctx.global_ckpt.vector.size).payload_bound()
         if cfg.federation.mode is AggregationMode.SECAGG:

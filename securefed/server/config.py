@@ -22,6 +22,11 @@ Example (see clients/server.toml for the annotated version)::
 
     [lora]                              # securefed.training.LoraSettings: the adapter every member trains
     rank = 4
+    target_modules = "auto"             # the attention q/v of the architecture; or "all-linear", or a list
+    freeze_a = false                    # FFA-LoRA: train and aggregate only B
+
+    [model]                             # how the server reads the base model (it never loads its weights)
+    trust_remote_code = false
 
     [deadlines]
     training_s = 120
@@ -54,7 +59,8 @@ class ServerSection(StrictModel):
     credentials_dir: Path = Field(description="directory with ca.pem, server.pem, server.key")
     state_dir: Path = Field(description="round log (SQLite) and, by default, the global adapter checkpoints")
     checkpoint_dir: Path | None = Field(None, description="global adapter checkpoints (default: state_dir/checkpoints)")
-    base_model_dir: Path = Field(description="local HF model directory; fixes the adapter layout")
+    base_model_dir: Path = Field(description="local HF model directory: its config.json fixes the adapter layout, its "
+                                 "weights the base-model fingerprint (streamed, never loaded into memory)")
     ckks_public_context: Path | None = Field(
         None, description="mode = 'ckks': the federation's public CKKS context (parameters only, no key)"
     )
@@ -94,6 +100,18 @@ class FederationSection(StrictModel):
         return self
 
 
+class ServerModelSection(StrictModel):
+    """What the server needs of the base model: its architecture (config.json) and its fingerprint."""
+
+    trust_remote_code: bool = Field(
+        False, description="build the layout of a model that ships its own code (auto_map); off: refused")
+    fingerprint: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="the base checkpoint's fingerprint (`securefed model fingerprint DIR`). Required when "
+        "base_model_dir holds only config.json (no weights on the server); when the weights are there it must "
+        "match them")
+
+
 class DeadlinesSection(StrictModel):
     """Seconds per stage. A client silent past its stage deadline is a dropout for the round."""
 
@@ -111,6 +129,7 @@ class ServerConfig(StrictModel):
     federation: FederationSection = FederationSection()
     strategy: StrategySettings = StrategySettings()
     lora: LoraSettings = LoraSettings()
+    model: ServerModelSection = ServerModelSection()
     deadlines: DeadlinesSection = DeadlinesSection()
 
     @property

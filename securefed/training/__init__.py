@@ -1,17 +1,20 @@
-"""Local training: model loading, LoRA adapter vectors, data, and DP-SGD (Opacus).
+"""Local training: model loading (any causal or seq2seq HF family), LoRA adapter vectors, data, the
+base-model fingerprint, memory planning, and DP-SGD (Opacus).
 
 Heavy dependencies (torch, transformers, peft, opacus) load only when a name that needs them is used.
 
 Public API::
 
     from securefed.training import (
-        LoraSettings, LocalTrainingSettings, ClippingMode,          # config
+        LoraSettings, LocalTrainingSettings, ClippingMode, ModelSettings,  # config
         load_model, LoadedModel,                                    # model + tokenizer (+ LoRA)
         build_tiny_model,                                           # built-in preset
         AdapterLayout, adapter_to_vector, load_adapter_vector,      # flat adapter vectors
         TokenDataset, load_jsonl, split_demo_corpus,                # data
         demo_client_dataset, demo_heldout_dataset, evaluate,
         train_local, plan_steps, LocalTrainResult, GradientCorrection,  # DP-SGD
+        base_fingerprint, compute_fingerprint,                      # one verified base model
+        plan_memory, MemoryPlan, SequenceLoss, ModelKind,           # memory, loss, families
     )
 """
 
@@ -23,6 +26,14 @@ _EXPORTS = {
     "LoraSettings": "config",
     "LocalTrainingSettings": "config",
     "ClippingMode": "config",
+    "ModelSettings": "config",
+    "base_fingerprint": "fingerprint",
+    "compute_fingerprint": "fingerprint",
+    "plan_memory": "memory",
+    "MemoryPlan": "memory",
+    "SequenceLoss": "loss",
+    "ModelKind": "families",
+    "initial_vector": "adapter",
     "load_model": "model",
     "load_tokenizer": "model",
     "LoadedModel": "model",

@@ -140,3 +140,43 @@ def load_adapter_vector(model, vec: np.ndarray, layout: AdapterLayout) -> None:
         for (_, p), size in zip(_adapter_params(model), layout.sizes):
             p.copy_(src[offset : offset + size].view_as(p))
             offset += size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The initial adapter: a pure function of (parameter names, shapes, public seed)
+
+INIT_DOMAIN = b"securefed/lora-init/v1\x00"
+
+
+def lora_init_values(name: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The initial value of one LoRA tensor: A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PEFT's default,
+    kaiming-uniform with a = sqrt(5)), B = 0, so the initial adapter changes nothing.
+
+    The uniforms come from SHAKE-256 over (seed, name): the same bits on every machine, whatever its
+    torch build, device or quantization, and computable by a server that never builds the model. The
+    seed is public (the initial adapter is not a secret)."""
+    if ".lora_B." in name:
+        return np.zeros(shape, dtype=np.float32)
+    if ".lora_A." not in name or len(shape) != 2:
+        raise ModelError(f"{name}: not a LoRA A/B matrix; only LoRA adapters are supported")
+    n = math.prod(shape)
+    bound = 1.0 / math.sqrt(shape[1])
+    raw = hashlib.shake_256(INIT_DOMAIN + str(int(seed)).encode() + b"\x00" + name.encode()).digest(4 * n)
+    u = (np.frombuffer(raw, dtype="<u4").astype(np.float64) + 0.5) / 2.0**32  # (0, 1)
+    return ((2.0 * u - 1.0) * bound).astype(np.float32).reshape(shape)
+
+
+def initial_vector(layout: AdapterLayout, seed: int) -> np.ndarray:
+    """The round-0 flat adapter for ``layout`` (no model needed)."""
+    parts = [lora_init_values(n, s, seed).reshape(-1) for n, s in zip(layout.names, layout.shapes)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def init_adapter(model, seed: int) -> None:
+    """Set every LoRA tensor of ``model`` (trainable or frozen, as with FFA-LoRA's A) to its initial value."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." in name or ".lora_B." in name:
+                if p.device.type == "meta":
+                    continue  # a shape-only model (layout on the meta device) has no values to set
+                p.copy_(torch.from_numpy(lora_init_values(name, tuple(p.shape), seed)).to(p.dtype))

@@ -1,4 +1,5 @@
-"""``securefed model``: build the built-in preset base model (for trying a deployment by hand)."""
+"""``securefed model``: build the built-in preset base model (for trying a deployment by hand), and
+print a checkpoint's base-model fingerprint (what every party of a federation must agree on)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from securefed.errors import InvalidInput
+from securefed.training.fingerprint import compute_fingerprint
 
 
 def register(subparsers) -> None:
@@ -24,6 +26,14 @@ def register(subparsers) -> None:
     preset.add_argument("--size", default="tiny", choices=["tiny", "small"],
                         help="tiny: hidden 64, 2 layers (default); small: hidden 256, 4 layers, untrained")
     preset.set_defaults(handler=_preset)
+    fp = sub.add_parser(
+        "fingerprint", help="print a checkpoint's base-model fingerprint",
+        description="SHA-256 over the checkpoint's config.json (architecture keys) and every tensor of its "
+        "safetensors files in canonical order (names, dtypes, shapes, bytes), streamed without loading the "
+        "model. The server puts it in every round plan; a member whose checkpoint hashes differently declines. "
+        "Set it as the server's [model] fingerprint when the server holds only config.json.")
+    fp.add_argument("model_dir", type=Path, metavar="DIR", help="a save_pretrained directory")
+    fp.set_defaults(handler=_fingerprint)
 
 
 def _preset(args: argparse.Namespace) -> int:
@@ -35,4 +45,9 @@ def _preset(args: argparse.Namespace) -> int:
     print(f"building the {args.size} preset model into {out} ...", flush=True)
     build_tiny_model(out, args.size)
     print(f"done: {out} (load it with base_model_dir = \"{out}\")")
+    return 0
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    print(compute_fingerprint(args.model_dir))
     return 0

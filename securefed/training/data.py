@@ -4,6 +4,12 @@ One example = one sequence of ``max_seq_len`` tokens: the privacy unit of DP-SGD
 ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` where no loss is taken: padding and, for
 instruction data, the prompt).
 
+For an encoder-decoder (seq2seq) model the same records become (encoder input, decoder target) pairs:
+an instruction record is instruction -> response; plain text (a ``{"text": ...}`` record, or a block of
+the demo corpus) is its first half -> its continuation, so a seq2seq member learns to continue text
+from the same tokens a causal member learns from. ``input_ids``/``attention_mask`` are then the
+encoder's, ``labels`` the decoder's targets.
+
 The demo corpus is ``pydoc_data.topics.topics`` (ships with every Python): whole topics are assigned to
 clients by a hash of the topic name (non-IID by topic, deterministic), and some topics are held out for
 evaluation.
@@ -21,8 +27,8 @@ from pathlib import Path
 import torch
 
 from securefed.errors import InvalidInput
-
-IGNORE_INDEX = -100
+from securefed.training.families import ModelKind, model_kind
+from securefed.training.loss import IGNORE_INDEX, SequenceLoss
 DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 
@@ -66,13 +72,14 @@ def _stack(rows: list[tuple[list[int], list[int], list[int]]]) -> TokenDataset:
     )
 
 
-def blocks_from_texts(texts: list[str], tokenizer, block_size: int) -> TokenDataset:
+def blocks_from_texts(texts: list[str], tokenizer, block_size: int, kind: ModelKind = ModelKind.CAUSAL) -> TokenDataset:
     """Concatenate ``texts`` (each ended by EOS) and cut the token stream into full blocks of ``block_size``.
 
     The tail shorter than a block is dropped so every example is the same length (and the same privacy unit).
+    Seq2seq: each block's first half is the encoder input, its second half the target.
     """
-    if block_size < 2:
-        raise InvalidInput("block_size must be at least 2")
+    if block_size < 2 or (kind is ModelKind.SEQ2SEQ and block_size < 4):
+        raise InvalidInput("block_size must be at least 2 (4 for a seq2seq model)")
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for text in texts:
@@ -81,9 +88,13 @@ def blocks_from_texts(texts: list[str], tokenizer, block_size: int) -> TokenData
             stream.append(eos)
     n = len(stream) // block_size
     rows = []
+    half = block_size // 2
     for b in range(n):
         ids = stream[b * block_size : (b + 1) * block_size]
-        rows.append((ids, [1] * block_size, list(ids)))
+        if kind is ModelKind.SEQ2SEQ:
+            rows.append((ids[:half], [1] * half, ids[half : 2 * half]))
+        else:
+            rows.append((ids, [1] * block_size, list(ids)))
     if not rows:
         raise InvalidInput(f"text has {len(stream)} tokens, fewer than one block of {block_size}; add text")
     return _stack(rows)
@@ -95,18 +106,29 @@ def _pad(ids: list[int], labels: list[int], length: int, pad_id: int) -> tuple[l
     return ids + [pad_id] * (length - n), [1] * n + [0] * (length - n), labels + [IGNORE_INDEX] * (length - n)
 
 
+def _pad_pair(enc: list[int], target: list[int], length: int, pad_id: int) -> tuple[list[int], list[int], list[int]]:
+    """Seq2seq: encoder ids (padded, masked) and decoder targets (padded with -100), each ``length`` long."""
+    enc, target = enc[:length], target[:length]
+    n = len(enc)
+    return (enc + [pad_id] * (length - n), [1] * n + [0] * (length - n),
+            target + [IGNORE_INDEX] * (length - len(target)))
+
+
 def load_jsonl(
     path: str | Path,
     tokenizer,
     max_seq_len: int,
     *,
     template: str = DEFAULT_TEMPLATE,
+    kind: ModelKind = ModelKind.CAUSAL,
 ) -> TokenDataset:
     """Read a JSONL file of ``{"text": ...}`` or ``{"instruction": ..., "response": ...}`` records.
 
     Text records are learned in full; instruction records take loss only on the response tokens (the
     prompt, formatted by ``template``, gets label -100). Each record is one example, truncated/padded to
     ``max_seq_len``. A blank or malformed line raises :class:`InvalidInput` naming the line number.
+    Seq2seq (``kind``): text -> (first half, continuation); instruction -> (instruction, response), the
+    encoder reading the bare instruction (no template) and each side up to ``max_seq_len`` tokens.
     """
     path = Path(path)
     try:
@@ -141,19 +163,29 @@ def load_jsonl(
             ids = tokenizer(rec["text"], add_special_tokens=False, verbose=False)["input_ids"]
             if eos is not None:
                 ids = ids + [eos]
+            if kind is ModelKind.SEQ2SEQ:
+                if len(ids) < 2:
+                    raise InvalidInput(f"{where}: text too short to split into input and continuation")
+                half = len(ids) // 2
+                rows.append(_pad_pair(ids[:half], ids[half:], max_seq_len, pad))
+                continue
             labels = list(ids)
         elif set(rec) == {"instruction", "response"}:
             ins, resp = rec["instruction"], rec["response"]
             if not isinstance(ins, str) or not isinstance(resp, str) or not resp.strip():
                 raise InvalidInput(f"{where}: 'instruction' and 'response' must be strings (response non-empty)")
+            r_ids = tokenizer(resp, add_special_tokens=False)["input_ids"]
+            if eos is not None:
+                r_ids = r_ids + [eos]
+            if kind is ModelKind.SEQ2SEQ:
+                e_ids = tokenizer(ins, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+                rows.append(_pad_pair(e_ids, r_ids, max_seq_len, pad))
+                continue
             try:
                 prompt = template.format(instruction=ins)
             except (KeyError, IndexError, ValueError):
                 raise InvalidInput("prompt template must contain only the {instruction} placeholder") from None
             p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            r_ids = tokenizer(resp, add_special_tokens=False)["input_ids"]
-            if eos is not None:
-                r_ids = r_ids + [eos]
             if len(p_ids) >= max_seq_len:
                 raise InvalidInput(
                     f"{where}: prompt is {len(p_ids)} tokens, no room for the response within "
@@ -211,23 +243,28 @@ def split_demo_corpus(n_clients: int, heldout_fraction: float = 0.1) -> DemoSpli
 
 
 def demo_client_dataset(tokenizer, client: int, n_clients: int, block_size: int,
-                        heldout_fraction: float = 0.1) -> TokenDataset:
+                        heldout_fraction: float = 0.1, kind: ModelKind = ModelKind.CAUSAL) -> TokenDataset:
     """Client ``client``'s (0-based) demo training set, as token blocks."""
     split = split_demo_corpus(n_clients, heldout_fraction)
     if not 0 <= client < n_clients:
         raise InvalidInput(f"client index {client} out of range 0..{n_clients - 1}")
     topics = demo_corpus()
-    return blocks_from_texts([topics[t] for t in split.clients[client]], tokenizer, block_size)
+    return blocks_from_texts([topics[t] for t in split.clients[client]], tokenizer, block_size, kind)
 
 
-def demo_heldout_dataset(tokenizer, n_clients: int, block_size: int, heldout_fraction: float = 0.1) -> TokenDataset:
+def demo_heldout_dataset(tokenizer, n_clients: int, block_size: int, heldout_fraction: float = 0.1,
+                         kind: ModelKind = ModelKind.CAUSAL) -> TokenDataset:
     split = split_demo_corpus(n_clients, heldout_fraction)
     topics = demo_corpus()
-    return blocks_from_texts([topics[t] for t in split.heldout], tokenizer, block_size)
+    return blocks_from_texts([topics[t] for t in split.heldout], tokenizer, block_size, kind)
 
 
-def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples: int | None = None) -> tuple[float, float]:
-    """Token-level mean cross-entropy and perplexity of ``model`` on ``dataset`` (no gradients)."""
+def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples: int | None = None,
+             kind: ModelKind | None = None, loss: SequenceLoss | None = None) -> tuple[float, float]:
+    """Token-level mean cross-entropy and perplexity of ``model`` on ``dataset`` (no gradients).
+
+    Causal: of each next token; seq2seq: of the decoder's targets. Chunked over the sequence like the
+    training loss, so evaluating never needs the full logits either."""
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     if n == 0:
         raise InvalidInput("evaluation dataset is empty")
@@ -237,20 +274,15 @@ def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples
     total, count = 0.0, 0
     try:
         with torch.no_grad():
+            if loss is None:
+                base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                loss = SequenceLoss(model, kind or model_kind(base.config))
             for start in range(0, n, batch_size):
                 b = dataset.batch(list(range(start, min(n, start + batch_size))))
                 b = {k: v.to(device) for k, v in b.items()}
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                shift_logits = logits[:, :-1, :].float()
-                shift_labels = b["labels"][:, 1:]
-                loss = torch.nn.functional.cross_entropy(
-                    shift_logits.reshape(-1, shift_logits.shape[-1]),
-                    shift_labels.reshape(-1),
-                    ignore_index=IGNORE_INDEX,
-                    reduction="sum",
-                )
-                total += float(loss)
-                count += int((shift_labels != IGNORE_INDEX).sum())
+                sums, counts = loss.token_sums(model, b)
+                total += float(sums.sum())
+                count += int(counts.sum())
     finally:
         model.train(was_training)
     if count == 0:

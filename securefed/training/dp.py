@@ -21,10 +21,18 @@ Implementation notes
 - Strategy corrections (FedProx proximal term, SCAFFOLD control variates) depend only on weights and
   public/previous-round state, not on this round's data, so they are added *after* clipping and noise: no
   privacy cost, and they do not eat into the clipping budget.
+- Memory: one Poisson-sampled logical batch is processed in physical micro-batches of at most
+  ``physical_batch_size`` rows (Opacus' skip-step protocol, as its ``BatchMemoryManager`` uses: each
+  micro-batch's clipped per-sample gradients are summed, noise is added once for the logical batch),
+  so the mechanism and the accounting are those of the logical batch. With gradient checkpointing the
+  recomputed forward pass must not record activations for Opacus a second time
+  (:func:`enable_gradient_checkpointing`). The loss never holds the full logits
+  (:mod:`securefed.training.loss`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -42,9 +50,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from securefed.errors import ConfigError, InvalidInput, ModelError
 from securefed.training.adapter import adapter_to_vector, load_adapter_vector
 from securefed.training.config import ClippingMode, LocalTrainingSettings
-from securefed.training.data import IGNORE_INDEX, TokenDataset
+from securefed.training.data import TokenDataset
+from securefed.training.families import model_kind
+from securefed.training.loss import SequenceLoss, per_sample_loss
 from securefed.training.model import LoadedModel
 from securefed.training.rng import CsprngSource, RandomSource, TorchSource
+
+__all__ = ["DPTrainer", "GradientCorrection", "LocalTrainResult", "per_sample_loss", "plan_steps", "train_local",
+           "enable_gradient_checkpointing"]
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +92,48 @@ class LocalTrainResult:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-def per_sample_loss(logits, labels):
-    """Mean next-token cross-entropy of each sequence (the privacy unit): shape [B]."""
-    shift_logits = logits[:, :-1, :]
-    shift_labels = labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view(shift_labels.shape)
-    valid = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
-    return ce.sum(dim=1) / valid
+class _Recompute:
+    """Checkpointing re-runs each layer's forward pass during backward; Opacus' forward hooks must not
+    record that pass's activations a second time (they would pair with the wrong backward pass and
+    leave the per-sample gradients unset). The recompute context turns them off for its duration."""
+
+    def __init__(self) -> None:
+        self.module = None  # the GradSampleModule currently training this model, if any
+
+    def contexts(self):
+        return contextlib.nullcontext(), _QuietHooks(self)
+
+
+class _QuietHooks:
+    """Re-enterable (ghost clipping's second backward recomputes again with the same context)."""
+
+    def __init__(self, owner: _Recompute) -> None:
+        self.owner = owner
+        self.saved: list[bool] = []
+
+    def __enter__(self):
+        m = self.owner.module
+        if m is not None:
+            self.saved.append(m.hooks_enabled)
+            m.hooks_enabled = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        m = self.owner.module
+        if m is not None and self.saved:
+            m.hooks_enabled = self.saved.pop()  # ghost clipping's second backward runs with hooks off: keep that
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Activation checkpointing on every transformer layer, safe under Opacus (see ``_Recompute``)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ModelError(f"{type(base).__name__} does not support gradient checkpointing; set "
+                         "[model] gradient_checkpointing = false")
+    guard = _Recompute()
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+                                                                      "context_fn": guard.contexts})
+    base._securefed_recompute = guard
 
 
 def _unwrap(model):
@@ -134,9 +177,16 @@ class DPTrainer:
         mode: ClippingMode,
         source: RandomSource,
         correction: GradientCorrection | None = None,
+        *,
+        loss: SequenceLoss | None = None,
+        physical_batch_size: int | None = None,
     ) -> None:
         if mode is ClippingMode.AUTO:
             raise ValueError("DPTrainer needs a concrete clipping mode")
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.loss = loss or SequenceLoss(model, model_kind(base.config))
+        self.physical = int(physical_batch_size) if physical_batch_size else None
+        self._recompute = getattr(base, "_securefed_recompute", None)
         self.model = model
         self.mode = mode
         self.source = source
@@ -146,7 +196,6 @@ class DPTrainer:
         self.expected_batch_size = int(expected_batch_size)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self._last_norms = None
-        self._last_grad_samples: list | None = None
         with torch.no_grad():
             self.initial = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
         model.train()
@@ -175,20 +224,26 @@ class DPTrainer:
         # Opacus' own accountant would count steps at its dummy sample rate; accounting is the caller's job.
         self.optimizer.step_hook = None
         self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source), self.optimizer)
+        if self._recompute is not None:
+            self._recompute.module = self.module
 
     @property
     def last_norms(self):
         """Per-sample gradient L2 norms (before clipping) of the last non-empty step."""
-        if self._last_norms is None and self._last_grad_samples is not None:
-            self._last_norms = torch.cat(self._last_grad_samples, dim=1).norm(2, dim=1)
         return self._last_norms
 
     def close(self) -> None:
         """Remove Opacus hooks and attributes so the model can be used (or trained) again."""
+        if self._recompute is not None:
+            self._recompute.module = None
         try:
             self.module._close()
         except Exception:  # pragma: no cover - best effort cleanup
             log.debug("opacus cleanup failed", exc_info=True)
+        for mod in self.model.modules():
+            for attr in ("activations", "max_batch_len"):
+                if attr in mod.__dict__:
+                    delattr(mod, attr)
         for p in self.params:
             for attr in ("grad_sample", "summed_grad", "_norm_sample", "_forward_counter", "_current_grad_sample"):
                 if hasattr(p, attr):
@@ -224,7 +279,9 @@ class DPTrainer:
     def _step(self, batch: dict | None) -> float | None:
         """One DP-SGD step on ``batch`` (a dict from TokenDataset.batch) or a pure-noise step if None/empty.
 
-        Returns the batch's mean per-sample loss (None for an empty batch).
+        The logical batch runs in micro-batches of at most ``physical_batch_size`` rows: clipped
+        per-sample gradients are summed across them and the noise is added once. Returns the batch's
+        mean per-sample loss (None for an empty batch).
         """
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
@@ -237,34 +294,45 @@ class DPTrainer:
             for p in self.params:  # same scaling as Opacus' scale_grad for loss_reduction="mean"
                 p.grad /= self.expected_batch_size
         else:
+            n = int(batch["input_ids"].shape[0])
+            size = min(n, self.physical or n)
+            starts = list(range(0, n, size))
             dev = self.params[0].device
-            batch = {k: v.to(dev) for k, v in batch.items()}
-            logits = self.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            losses = per_sample_loss(logits, batch["labels"])
-            loss_value = float(losses.detach().mean())
-            if self.mode is ClippingMode.GHOST:
-                DPTensorFastGradientClipping(self.module, opt, losses, "mean").backward()
-                for p in self.params:
-                    if p.grad is None:
-                        raise ModelError("ghost clipping produced no gradient for an adapter parameter")
-                self._last_norms = self.module.per_sample_gradient_norms.detach().clone()
-                self._last_grad_samples = None
-            else:
-                losses.mean().backward()
-                for p in self.params:
-                    # Guard against opacus#820-style failures: a missing per-sample gradient would make
-                    # Opacus fall back to the plain (unclipped, un-noised) gradient.
-                    if getattr(p, "grad_sample", None) is None:
-                        raise ModelError(
-                            "per-sample gradients missing for an adapter parameter (Opacus hooks not attached); "
-                            "use clipping='ghost' or a supported model"
-                        )
-                # Per-sample norms are diagnostics only (clipping computes its own): computed on first access.
-                self._last_grad_samples = [p.grad_sample.detach().reshape(p.grad_sample.shape[0], -1).clone()
-                                           for p in self.params]
-                self._last_norms = None
-            if not opt.pre_step():  # clip (hooks), noise, scale
-                raise ModelError("DP optimizer skipped a step unexpectedly")
+            total, norms = 0.0, []
+            for k, start in enumerate(starts):
+                micro = {key: v[start:start + size].to(dev) for key, v in batch.items()}
+                losses = self.loss(self.module, micro)
+                total += float(losses.detach().sum())
+                if self.mode is ClippingMode.GHOST:
+                    DPTensorFastGradientClipping(self.module, opt, losses, "mean").backward()
+                    for p in self.params:
+                        if p.grad is None:
+                            raise ModelError("ghost clipping produced no gradient for an adapter parameter")
+                    norms.append(self.module.per_sample_gradient_norms.detach().clone())
+                else:
+                    losses.mean().backward()
+                    for p in self.params:
+                        # Guard against opacus#820-style failures: a missing per-sample gradient would make
+                        # Opacus fall back to the plain (unclipped, un-noised) gradient.
+                        if not isinstance(getattr(p, "grad_sample", None), torch.Tensor):
+                            raise ModelError(
+                                "per-sample gradients missing for an adapter parameter (Opacus hooks not attached); "
+                                "use clipping='ghost' or a supported model"
+                            )
+                    # Per-sample norms are diagnostics only (clipping computes its own).
+                    with torch.no_grad():
+                        norms.append(torch.stack([p.grad_sample.reshape(p.grad_sample.shape[0], -1).float()
+                                                  .pow(2).sum(1) for p in self.params]).sum(0).sqrt())
+                last = k == len(starts) - 1
+                if not last:
+                    opt.signal_skip_step(do_skip=True)  # sum this micro-batch's clipped gradients, no noise yet
+                stepped = opt.pre_step()  # clip (hooks) and accumulate; on the last one also noise and scale
+                if stepped != last:
+                    raise ModelError("DP optimizer skipped or took a step out of turn")
+                if not last:
+                    opt.zero_grad(set_to_none=True)  # keeps the summed clipped gradients (skipped step)
+            loss_value = total / n
+            self._last_norms = torch.cat(norms).cpu()
         self._apply_correction()
         opt.original_optimizer.step()
         return loss_value
@@ -318,11 +386,15 @@ def train_local(
     *,
     strategy_state: GradientCorrection | None = None,
     progress: ProgressFn | None = None,
+    physical_batch_size: int | None = None,
+    loss: SequenceLoss | None = None,
 ) -> LocalTrainResult:
     """Train the adapter of ``model`` (a peft model, or a ``LoadedModel``) with DP-SGD for one round.
 
     The adapter currently loaded in ``model`` is the starting point (load the global adapter first);
     on return the model holds the locally trained adapter and ``result.delta`` is new - start.
+    ``physical_batch_size`` caps the rows of one forward/backward pass (micro-batches under the one
+    Poisson-sampled logical batch; the privacy accounting is unchanged).
     """
     model = _unwrap(model)
     sigma = _resolve_sigma(settings, noise_multiplier)
@@ -338,13 +410,15 @@ def train_local(
     if sigma == 0.0:
         log.warning("noise_multiplier is 0: this training is NOT differentially private")
 
-    modes = choose_clipping(settings.clipping, settings.batch_size, _layout.total_size)
+    physical = min(settings.batch_size, physical_batch_size) if physical_batch_size else None
+    modes = choose_clipping(settings.clipping, physical or settings.batch_size, _layout.total_size)
     last_error: Exception | None = None
     for mode in modes:
         t0 = time.perf_counter()
         trainer = None
         try:
-            trainer = DPTrainer(model, settings, sigma, settings.batch_size, mode, source, strategy_state)
+            trainer = DPTrainer(model, settings, sigma, settings.batch_size, mode, source, strategy_state,
+                                loss=loss, physical_batch_size=physical)
             losses: list[float] = []
             empty = 0
             for step in range(steps):

@@ -22,7 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from securefed.errors import InvalidInput, ModelError
 from securefed.training.data import blocks_from_texts, demo_corpus
-from securefed.training.dp import per_sample_loss
+from securefed.training.loss import per_sample_loss
 
 PRESET_MARKER = "securefed_preset.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")

@@ -29,6 +29,7 @@ def _coordinator(tmp_path: Path, *, training_s: float = 5.0, threshold: int = 2)
                        "allow_plaintext_for_debugging": True},
         "strategy": {"kind": "fedavg", "max_samples": 100},
         "deadlines": {"training_s": training_s, "join_s": 10.0, "poll_s": 0.5},
+        "model": {"fingerprint": "ab" * 32},  # no weights on this server: the operator pins the base
     })
     app = ServerApp(cfg)
     co = app.coordinator

@@ -173,10 +173,10 @@ def test_auto_falls_back_to_hooks_when_ghost_fails(lm, data_dp, monkeypatch, cap
     monkeypatch.setattr(dp, "AUTO_GHOST_ABOVE_BYTES", 1)
     real_init = dp.DPTrainer.__init__
 
-    def init(self, model, settings, sigma, b, mode, source, correction=None):
+    def init(self, model, settings, sigma, b, mode, source, correction=None, **kw):
         if mode is ClippingMode.GHOST:
             raise NotImplementedError("Parameter tying is not supported with Ghost Clipping")
-        real_init(self, model, settings, sigma, b, mode, source, correction)
+        real_init(self, model, settings, sigma, b, mode, source, correction, **kw)
 
     monkeypatch.setattr(dp.DPTrainer, "__init__", init)
     settings = LocalTrainingSettings(batch_size=4, steps=1, secure_mode=False, max_seq_len=32)

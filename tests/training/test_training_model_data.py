@@ -280,3 +280,31 @@ def test_model_preset_cli_builds_a_loadable_checkpoint_and_refuses_a_used_dir(tm
     assert loaded.model.config.model_type == "llama"
     assert main(["model", "preset", "--out", str(out)]) == 2
     assert "not an empty directory" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- seq2seq data
+
+def test_seq2seq_examples_are_input_then_continuation_or_instruction_then_response(tmp_path, loaded):
+    from securefed.training.families import ModelKind
+
+    tok = loaded.tokenizer
+    topics = demo_corpus()
+    text = [topics[k] for k in sorted(topics)[:2]]
+    causal = blocks_from_texts(text, tok, 32)
+    s2s = blocks_from_texts(text, tok, 32, ModelKind.SEQ2SEQ)
+    assert len(s2s) == len(causal) and s2s.seq_len == 16
+    # Each block's first half is the encoder input, the second half the target: the same tokens.
+    assert (s2s.input_ids == causal.input_ids[:, :16]).all() and (s2s.labels == causal.input_ids[:, 16:]).all()
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"instruction": "Say hi", "response": "hi there"}) + "\n"
+                 + json.dumps({"text": "one two three four five six"}) + "\n")
+    ds = load_jsonl(p, tok, 24, kind=ModelKind.SEQ2SEQ)
+    enc = tok("Say hi", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    n = int(ds.attention_mask[0].sum())
+    assert ds.input_ids[0, :n].tolist() == enc  # the bare instruction, no template
+    resp = ds.labels[0][ds.labels[0] != IGNORE_INDEX].tolist()
+    assert tok.decode(resp[:-1]) == "hi there" and resp[-1] == tok.eos_token_id
+    ids = tok("one two three four five six", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    half = len(ids) // 2
+    assert ds.input_ids[1, :half].tolist() == ids[:half]
+    assert ds.labels[1][ds.labels[1] != IGNORE_INDEX].tolist() == ids[half:]

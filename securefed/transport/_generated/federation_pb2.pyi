@@ -208,7 +208,7 @@ class CohortMember(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256")
+    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "base_model_fingerprint")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,7 @@ class RoundPlan(_message.Message):
     VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     round: int
     global_adapter_sha256: bytes
     mode: AggregationMode
@@ -229,7 +230,8 @@ class RoundPlan(_message.Message):
     vector_length: int
     stage_timeout_ms: int
     plan_sha256: bytes
-    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ...) -> None: ...
+    base_model_fingerprint: bytes
+    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
     __slots__ = ("participate", "decline_reason")
