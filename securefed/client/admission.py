@@ -6,8 +6,10 @@ Two verdicts, kept apart:
   identity key for this member, an uncertified cohort member, a payload size the strategy does not
   produce): the member leaves the session without answering.
 * ``decline_reason`` returns why this member, by its own rules, sits a well-formed plan out (cohort or
-  threshold below its minimums, other LoRA settings than it expects, a plaintext round it did not opt
-  into, ...), or None to go on. The member answers with that reason and trains nothing.
+  threshold below its minimums or below what its own ``max_colluding_members`` needs, other LoRA
+  settings than it expects, a plaintext round it did not opt into, ...), or None to go on. The member
+  answers with that reason and trains nothing. ``cohort_reason`` holds the cohort and threshold rules
+  together (threat_models/secure_aggregation.md lists every member-side refusal).
 
 No I/O: everything the rules need is passed in.
 """
@@ -19,10 +21,11 @@ import hmac
 from cryptography import x509
 
 from securefed.client.cohort import verify_cohort
-from securefed.client.config import ClientConfig
+from securefed.client.config import ClientConfig, ClientSection
 from securefed.client.guards import GraphGrindingGuard
 from securefed.errors import ProtocolAbort
 from securefed.protocol.plan import verify_plan
+from securefed.secagg.params import required_threshold
 from securefed.training.config import LoraSettings
 from securefed.transport._generated import federation_pb2 as pb
 
@@ -49,14 +52,42 @@ def check_payload_size(plan: pb.RoundPlan, payload_size: int) -> None:
         raise ProtocolAbort(f"plan vector_length {plan.vector_length} != strategy payload {payload_size}")
 
 
-def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,
-                   grinding: GraphGrindingGuard) -> str | None:
-    """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
-    c = config.client
+def holders_per_member(plan: pb.RoundPlan) -> int:
+    """m: the share holders of each member's secrets (its SecAgg+ neighbours and itself; n when complete)."""
+    n, k = len(plan.cohort), int(plan.secagg.neighbours)
+    return n if k == 0 or k >= n - 1 else k + 1
+
+
+def cohort_reason(plan: pb.RoundPlan, c: ClientSection) -> str | None:
+    """This member's rules on who and how many: its minimum cohort and threshold, and under secure
+    aggregation the colluder bound 2t >= m + c + 1 for ITS OWN ``max_colluding_members`` (the server's
+    claim plays no part), or a strict majority under CKKS."""
     n, t = len(plan.cohort), int(plan.secagg.threshold)
     if n < c.min_cohort_size or (plan.mode != pb.AGGREGATION_MODE_PLAINTEXT and t < c.min_threshold):
         return (f"cohort of {n} with threshold {t} is below this member's minimums "
                 f"(min_cohort_size {c.min_cohort_size}, min_threshold {c.min_threshold})")
+    if plan.mode == pb.AGGREGATION_MODE_SECAGG:
+        m, cc = holders_per_member(plan), c.max_colluding_members
+        need = required_threshold(m, cc)
+        if t < need or need > m:
+            if cc == 0:
+                return f"threshold {t} is not a strict majority of the {m} share holders per member: needs >= {need}"
+            fix = f"threshold >= {need}" if need <= m else f"more than the {m} share holders listed"
+            return (f"threshold {t} with {m} share holders per member lets {cc} colluding member(s) and the server "
+                    f"rebuild both secrets of one member: this member's max_colluding_members = {cc} needs "
+                    f"2t >= m + c + 1, i.e. {fix}")
+    if plan.mode == pb.AGGREGATION_MODE_CKKS and 2 * t <= n:
+        return f"ckks threshold {t} is not a strict majority of the {n} listed members"
+    return None
+
+
+def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,
+                   grinding: GraphGrindingGuard) -> str | None:
+    """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
+    c = config.client
+    reason = cohort_reason(plan, c)
+    if reason is not None:
+        return reason
     if config.lora is not None and config.lora != lora:
         return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
     if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows(adapter_digest):
@@ -65,8 +96,6 @@ def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
     if plan.mode == pb.AGGREGATION_MODE_CKKS:
         if c.ckks_secret_context is None:
             return "mode ckks needs client.ckks_secret_context"
-        if 2 * t <= n:
-            return f"ckks threshold {t} is not a strict majority of the {n} listed members"
     if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT and not c.allow_plaintext_for_debugging:
         return ("the server asked for a plaintext round (it would see this member's update); "
                 "refused: set client.allow_plaintext_for_debugging only for debugging")

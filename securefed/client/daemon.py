@@ -181,7 +181,8 @@ class ClientDaemon:
         payload = self._train(s)
         if plan.mode == pb.AGGREGATION_MODE_SECAGG:
             self.protocol = SecAggSession(self.deps, s, self.grinding,
-                                          needs_all_keys=self.config.client.sparse_graph_needs_all_keys)
+                                          needs_all_keys=self.config.client.sparse_graph_needs_all_keys,
+                                          max_colluders=self.config.client.max_colluding_members)
             self.protocol.start(payload)
         elif plan.mode == pb.AGGREGATION_MODE_CKKS:
             self.protocol = CkksSession(self.deps, s, self.ckks_key)

@@ -26,6 +26,10 @@ from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as spb
 from securefed.transport.chunking import ChunkAssembler, split_payload
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 _FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
 N, D = 5, 12
@@ -42,7 +46,7 @@ def _copy(rnd: SimulatedRound) -> SimulatedRound:
 @pytest.fixture(scope="module")
 def rounds() -> dict[Stage, SimulatedRound]:
     """An honest round paused before each stage's server messages are delivered (copied per use)."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     out = {}
     for stage in Stage:
         out[stage] = _copy(rnd)
@@ -132,9 +136,9 @@ def _valid_wire(stage: Stage, reply) -> bytes:
     return wire.unmask_to_pb(reply, IDS).SerializeToString()
 
 
-def _decode_client(stage: Stage, raw: bytes, sid: bytes, cid: int, ring_bits: int):
+def _decode_client(stage: Stage, raw: bytes, sid: bytes, cid: int, ring_bits: int, signature: bytes = b""):
     if stage is Stage.MASKED_INPUT:
-        return wire.masked_from_bytes(raw, ring_bits, D, sid, cid)
+        return wire.masked_from_bytes(raw, ring_bits, D, sid, cid, signature)
     cls, fn = {
         Stage.ADVERTISE_KEYS: (spb.AdvertiseKeys, wire.advertise_from_pb),
         Stage.SHARE_KEYS: (spb.ShareKeys, wire.share_keys_from_pb),
@@ -156,7 +160,7 @@ def test_fuzzed_client_messages_are_refused_without_harming_the_round(rounds, da
     raw = _fuzz_bytes(data, _valid_wire(stage, reply))
     accepted = False
     try:
-        msg = _decode_client(stage, raw, sid, attacker, ring_bits)
+        msg = _decode_client(stage, raw, sid, attacker, ring_bits, getattr(reply, "signature", b""))
         if msg is not None:
             rnd.server.receive(msg)
             accepted = True
@@ -298,7 +302,7 @@ def test_a_masked_input_outside_the_ring_or_of_the_wrong_shape_is_refused(rounds
     with pytest.raises(InvalidMessage):
         rnd.server.receive(dataclasses.replace(reply, masked=masked))
     with pytest.raises(InvalidMessage):
-        wire.masked_from_bytes(b"\0" * (4 * D + 2), 32, D, reply.session_id, 2)
+        wire.masked_from_bytes(b"\0" * (4 * D + 2), 32, D, reply.session_id, 2, reply.signature)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -312,7 +316,7 @@ def test_nan_or_inf_updates_are_refused_before_anything_is_sent(bad):
     x = np.ones(D)
     x[3] = bad
     with pytest.raises(InvalidInput):
-        SecAggClient(1, IdentityKeyPair.generate()).set_input(x)
+        SecAggClient(1, IdentityKeyPair.generate(), max_colluders=NO_COLLUDERS).set_input(x)
     with pytest.raises(InvalidInput):
         encode(x, PARAMS.fixed_point())
     with pytest.raises(InvalidInput):
