@@ -11,7 +11,7 @@ Two verdicts, kept apart:
   answers with that reason and trains nothing. ``cohort_reason`` holds the cohort and threshold rules
   together (threat_models/secure_aggregation.md lists every member-side refusal).
 
-No I/O: everything the rules need is passed in.
+No I/O but the guard's count (read from the member's state): everything else the rules need is passed in.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def cohort_reason(plan: pb.RoundPlan, c: ClientSection) -> str | None:
     return None
 
 
-def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,
+def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
                    grinding: GraphGrindingGuard) -> str | None:
     """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
     c = config.client
@@ -90,9 +90,9 @@ def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
         return reason
     if config.lora is not None and config.lora != lora:
         return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
-    if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows(adapter_digest):
-        return (f"{grinding.unreleased(adapter_digest)} sparse-graph sessions for this adapter ended before this "
-                "member's release: declining more (graph-grinding guard)")
+    if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows():
+        return (f"{grinding.unreleased()} sparse-graph sessions in this federation round ended before this "
+                "member's release: declining more until a round completes (graph-grinding guard)")
     if plan.mode == pb.AGGREGATION_MODE_CKKS:
         if c.ckks_secret_context is None:
             return "mode ckks needs client.ckks_secret_context"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from securefed import he
+from securefed.client.member_state import MemberState
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, ProtocolAbort
@@ -109,9 +110,10 @@ class ConfirmedRequest:
 
 
 class CkksSession:
-    def __init__(self, deps: SessionDeps, session: RoundSession, key: MemberKey) -> None:
+    def __init__(self, deps: SessionDeps, session: RoundSession, key: MemberKey, state: MemberState) -> None:
         self.deps = deps
         self.s = session
+        self.state = state  # one confirmed contributor set per attempt, across sessions and restarts
         self.ctx = key.context_for(session.plan)
         self.own_digest: bytes | None = None
         self.confirmed: ConfirmedRequest | None = None
@@ -142,6 +144,7 @@ class CkksSession:
                                   int(s.plan.vector_length))
         for c in items:
             agg.add(c.chunks, sender=c.client)
+        self.state.confirm_once(s.attempt, digest)
         self.confirmed = ConfirmedRequest(digest, agg.result_chunks(), len(items))
         sig = self.deps.identity.sign(wire.confirmation_payload(s.plan_digest, s.attempt, digest))
         self.deps.connection.submit(self.deps.connection.header(s.attempt, wire.CkksStage.CONFIRM.wire_stage),

@@ -48,7 +48,7 @@ class SecAggSession:
         self.client.set_input(self.payload)
         adv = self.client.handle(setup)
         if self.sparse:
-            self.grinding.joined(s.bundle.digest, s.attempt)
+            self.grinding.joined(s.attempt)
         self.deps.fault("before_advertise", s.attempt)
         self._submit(pb.STAGE_ADVERTISE_KEYS, adv.session_id, advertise_keys=wire.advertise_to_pb(adv, s.ids))
 

@@ -26,7 +26,7 @@ from securefed.crypto.fixedpoint import decode_sum
 from securefed.crypto.prg import add_mask_
 from securefed.crypto.shamir import Share, combine
 from securefed.errors import ProtocolAbort
-from securefed.federation import ensure_tiny_model, provision, start_clients
+from securefed.federation import provision, start_clients
 from securefed.protocol import secagg_wire as wire
 from securefed.secagg.client import pairwise_mask_key, self_mask_key
 from securefed.secagg.session import consistency_payload
@@ -38,11 +38,6 @@ from securefed.transport._generated import federation_pb2 as pb
 pytestmark = pytest.mark.slow
 
 VICTIM, HONEST, COLLUDER = "member-1", "member-2", "member-3"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
 class Watch(MemberHooks):
