@@ -114,7 +114,7 @@ class ScriptedServer(Connection):
 class Federation:
     def __init__(self, tmp: Path, tiny_model: Path, n: int = 3, *, client: dict | None = None,
                  per_client: dict | None = None) -> None:
-        self.p = provision(tmp, n, mode="secagg", rounds=3, threshold=2, model_dir=tiny_model,
+        self.p = provision(tmp, n, mode="secagg", rounds=3, threshold=n // 2 + 1, model_dir=tiny_model,
                            server={"federation": {"max_colluding_members": 0}},
                            client={"training": TINY_TRAINING, "client": {"planned_rounds": 20}, **(client or {})},
                            per_client=per_client)
@@ -130,10 +130,11 @@ class Federation:
             key = tid.raw_public_key(tid.load_client_credentials(self.p.pki, name).identity_public_key)
             self.cohort.append(pb.CohortMember(client_id=name, identity_public_key=key, certificate=der))
 
-    def honest_bundle(self, nudge: float = 0.0) -> tuple[bytes, bytes]:
+    def honest_bundle(self, nudge: int = 0) -> tuple[bytes, bytes]:
+        """The round-0 bundle; ``nudge`` ulps added to one weight give another digest for the same adapter."""
         vec = np.array(self.vector, dtype=np.float32)
-        if nudge:
-            vec[0] = np.nextafter(vec[0], np.float32(np.inf))  # one ulp: another digest, the same adapter
+        for _ in range(nudge):
+            vec[0] = np.nextafter(vec[0], np.float32(np.inf))
         return bundle_bytes(vec, self.layout_json, self.settings_json, self.server_state)
 
     def settings(self) -> dict:

@@ -27,7 +27,7 @@ from securefed.client.trainer import Trainer
 from securefed.strategies import StrategySettings, make_strategy
 from securefed.training.config import LoraSettings
 
-pytestmark = pytest.mark.slow
+
 
 
 def crafted(fed: Federation) -> dict[str, tuple[bytes, bytes]]:

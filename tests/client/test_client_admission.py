@@ -12,6 +12,7 @@ from securefed.client.admission import check_payload_size, check_plan, decline_r
 from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
 from securefed.client.guards import GraphGrindingGuard
+from securefed.client.member_state import MemberState
 from securefed.config import parse_model
 from securefed.errors import InvalidMessage, ProtocolAbort
 from securefed.protocol.plan import seal_plan
@@ -41,8 +42,12 @@ def _plan(mode=pb.AGGREGATION_MODE_SECAGG, n=4, t=3, neighbours=0, members=None)
 LORA = LoraSettings(rank=4, alpha=8.0)
 
 
+def _guard(limit: int) -> GraphGrindingGuard:
+    return GraphGrindingGuard(MemberState(":memory:", "federation"), limit)
+
+
 def _reason(plan, config=None, lora=LORA, guard=None):
-    return decline_reason(plan, lora, config or _config(), "digest", guard or GraphGrindingGuard(2))
+    return decline_reason(plan, lora, config or _config(), guard or _guard(2))
 
 
 def test_a_plan_within_every_rule_is_taken():
@@ -68,10 +73,10 @@ def test_lora_expectation_and_graph_guard_decline():
     cfg = parse_model(ClientConfig, {**_config().model_dump(mode="json"), "lora": {"rank": 8, "alpha": 8.0}})
     assert "differ from this member's [lora]" in _reason(_plan(), cfg)
     assert _reason(_plan(), cfg, LoraSettings(rank=8, alpha=8.0)) is None
-    guard = GraphGrindingGuard(1)
+    guard = _guard(1)
     sparse = _plan(neighbours=2)
     assert _reason(sparse, guard=guard) is None
-    guard.joined("digest", 1)  # one sparse session for this adapter ended before release
+    guard.joined(1)  # one sparse session in this federation round ended before release
     assert "graph-grinding guard" in _reason(sparse, guard=guard)
     assert _reason(_plan(neighbours=0), guard=guard) is None  # the complete graph is not limited
 
