@@ -23,6 +23,7 @@ from securefed.client.member_state import MemberState
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.crypto.keys import verify_signature
 from securefed.errors import CryptoError, ProtocolAbort
+from securefed.fsutil import check_secret_file
 from securefed.protocol import ckks as wire
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as secagg_pb
@@ -32,6 +33,7 @@ class MemberKey:
     """The federation's secret CKKS context, read once, checked against each plan."""
 
     def __init__(self, secret_context: Path) -> None:
+        check_secret_file(secret_context, "CKKS secret context")  # at start-up: one line, not a late failure
         self.path = secret_context
         self._ctx: he.ClientContext | None = None
 
@@ -44,7 +46,7 @@ class MemberKey:
                          and p.global_scale_bits == c.global_scale_bits), None)
             if name is None:
                 raise ProtocolAbort("the plan names CKKS parameters this client does not know")
-            self._ctx = he.ClientContext.from_secret_bytes(self.path.read_bytes(), name)
+            self._ctx = he.load_secret_context(self.path, name)
         if not hmac.compare_digest(hashlib.sha256(self._ctx.public_bytes()).digest(),
                                    bytes(plan.ckks.public_context_sha256)):
             raise ProtocolAbort("the server's CKKS context is not this federation's (public context digest differs)")
