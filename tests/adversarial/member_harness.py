@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from safetensors.numpy import save
@@ -24,7 +25,7 @@ from securefed.client.connection import Connection, Download
 from securefed.client.daemon import ClientDaemon
 from securefed.client.hooks import MemberHooks
 from securefed.client.pull_loop import serve
-from securefed.federation import provision
+from securefed.federation import ensure_tiny_model, provision
 from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
 from securefed.protocol.plan import seal_plan
 from securefed.server.app import initial_adapter
@@ -32,6 +33,12 @@ from securefed.server.config import load_server_config
 from securefed.strategies import make_strategy
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """One tiny preset model per test session (import this fixture into the test module)."""
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
 
 # One tiny DP-SGD step a round: the tests here are about what the member accepts, not about training.
 TINY_TRAINING = {"steps": 1, "batch_size": 4, "max_seq_len": 16, "clipping": "hooks"}

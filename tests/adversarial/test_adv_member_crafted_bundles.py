@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 import pytest
-from member_harness import Federation, bundle_bytes, offer, run
+from member_harness import Federation, bundle_bytes, offer, run, tiny_model  # noqa: F401 (fixture)
 from pydantic import ValidationError
 
 from securefed.client.bundle_check import decode_global, federation_settings

@@ -16,7 +16,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from member_harness import Federation, offer, run
+from member_harness import Federation, offer, run, tiny_model  # noqa: F401 (fixture)
 
 from securefed import he
 from securefed.client.ckks_session import CkksSession, MemberKey
