@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from securefed.errors import CryptoError, InvalidInput, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
+from securefed.errors import CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
 from securefed.logs import get_logger, log
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -26,8 +26,9 @@ EXIT_DONE = 0
 EXIT_SERVER_UNREACHABLE = 3
 # After a refused message the server may hand out the same task until its stage closes: do not spin on it.
 REFUSED_PAUSE_S = 0.5
-# What a message from the server can raise when it fails a check (untrusted input, never a local fault).
-SESSION_ENDING = (InvalidMessage, ProtocolAbort, CryptoError, InvalidInput)
+# What a message from the server raises when it fails a check (the daemon converts what the server's input
+# can trigger into these; a local mistake, e.g. malformed training data, stays a one-line exit).
+SESSION_ENDING = (InvalidMessage, ProtocolAbort, CryptoError)
 
 
 def serve(daemon: ClientDaemon) -> int:

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from securefed.client.bundle_check import decode_global, federation_settings
 from securefed.client.config import load_client_config
-from securefed.errors import CryptoError, InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.client.pull_loop import SESSION_ENDING
+from securefed.errors import InvalidMessage, SecureFedError
 from securefed.protocol.bundle import decode_bundle
 from securefed.client.trainer import Trainer
 from securefed.strategies import StrategySettings, make_strategy
@@ -98,9 +99,8 @@ def test_control_the_crafted_bundles_break_the_unhardened_decoding(tmp_path, tin
             escaped[name] = exc
     assert set(escaped) == {"lora-rank-negative", "strategy-unknown", "lora-unknown-module", "weight-nan",
                             "layout-not-json"}
-    # The pull loop before this fix ended a session only on these; everything else took the daemon down.
-    legacy_caught = (InvalidMessage, ProtocolAbort, CryptoError)
-    assert not any(isinstance(e, legacy_caught) for e in escaped.values()), escaped
+    # The pull loop ends a session only on these; anything else ends the daemon.
+    assert not any(isinstance(e, SESSION_ENDING) for e in escaped.values()), escaped
     # ... and the member's decoding turns each into InvalidMessage before anything is trained.
     for name in escaped:
         if name == "lora-unknown-module":  # only the base model can tell: the daemon wraps loading it
