@@ -36,7 +36,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, model_validator
 
 from securefed.config import StrictModel, format_validation_error, load_toml
-from securefed.errors import InsecureParameters
+from securefed.errors import ConfigError, InsecureParameters
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.strategies import make_strategy
 from securefed.strategies.config import StrategySettings
@@ -119,6 +119,10 @@ class ServerConfig(StrictModel):
     def check_safety(self, source: str = "<config>") -> None:
         """Refuse setups that silently weaken the guarantees (InsecureParameters naming the key)."""
         fed = self.federation
+        try:
+            self.payload_bound()  # the strategy's own checks, named by file (the secagg clip comes from it)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         if fed.mode is AggregationMode.PLAINTEXT and not fed.allow_plaintext_for_debugging:
             raise InsecureParameters(
                 f"{source}: federation.mode: 'plaintext' shows every update to the server; use 'secagg' "
