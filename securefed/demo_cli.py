@@ -120,11 +120,14 @@ def _demo(args: argparse.Namespace) -> int:
     logs = out / "logs"
     ledgers = out / "ledgers"
     from securefed.federation import provision, set_client_server
+    from securefed.secagg.params import suggest_threshold
 
     _say(f"provisioning: CA + certificates, {user_model or 'tiny preset model'}, {args.clients} members, "
          f"mode={args.mode} -> {out}")
     n = args.clients
-    threshold = n // 2 + 1
+    # secagg: the smallest threshold a member with the default max_colluding_members (1) accepts;
+    # ckks: a strict majority of the members.
+    threshold = suggest_threshold(n) if args.mode == "secagg" else n // 2 + 1
     names = [f"member-{i + 1}" for i in range(n)]
     p = provision(
         work, n, mode=args.mode, rounds=args.rounds, threshold=threshold, target_epsilon=args.epsilon,

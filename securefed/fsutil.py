@@ -1,10 +1,14 @@
-"""Crash-safe file writes: the one write-then-rename used for keys, checkpoints, ledger exports and reports."""
+"""Crash-safe file writes (the one write-then-rename used for keys, checkpoints, ledger exports and
+reports), and the one read of a secret file, refused when group or others can reach it."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
+
+from securefed.errors import ConfigError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -19,12 +23,20 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+SECRET_MODE = 0o600  # the default: a caller that forgets the mode never leaks a secret
+SHARED_MODE = 0o644  # files meant for others: certificates, the public CKKS context, global adapters
+
+
+def atomic_write(path: str | Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a torn one.
 
     The temporary file is created with ``mode`` from its first byte on (a secret is never readable by
-    others, even briefly), fsynced, renamed over ``path``, and the directory is fsynced.
+    others, even briefly), set to exactly ``mode`` whatever the umask, fsynced, renamed over ``path``,
+    and the directory is fsynced. The default is owner-only; pass ``mode=SHARED_MODE`` for files
+    meant to be read by others.
     """
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ValueError(f"mode must be a permission mode such as 0o600, got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # not secret: a unique name
@@ -43,3 +55,37 @@ def atomic_write(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _refuse_shared(path: Path, st: os.stat_result, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{what} {path} is accessible by group/others (mode {mode:o}); run chmod 600 {path}")
+
+
+def check_secret_file(path: str | Path, what: str) -> None:
+    """``ConfigError`` (naming the fix) unless ``path`` is a regular file only its owner can reach."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"missing {what} {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path} ({exc.strerror})") from None
+    _refuse_shared(path, st, what)
+
+
+def read_secret(path: str | Path, what: str) -> bytes:
+    """The bytes of a secret file, checked on the open file itself (no window between check and read)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"missing {what} {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        _refuse_shared(path, os.fstat(fh.fileno()), what)
+        return fh.read()

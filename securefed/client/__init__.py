@@ -7,9 +7,11 @@ the code that must hold against a hostile server does not depend on the server's
 * ``cli``                ``securefed client --config client.toml``
 * ``config``             ``ClientConfig``: the member's client.toml
 * ``daemon``             ``ClientDaemon``: dispatches each task to the parts below, in the order of a round
-* ``pull_loop``          register, long-poll, reconnect with backoff; ends sessions on typed errors
+* ``pull_loop``          register, long-poll, reconnect with backoff; ends sessions on typed errors (security warnings)
 * ``connection``         the stub: unary calls, resumable streamed download/uploads with progress, error mapping
-* ``admission``          pure: plan + bundle + config -> leave (``ProtocolAbort``), decline (reason), or go on
+* ``admission``          pure: plan + bundle + config -> leave (``ProtocolAbort``), decline (reason), or go on; cohort,
+                         threshold and colluder-bound rules together (``cohort_reason``), the base-model rule
+* ``bundle_check``       the global bundle the server sends, decoded as untrusted input (typed errors only)
 * ``budget``             ``BudgetPlanner``: the planned DP event, noise calibration, the guard's memoised verdict
 * ``trainer``            ``Trainer``: base model + LoRA, data, DP-SGD rounds, evaluation, PEFT export
 * ``session``            ``RoundSession``: one attempt as typed state; what protocol adapters share
@@ -17,7 +19,8 @@ the code that must hold against a hostile server does not depend on the server's
 * ``ckks_session``       contribute, confirm one contributor set, decrypt only what was checked
 * ``plaintext_session``  debugging only: the update in clear, when the member opted in
 * ``cohort``             every listed member's certificate against the pinned federation CA
-* ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries
+* ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per federation round
+* ``member_state``       SQLite: last attempt acted on (replays refused), grinding counts, CKKS confirmations
 * ``global_store``       the latest global adapter and SCAFFOLD's client state on disk
 * ``hooks``              ``MemberHooks``: observers tests inject (fault points, releases, outcomes)
 * ``progress``           tqdm on a terminal, clean log lines otherwise

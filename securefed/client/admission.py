@@ -6,14 +6,16 @@ Two verdicts, kept apart:
   identity key for this member, an uncertified cohort member, a payload size the strategy does not
   produce): the member leaves the session without answering.
 * ``decline_reason`` returns why this member, by its own rules, sits a well-formed plan out (cohort or
-  threshold below its minimums, other LoRA settings than it expects, a plaintext round it did not opt
-  into, ...), or None to go on. The member answers with that reason and trains nothing.
+  threshold below its minimums or below what its own ``max_colluding_members`` needs, other LoRA
+  settings than it expects, a plaintext round it did not opt into, ...), or None to go on. The member
+  answers with that reason and trains nothing. ``cohort_reason`` holds the cohort and threshold rules
+  together (threat_models/secure_aggregation.md lists every member-side refusal).
 
 ``base_model_reason`` is the base-model rule, kept as its own function: the plan and the bundle's
 settings both name the fingerprint of the base checkpoint the federation trains; a member whose own
 checkpoint hashes differently declines before training, naming both.
 
-No I/O: everything the rules need is passed in.
+No I/O but the guard's count (read from the member's state): everything else the rules need is passed in.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import hmac
 from cryptography import x509
 
 from securefed.client.cohort import verify_cohort
-from securefed.client.config import ClientConfig
+from securefed.client.config import ClientConfig, ClientSection
 from securefed.client.guards import GraphGrindingGuard
 from securefed.errors import ProtocolAbort
 from securefed.protocol.plan import verify_plan
+from securefed.secagg.params import required_threshold
 from securefed.training.config import LoraSettings
 from securefed.transport._generated import federation_pb2 as pb
 
@@ -70,24 +73,50 @@ def base_model_reason(plan: pb.RoundPlan, settings: dict, mine: str) -> str | No
     return None
 
 
-def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig, adapter_digest: str,
-                   grinding: GraphGrindingGuard) -> str | None:
-    """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
-    c = config.client
+def holders_per_member(plan: pb.RoundPlan) -> int:
+    """m: the share holders of each member's secrets (its SecAgg+ neighbours and itself; n when complete)."""
+    n, k = len(plan.cohort), int(plan.secagg.neighbours)
+    return n if k == 0 or k >= n - 1 else k + 1
+
+
+def cohort_reason(plan: pb.RoundPlan, c: ClientSection) -> str | None:
+    """This member's rules on who and how many: its minimum cohort and threshold, and under secure
+    aggregation the colluder bound 2t >= m + c + 1 for ITS OWN ``max_colluding_members`` (the server's
+    claim plays no part), or a strict majority under CKKS."""
     n, t = len(plan.cohort), int(plan.secagg.threshold)
     if n < c.min_cohort_size or (plan.mode != pb.AGGREGATION_MODE_PLAINTEXT and t < c.min_threshold):
         return (f"cohort of {n} with threshold {t} is below this member's minimums "
                 f"(min_cohort_size {c.min_cohort_size}, min_threshold {c.min_threshold})")
+    if plan.mode == pb.AGGREGATION_MODE_SECAGG:
+        m, cc = holders_per_member(plan), c.max_colluding_members
+        need = required_threshold(m, cc)
+        if t < need or need > m:
+            if cc == 0:
+                return f"threshold {t} is not a strict majority of the {m} share holders per member: needs >= {need}"
+            fix = f"threshold >= {need}" if need <= m else f"more than the {m} share holders listed"
+            return (f"threshold {t} with {m} share holders per member lets {cc} colluding member(s) and the server "
+                    f"rebuild both secrets of one member: this member's max_colluding_members = {cc} needs "
+                    f"2t >= m + c + 1, i.e. {fix}")
+    if plan.mode == pb.AGGREGATION_MODE_CKKS and 2 * t <= n:
+        return f"ckks threshold {t} is not a strict majority of the {n} listed members"
+    return None
+
+
+def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
+                   grinding: GraphGrindingGuard) -> str | None:
+    """Why this member declines ``plan`` (a reason for the server's log), or None to take part."""
+    c = config.client
+    reason = cohort_reason(plan, c)
+    if reason is not None:
+        return reason
     if config.lora is not None and config.lora != lora:
         return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
-    if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows(adapter_digest):
-        return (f"{grinding.unreleased(adapter_digest)} sparse-graph sessions for this adapter ended before this "
-                "member's release: declining more (graph-grinding guard)")
+    if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows():
+        return (f"{grinding.unreleased()} sparse-graph sessions in this federation round ended before this "
+                "member's release: declining more until a round completes (graph-grinding guard)")
     if plan.mode == pb.AGGREGATION_MODE_CKKS:
         if c.ckks_secret_context is None:
             return "mode ckks needs client.ckks_secret_context"
-        if 2 * t <= n:
-            return f"ckks threshold {t} is not a strict majority of the {n} listed members"
     if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT and not c.allow_plaintext_for_debugging:
         return ("the server asked for a plaintext round (it would see this member's update); "
                 "refused: set client.allow_plaintext_for_debugging only for debugging")

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from securefed import he
+from securefed.client.member_state import MemberState
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.crypto.keys import IdentityKeyPair, verify_signature
 from securefed.errors import CryptoError, InvalidMessage, ProtocolAbort
+from securefed.fsutil import check_secret_file
 from securefed.he import tags
 from securefed.protocol import ckks as wire
 from securefed.transport._generated import federation_pb2 as pb
@@ -34,6 +36,7 @@ class MemberKey:
     """The federation's secret CKKS context, read once, checked against each plan."""
 
     def __init__(self, secret_context: Path) -> None:
+        check_secret_file(secret_context, "CKKS secret context")  # at start-up: one line, not a late failure
         self.path = secret_context
         self._ctx: he.ClientContext | None = None
 
@@ -46,7 +49,7 @@ class MemberKey:
                          and p.global_scale_bits == c.global_scale_bits), None)
             if name is None:
                 raise ProtocolAbort("the plan names CKKS parameters this client does not know")
-            self._ctx = he.ClientContext.from_secret_bytes(self.path.read_bytes(), name)
+            self._ctx = he.load_secret_context(self.path, name)
         if not hmac.compare_digest(hashlib.sha256(self._ctx.public_bytes()).digest(),
                                    bytes(plan.ckks.public_context_sha256)):
             raise ProtocolAbort("the server's CKKS context is not this federation's (public context digest differs)")
@@ -149,9 +152,10 @@ class ConfirmedRequest:
 
 
 class CkksSession:
-    def __init__(self, deps: SessionDeps, session: RoundSession, key: MemberKey) -> None:
+    def __init__(self, deps: SessionDeps, session: RoundSession, key: MemberKey, state: MemberState) -> None:
         self.deps = deps
         self.s = session
+        self.state = state  # one confirmed contributor set per attempt, across sessions and restarts
         self.ctx = key.context_for(session.plan)
         self.own: wire.Contribution | None = None
         self.confirmed: ConfirmedRequest | None = None
@@ -177,6 +181,7 @@ class CkksSession:
             raise ProtocolAbort("a second decryption request in one attempt: refused (one contributor set per attempt)")
         items, sum_c0 = checked_contributions(s.plan, s.attempt, parts, self.deps.name, self.own)
         total = check_sum(self.ctx, s.plan, s.attempt, items, sum_c0)
+        self.state.confirm_once(s.attempt, digest)
         self.confirmed = ConfirmedRequest(digest, total)
         sig = self.deps.identity.sign(wire.confirmation_payload(s.plan_digest, s.attempt, digest))
         self.deps.connection.submit(self.deps.connection.header(s.attempt, wire.CkksStage.CONFIRM.wire_stage),

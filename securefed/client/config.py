@@ -37,6 +37,7 @@ from pydantic import Field, model_validator
 from securefed.config import StrictModel, load_toml
 from securefed.errors import ConfigError
 from securefed.privacy.budget import PrivacyBudget
+from securefed.secagg.params import DEFAULT_MAX_COLLUDERS
 from securefed.training.config import LocalTrainingSettings, LoraSettings, ModelSettings
 
 
@@ -60,13 +61,20 @@ class ClientSection(StrictModel):
         "how far dropouts can shrink the sum)"
     )
     min_threshold: int = Field(2, ge=2, description="decline plans whose aggregation threshold t is lower")
+    max_colluding_members: int = Field(
+        DEFAULT_MAX_COLLUDERS, ge=0, le=10_000,
+        description="secure aggregation: how many other members this member assumes may collude with the server; "
+        "it declines any plan whose threshold would let that many rebuild both secrets of one member "
+        "(2t >= m + c + 1 for m share holders), whatever the server claims. 0 trusts every other member",
+    )
     sparse_graph_needs_all_keys: bool = Field(
         True, description="SecAgg+ (sparse graph) only: leave a round unless every listed member's round keys "
         "are in the key broadcast, so the server cannot pick which clients to drop to steer the neighbour graph"
     )
     sparse_graph_max_retries: int = Field(
-        2, ge=1, le=100, description="SecAgg+ only: sparse-graph sessions for one global adapter this member "
-        "joins that end before its release; then it declines more (bounds graph grinding by retries)"
+        2, ge=1, le=100, description="SecAgg+ only: sparse-graph sessions per federation round (counted on disk, "
+        "across restarts) this member joins that end before its release; then it declines more sparse plans until "
+        "a round completes (bounds graph grinding by retries)"
     )
     allow_plaintext_for_debugging: bool = Field(
         False, description="join rounds in which the server sees this member's update in clear (debugging only); "

@@ -2,10 +2,12 @@
 
 Per plan, in this order (each step can end the member's part in the attempt):
 
-1. ``admission.check_plan``: digest, this member's key, a certified cohort; download the global
-   bundle, whose digest must be the plan's (also bound into the secure-aggregation session id);
-2. ``admission.decline_reason``: this member's own rules (minimum cohort and threshold, LoRA settings,
-   graph-grinding guard, mode);
+1. ``admission.check_plan``: digest, this member's key, a certified cohort; an attempt newer than any it
+   acted on (``MemberState``: a replayed plan is refused); download the global bundle, whose digest must
+   be the plan's (also bound into the secure-aggregation session id), decoded as untrusted input
+   (``bundle_check``);
+2. ``admission.decline_reason``: this member's own rules (minimum cohort and threshold, the colluder
+   bound for its own ``max_colluding_members``, LoRA settings, graph-grinding guard, mode);
 3. the budget, *before* training: ``BudgetPlanner.approve`` projects epsilon with this round's DP
    event; if it would pass the budget the member declines, with the reason, and trains nothing;
 4. accept, train the LoRA adapter with DP-SGD (``Trainer``), build the strategy payload;
@@ -13,20 +15,21 @@ Per plan, in this order (each step can end the member's part in the attempt):
    to the ledger (durable) and reporting the signed entry BEFORE the update leaves.
 
 Network failures reconnect with exponential backoff (jittered from a CSPRNG); a session the server
-abandoned (crash, abort) is simply dropped: the next plan starts a fresh one with fresh keys.
+abandoned (crash, abort) is simply dropped: the next plan starts a fresh one with fresh keys. Anything the
+server sends that fails to decode or check is a typed error that ends that session only (``pull_loop``).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import logging
 import threading
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 
-from securefed.client import admission
+from securefed.client import admission, bundle_check
 from securefed.client.budget import BudgetPlanner
 from securefed.client.ckks_session import CkksSession, MemberKey
 from securefed.client.cohort import load_ca
@@ -35,21 +38,29 @@ from securefed.client.connection import Connection
 from securefed.client.global_store import GlobalStore
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.hooks import MemberHooks
+from securefed.client.member_state import MemberState, federation_key
 from securefed.client.plaintext_session import send_plaintext
 from securefed.client.pull_loop import serve
 from securefed.client.secagg_session import SecAggSession
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.client.trainer import Trainer
 from securefed.crypto.keys import IdentityKeyPair
-from securefed.errors import BudgetExceeded, ConfigError, InvalidMessage, ProtocolAbort, SecureFedError
+from securefed.errors import (
+    BudgetExceeded,
+    ConfigError,
+    InvalidInput,
+    InvalidMessage,
+    ModelError,
+    ProtocolAbort,
+    SecureFedError,
+)
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.privacy.events import event_from_training
 from securefed.privacy.ledger import Ledger
-from securefed.protocol.bundle import Bundle, decode_bundle
+from securefed.protocol.bundle import Bundle
 from securefed.protocol.plan import cohort_ids
 from securefed.protocol.stages import SECAGG_TASK_STAGE
-from securefed.strategies import StrategySettings, make_strategy
 from securefed.training.config import LoraSettings
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
@@ -77,7 +88,10 @@ class ClientDaemon:
         self.connection = Connection(config, stop=self.stop_event)
         self.trainer = Trainer(config)
         self.store = GlobalStore(self.state_dir)
-        self.grinding = GraphGrindingGuard(config.client.sparse_graph_max_retries)
+        self.member_state = MemberState(self.state_dir / "member_state.sqlite",
+                                        federation_key(self.ca.public_bytes(serialization.Encoding.DER)))
+        self.grinding = GraphGrindingGuard(self.member_state, config.client.sparse_graph_max_retries)
+        self._refused_attempt = 0
         self.ckks_key = MemberKey(config.client.ckks_secret_context) if config.client.ckks_secret_context else None
         self.deps = SessionDeps(self.connection, self.identity, self.name, self._fault, self._record_release)
         self._budget: BudgetPlanner | None = None
@@ -101,6 +115,7 @@ class ClientDaemon:
     def close(self) -> None:
         self.connection.close()
         self.ledger.close()
+        self.member_state.close()
 
     def prepare(self) -> None:
         """Before joining: fingerprint the base model, check a step fits the memory cap, tokenize the
@@ -157,30 +172,34 @@ class ClientDaemon:
     def _on_plan(self, plan: pb.RoundPlan) -> None:
         admission.check_plan(plan, self.name, self.identity.public_bytes(), self.ca)
         attempt = int(plan.round)
+        if self.session is not None and self.session.attempt == attempt:
+            self.stop_event.wait(0.5)  # the plan of the session it is in, handed out again: answered already
+            return
+        if attempt <= self.member_state.last_attempt():
+            return self._refuse_replay(attempt)
         ids = cohort_ids(plan)
         log(logger, "round plan received", attempt=attempt, mode=admission.MODE_NAMES[plan.mode],
             cohort=[m.client_id for m in plan.cohort], global_digest=plan.global_adapter_sha256.hex()[:16])
         bundle = self._global_for(attempt, bytes(plan.global_adapter_sha256))
-        settings = _bundle_settings(bundle)
-        strategy = make_strategy(StrategySettings.model_validate(settings["strategy"]), dim=bundle.vector.size)
-        self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, strategy)
+        fed = bundle_check.federation_settings(bundle)
+        self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, fed.strategy)
         self.protocol = None
-        admission.check_payload_size(plan, strategy.payload_size)
-        lora = LoraSettings.model_validate(settings["lora"])
-        reason = (admission.base_model_reason(plan, settings, self.trainer.base_fingerprint())
-                  or admission.decline_reason(plan, lora, self.config, bundle.digest, self.grinding))
+        admission.check_payload_size(plan, fed.strategy.payload_size)
+        reason = (admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+                  or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
         if reason is not None:
             return self._decline(reason)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
         try:
-            self.trainer.load_global(lora, bundle)
+            self._load_global(fed.lora, bundle)
         except ConfigError as exc:  # e.g. the federation's adapter does not fit this member's max_memory_gb
             return self._decline(str(exc))
         try:
             s.approved, projection = self.budget.approve(attempt)
         except (BudgetExceeded, ConfigError) as exc:
             return self._decline(f"privacy budget: {exc}")
+        self.member_state.act_on(attempt)  # durable before it answers: this plan can never be acted on again
         self.connection.submit(self.connection.header(attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=True))
         log(logger, "accepted the round", attempt=attempt, noise_multiplier=round(s.approved.noise_multiplier, 4),
@@ -190,10 +209,11 @@ class ClientDaemon:
         payload = self._train(s)
         if plan.mode == pb.AGGREGATION_MODE_SECAGG:
             self.protocol = SecAggSession(self.deps, s, self.grinding,
-                                          needs_all_keys=self.config.client.sparse_graph_needs_all_keys)
+                                          needs_all_keys=self.config.client.sparse_graph_needs_all_keys,
+                                          max_colluders=self.config.client.max_colluding_members)
             self.protocol.start(payload)
         elif plan.mode == pb.AGGREGATION_MODE_CKKS:
-            self.protocol = CkksSession(self.deps, s, self.ckks_key)
+            self.protocol = CkksSession(self.deps, s, self.ckks_key, self.member_state)
             self.protocol.contribute(payload)
         else:
             send_plaintext(self.deps, s, payload)
@@ -208,14 +228,29 @@ class ClientDaemon:
         got = self.connection.download(attempt)
         if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
             raise InvalidMessage("expected the global adapter bundle")
-        bundle = decode_bundle(got.parts[0], "global adapter from the server")
+        bundle = bundle_check.decode_global(got.parts[0])
         if expected_digest is not None and not hmac.compare_digest(bytes.fromhex(bundle.digest), expected_digest):
             raise ProtocolAbort("the global adapter the server sent does not match the plan's digest")
         return bundle
 
+    def _load_global(self, lora: LoraSettings, bundle: Bundle) -> None:
+        try:
+            self.trainer.load_global(lora, bundle)
+        except (ModelError, InvalidInput) as exc:  # the server's LoRA settings or adapter do not fit the base model
+            raise InvalidMessage(f"the federation's global adapter does not fit this member's base model: {exc}") from None
+
+    def _refuse_replay(self, attempt: int) -> None:
+        if attempt != self._refused_attempt:  # the server re-offers a plan until its stage closes: log it once
+            self._refused_attempt = attempt
+            log(logger, "security: refused a replayed plan", level=logging.WARNING, attempt=attempt,
+                last_attempt_acted_on=self.member_state.last_attempt())
+            self.hooks.outcome(attempt, "refused", reason="replayed plan")
+        self.stop_event.wait(0.5)
+
     def _decline(self, reason: str) -> None:
         s = self.session
         assert s is not None
+        self.member_state.act_on(s.attempt)
         self.connection.submit(self.connection.header(s.attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=False, decline_reason=reason[:300]))
         self.hooks.outcome(s.attempt, "declined", reason=reason)
@@ -225,8 +260,11 @@ class ClientDaemon:
     def _train(self, s: RoundSession) -> np.ndarray:
         """DP-SGD from the global adapter; the event that ran is checked against what was approved."""
         assert s.approved is not None
-        payload, result = self.trainer.train(s.strategy, s.bundle, s.approved.noise_multiplier, s.attempt,
-                                             self.store.client_state_path)
+        try:
+            payload, result = self.trainer.train(s.strategy, s.bundle, s.approved.noise_multiplier, s.attempt,
+                                                 self.store.client_state_path)
+        except (ModelError, InvalidInput) as exc:  # e.g. diverged from the global adapter it was sent
+            raise InvalidMessage(f"training from the federation's global adapter failed: {exc}") from None
         s.client_state = payload.client_state
         p = self.config.privacy
         s.event = event_from_training(result, client_id=self.name, round_id=s.attempt, delta=p.delta,
@@ -259,17 +297,24 @@ class ClientDaemon:
             if self._live(task, CkksSession) and s.released and not p.decrypted:
                 p.confirm(bytes(task.aggregate_ready.sha256), got.parts)
             return
-        bundle = decode_bundle(got.parts[0], "global adapter from the server")
+        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
+            raise InvalidMessage("expected the new global adapter bundle")
+        bundle = bundle_check.decode_global(got.parts[0])
         if not hmac.compare_digest(bytes.fromhex(bundle.digest), bytes(task.aggregate_ready.sha256)):
             raise ProtocolAbort("new global adapter does not match its announced digest")
         self.store.keep(bundle, got.round)
+        self.member_state.round_completed(int(got.round))  # a new federation round for the grinding guard
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
         if mine:
             if s.client_state is not None:
                 self.store.save_client_state(s.client_state)  # SCAFFOLD c_i advances only with a committed round
             self.session, self.protocol = None, None
-        ppl = self.trainer.evaluate(bundle)
+        try:
+            ppl = self.trainer.evaluate(bundle)
+        except (ModelError, InvalidInput) as exc:
+            ppl = None
+            log(logger, "could not evaluate the new global adapter", error=str(exc))
         fields = {"heldout_ppl": ppl} if ppl is not None else {}
         self.hooks.outcome(task.round, "completed", round=got.round, digest=bundle.digest, participated=participated,
                            **fields)
@@ -281,6 +326,7 @@ class ClientDaemon:
         try:
             if self.store.latest is None or done.final_round != self.store.latest_round():
                 self.store.keep(self._fetch_global(0, None), int(done.final_round))
+                self.member_state.round_completed(int(done.final_round))
         except SecureFedError as exc:
             log(logger, "could not fetch the final adapter", error=str(exc))
         peft_dir = None
@@ -298,12 +344,3 @@ class ClientDaemon:
         fault_point(f"client:{point}", attempt)
         self.hooks.at(point, attempt)
 
-
-def _bundle_settings(bundle: Bundle) -> dict:
-    try:
-        settings = json.loads(bundle.settings_json)
-        if not isinstance(settings, dict) or not {"lora", "strategy"} <= settings.keys():
-            raise ValueError
-    except (ValueError, RecursionError):
-        raise InvalidMessage("the global bundle's federation settings are malformed") from None
-    return settings

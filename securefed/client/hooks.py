@@ -22,4 +22,5 @@ class MemberHooks:
         """The plaintext update this member is about to protect and release (after its ledger entry)."""
 
     def outcome(self, attempt: int, outcome: str, **fields: object) -> None:
-        """What became of an attempt, for this member: ``declined``, ``aborted`` or ``completed``."""
+        """What became of an attempt, for this member: ``declined``, ``aborted``, ``completed``, or
+        ``refused`` (a replayed plan, not acted on)."""

@@ -2,11 +2,14 @@
 
 A lost server is retried with exponential backoff, jittered from a CSPRNG, until
 ``connection.give_up_after_s`` (exit 3); a session the server refused or a protocol check ended is
-dropped, and the loop keeps serving: the next plan starts afresh with fresh keys.
+dropped, and the loop keeps serving: the next plan starts afresh with fresh keys. Whatever the server
+sends that fails to decode or check (a crafted bundle, plan or stage message) raises one of the typed
+errors below, is logged as a security warning, and ends that session only; it never ends the daemon.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -21,6 +24,11 @@ logger = get_logger("client")
 
 EXIT_DONE = 0
 EXIT_SERVER_UNREACHABLE = 3
+# After a refused message the server may hand out the same task until its stage closes: do not spin on it.
+REFUSED_PAUSE_S = 0.5
+# What a message from the server raises when it fails a check (the daemon converts what the server's input
+# can trigger into these; a local mistake, e.g. malformed training data, stays a one-line exit).
+SESSION_ENDING = (InvalidMessage, ProtocolAbort, CryptoError)
 
 
 def serve(daemon: ClientDaemon) -> int:
@@ -58,10 +66,12 @@ def serve(daemon: ClientDaemon) -> int:
         except NotRegistered as exc:  # the server restarted or forgot us: register again
             daemon.drop_session(str(exc))
             registered = False
-        except (InvalidMessage, ProtocolAbort, CryptoError) as exc:
-            # The server refused one of our messages, or the protocol failed a check: this session is
+        except SESSION_ENDING as exc:
+            # The server refused one of our messages, or what it sent failed a check: this session is
             # over for us. Keep serving; the next plan starts fresh.
-            log(logger, "session ended", reason=str(exc))
+            log(logger, "security: session ended on a refused message", level=logging.WARNING,
+                error=type(exc).__name__, reason=str(exc), attempt=daemon.current_attempt())
             daemon.drop_session(str(exc))
+            daemon.stop_event.wait(REFUSED_PAUSE_S)
     log(logger, "client stopped", client=daemon.name)
     return EXIT_DONE  # stopped on request (SIGTERM/SIGINT): not a failure

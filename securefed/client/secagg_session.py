@@ -25,7 +25,7 @@ from securefed.transport._generated import federation_pb2 as pb
 
 class SecAggSession:
     def __init__(self, deps: SessionDeps, session: RoundSession, grinding: GraphGrindingGuard, *,
-                 needs_all_keys: bool) -> None:
+                 needs_all_keys: bool, max_colluders: int) -> None:
         self.deps = deps
         self.s = session
         self.grinding = grinding
@@ -37,7 +37,7 @@ class SecAggSession:
             if setup.model_hash != bytes(plan.global_adapter_sha256) or setup.plan != plan_bytes(plan):
                 raise ProtocolAbort("round setup does not match the plan this client accepted")
 
-        self.client = sa.SecAggClient(session.me, deps.identity, accept_setup=accept)
+        self.client = sa.SecAggClient(session.me, deps.identity, accept_setup=accept, max_colluders=max_colluders)
 
     def start(self, payload: np.ndarray) -> None:
         """Take the update as input and advertise this round's keys."""
@@ -48,7 +48,7 @@ class SecAggSession:
         self.client.set_input(self.payload)
         adv = self.client.handle(setup)
         if self.sparse:
-            self.grinding.joined(s.bundle.digest, s.attempt)
+            self.grinding.joined(s.attempt)
         self.deps.fault("before_advertise", s.attempt)
         self._submit(pb.STAGE_ADVERTISE_KEYS, adv.session_id, advertise_keys=wire.advertise_to_pb(adv, s.ids))
 
@@ -75,6 +75,7 @@ class SecAggSession:
             self.deps.record_release(s, self.payload)  # ledger first: nothing has left the member yet
             self.payload = None
             bits, data = wire.masked_to_bytes(masked)
+            self._submit(stage, masked.session_id, masked_input_signature=wire.masked_with_to_pb(masked, ids))
             self.deps.connection.upload_masked(self._header(stage, masked.session_id), bits, data)
             s.released = True
             self.grinding.released(s.attempt)

@@ -24,6 +24,7 @@ _LAZY = {
     "ClientContext": "securefed.he.keys",
     "ServerContext": "securefed.he.keys",
     "generate_client_context": "securefed.he.keys",
+    "load_secret_context": "securefed.he.keys",
     "ServerAggregator": "securefed.he.aggregate",
     "EncryptedVector": "securefed.he.vector",
     "EncryptedSum": "securefed.he.vector",

@@ -9,12 +9,14 @@
 * ``ServerContext`` is built from ``ClientContext.public_bytes()``: encryption parameters only, no
   key of any kind. Loading refuses bytes that carry a secret key.
 * Both sides pin a named parameter set and refuse a context that deviates from it.
+* ``load_secret_context`` reads the secret context only from a file no group or other can reach.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,6 +25,7 @@ import tenseal.sealapi as sealapi
 
 from securefed.crypto.prg import stream_at
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.fsutil import read_secret
 from securefed.he import _seal, tags
 from securefed.he.params import DEFAULT_PARAMS_NAME, CkksParams, get_params
 from securefed.he.vector import (
@@ -276,6 +279,12 @@ class ClientContext:
                 "another key or corrupted; no aggregate is released"
             )
         return out[:length]
+
+
+def load_secret_context(path: str | Path, params: CkksParams | str) -> ClientContext:
+    """The federation's secret context from a file only its owner can read (``ConfigError`` otherwise,
+    as for identity keys): whoever reads it can decrypt every member's update."""
+    return ClientContext.from_secret_bytes(read_secret(path, "CKKS secret context"), params)
 
 
 def generate_client_context(params: CkksParams | str = DEFAULT_PARAMS_NAME) -> ClientContext:

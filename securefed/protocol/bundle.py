@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from securefed.errors import CheckpointError, InvalidMessage
-from securefed.fsutil import atomic_write
+from securefed.fsutil import SHARED_MODE, atomic_write
 
 TENSOR_NAME = "adapter"
 STATE_TENSOR = "server_state"
@@ -62,7 +62,7 @@ def write_adapter_file(path: Path, vector: np.ndarray, layout_json: str, extra: 
                        settings_json: str = "", server_state: np.ndarray | None = None) -> str:
     """Write the bundle to ``path`` atomically (temp file, fsync, rename, fsync dir); return the digest."""
     data, digest = encode_bundle(vector, layout_json, settings_json, server_state, extra)
-    atomic_write(path, data)
+    atomic_write(path, data, mode=SHARED_MODE)  # the federation's model: meant to be shared
     return digest
 
 

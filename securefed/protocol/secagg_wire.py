@@ -55,14 +55,20 @@ def _enc_share_to_pb(s: sa.EncryptedShare, ids: CohortIds) -> spb.EncryptedShare
     return spb.EncryptedShare(from_client_id=ids.name_of(s.sender), to_client_id=ids.name_of(s.receiver), ciphertext=s.ciphertext)
 
 
-def masked_from_bytes(data: bytes, ring_bits: int, expected_len: int, session: bytes, client: int) -> sa.MaskedInput:
+def masked_from_bytes(data: bytes, ring_bits: int, expected_len: int, session: bytes, client: int,
+                      signature: bytes) -> sa.MaskedInput:
     dt = RING_DTYPES.get(ring_bits)
     if dt is None:
         raise InvalidMessage(f"ring_bits must be 32 or 64, got {ring_bits}")
     if len(data) != expected_len * dt.itemsize:
         raise InvalidMessage(f"masked input is {len(data)} bytes, the round expects {expected_len * dt.itemsize}")
     vec = np.frombuffer(data, dtype=dt).astype(dt.newbyteorder("="), copy=True)
-    return sa.MaskedInput(session_id=bytes(session), stage=sa.Stage.MASKED_INPUT, client_id=client, masked=vec)
+    return sa.MaskedInput(session_id=bytes(session), stage=sa.Stage.MASKED_INPUT, client_id=client, masked=vec,
+                          signature=bytes(signature))
+
+
+def masked_with_to_pb(m: sa.MaskedInput | sa.MaskedWith, ids: CohortIds) -> spb.SecAggMaskedWith:
+    return spb.SecAggMaskedWith(client_id=ids.name_of(m.client_id), signature=m.signature)
 
 
 def masked_to_bytes(m: sa.MaskedInput) -> tuple[int, bytes]:
@@ -118,12 +124,18 @@ def share_delivery_from_pb(m: spb.ShareDelivery, session: bytes, recipient: int,
 
 
 def survivors_to_pb(m: sa.SurvivorList, ids: CohortIds) -> spb.SurvivorList:
-    return spb.SurvivorList(survivors=[ids.name_of(i) for i in m.survivors])
+    return spb.SurvivorList(survivors=[ids.name_of(i) for i in m.survivors],
+                            share_senders=[ids.name_of(i) for i in m.share_senders],
+                            masked_with=[masked_with_to_pb(w, ids) for w in m.masked_with])
 
 
 def survivors_from_pb(m: spb.SurvivorList, session: bytes, ids: CohortIds) -> sa.SurvivorList:
+    attested = sorted((sa.MaskedWith(ids.int_of(w.client_id), bytes(w.signature)) for w in m.masked_with),
+                      key=lambda w: w.client_id)
     return sa.SurvivorList(session_id=bytes(session), stage=sa.Stage.CONSISTENCY,
-                           survivors=tuple(sorted(ids.int_of(s) for s in m.survivors)))
+                           survivors=tuple(sorted(ids.int_of(s) for s in m.survivors)),
+                           share_senders=tuple(sorted(ids.int_of(s) for s in m.share_senders)),
+                           masked_with=tuple(attested))
 
 
 def unmask_request_to_pb(m: sa.UnmaskRequest, ids: CohortIds) -> spb.UnmaskRequest:

@@ -31,6 +31,7 @@ SECAGG_TASK_STAGE: dict[str, int] = {
 SECAGG_RESULT_STAGE: dict[str, int] = {
     "advertise_keys": pb.STAGE_ADVERTISE_KEYS,
     "share_keys": pb.STAGE_SHARE_KEYS,
+    "masked_input_signature": pb.STAGE_MASKED_INPUT,  # then the masked vector itself, streamed
     "consistency_signature": pb.STAGE_CONSISTENCY_CHECK,
     "unmask_response": pb.STAGE_UNMASK,
 }

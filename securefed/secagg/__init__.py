@@ -19,6 +19,7 @@ from securefed.secagg.messages import (
     EncryptedShare,
     KeyBroadcast,
     MaskedInput,
+    MaskedWith,
     RevealedShare,
     RoundSetup,
     ServerMessage,
@@ -31,17 +32,24 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from securefed.secagg.params import SecAggParams, suggest_neighbour_degree, suggest_params, suggest_threshold
+from securefed.secagg.params import (
+    DEFAULT_MAX_COLLUDERS,
+    SecAggParams,
+    required_threshold,
+    suggest_neighbour_degree,
+    suggest_params,
+    suggest_threshold,
+)
 from securefed.secagg.server import AggregateResult, SecAggServer
 from securefed.secagg.session import NeighbourGraph, plan_digest, session_id
 from securefed.secagg.simulation import OnClientAbort, SimulatedRound, SimulationOutcome, make_identities, simulate_round
 
 __all__ = [
-    "CLIENT_MESSAGE_TYPES", "SERVER_MESSAGE_TYPES", "AdvertiseKeys", "AdvertisedKeys", "AggregateResult",
+    "CLIENT_MESSAGE_TYPES", "DEFAULT_MAX_COLLUDERS", "SERVER_MESSAGE_TYPES", "AdvertiseKeys", "AdvertisedKeys", "AggregateResult",
     "ClientMessage", "ClientStage", "ClientStats", "CohortMember", "ConsistencySignature", "EncryptedShare",
-    "KeyBroadcast", "MaskedInput", "NeighbourGraph", "OnClientAbort", "RevealedShare", "RoundSetup",
+    "KeyBroadcast", "MaskedInput", "MaskedWith", "NeighbourGraph", "OnClientAbort", "RevealedShare", "RoundSetup",
     "SecAggClient", "SecAggParams", "SecAggServer", "ServerMessage", "ServerStage", "ShareDelivery", "ShareKeys",
     "ShareKind", "SignedSurvivors", "SimulatedRound", "SimulationOutcome", "Stage", "SurvivorList", "UnmaskRequest",
-    "UnmaskResponse", "make_identities", "plan_digest", "session_id", "simulate_round", "suggest_neighbour_degree",
+    "UnmaskResponse", "make_identities", "plan_digest", "required_threshold", "session_id", "simulate_round", "suggest_neighbour_degree",
     "suggest_params", "suggest_threshold",
 ]

@@ -54,12 +54,13 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from securefed.secagg.params import SecAggParams
+from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.secagg.session import (
     SELF_MASK_PURPOSE,
     NeighbourGraph,
     advertise_payload,
     consistency_payload,
+    masked_with_payload,
     plan_digest,
     session_id,
 )
@@ -154,17 +155,23 @@ class SecAggClient:
 
     Optional ``expected`` hooks let the caller pin what it agreed to (e.g. the model hash it
     trained on): ``accept_setup(setup) -> None`` may raise ``ProtocolAbort``/``InsecureParameters``.
+    ``max_colluders`` is this client's own assumption of how many members may collude with the
+    server; it refuses any threshold with 2t < m + c + 1, whatever the server says.
     """
 
     def __init__(self, client_id: int, identity: IdentityKeyPair, *,
-                 accept_setup: Callable[[RoundSetup], None] | None = None) -> None:
+                 accept_setup: Callable[[RoundSetup], None] | None = None,
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS) -> None:
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < 2**63:
             raise InvalidInput(f"client_id must be an integer in [0, 2^63 - 1], got {client_id!r}")
         if not isinstance(identity, IdentityKeyPair):
             raise InvalidInput("identity must be an IdentityKeyPair")
+        if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
+            raise InvalidInput(f"max_colluders must be an integer >= 0, got {max_colluders!r}")
         self.client_id = client_id
         self._identity = identity
         self._accept_setup = accept_setup
+        self._max_colluders = max_colluders
         self._stage = ClientStage.AWAIT_SETUP
         self._input: np.ndarray | None = None
         self._stats: ClientStats | None = None
@@ -180,8 +187,9 @@ class SecAggClient:
         self._graph: NeighbourGraph | None = None
         self._own_shares: tuple[Share, Share] | None = None  # my shares of my own b_u and s_sk_u
         self._held: dict[int, tuple[Share, Share]] = {}  # neighbour -> (share of b, share of s_sk)
-        self._u2_neighbours: frozenset[int] = frozenset()
+        self._u2_neighbours: frozenset[int] = frozenset()  # neighbours whose shares were delivered to it
         self._signed_survivors: tuple[int, ...] | None = None
+        self._signed_senders: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
         self._b_u = b""
         self._enc_keys: dict[int, bytes] = {}  # neighbour -> share-encryption key k_uv
@@ -287,7 +295,7 @@ class SecAggClient:
         except ValidationError as exc:
             self._abort(f"refusing invalid parameters: {format_validation_error('round setup', exc)}")
         try:
-            params.check_cohort(len(msg.cohort))
+            params.check_cohort(len(msg.cohort), max_colluders=self._max_colluders)
         except InsecureParameters as exc:
             self._abort(f"refusing insecure parameters: {exc}")
         if msg.neighbour_degree != 0 and msg.neighbour_degree >= len(msg.cohort) - 1:
@@ -395,36 +403,55 @@ class SecAggClient:
         self._enc_keys = {}
         self._stats = ClientStats(clipped=clipped, neighbours_masked=len(u2), upload_bytes=int(acc.nbytes))
         self._stage = ClientStage.AWAIT_SURVIVORS
-        return MaskedInput(sid, Stage.MASKED_INPUT, me, acc)
+        # Binds whom this client masked with: a holder that is not listed never reveals its self-mask share.
+        sig = self._identity.sign(masked_with_payload(sid, me, tuple(sorted(u2))))
+        return MaskedInput(sid, Stage.MASKED_INPUT, me, acc, sig)
 
     def _on_survivors(self, msg: SurvivorList) -> ConsistencySignature:
+        self._check_survivor_view(msg)
+        self._signed_survivors, self._signed_senders = msg.survivors, msg.share_senders
+        sig = self._identity.sign(consistency_payload(self._session_id, msg.share_senders, msg.survivors))
+        self._stage = ClientStage.AWAIT_UNMASK
+        return ConsistencySignature(self._session_id, Stage.CONSISTENCY, self.client_id, sig)
+
+    def _check_survivor_view(self, msg: SurvivorList) -> None:
+        """Before signing: U3 and U2 agree with every set this client acted on, and each surviving
+        neighbour masked with this client (its signed masked-with list names it)."""
         assert self._graph is not None
-        me = self.client_id
-        survivors = set(msg.survivors)
+        me, graph = self.client_id, self._graph
+        survivors, senders = set(msg.survivors), set(msg.share_senders)
         if me not in survivors:
             self._abort("the survivor list omits this client, which sent its masked input")
-        if not survivors <= set(self._keys):
-            self._abort("the survivor list names clients that never advertised keys")
+        if not survivors <= senders or not senders <= set(self._keys):
+            self._abort("the survivor list names clients that never sent shares or never advertised keys")
         if len(survivors) < self._t:
             self._abort(f"only {len(survivors)} survivors, fewer than the threshold {self._t}")
-        bad = (survivors & self._graph.of(me)) - self._u2_neighbours
-        if bad:
-            self._abort(f"survivor {min(bad)} never sent this client its shares")
-        self._signed_survivors = msg.survivors
-        sig = self._identity.sign(consistency_payload(self._session_id, msg.survivors))
-        self._stage = ClientStage.AWAIT_UNMASK
-        return ConsistencySignature(self._session_id, Stage.CONSISTENCY, me, sig)
+        if (senders & graph.of(me)) != self._u2_neighbours:
+            # Shares withheld from this client (or a sender made up): it masked with another set.
+            self._abort("the share senders listed disagree with the shares this client received")
+        attested = {m.client_id: m.signature for m in msg.masked_with}
+        for u in sorted(survivors & graph.of(me)):
+            if u not in attested:
+                self._abort(f"no masked-with signature from surviving neighbour {u}")
+            partners = tuple(sorted(senders & graph.of(u)))
+            try:
+                verify_signature(self._identities[u], attested[u], masked_with_payload(self._session_id, u, partners))
+            except CryptoError:
+                # u received shares from another set than the listed U2: the server withheld some from
+                # it (e.g. this client's), so u's input is not masked with the partners that reveal for it.
+                self._abort(f"surviving neighbour {u} did not mask with the listed share senders")
 
     def _on_unmask(self, msg: UnmaskRequest) -> UnmaskResponse:
         assert self._graph is not None and self._own_shares is not None
         me, graph = self.client_id, self._graph
+        assert self._signed_senders is not None
         if msg.survivors != self._signed_survivors:
             self._abort("the unmask request carries another survivor list than the one this client signed")
         survivors, dropped = set(msg.survivors), set(msg.dropped)
         if survivors & dropped:
             self._abort(f"client {min(survivors & dropped)} is listed both as survivor and as dropped")
-        if not dropped <= set(self._keys):
-            self._abort("the dropped list names clients that never advertised keys")
+        if dropped != set(self._signed_senders) - survivors:
+            self._abort("the dropped list is not the share senders this client signed minus the survivors")
         neighbours = graph.of(me)
         for v in neighbours:
             in_u2 = v in self._u2_neighbours
@@ -434,7 +461,7 @@ class SecAggClient:
         # Consistency check: every signature must verify over the list this client signed, and
         # each client whose share this client reveals needs >= t signers among its holders (so two
         # different lists can never both gather a majority of one client's holders).
-        payload = consistency_payload(self._session_id, msg.survivors)
+        payload = consistency_payload(self._session_id, self._signed_senders, msg.survivors)
         signers = set()
         for s in msg.signatures:
             if s.client_id not in survivors:

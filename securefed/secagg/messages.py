@@ -163,6 +163,16 @@ class SignedSurvivors:
 
 
 @dataclass(frozen=True)
+class MaskedWith:
+    client_id: int
+    signature: bytes  # Ed25519 over (session id, client_id, the senders whose shares it received)
+
+    def validate(self) -> None:
+        _check_id("masked_with client_id", self.client_id)
+        _check_bytes("masked_with signature", self.signature, SIGNATURE_SIZE)
+
+
+@dataclass(frozen=True)
 class RevealedShare:
     owner: int  # whose secret this is a share of
     share: bytes  # crypto.shamir.Share.to_bytes()
@@ -257,21 +267,32 @@ class ShareDelivery(_Message):
 
 @dataclass(frozen=True)
 class SurvivorList(_Message):
-    """U3: the clients whose masked input the server accepted; each is asked to sign it."""
+    """U3 (whose masked input the server accepted) and U2 (who sent shares), which each survivor signs,
+    with the masked-with signatures of the recipient's surviving neighbours (each says whose shares that
+    neighbour received, i.e. whom it masked with)."""
 
     STAGE = Stage.CONSISTENCY
     session_id: bytes
     stage: Stage
     survivors: tuple[int, ...]
+    share_senders: tuple[int, ...]
+    masked_with: tuple[MaskedWith, ...]
 
     def validate(self) -> None:
         _check_head(self)
         _check_ids("survivors", self.survivors)
+        _check_ids("share_senders", self.share_senders)
+        _check_tuple_of("masked_with", self.masked_with, MaskedWith)
+        for s in self.masked_with:
+            s.validate()
+        ids = [s.client_id for s in self.masked_with]
+        if ids != sorted(set(ids)):
+            _fail("masked_with must be sorted by client_id with no duplicates")
 
 
 @dataclass(frozen=True)
 class UnmaskRequest(_Message):
-    """U3 again, the dropped clients U2 \\ U3, and the consistency signatures collected (U4)."""
+    """U3 again, the dropped clients U2 \\ U3 (both as signed), and the consistency signatures collected (U4)."""
 
     STAGE = Stage.UNMASK
     session_id: bytes
@@ -340,10 +361,13 @@ class MaskedInput(_Message):
     stage: Stage
     client_id: int
     masked: np.ndarray = field(repr=False)  # uint32 (ring 32) or uint64 (ring 64), 1-D
+    # Ed25519 over (session id, client_id, sorted senders whose shares it received = whom it masked with)
+    signature: bytes
 
     def validate(self) -> None:
         _check_head(self)
         _check_id("client_id", self.client_id)
+        _check_bytes("masked-with signature", self.signature, SIGNATURE_SIZE)
         if not isinstance(self.masked, np.ndarray) or self.masked.ndim != 1:
             _fail("masked must be a 1-D numpy array")
         if self.masked.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):

@@ -29,6 +29,7 @@ from securefed.secagg.messages import (
     ConsistencySignature,
     KeyBroadcast,
     MaskedInput,
+    MaskedWith,
     RoundSetup,
     ServerStage,
     ShareDelivery,
@@ -40,11 +41,12 @@ from securefed.secagg.messages import (
     UnmaskResponse,
 )
 from securefed.secagg.client import SECRET_SIZE, pairwise_mask_key, self_mask_key
-from securefed.secagg.params import SecAggParams
+from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.secagg.session import (
     NeighbourGraph,
     advertise_payload,
     consistency_payload,
+    masked_with_payload,
     plan_digest,
     session_id,
 )
@@ -70,14 +72,14 @@ class SecAggServer:
 
     def __init__(self, params: SecAggParams, *, round_id: int, vector_length: int,
                  cohort: Mapping[int, bytes] | Iterable[CohortMember], plan: bytes = b"",
-                 model_hash: bytes = bytes(32)) -> None:
+                 model_hash: bytes = bytes(32), max_colluders: int = DEFAULT_MAX_COLLUDERS) -> None:
         if not isinstance(params, SecAggParams):
             raise InvalidInput("params must be SecAggParams")
         members = (tuple(CohortMember(cid, key) for cid, key in cohort.items()) if isinstance(cohort, Mapping)
                    else tuple(cohort))
         members = tuple(sorted(members, key=lambda m: m.client_id))
         n = len(members)
-        params.check_cohort(n)
+        params.check_cohort(n, max_colluders=max_colluders)
         k = params.effective_degree(n)
         setup = RoundSetup(
             session_id=bytes(32), stage=Stage.ADVERTISE_KEYS, round_id=round_id, plan=plan, model_hash=model_hash,
@@ -110,6 +112,9 @@ class SecAggServer:
         self._graph: NeighbourGraph | None = None
         self._shares: dict[int, ShareKeys] = {}
         self._u2: frozenset[int] = frozenset()
+        self._u2_sorted: tuple[int, ...] = ()
+        self._delivered: dict[int, tuple[int, ...]] = {}  # recipient -> senders of the shares delivered to it
+        self._masked_with: dict[int, bytes] = {}  # survivor -> its masked-with signature
         self._u3: tuple[int, ...] = ()
         self._u3_set: frozenset[int] = frozenset()
         self._signatures: dict[int, SignedSurvivors] = {}
@@ -253,6 +258,13 @@ class SecAggServer:
     def _recv_masked(self, msg: MaskedInput) -> None:
         if msg.masked.dtype != self._dtype or msg.masked.shape != (self._d,):
             raise InvalidMessage(f"client {msg.client_id}: masked input must be {self._dtype} of length {self._d}")
+        try:
+            verify_signature(self._identities[msg.client_id], msg.signature,
+                             masked_with_payload(self._session_id, msg.client_id, self._delivered[msg.client_id]))
+        except CryptoError:
+            raise InvalidMessage(f"client {msg.client_id}: masked-with signature does not verify over the shares "
+                                 "delivered to it") from None
+        self._masked_with[msg.client_id] = msg.signature
         if self._sum is None:
             self._sum = np.zeros(self._d, dtype=self._dtype)
         np.add(self._sum, msg.masked, out=self._sum)  # unsigned wrap-around = addition mod 2^bits
@@ -260,7 +272,7 @@ class SecAggServer:
     def _recv_signature(self, msg: ConsistencySignature) -> None:
         try:
             verify_signature(self._identities[msg.client_id], msg.signature,
-                             consistency_payload(self._session_id, self._u3))
+                             consistency_payload(self._session_id, self._u2_sorted, self._u3))
         except CryptoError:
             raise InvalidMessage(f"client {msg.client_id}: consistency signature does not verify") from None
         self._signatures[msg.client_id] = SignedSurvivors(msg.client_id, msg.signature)
@@ -297,7 +309,7 @@ class SecAggServer:
         return {c: msg for c in sorted(u1)}
 
     def _close_shares(self, u2: frozenset[int]) -> dict[int, object]:
-        self._u2 = u2
+        self._u2, self._u2_sorted = u2, tuple(sorted(u2))
         self._check_holders(u2, u2, Stage.SHARE_KEYS)
         inbox: dict[int, list] = {v: [] for v in u2}
         for u in sorted(u2):
@@ -305,6 +317,7 @@ class SecAggServer:
                 if s.receiver in inbox:
                     inbox[s.receiver].append(s)
         self._shares = {}
+        self._delivered = {v: tuple(s.sender for s in inbox[v]) for v in u2}
         self._stage = ServerStage.COLLECT_MASKED_INPUTS
         return {v: ShareDelivery(self._session_id, Stage.MASKED_INPUT, v, tuple(inbox[v])) for v in sorted(u2)}
 
@@ -313,8 +326,13 @@ class SecAggServer:
         self._u3_set = u3
         self._check_holders(self._needed(u3), u3, Stage.MASKED_INPUT)
         self._stage = ServerStage.COLLECT_SIGNATURES
-        msg = SurvivorList(self._session_id, Stage.CONSISTENCY, self._u3)
-        return {c: msg for c in self._u3}
+        assert self._graph is not None
+        out: dict[int, object] = {}
+        for c in self._u3:
+            # Each survivor checks that its surviving neighbours masked with it before it signs.
+            attested = tuple(MaskedWith(u, self._masked_with[u]) for u in sorted(u3 & self._graph.of(c)))
+            out[c] = SurvivorList(self._session_id, Stage.CONSISTENCY, self._u3, self._u2_sorted, attested)
+        return out
 
     def _close_signatures(self, u4: frozenset[int]) -> dict[int, object]:
         self._check_holders(self._needed(self._u3_set), u4, Stage.CONSISTENCY)

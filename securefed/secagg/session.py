@@ -17,7 +17,8 @@ from securefed.secagg.messages import AdvertisedKeys, CohortMember
 PLAN_DOMAIN = b"securefed/secagg/plan/v1"
 SESSION_DOMAIN = b"securefed/secagg/session/v1"
 ADVERTISE_DOMAIN = b"securefed/secagg/advertise/v1"
-CONSISTENCY_DOMAIN = b"securefed/secagg/consistency/v1"
+CONSISTENCY_DOMAIN = b"securefed/secagg/consistency/v2"
+MASKED_WITH_DOMAIN = b"securefed/secagg/masked-with/v1"
 GRAPH_DOMAIN = b"securefed/secagg/graph/v1"
 SELF_MASK_PURPOSE = b"securefed/self-mask/v1"
 
@@ -69,9 +70,17 @@ def advertise_payload(plan_digest_: bytes, client_id: int, c_pk: bytes, s_pk: by
     return encode_fields(ADVERTISE_DOMAIN, plan_digest_, client_id, c_pk, s_pk)
 
 
-def consistency_payload(session_id_: bytes, survivors: Sequence[int]) -> bytes:
-    """What a client signs to confirm the survivor list U3 it was shown."""
-    return encode_fields(CONSISTENCY_DOMAIN, session_id_, len(survivors), *survivors)
+def consistency_payload(session_id_: bytes, share_senders: Sequence[int], survivors: Sequence[int]) -> bytes:
+    """What a client signs in the consistency round: every set it acted on. U2 (who sent shares; its
+    neighbours among them are exactly those whose shares it received) and U3 (who sent masked input)."""
+    return encode_fields(CONSISTENCY_DOMAIN, session_id_, len(share_senders), *share_senders,
+                         len(survivors), *survivors)
+
+
+def masked_with_payload(session_id_: bytes, client_id: int, partners: Sequence[int]) -> bytes:
+    """What a client signs with its masked input: the neighbours whose shares it received, i.e. the
+    pairwise masks in its input. A holder reveals that client's self-mask share only if it is listed."""
+    return encode_fields(MASKED_WITH_DOMAIN, session_id_, client_id, len(partners), *partners)
 
 
 # ---- neighbour graph ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Used by the tests, the benchmarks, the threat-model checks and the daemons' contract tests::
 
     from securefed.secagg.simulation import simulate_round, DropAt
-    out = simulate_round(inputs={1: x1, 2: x2, 3: x3}, params=SecAggParams(threshold=2))
+    out = simulate_round(inputs={1: x1, 2: x2, 3: x3}, params=SecAggParams(threshold=3))
     out.result.values            # float sum of the survivors' inputs
     out.result.ring_sum          # exact ring sum
 
@@ -31,7 +31,7 @@ from securefed.crypto.keys import IdentityKeyPair
 from securefed.errors import InvalidInput, InvalidMessage, ProtocolAbort
 from securefed.secagg.client import ClientStats, SecAggClient
 from securefed.secagg.messages import Stage
-from securefed.secagg.params import SecAggParams
+from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.secagg.server import AggregateResult, SecAggServer
 
 Tamper = Callable[[Stage, int, object], object]
@@ -71,7 +71,8 @@ class SimulatedRound:
 
     def __init__(self, inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
                  plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
-                 identities: Mapping[int, IdentityKeyPair] | None = None, keep_history: bool = True) -> None:
+                 identities: Mapping[int, IdentityKeyPair] | None = None, keep_history: bool = True,
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS) -> None:
         if not inputs:
             raise InvalidInput("inputs must name at least one client")
         lengths = {np.asarray(v).size for v in inputs.values()}
@@ -79,9 +80,10 @@ class SimulatedRound:
             raise InvalidInput("every client input must have the same length")
         self.identities = dict(identities) if identities is not None else make_identities(inputs)
         self.server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan,
-                                   model_hash=model_hash,
+                                   model_hash=model_hash, max_colluders=max_colluders,
                                    cohort={cid: self.identities[cid].public_bytes() for cid in inputs})
-        self.clients = {cid: SecAggClient(cid, self.identities[cid]) for cid in sorted(inputs)}
+        self.clients = {cid: SecAggClient(cid, self.identities[cid], max_colluders=max_colluders)
+                        for cid in sorted(inputs)}
         for cid, c in self.clients.items():
             c.set_input(np.asarray(inputs[cid]))
         self.outbox: dict[int, object] = self.server.start()
@@ -136,12 +138,14 @@ def simulate_round(inputs: Mapping[int, np.ndarray], params: SecAggParams, *, ro
                    plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
                    drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
                    identities: Mapping[int, IdentityKeyPair] | None = None,
-                   on_client_abort: OnClientAbort = OnClientAbort.RAISE) -> SimulationOutcome:
-    """Run one full round; see the module docstring."""
+                   on_client_abort: OnClientAbort = OnClientAbort.RAISE,
+                   max_colluders: int = DEFAULT_MAX_COLLUDERS) -> SimulationOutcome:
+    """Run one full round; see the module docstring. Every party assumes ``max_colluders``."""
     drop = dict(drop or {})
     if set(drop) - set(inputs):
         raise InvalidInput(f"drop names unknown clients: {sorted(set(drop) - set(inputs))}")
-    rnd = SimulatedRound(inputs, params, round_id=round_id, plan=plan, model_hash=model_hash, identities=identities)
+    rnd = SimulatedRound(inputs, params, round_id=round_id, plan=plan, model_hash=model_hash, identities=identities,
+                         max_colluders=max_colluders)
     return rnd.run(drop=drop, tamper=tamper, on_client_abort=on_client_abort)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from securefed.errors import ConfigError
-from securefed.fsutil import atomic_write
+from securefed.fsutil import SHARED_MODE, atomic_write
 from securefed.logs import setup_logging
 from securefed.server.roundlog import RoundLog
 
@@ -143,7 +143,7 @@ def _ckks_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{d} already holds CKKS contexts; replacing them locks every member out (pass --force)")
     ctx = he.generate_client_context(args.params)
     atomic_write(secret, ctx.serialize_secret(), mode=0o600)
-    atomic_write(public, ctx.public_bytes())
+    atomic_write(public, ctx.public_bytes(), mode=SHARED_MODE)
     print(f"secret context (members only, keep 0600): {secret}")
     print(f"public context (server.ckks_public_context): {public}")
     return 0

@@ -12,7 +12,8 @@ Example (see clients/server.toml for the annotated version)::
     rounds = 3
     cohort_size = 3
     min_clients = 3
-    threshold = 2
+    threshold = 3                       # 2t >= m + c + 1 (m share holders, c colluders)
+    max_colluding_members = 1           # members that may collude with this server
     neighbour_degree = 0                # 0 = complete graph (plain Bonawitz)
     mode = "secagg"                     # secagg | ckks | plaintext
 
@@ -41,8 +42,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from securefed.config import StrictModel, format_validation_error, load_toml
 from securefed.crypto.fixedpoint import FixedPointParams
-from securefed.errors import InsecureParameters
-from securefed.secagg.params import SecAggParams
+from securefed.errors import ConfigError, InsecureParameters
+from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.strategies import make_strategy
 from securefed.strategies.config import StrategySettings
 from securefed.training.config import LoraSettings
@@ -74,7 +75,13 @@ class FederationSection(StrictModel):
     )
     cohort_size: int = Field(3, gt=0, le=10_000, description="clients selected per round")
     min_clients: int = Field(3, gt=0, description="clients that must be connected before a round starts")
-    threshold: int = Field(2, gt=0, description="Shamir threshold t: survivors needed to unmask")
+    threshold: int = Field(3, gt=0, description="Shamir threshold t: survivors needed to unmask; with m share "
+                           "holders per member and max_colluding_members c, 2t >= m + c + 1 is required")
+    max_colluding_members: int = Field(
+        DEFAULT_MAX_COLLUDERS, ge=0, le=10_000,
+        description="secagg: how many members may collude with the server; a threshold that lets that many "
+        "rebuild both secrets of one member is refused (each member checks the same rule for its own number)",
+    )
     neighbour_degree: int = Field(0, ge=0, description="SecAgg+ graph degree k (0 = complete graph)")
     mode: AggregationMode = AggregationMode.SECAGG
     allow_plaintext_for_debugging: bool = Field(
@@ -139,6 +146,10 @@ class ServerConfig(StrictModel):
     def check_safety(self, source: str = "<config>") -> None:
         """Refuse setups that silently weaken the guarantees (InsecureParameters naming the key)."""
         fed = self.federation
+        try:
+            self.payload_bound()  # the strategy's own checks, named by file (the secagg clip comes from it)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         if fed.mode is AggregationMode.PLAINTEXT and not fed.allow_plaintext_for_debugging:
             raise InsecureParameters(
                 f"{source}: federation.mode: 'plaintext' shows every update to the server; use 'secagg' "
@@ -165,7 +176,8 @@ class ServerConfig(StrictModel):
                     f"{source}: federation.min_clients ({fed.min_clients}) must be >= threshold ({fed.threshold})"
                 )
             try:
-                self.secagg_params(fed.cohort_size).check_cohort(fed.cohort_size)
+                self.secagg_params(fed.cohort_size).check_cohort(fed.cohort_size,
+                                                                 max_colluders=fed.max_colluding_members)
             except InsecureParameters as exc:
                 raise InsecureParameters(f"{source}: federation: {exc}") from None
             except ValidationError as exc:  # a ValueError too: keep it to one line, naming the key

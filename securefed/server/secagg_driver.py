@@ -38,7 +38,9 @@ class SecAggDriver(RoundDriver):
             cohort={self.ids.int_of(c): ctx.identity_keys[c] for c in ctx.cohort},
             plan=plan_bytes(ctx.plan),
             model_hash=ctx.global_digest,
+            max_colluders=ctx.config.federation.max_colluding_members,
         )
+        self._masked_with: dict[str, bytes] = {}  # member -> masked-with signature, sent before its upload
 
     def first_phase(self) -> Phase:
         self.server.start()  # RoundSetup is derived by each client from the plan it receives
@@ -61,6 +63,11 @@ class SecAggDriver(RoundDriver):
         session = bytes(h.session_id)
         if not hmac.compare_digest(session, self._session_for(want_stage)):
             raise InvalidMessage("message belongs to another session")
+        if kind == "masked_input_signature":
+            if req.masked_input_signature.client_id != client:
+                raise InvalidMessage("message names a client other than the caller")
+            self._masked_with[client] = bytes(req.masked_input_signature.signature)  # checked with the upload
+            return
         if kind == "advertise_keys":
             msg = wire.advertise_from_pb(req.advertise_keys, session, self.ids)
         elif kind == "share_keys":
@@ -87,7 +94,11 @@ class SecAggDriver(RoundDriver):
             raise StaleMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         if ring_bits != self.params.ring_bits:
             raise InvalidMessage(f"masked input in Z_2^{ring_bits}, the round uses Z_2^{self.params.ring_bits}")
-        msg = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, self.server.session_id, self.ids.int_of(client))
+        sig = self._masked_with.get(client)
+        if sig is None:
+            raise InvalidMessage("masked input refused: its masked-with signature was not sent first")
+        msg = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, self.server.session_id,
+                                     self.ids.int_of(client), sig)
         self.server.receive(msg)
         phase.responded.add(client)
 

@@ -19,6 +19,10 @@ from securefed.crypto.shamir import Share, combine
 from securefed.errors import CryptoError, ProtocolAbort
 from securefed.secagg import SecAggParams, ServerStage, ShareKind, SimulatedRound, Stage
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 D = 16
 FRAC = 8
 
@@ -53,7 +57,7 @@ def nobody_exposed(rnd: SimulatedRound, t: int) -> bool:
 
 
 def run(n: int, params: SecAggParams, drops: dict[int, Stage]) -> tuple[SimulatedRound, ProtocolAbort | None]:
-    rnd = SimulatedRound(exact_inputs(n), params)
+    rnd = SimulatedRound(exact_inputs(n), params, max_colluders=NO_COLLUDERS)
     try:
         rnd.run(drop=drops)
     except ProtocolAbort as exc:

@@ -20,6 +20,10 @@ from securefed.crypto.shamir import combine
 from securefed.secagg import NeighbourGraph, SecAggParams, SimulatedRound, Stage, session_id
 from test_adv_secagg_server import D, advance, inputs_for, unmask_individual
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 N = 10
 PARAMS = SecAggParams(threshold=3, neighbour_degree=4, frac_bits=8)  # holders m = 5, t = 3: majority
 VICTIM = 1
@@ -46,7 +50,7 @@ def test_not_defended_a_server_grinding_u1_surrounds_a_victim_with_colluders_in_
     while True:  # each fresh round gives fresh keys; one round almost always suffices
         attempts += 1
         assert attempts <= 20, "the grinding search failed 20 times in a row"
-        rnd = SimulatedRound(inputs, PARAMS)
+        rnd = SimulatedRound(inputs, PARAMS, max_colluders=NO_COLLUDERS)
         adverts = {c: rnd.clients[c].handle(msg) for c, msg in rnd.outbox.items()}
         found = _ground_graph(rnd.server.plan_digest, adverts)
         if found is not None:
@@ -93,7 +97,7 @@ def test_not_defended_aborting_and_retrying_rounds_grinds_the_graph_even_with_ev
     server's unbounded retries into a few draws per round; this test shows what the cap is for."""
     inputs = inputs_for(N)
     for attempt in range(1, 301):
-        rnd = SimulatedRound(inputs, PARAMS, round_id=attempt)
+        rnd = SimulatedRound(inputs, PARAMS, round_id=attempt, max_colluders=NO_COLLUDERS)
         adverts = {c: rnd.clients[c].handle(msg) for c, msg in rnd.outbox.items()}
         keys = [adverts[c].keys() for c in sorted(adverts)]  # every member's keys: the guard is satisfied
         graph = NeighbourGraph.build(session_id(rnd.server.plan_digest, keys), sorted(adverts), 4)

@@ -48,6 +48,10 @@ from securefed.secagg import (
 from securefed.secagg.client import pairwise_mask_key, self_mask_key, setup_digest
 from securefed.secagg.session import advertise_payload, session_id
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 D = 8
 COMPLETE = SecAggParams(threshold=3, frac_bits=8)  # n = 5: every client holds shares of every other
 SPARSE = SecAggParams(threshold=3, neighbour_degree=4, frac_bits=8)  # n = 8: 4 neighbours + self hold shares
@@ -113,7 +117,7 @@ def test_the_attacker_harness_unmasks_an_individual_input_given_both_secrets():
     # Control: take both share kinds of client 4 straight from the clients' memory (what a client
     # that revealed both would send) and check the harness recovers x_4 from y_4 alone.
     inputs = inputs_for(5)
-    rnd = SimulatedRound(inputs, COMPLETE)
+    rnd = SimulatedRound(inputs, COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.UNMASK)
     sid = rnd.server.session_id
     keys = {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][1].keys}
@@ -140,7 +144,7 @@ def test_the_attacker_harness_unmasks_an_individual_input_given_both_secrets():
 def test_both_alive_and_dropped_reveals_neither(victim):
     """The server lists ``victim`` as a survivor AND as dropped (asking for its self-mask seed and its
     mask key at once): every client aborts and reveals nothing at all."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.UNMASK)
     view = AttackerView(COMPLETE.threshold, {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][1].keys})
     for cid, request in rnd.outbox.items():
@@ -156,7 +160,7 @@ def test_both_alive_and_dropped_reveals_neither(victim):
 def test_a_second_request_for_the_other_share_of_a_client_is_refused():
     """The server first collects self-mask shares honestly, then asks each client again with one
     survivor re-labelled as dropped (to get its mask key too): refused, nothing more revealed."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.UNMASK)
     view = AttackerView(COMPLETE.threshold, {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][1].keys})
     for cid, request in rnd.outbox.items():
@@ -180,7 +184,7 @@ def _split_view_attack(params: SecAggParams, n: int, victim: int, group_b: froze
     """Group A is shown the true survivor list (victim alive -> they would reveal b_victim); group B a
     list without the victim (victim 'dropped' -> they would reveal s_sk_victim). The server forwards to
     each client exactly the consistency signatures that verify for that client's list."""
-    rnd = SimulatedRound(inputs_for(n), params)
+    rnd = SimulatedRound(inputs_for(n), params, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.CONSISTENCY)
     view = AttackerView(params.threshold, {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][1].keys})
     true_list = rnd.outbox[1].survivors
@@ -237,7 +241,7 @@ def test_split_survivor_views_never_expose_a_client_sparse_graph():
 
 
 def test_survivor_list_below_threshold_is_refused_and_reveals_nothing():
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.CONSISTENCY)
     for cid, msg in rnd.outbox.items():
         if cid in (1, 2):
@@ -251,7 +255,7 @@ def test_dropping_honest_clients_after_masked_input_leaves_the_server_unable_to_
     send unmask shares. The honest server aborts; a malicious one that tries anyway cannot rebuild any
     self-mask seed from two shares, and its best guess does not give the sum."""
     inputs = inputs_for(5)
-    rnd = SimulatedRound(inputs, COMPLETE)
+    rnd = SimulatedRound(inputs, COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.UNMASK)
     masked = {c: m.masked for c, m in rnd.replies[Stage.MASKED_INPUT].items()}
     keys = {k.client_id: k for k in rnd.sent[Stage.SHARE_KEYS][1].keys}
@@ -300,14 +304,14 @@ def test_a_different_plan_or_model_for_one_victim_cannot_be_used(field, value):
             return dataclasses.replace(forked, session_id=setup_digest(forked))
         return msg
 
-    out = simulate_round(inputs, COMPLETE, tamper=fork)
+    out = simulate_round(inputs, COMPLETE, tamper=fork, max_colluders=NO_COLLUDERS)
     assert victim in out.refused and "another session" in out.refused[victim]
     assert out.result.survivors == (1, 2, 4, 5)
     assert np.allclose(out.result.values, sum(inputs[c] for c in (1, 2, 4, 5)), atol=5 * 2 ** -8)
     assert out.clients[victim].stats is None  # it never masked an input
 
     # (b) forwarding the victim's keys: build the broadcast the way a cheating server would.
-    rnd = SimulatedRound(inputs, COMPLETE)
+    rnd = SimulatedRound(inputs, COMPLETE, max_colluders=NO_COLLUDERS)
     adverts = {}
     for cid, msg in rnd.outbox.items():
         adverts[cid] = rnd.clients[cid].handle(fork(Stage.ADVERTISE_KEYS, cid, msg))
@@ -326,7 +330,7 @@ def test_a_different_key_set_for_one_victim_splits_the_session_and_aborts():
     """The victim is shown the key broadcast without client 2 (with the matching session id, so it
     accepts). Its session id then differs from everyone else's: its encrypted shares fail to
     decrypt at every other client and the honest server refuses its messages."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     rnd.step()
     victim, hidden = 1, 2
     real = rnd.outbox[victim]
@@ -352,7 +356,7 @@ def test_a_different_key_set_for_one_victim_splits_the_session_and_aborts():
 def test_survivor_lists_that_differ_between_clients_get_no_aggregate():
     """The honest server's own check: a consistency signature over another list is refused, so with
     three clients shown a different list the round has too few signatures and aborts."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.CONSISTENCY)
     for cid, msg in sorted(rnd.outbox.items()):
         shown = dataclasses.replace(msg, survivors=(1, 2, 3, 4)) if cid in (1, 2, 3) else msg
@@ -371,7 +375,7 @@ def test_survivor_lists_that_differ_between_clients_get_no_aggregate():
 
 def _pinned_round(identities, round_id: int) -> SimulatedRound:
     return SimulatedRound(inputs_for(5), COMPLETE, round_id=round_id, identities=identities,
-                          plan=f"plan-for-round-{round_id}".encode())
+                          plan=f"plan-for-round-{round_id}".encode(), max_colluders=NO_COLLUDERS)
 
 
 @pytest.mark.parametrize("stage", [Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK])
@@ -399,7 +403,7 @@ def test_replay_of_an_earlier_rounds_setup_is_refused_by_a_client_that_pins_its_
         if setup.plan != expected_plan or setup.round_id != 2:
             raise ProtocolAbort("round setup does not match the plan this client accepted")
 
-    client = SecAggClient(1, identities[1], accept_setup=accept)
+    client = SecAggClient(1, identities[1], accept_setup=accept, max_colluders=NO_COLLUDERS)
     with pytest.raises(ProtocolAbort, match="does not match the plan"):
         client.handle(old.sent[Stage.ADVERTISE_KEYS][1])
     assert client.stage is ClientStage.ABORTED
@@ -421,7 +425,7 @@ def test_client_messages_replayed_from_an_earlier_round_are_refused_by_the_serve
 
 @pytest.mark.parametrize("replayed", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY])
 def test_replay_of_an_earlier_stage_in_the_same_round_aborts(replayed):
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage(replayed + 1))
     for cid, client in rnd.clients.items():
         with pytest.raises(ProtocolAbort):
@@ -430,7 +434,7 @@ def test_replay_of_an_earlier_stage_in_the_same_round_aborts(replayed):
 
 
 def test_a_finished_client_answers_nothing_more():
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     rnd.run()
     for cid, client in rnd.clients.items():
         revealed = client.revealed
@@ -444,7 +448,7 @@ def test_a_finished_client_answers_nothing_more():
 
 def test_a_late_masked_input_from_a_dropped_client_is_not_counted():
     inputs = inputs_for(5)
-    rnd = SimulatedRound(inputs, COMPLETE)
+    rnd = SimulatedRound(inputs, COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.MASKED_INPUT)
     late = rnd.clients[4].handle(rnd.outbox[4])
     rnd.step(drop={4: Stage.MASKED_INPUT})
@@ -466,7 +470,7 @@ def test_a_late_masked_input_from_a_dropped_client_is_not_counted():
 @pytest.mark.parametrize("attack", ["flip-byte", "re-route", "swap-sender", "truncate"])
 def test_a_tampered_or_rerouted_share_aborts_the_victim_and_the_rest_sum_exactly(attack):
     inputs = inputs_for(5)
-    rnd = SimulatedRound(inputs, COMPLETE)
+    rnd = SimulatedRound(inputs, COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.MASKED_INPUT)
     victim = 3
     all_shares = [s for r in rnd.replies[Stage.SHARE_KEYS].values() for s in r.shares]
@@ -495,7 +499,7 @@ def test_a_tampered_or_rerouted_share_aborts_the_victim_and_the_rest_sum_exactly
 
 
 def test_a_share_delivery_naming_a_non_neighbour_sender_aborts_sparse_graph():
-    rnd = SimulatedRound(inputs_for(8), SPARSE)
+    rnd = SimulatedRound(inputs_for(8), SPARSE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.MASKED_INPUT)
     victim = 1
     stranger = next(c for c in range(2, 9) if c not in rnd.server.graph.of(victim))
@@ -515,7 +519,7 @@ def _setup_with_cohort(rnd: SimulatedRound, cohort) -> RoundSetup:
 
 
 def test_a_cohort_padded_with_a_duplicate_identity_aborts():
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     base = rnd.outbox[1].cohort
     # A sixth "member" that re-uses client 2's identity key (one party counted twice).
     padded = (*base, CohortMember(6, base[1].identity_key))
@@ -525,20 +529,20 @@ def test_a_cohort_padded_with_a_duplicate_identity_aborts():
 
 
 def test_a_cohort_listing_one_client_twice_or_with_another_key_aborts():
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     base = rnd.outbox[1].cohort
     twice = (*base[:2], base[1], *base[2:])
     with pytest.raises(ProtocolAbort, match="malformed RoundSetup"):
         rnd.clients[1].handle(_setup_with_cohort(rnd, twice))
     rekeyed = (CohortMember(1, IdentityKeyPair.generate().public_bytes()), *base[1:])
     with pytest.raises(ProtocolAbort, match="another identity key for this client"):
-        SecAggClient(1, rnd.identities[1]).handle(_setup_with_cohort(rnd, rekeyed))
+        SecAggClient(1, rnd.identities[1], max_colluders=NO_COLLUDERS).handle(_setup_with_cohort(rnd, rekeyed))
 
 
 def test_keys_signed_by_an_uncertified_identity_abort_the_round():
     """The server injects round keys for a cohort member, signed with a key that is not the member's
     identity (it does not hold the member's private key)."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     rnd.step()
     impostor = IdentityKeyPair.generate()
     fake_c, fake_s = AgreementKeyPair.generate(), AgreementKeyPair.generate()
@@ -555,7 +559,7 @@ def test_keys_signed_by_an_uncertified_identity_abort_the_round():
 def test_duplicate_round_keys_across_clients_abort_the_round():
     """Client 3's keys replaced by client 4's (a copy, with 4's valid signature under 4's id would not
     verify for 3; here the server also copies 4's entry wholesale under id 3): refused either way."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     rnd.step()
     k4 = next(k for k in rnd.outbox[1].keys if k.client_id == 4)
     keys = tuple(dataclasses.replace(k4, client_id=3) if k.client_id == 3 else k for k in rnd.outbox[1].keys)
@@ -571,7 +575,7 @@ def test_sybils_holding_cohort_identities_learn_the_victims_input_so_cohort_keys
     defence is that every cohort identity key is bound by the federation CA and checked by each
     client before it joins (see threat_models/secure_aggregation.md, "Not defended")."""
     inputs = inputs_for(5)
-    out = simulate_round(inputs, COMPLETE)  # every "client" but 1 is played by the server
+    out = simulate_round(inputs, COMPLETE, max_colluders=NO_COLLUDERS)  # every "client" but 1 is played by the server
     sybil_sum = sum(inputs[c] for c in (2, 3, 4, 5))
     assert np.allclose(out.result.values - sybil_sum, inputs[1], atol=5 * 2 ** -8)
 
@@ -579,12 +583,12 @@ def test_sybils_holding_cohort_identities_learn_the_victims_input_so_cohort_keys
 def test_a_restarted_client_answers_no_unmask_request_for_a_round_it_lost():
     """Round secrets live only in memory: after a crash and restart, the client has a fresh state
     machine, and a server replaying the lost round's later messages gets nothing from it."""
-    rnd = SimulatedRound(inputs_for(5), COMPLETE)
+    rnd = SimulatedRound(inputs_for(5), COMPLETE, max_colluders=NO_COLLUDERS)
     advance(rnd, Stage.UNMASK)
-    restarted = SecAggClient(3, rnd.identities[3])
+    restarted = SecAggClient(3, rnd.identities[3], max_colluders=NO_COLLUDERS)
     for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK):
         with pytest.raises(ProtocolAbort):
-            SecAggClient(3, rnd.identities[3]).handle(rnd.sent[stage][3] if stage in rnd.sent else rnd.outbox[3])
+            SecAggClient(3, rnd.identities[3], max_colluders=NO_COLLUDERS).handle(rnd.sent[stage][3] if stage in rnd.sent else rnd.outbox[3])
     with pytest.raises(ProtocolAbort):
         restarted.handle(rnd.outbox[3])
     assert restarted.revealed == {} and restarted.stage is ClientStage.ABORTED

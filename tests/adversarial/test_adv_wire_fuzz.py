@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -18,13 +19,24 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from safetensors.numpy import save as st_save
+
+from securefed.client.bundle_check import decode_global, federation_settings
 from securefed.errors import InvalidMessage, SecureFedError
+from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
 from securefed.protocol import secagg_wire as wire
 from securefed.protocol.plan import CohortIds
 from securefed.secagg import OnClientAbort, SecAggParams, SimulatedRound, Stage
+from securefed.strategies import StrategySettings
+from securefed.training.adapter import AdapterLayout
+from securefed.training.config import LoraSettings
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import secagg_pb2 as spb
 from securefed.transport.chunking import PartsReceiver
+
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
 
 _FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                           HealthCheck.too_slow])
@@ -42,7 +54,7 @@ def _copy(rnd: SimulatedRound) -> SimulatedRound:
 @pytest.fixture(scope="module")
 def rounds() -> dict[Stage, SimulatedRound]:
     """An honest round paused before each stage's server messages are delivered (copied per use)."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     out = {}
     for stage in Stage:
         out[stage] = _copy(rnd)
@@ -132,9 +144,9 @@ def _valid_wire(stage: Stage, reply) -> bytes:
     return wire.unmask_to_pb(reply, IDS).SerializeToString()
 
 
-def _decode_client(stage: Stage, raw: bytes, sid: bytes, cid: int, ring_bits: int):
+def _decode_client(stage: Stage, raw: bytes, sid: bytes, cid: int, ring_bits: int, signature: bytes = b""):
     if stage is Stage.MASKED_INPUT:
-        return wire.masked_from_bytes(raw, ring_bits, D, sid, cid)
+        return wire.masked_from_bytes(raw, ring_bits, D, sid, cid, signature)
     cls, fn = {
         Stage.ADVERTISE_KEYS: (spb.AdvertiseKeys, wire.advertise_from_pb),
         Stage.SHARE_KEYS: (spb.ShareKeys, wire.share_keys_from_pb),
@@ -156,7 +168,7 @@ def test_fuzzed_client_messages_are_refused_without_harming_the_round(rounds, da
     raw = _fuzz_bytes(data, _valid_wire(stage, reply))
     accepted = False
     try:
-        msg = _decode_client(stage, raw, sid, attacker, ring_bits)
+        msg = _decode_client(stage, raw, sid, attacker, ring_bits, getattr(reply, "signature", b""))
         if msg is not None:
             rnd.server.receive(msg)
             accepted = True
@@ -298,7 +310,7 @@ def test_a_masked_input_outside_the_ring_or_of_the_wrong_shape_is_refused(rounds
     with pytest.raises(InvalidMessage):
         rnd.server.receive(dataclasses.replace(reply, masked=masked))
     with pytest.raises(InvalidMessage):
-        wire.masked_from_bytes(b"\0" * (4 * D + 2), 32, D, reply.session_id, 2)
+        wire.masked_from_bytes(b"\0" * (4 * D + 2), 32, D, reply.session_id, 2, reply.signature)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -312,8 +324,69 @@ def test_nan_or_inf_updates_are_refused_before_anything_is_sent(bad):
     x = np.ones(D)
     x[3] = bad
     with pytest.raises(InvalidInput):
-        SecAggClient(1, IdentityKeyPair.generate()).set_input(x)
+        SecAggClient(1, IdentityKeyPair.generate(), max_colluders=NO_COLLUDERS).set_input(x)
     with pytest.raises(InvalidInput):
         encode(x, PARAMS.fixed_point())
     with pytest.raises(InvalidInput):
         he.generate_client_context().encrypt(x)
+
+
+# ---- the global bundle (server -> member) ---------------------------------------------------------------
+
+_LAYOUT = AdapterLayout(names=("a.lora_A", "a.lora_B"), shapes=((2, 3), (3, 2)), dtypes=("float32", "float32"))
+_SETTINGS = {"lora": LoraSettings(rank=2, alpha=4.0).model_dump(mode="json"),
+             "strategy": StrategySettings().model_dump(mode="json")}
+
+
+def _bundle(settings_json: str, vec: np.ndarray | None = None, state: np.ndarray | None = None) -> bytes:
+    vec = np.linspace(-0.5, 0.5, _LAYOUT.total_size, dtype=np.float32) if vec is None else vec
+    tensors = {TENSOR_NAME: np.ascontiguousarray(vec, dtype=np.float32)}
+    if state is not None:
+        tensors[STATE_TENSOR] = np.ascontiguousarray(state, dtype=np.float32)
+    digest = adapter_digest(tensors[TENSOR_NAME], _LAYOUT.to_json(), settings_json, state)
+    return st_save(tensors, metadata={"layout": _LAYOUT.to_json(), "settings": settings_json, "digest": digest})
+
+
+def test_the_bundle_fuzz_harness_accepts_the_unmodified_bundle():
+    fs = federation_settings(decode_global(_bundle(json.dumps(_SETTINGS))))
+    assert fs.lora.rank == 2 and fs.strategy.payload_size >= _LAYOUT.total_size
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzzed_global_bundles_reach_the_member_only_as_typed_errors(data):
+    raw = _fuzz_bytes(data, _bundle(json.dumps(_SETTINGS)))
+    try:
+        federation_settings(decode_global(raw))
+    except SecureFedError as exc:
+        assert isinstance(exc, InvalidMessage), type(exc)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-10**30, 10**30) | st.floats() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                     max_leaves=20)
+
+
+@_FUZZ
+@given(data=st.data())
+def test_fuzzed_federation_settings_and_values_reach_the_member_only_as_typed_errors(data):
+    """Settings the server signs into a well-framed bundle (its digest is right), with any JSON in any
+    field, any adapter values and any server state: only ``InvalidMessage`` or a valid result."""
+    settings = copy.deepcopy(_SETTINGS)
+    for _ in range(data.draw(st.integers(0, 3))):
+        section = data.draw(st.sampled_from(["lora", "strategy", None]))
+        value = data.draw(_JSON)
+        if section is None:
+            settings[data.draw(st.sampled_from(["lora", "strategy", "x"]))] = value
+        elif isinstance(settings.get(section), dict):
+            settings[section][data.draw(st.sampled_from([*settings[section], "extra"]))] = value
+    text = data.draw(st.sampled_from([json.dumps(settings), json.dumps(settings)[:-1], "[" * 3000]))
+    vec = data.draw(st.sampled_from([None, np.full(_LAYOUT.total_size, 3e38, np.float32),
+                                     np.full(_LAYOUT.total_size, np.nan, np.float32), np.zeros(4, np.float32)]))
+    state = data.draw(st.sampled_from([None, np.zeros(_LAYOUT.total_size, np.float32), np.zeros(3, np.float32)]))
+    try:
+        fs = federation_settings(decode_global(_bundle(text, vec, state)))
+    except SecureFedError as exc:
+        assert isinstance(exc, InvalidMessage), type(exc)
+        return
+    assert fs.strategy.payload_size >= _LAYOUT.total_size

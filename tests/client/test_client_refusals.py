@@ -164,16 +164,24 @@ def test_plan_cohort_must_be_certified_members(tmp_path):
         verify_cohort(ca, pb.RoundPlan(cohort=swapped))
 
 
-def test_graph_grinding_guard_bounds_sparse_retries_per_adapter():
+def test_graph_grinding_guard_bounds_sparse_retries_per_federation_round(tmp_path):
     from securefed.client.guards import GraphGrindingGuard
+    from securefed.client.member_state import MemberState
 
-    g = GraphGrindingGuard(limit=2)
-    assert g.allows("g0")
-    g.joined("g0", 1)  # keys advertised, then the server let the session die
-    g.joined("g0", 2)
-    assert not g.allows("g0") and g.unreleased("g0") == 2
-    assert g.allows("g1")  # a completed round (new adapter) starts afresh
-    g.joined("g1", 3)
+    state = MemberState(tmp_path / "member_state.sqlite", "federation")
+    g = GraphGrindingGuard(state, limit=2)
+    assert g.allows()
+    g.joined(1)  # keys advertised, then the server let the session die
+    g.joined(2)
+    assert not g.allows() and g.unreleased() == 2
+    state.close()
+    state = MemberState(tmp_path / "member_state.sqlite", "federation")  # a restart keeps the count
+    g = GraphGrindingGuard(state, limit=2)
+    assert not g.allows()
+    state.round_completed(1)  # a completed round starts afresh
+    assert g.allows()
+    g.joined(3)
     g.released(3)  # a session that reached this member's release does not count
-    g.joined("g1", 4)
-    assert g.allows("g1") and g.unreleased("g1") == 1
+    g.joined(4)
+    assert g.allows() and g.unreleased() == 1
+    state.close()

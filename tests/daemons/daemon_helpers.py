@@ -10,10 +10,15 @@ import numpy as np
 from securefed.client.hooks import MemberHooks
 from securefed.errors import ProtocolAbort
 
+# These federations of three trust their members (max_colluding_members = 0 on both sides), so that
+# t = 2 of 3 leaves room for a decline or a dropout; with the default (one colluder) three members need
+# t = 3. The colluder bound has its own daemon test (tests/adversarial/test_adv_secagg_colluders.py).
+TRUSTING = {"max_colluding_members": 0}
+
 # Fast but real: DP-SGD with Opacus on the tiny model, 2 steps a round, short stage deadlines.
 FAST_CLIENT = {
     # Noise is calibrated once for planned_rounds releases; crash and abort tests re-run rounds.
-    "client": {"planned_rounds": 4},
+    "client": {"planned_rounds": 4, **TRUSTING},
     "training": {"steps": 2, "batch_size": 8, "max_seq_len": 32, "learning_rate": 0.5, "clipping": "hooks"},
     "connection": {"poll_wait_s": 1.0, "backoff_initial_s": 0.2, "backoff_max_s": 1.0, "give_up_after_s": 90.0},
 }
@@ -24,7 +29,7 @@ def fast_server(**deadlines) -> dict:
     d = {"join_s": 90.0, "training_s": 90.0, "share_keys_s": 15.0, "masked_input_s": 15.0, "unmask_s": 15.0,
          "decrypt_s": 20.0, "poll_s": 1.0}
     d.update(deadlines)
-    return {"deadlines": d}
+    return {"deadlines": d, "federation": dict(TRUSTING)}
 
 
 def free_port() -> int:

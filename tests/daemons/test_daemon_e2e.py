@@ -201,7 +201,7 @@ def test_sparse_graph_round_with_keys_left_out_is_abandoned_by_members(tmp_path,
     # SecAgg+ (k = 2 of 4): the key set seeds the neighbour graph, so members refuse to go on when the
     # server's key broadcast leaves a listed member out (here member-4, which declined on budget).
     p = provision(tmp_path, 4, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
-                  server={**fast_server(share_keys_s=2.0), "federation": {"neighbour_degree": 2, "max_attempts": 1}},
+                  server={**fast_server(share_keys_s=2.0), "federation": {"neighbour_degree": 2, "max_attempts": 1, "max_colluding_members": 0}},
                   client=FAST_CLIENT, per_client={"member-4": {"privacy": {"target_epsilon": 0.2},
                                                                "training": {"noise_multiplier": 0.6}}})
     watch = recorders(p.client_tomls)

@@ -12,6 +12,10 @@ from securefed.errors import InvalidMessage
 from securefed.protocol.plan import cohort_ids, plan_bytes, seal_plan, verify_plan
 from securefed.transport._generated import federation_pb2 as pb
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 KIT = Path(__file__).resolve().parents[2] / "clients"
 
 
@@ -60,7 +64,7 @@ def test_secagg_round_through_the_wire_conversions():
     ids = cohort_ids(plan)
     params = sa.SecAggParams(threshold=2, ring_bits=64, frac_bits=32, clip=1.0)
     server = sa.SecAggServer(params, round_id=3, vector_length=5, cohort={ids.int_of(n): idk[n].public_bytes() for n in names},
-                             plan=plan_bytes(plan), model_hash=b"\x02" * 32)
+                             plan=plan_bytes(plan), model_hash=b"\x02" * 32, max_colluders=NO_COLLUDERS)
     server.start()
     inputs = {n: np.array([0.1, -0.2, 0.3, 0.0, 0.3]) * (i + 1) for i, n in enumerate(names)}  # within clip
     clients = {}
@@ -68,7 +72,7 @@ def test_secagg_round_through_the_wire_conversions():
     setup = sa.RoundSetup(**{**setup0.__dict__, "session_id": setup_digest(setup0)})
     assert setup.session_id == server.plan_digest
     for n in names:
-        c = sa.SecAggClient(ids.int_of(n), idk[n])
+        c = sa.SecAggClient(ids.int_of(n), idk[n], max_colluders=NO_COLLUDERS)
         c.set_input(inputs[n])
         adv = c.handle(setup)
         server.receive(wire.advertise_from_pb(wire.advertise_to_pb(adv, ids), adv.session_id, ids))
@@ -84,7 +88,9 @@ def test_secagg_round_through_the_wire_conversions():
         sd = wire.share_delivery_from_pb(wire.share_delivery_to_pb(out[ids.int_of(n)], ids), sid, ids.int_of(n), ids)
         m = clients[n].handle(sd)
         bits, data = wire.masked_to_bytes(m)
-        server.receive(wire.masked_from_bytes(data, bits, 5, sid, ids.int_of(n)))
+        sig = wire.masked_with_to_pb(m, ids)
+        assert sig.client_id == n
+        server.receive(wire.masked_from_bytes(data, bits, 5, sid, ids.int_of(n), sig.signature))
     out = server.close_stage()
     for n in names:
         r = clients[n].handle(wire.survivors_from_pb(wire.survivors_to_pb(out[ids.int_of(n)], ids), sid, ids))
@@ -96,4 +102,4 @@ def test_secagg_round_through_the_wire_conversions():
     server.close_stage()
     np.testing.assert_allclose(server.result.values, sum(inputs.values()), atol=3 * 2.0**-32)
     with pytest.raises(InvalidMessage, match="bytes"):
-        wire.masked_from_bytes(b"\0" * 39, 64, 5, sid, 1)
+        wire.masked_from_bytes(b"\0" * 39, 64, 5, sid, 1, bytes(64))

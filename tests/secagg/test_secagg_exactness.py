@@ -13,6 +13,10 @@ from securefed.errors import ProtocolAbort
 from securefed.secagg import SecAggParams, ServerStage, SimulatedRound, Stage, simulate_round
 from securefed.secagg.simulation import plain_ring_sum
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 D = 24
 
 
@@ -50,7 +54,7 @@ CONFIGS = [
 def test_no_dropouts_exact(n, t, k, bits) -> None:
     params = SecAggParams(threshold=t, neighbour_degree=k, ring_bits=bits, frac_bits=10, clip=4.0)
     inputs = exact_inputs(range(1, n + 1), 10, seed=n * 100 + t, clip=4.0)
-    out = simulate_round(inputs, params)
+    out = simulate_round(inputs, params, max_colluders=NO_COLLUDERS)
     assert out.result.survivors == tuple(range(1, n + 1)) and not out.result.dropouts
     check_exact(out, inputs, params)
 
@@ -64,7 +68,7 @@ def test_max_dropouts_at_one_stage_exact(n, t, k, bits, stage) -> None:
     inputs = exact_inputs(ids, 8, seed=n + t + stage)
     tolerance = params.dropout_tolerance(n)
     dropped = ids[-tolerance:] if tolerance else []
-    out = simulate_round(inputs, params, drop={c: stage for c in dropped})
+    out = simulate_round(inputs, params, drop={c: stage for c in dropped}, max_colluders=NO_COLLUDERS)
     check_exact(out, inputs, params)
     in_sum = set(ids) if stage >= Stage.CONSISTENCY else set(ids) - set(dropped)  # masked input already in
     assert set(out.result.survivors) == in_sum
@@ -86,7 +90,7 @@ def test_any_tolerated_pattern_is_exact(config, data) -> None:
     stages = data.draw(st.lists(st.sampled_from(list(Stage)), min_size=len(dropped), max_size=len(dropped)),
                        label="stages")
     inputs = exact_inputs(ids, 8, seed=data.draw(st.integers(0, 2**32 - 1), label="seed"))
-    out = simulate_round(inputs, params, drop=dict(zip(dropped, stages)))
+    out = simulate_round(inputs, params, drop=dict(zip(dropped, stages)), max_colluders=NO_COLLUDERS)
     check_exact(out, inputs, params)
     early = {c for c, s in zip(dropped, stages) if s <= Stage.MASKED_INPUT}
     assert set(out.result.survivors) == set(ids) - early
@@ -99,7 +103,7 @@ def test_any_pattern_one_beyond_tolerance_aborts_complete_graph(nt, data) -> Non
     ids = list(range(1, n + 1))
     dropped = data.draw(st.lists(st.sampled_from(ids), unique=True, min_size=n - t + 1, max_size=n - t + 1))
     stages = data.draw(st.lists(st.sampled_from(list(Stage)), min_size=len(dropped), max_size=len(dropped)))
-    rnd = SimulatedRound(exact_inputs(ids, 8, seed=3), SecAggParams(threshold=t, frac_bits=8))
+    rnd = SimulatedRound(exact_inputs(ids, 8, seed=3), SecAggParams(threshold=t, frac_bits=8), max_colluders=NO_COLLUDERS)
     with pytest.raises(ProtocolAbort, match="round aborted, no aggregate"):
         rnd.run(drop=dict(zip(dropped, stages)))
     assert rnd.server.stage is ServerStage.ABORTED
@@ -114,7 +118,7 @@ def test_one_dropout_too_many_aborts_complete_graph(n, t, stage) -> None:
     ids = list(range(1, n + 1))
     drop = {c: stage for c in ids[: n - t + 1]}
     with pytest.raises(ProtocolAbort, match="fewer than the threshold"):
-        simulate_round(exact_inputs(ids, 8, seed=1), params, drop=drop)
+        simulate_round(exact_inputs(ids, 8, seed=1), params, drop=drop, max_colluders=NO_COLLUDERS)
 
 
 @pytest.mark.parametrize("stage", [s for s in Stage if s is not Stage.ADVERTISE_KEYS], ids=lambda s: s.name)
@@ -122,7 +126,7 @@ def test_one_dropout_too_many_in_a_neighbourhood_aborts_sparse_graph(stage) -> N
     """SecAgg+: m - t + 1 of one client's holders drop -> its secret cannot be rebuilt -> abort."""
     n, t, k = 10, 3, 4  # m = 5 holders per client, tolerance 2
     params = SecAggParams(threshold=t, neighbour_degree=k, frac_bits=8)
-    rnd = SimulatedRound(exact_inputs(range(1, n + 1), 8, seed=2), params)
+    rnd = SimulatedRound(exact_inputs(range(1, n + 1), 8, seed=2), params, max_colluders=NO_COLLUDERS)
     rnd.step()  # keys collected: the session id, hence the graph, is now fixed
     victim = 1
     holders = [h for h in rnd.server.graph.holders(victim) if h != victim]
@@ -139,14 +143,14 @@ def test_one_dropout_too_many_in_a_neighbourhood_aborts_sparse_graph(stage) -> N
 def test_sum_wraps_the_ring_and_decodes_negative_values() -> None:
     params = SecAggParams(threshold=3, frac_bits=4, clip=8.0)
     inputs = {1: np.full(D, -8.0), 2: np.full(D, -8.0), 3: np.full(D, 7.9375), 4: np.full(D, -0.0625)}
-    out = simulate_round(inputs, params)
+    out = simulate_round(inputs, params, max_colluders=NO_COLLUDERS)
     assert np.array_equal(out.result.values, np.full(D, -8.125))
 
 
 def test_clipping_is_reported() -> None:
     params = SecAggParams(threshold=2, frac_bits=4, clip=1.0)
     inputs = {1: np.array([0.5, 3.0, -2.0, 0.0]), 2: np.zeros(4), 3: np.zeros(4)}
-    out = simulate_round(inputs, params)
+    out = simulate_round(inputs, params, max_colluders=NO_COLLUDERS)
     assert out.stats[1].clipped == 2 and out.stats[2].clipped == 0
     assert np.array_equal(out.result.values, np.array([0.5, 1.0, -1.0, 0.0]))
 
@@ -155,12 +159,12 @@ def test_bad_input_is_a_caller_error_not_an_abort() -> None:
     from securefed.errors import InvalidInput
     from securefed.secagg import ClientStage, SecAggClient
     from securefed.crypto.keys import IdentityKeyPair
-    client = SecAggClient(1, IdentityKeyPair.generate())
+    client = SecAggClient(1, IdentityKeyPair.generate(), max_colluders=NO_COLLUDERS)
     with pytest.raises(InvalidInput, match="NaN"):
         client.set_input(np.array([0.0, np.nan]))
     with pytest.raises(InvalidInput, match="1-D"):
         client.set_input(np.zeros((2, 2)))
-    rnd = SimulatedRound({c: np.zeros(4) for c in (1, 2, 3)}, SecAggParams(threshold=2))
+    rnd = SimulatedRound({c: np.zeros(4) for c in (1, 2, 3)}, SecAggParams(threshold=2), max_colluders=NO_COLLUDERS)
     rnd.step()
     rnd.step()
     rnd.clients[1]._input = None  # the daemon forgot set_input: refused, state kept, retry works

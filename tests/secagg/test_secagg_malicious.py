@@ -19,6 +19,7 @@ from securefed.secagg import (
     KeyBroadcast,
     OnClientAbort,
     RoundSetup,
+    SecAggClient,
     SecAggParams,
     ShareDelivery,
     ShareKind,
@@ -30,6 +31,10 @@ from securefed.secagg import (
 )
 from securefed.secagg.session import session_id
 from securefed.secagg.client import setup_digest
+
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
 
 N, D = 5, 6
 PARAMS = SecAggParams(threshold=3, frac_bits=8)
@@ -45,13 +50,13 @@ def only(stage: Stage, recipient: int | None, fn):
 
 def aborts(tamper, match: str, **kw):
     with pytest.raises(ProtocolAbort, match=match):
-        simulate_round(INPUTS, PARAMS, tamper=tamper, **kw)
+        simulate_round(INPUTS, PARAMS, tamper=tamper, **kw, max_colluders=NO_COLLUDERS)
 
 
 # ---- honest baseline ---------------------------------------------------------------------------
 
 def test_honest_round_reveals_one_share_kind_per_client() -> None:
-    out = simulate_round(INPUTS, PARAMS, drop={5: Stage.MASKED_INPUT})
+    out = simulate_round(INPUTS, PARAMS, drop={5: Stage.MASKED_INPUT}, max_colluders=NO_COLLUDERS)
     assert np.allclose(out.result.values, sum(INPUTS[c] for c in range(1, 5)))
     for c in range(1, 5):
         rev = out.clients[c].revealed
@@ -70,7 +75,7 @@ def test_a_different_plan_for_one_client_is_detected() -> None:
     """Client 2 is shown another model hash (with a self-consistent digest). The honest server code
     refuses its key signature; a malicious server that forwards the keys anyway is caught by every
     client, because the signatures (and the session id) bind the plan digest."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     real = rnd.outbox[1]
     other = dataclasses.replace(real, model_hash=b"\x01" * 32)
     other = dataclasses.replace(other, session_id=setup_digest(other))
@@ -91,6 +96,16 @@ def test_insecure_threshold_in_plan_is_refused() -> None:
         m2 = dataclasses.replace(m, threshold=2)  # 2 of 5 is not a majority
         return dataclasses.replace(m2, session_id=setup_digest(m2))
     aborts(only(Stage.ADVERTISE_KEYS, 1, low_t), "refusing insecure parameters.*strict majority")
+
+
+def test_a_threshold_too_low_for_the_clients_own_colluder_bound_is_refused() -> None:
+    """t = 3 of 5 is a strict majority, but a client assuming one colluder (the default) refuses it."""
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
+    cautious = SecAggClient(1, rnd.identities[1])  # default: one colluder
+    cautious.set_input(INPUTS[1])
+    with pytest.raises(ProtocolAbort, match="max_colluding_members = 1.*set threshold >= 4"):
+        cautious.handle(rnd.outbox[1])
+    assert rnd.clients[1].handle(rnd.outbox[1]) is not None  # control: the same setup, no colluder assumed
 
 
 @pytest.mark.parametrize("change", [{"threshold": 1}, {"neighbour_degree": 3}, {"frac_bits": 70},
@@ -178,7 +193,7 @@ def test_tampered_encrypted_share_aborts() -> None:
 
 def test_share_redirected_to_another_client_aborts() -> None:
     """The server hands client 1 a ciphertext that was meant for client 2 (relabelled)."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     rnd.step()
     rnd.step()
     for_2 = next(s for s in rnd.outbox[2].shares if s.sender == 3)
@@ -200,7 +215,7 @@ def test_wrong_session_id_later() -> None:
 
 
 def test_replay_from_earlier_stage_aborts() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     for _ in range(3):
         rnd.step()
     with pytest.raises(ProtocolAbort, match="waiting for stage CONSISTENCY"):
@@ -223,7 +238,7 @@ def test_different_survivor_list_for_one_client_fails_consistency() -> None:
     """A malicious server shows client 1 a list without client 4 (so that client 1 would reveal 4's
     mask key while others reveal 4's self-mask seed) and everyone else the real list."""
     def setup():
-        rnd = SimulatedRound(INPUTS, PARAMS)
+        rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
         for _ in range(3):
             rnd.step()
         real = rnd.outbox[1]
@@ -268,14 +283,14 @@ def test_forged_consistency_signature() -> None:
 
 def test_neighbour_status_must_match_received_shares() -> None:
     """Client 5 dropped after sharing; a server hiding that (dropped=()) is refused."""
-    aborts(only(Stage.UNMASK, 1, lambda m: dataclasses.replace(m, dropped=())), "status disagrees",
+    aborts(only(Stage.UNMASK, 1, lambda m: dataclasses.replace(m, dropped=())), "not the share senders",
            drop={5: Stage.MASKED_INPUT})
 
 
 def test_client_aborts_are_recorded_with_drop_policy() -> None:
     """One client refusing a forged message just drops out; the others still finish the round."""
     out = simulate_round(INPUTS, PARAMS, on_client_abort=OnClientAbort.DROP,
-                         tamper=only(Stage.SHARE_KEYS, 2, lambda m: dataclasses.replace(m, session_id=bytes(32))))
+                         tamper=only(Stage.SHARE_KEYS, 2, lambda m: dataclasses.replace(m, session_id=bytes(32))), max_colluders=NO_COLLUDERS)
     assert set(out.client_aborts) == {2}
     assert out.result.survivors == (1, 3, 4, 5)
     assert np.allclose(out.result.values, sum(INPUTS[c] for c in (1, 3, 4, 5)))
@@ -284,7 +299,7 @@ def test_client_aborts_are_recorded_with_drop_policy() -> None:
 # ---- server-side refusals -------------------------------------------------------------------------
 
 def test_late_masked_input_after_drop_is_not_counted() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     rnd.step()
     rnd.step()
     late = rnd.clients[3].handle(rnd.outbox[3])  # computed, but not delivered before the deadline
@@ -301,7 +316,7 @@ def test_late_masked_input_after_drop_is_not_counted() -> None:
 
 
 def test_dropped_client_cannot_rejoin_later_stage() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     rnd.step()
     rnd.step(drop={2: Stage.SHARE_KEYS})
     impostor = dataclasses.replace(rnd.clients[1].handle(rnd.outbox[1]), client_id=2)
@@ -310,7 +325,7 @@ def test_dropped_client_cannot_rejoin_later_stage() -> None:
 
 
 def test_server_refuses_bad_key_signature_and_duplicate_keys() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     replies = {c: rnd.clients[c].handle(rnd.outbox[c]) for c in (1, 2)}
     with pytest.raises(InvalidMessage, match="signature"):
         rnd.server.receive(dataclasses.replace(replies[1], signature=_flip(replies[1].signature)))
@@ -321,7 +336,7 @@ def test_server_refuses_bad_key_signature_and_duplicate_keys() -> None:
 
 
 def test_server_refuses_wrong_vector() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     rnd.step()
     rnd.step()
     msg = rnd.clients[1].handle(rnd.outbox[1])
@@ -332,7 +347,7 @@ def test_server_refuses_wrong_vector() -> None:
 
 
 def test_server_refuses_both_shares_of_one_client() -> None:
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     for _ in range(4):
         rnd.step(drop={5: Stage.MASKED_INPUT})
     reply = rnd.clients[1].handle(rnd.outbox[1])
@@ -348,7 +363,7 @@ def test_server_refuses_both_shares_of_one_client() -> None:
 
 def test_corrupted_unmask_share_aborts_instead_of_wrong_sum() -> None:
     """A share changed in transit is detected by combine()'s extra-share check, or the key check."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     for _ in range(4):
         rnd.step()
     for cid, msg in rnd.outbox.items():

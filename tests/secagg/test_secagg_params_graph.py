@@ -27,14 +27,44 @@ from securefed.secagg.messages import KeyBroadcast, MaskedInput, RevealedShare, 
 from securefed.secagg.session import permutation, plan_digest, session_id
 
 
-def test_threshold_must_be_a_majority() -> None:
+def test_threshold_must_be_a_majority_without_colluders() -> None:
     with pytest.raises(InsecureParameters, match="not a strict majority.*set threshold >= 6"):
-        SecAggParams(threshold=5).check_cohort(10)
-    SecAggParams(threshold=6).check_cohort(10)
+        SecAggParams(threshold=5).check_cohort(10, max_colluders=0)
+    SecAggParams(threshold=6).check_cohort(10, max_colluders=0)
     with pytest.raises(InsecureParameters, match="set threshold >= 3"):
-        SecAggParams(threshold=2, neighbour_degree=4).check_cohort(50)  # m = 5
+        SecAggParams(threshold=2, neighbour_degree=4).check_cohort(50, max_colluders=0)  # m = 5
     with pytest.raises(InsecureParameters, match="exceeds the 5 share holders"):
-        SecAggParams(threshold=6, neighbour_degree=4).check_cohort(50)
+        SecAggParams(threshold=6, neighbour_degree=4).check_cohort(50, max_colluders=0)
+
+
+@pytest.mark.parametrize(("n", "k", "c", "least"), [
+    (5, None, 1, 4),  # the issue's complete graph: t = 3 of 5 falls to one colluder
+    (10, None, 1, 6), (10, None, 2, 7),  # clients/server.toml: t = 6 of 10 falls to two
+    (16, 12, 2, 8), (16, 12, 3, 9),  # SecAgg+ n = 16, k = 12 (m = 13): t = 7 falls to two or three
+    (100, 20, 1, 12), (3, None, 1, 3),
+])
+def test_the_colluder_bound_2t_at_least_m_plus_c_plus_1(n, k, c, least) -> None:
+    """Each (n, k, c) refuses exactly the thresholds below ceil((m + c + 1) / 2), naming the smallest safe one."""
+    m = (n if k is None else k + 1)
+    assert least == -(-(m + c + 1) // 2) == suggest_threshold(n, k, max_colluders=c)
+    SecAggParams(threshold=least, neighbour_degree=k).check_cohort(n, max_colluders=c)
+    for t in range(2, least):
+        with pytest.raises(InsecureParameters, match=f"max_colluding_members = {c}.*set threshold >= {least}"):
+            SecAggParams(threshold=t, neighbour_degree=k).check_cohort(n, max_colluders=c)
+    # Dropout tolerance follows: at most (m - c - 1) / 2.
+    assert SecAggParams(threshold=least, neighbour_degree=k).dropout_tolerance(n) == (m - c - 1) // 2
+
+
+def test_the_default_assumes_one_colluder_and_too_few_holders_are_refused() -> None:
+    with pytest.raises(InsecureParameters, match="max_colluding_members = 1"):
+        SecAggParams(threshold=3).check_cohort(5)  # the default is one colluder
+    with pytest.raises(InsecureParameters, match="too few"):
+        SecAggParams(threshold=3).check_cohort(3, max_colluders=3)  # 3 holders, all of them possibly colluding
+    SecAggParams(threshold=3).check_cohort(3, max_colluders=2)  # t = m: the victim's own share is always needed
+    with pytest.raises(InsecureParameters, match="max_colluders"):
+        SecAggParams(threshold=3).check_cohort(5, max_colluders=-1)
+    with pytest.raises(InsecureParameters, match="cannot protect"):
+        suggest_threshold(3, max_colluders=3)
 
 
 def test_too_few_clients_and_overflow_refused() -> None:
@@ -57,16 +87,18 @@ def test_config_errors_name_the_key() -> None:
 
 
 @pytest.mark.parametrize("n", [3, 4, 10, 50, 100, 1000, 10_000])
-def test_suggestions_are_safe(n: int) -> None:
-    params = suggest_params(n)
+@pytest.mark.parametrize("c", [0, 1, 2])
+def test_suggestions_are_safe(n: int, c: int) -> None:
+    params = suggest_params(n, max_colluders=c)
     k = params.effective_degree(n)
     assert k % 2 == 0 or k == n - 1
     m = k + 1
-    assert params.threshold == m // 2 + 1 and 2 * params.threshold > m
-    assert params.dropout_tolerance(n) == m - params.threshold
+    assert params.threshold == (m + c + 2) // 2 and 2 * params.threshold >= m + c + 1
+    assert params.dropout_tolerance(n) == m - params.threshold == (m - c - 1) // 2
     if n >= 100:
         assert k < n - 1 and k <= 3 * n.bit_length() + 2  # O(log n)
-    assert suggest_neighbour_degree(100) == 20 and suggest_threshold(100, 20) == 11
+    assert suggest_neighbour_degree(100) == 20 and suggest_threshold(100, 20, max_colluders=0) == 11
+    assert suggest_threshold(100, 20) == 12  # the default assumes one colluder
 
 
 def _ids(draw_n: int) -> list[int]:
@@ -152,9 +184,11 @@ def test_message_validation_rejects_bad_sizes() -> None:
         k = AdvertisedKeys(1, bytes(32), bytes(32), bytes(64))
         KeyBroadcast(sid, Stage.SHARE_KEYS, (k, k)).validate()
     with pytest.raises(InvalidMessage, match="uint32 or uint64"):
-        MaskedInput(sid, Stage.MASKED_INPUT, 1, np.zeros(3, np.float32)).validate()
+        MaskedInput(sid, Stage.MASKED_INPUT, 1, np.zeros(3, np.float32), bytes(64)).validate()
     with pytest.raises(InvalidMessage, match="integer"):
-        MaskedInput(sid, Stage.MASKED_INPUT, -1, np.zeros(3, np.uint32)).validate()
+        MaskedInput(sid, Stage.MASKED_INPUT, -1, np.zeros(3, np.uint32), bytes(64)).validate()
+    with pytest.raises(InvalidMessage, match="masked-with signature"):
+        MaskedInput(sid, Stage.MASKED_INPUT, 1, np.zeros(3, np.uint32), b"short").validate()
     with pytest.raises(InvalidMessage, match="both"):
         r = RevealedShare(2, bytes(74))
         UnmaskResponse(sid, Stage.UNMASK, 1, (r,), (r,)).validate()
@@ -168,6 +202,6 @@ def test_message_validation_rejects_bad_sizes() -> None:
 def test_server_refuses_bad_cohort() -> None:
     key = IdentityKeyPair.generate().public_bytes()
     with pytest.raises(InvalidInput, match="identity key"):
-        SecAggServer(SecAggParams(threshold=2), round_id=1, vector_length=4, cohort={1: key, 2: key, 3: b"\x01" * 32})
+        SecAggServer(SecAggParams(threshold=3), round_id=1, vector_length=4, cohort={1: key, 2: key, 3: b"\x01" * 32})
     with pytest.raises(InsecureParameters):
         SecAggServer(SecAggParams(threshold=2), round_id=1, vector_length=4, cohort={i: bytes([i]) * 32 for i in range(1, 6)})

@@ -23,6 +23,10 @@ from securefed.secagg import (
     Stage,
 )
 
+# These cases exercise the protocol under the plain majority rule, with no colluder among a client's
+# share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.
+NO_COLLUDERS = 0
+
 N, D = 4, 8
 PARAMS = SecAggParams(threshold=3, frac_bits=8)
 INPUTS = {cid: np.full(D, cid / 16) for cid in range(1, N + 1)}
@@ -31,7 +35,7 @@ TARGET = 1
 
 def _round_at(stage: Stage) -> SimulatedRound:
     """A fresh round whose clients have handled every stage before ``stage``."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     while rnd.next_stage is not stage:
         rnd.step()
     return rnd
@@ -40,7 +44,7 @@ def _round_at(stage: Stage) -> SimulatedRound:
 @pytest.fixture(scope="module")
 def finished() -> SimulatedRound:
     """A complete honest round: a source of well-formed messages of every stage (for another session)."""
-    rnd = SimulatedRound(INPUTS, PARAMS)
+    rnd = SimulatedRound(INPUTS, PARAMS, max_colluders=NO_COLLUDERS)
     rnd.run()
     return rnd
 

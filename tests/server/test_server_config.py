@@ -15,7 +15,8 @@ KIT = Path(__file__).resolve().parents[2] / "clients"
 
 def test_example_configs_in_the_kit_load():
     s = load_server_config(KIT / "server.toml")
-    assert s.federation.mode.value == "secagg" and s.federation.threshold == 6
+    assert s.federation.mode.value == "secagg" and s.federation.threshold == 7
+    assert s.federation.max_colluding_members == 2
     assert s.server.state_dir.is_absolute()
     c = load_client_config(KIT / "client.toml")
     assert c.privacy.target_epsilon == 8.0 and c.ledger_path.name == "ledger.sqlite"
@@ -83,3 +84,22 @@ def test_default_ring_is_the_smallest_that_cannot_overflow(tmp_path):
 def test_the_shipped_example_uses_the_32_bit_ring():
     s = load_server_config(KIT / "server.toml")
     assert s.ring_bits() == 32 and s.secagg_params(s.federation.cohort_size).ring_bits == 32
+
+
+def test_a_threshold_too_low_for_the_declared_colluders_is_refused(tmp_path, capsys):
+    """The issue's setup: 10 members, t = 6, up to 2 colluding: one colluder signing two survivor lists
+    exposes a member (2t >= m + c + 1 needs t >= 7). ``securefed server`` refuses it in one line."""
+    from securefed.cli import main
+
+    bad = "cohort_size = 10\nmin_clients = 10\nthreshold = 6\nmax_colluding_members = 2\n"
+    with pytest.raises(InsecureParameters, match="max_colluding_members = 2.*set threshold >= 7"):
+        load_server_config(_server_toml(tmp_path, bad))
+    assert main(["server", "--config", str(_server_toml(tmp_path, bad))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "set threshold >= 7" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    ok = load_server_config(_server_toml(tmp_path, bad.replace("threshold = 6", "threshold = 7")))
+    assert ok.federation.threshold == 7
+    # The default assumes one colluder: t = 6 of 10 passes it, t = 5 does not.
+    load_server_config(_server_toml(tmp_path, "cohort_size = 10\nmin_clients = 10\nthreshold = 6\n"))
+    with pytest.raises(InsecureParameters, match="max_colluding_members = 1"):
+        load_server_config(_server_toml(tmp_path, "cohort_size = 10\nmin_clients = 10\nthreshold = 5\n"))

@@ -318,20 +318,22 @@ class Task(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., key_broadcast: _Optional[_Union[_secagg_pb2.KeyBroadcast, _Mapping]] = ..., share_delivery: _Optional[_Union[_secagg_pb2.ShareDelivery, _Mapping]] = ..., survivor_list: _Optional[_Union[_secagg_pb2.SurvivorList, _Mapping]] = ..., unmask_request: _Optional[_Union[_secagg_pb2.UnmaskRequest, _Mapping]] = ..., aggregate_ready: _Optional[_Union[AggregateReady, _Mapping]] = ..., aborted: _Optional[_Union[RoundAborted, _Mapping]] = ..., decrypt_request: _Optional[_Union[DecryptRequest, _Mapping]] = ...) -> None: ...
 
 class SubmitResultRequest(_message.Message):
-    __slots__ = ("header", "plan_decision", "advertise_keys", "share_keys", "consistency_signature", "unmask_response")
+    __slots__ = ("header", "plan_decision", "advertise_keys", "share_keys", "consistency_signature", "unmask_response", "masked_input_signature")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PLAN_DECISION_FIELD_NUMBER: _ClassVar[int]
     ADVERTISE_KEYS_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MASKED_INPUT_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     plan_decision: PlanDecision
     advertise_keys: _secagg_pb2.AdvertiseKeys
     share_keys: _secagg_pb2.ShareKeys
     consistency_signature: _secagg_pb2.ConsistencySignature
     unmask_response: _secagg_pb2.UnmaskResponse
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., plan_decision: _Optional[_Union[PlanDecision, _Mapping]] = ..., advertise_keys: _Optional[_Union[_secagg_pb2.AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[_secagg_pb2.ShareKeys, _Mapping]] = ..., consistency_signature: _Optional[_Union[_secagg_pb2.ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[_secagg_pb2.UnmaskResponse, _Mapping]] = ...) -> None: ...
+    masked_input_signature: _secagg_pb2.SecAggMaskedWith
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., plan_decision: _Optional[_Union[PlanDecision, _Mapping]] = ..., advertise_keys: _Optional[_Union[_secagg_pb2.AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[_secagg_pb2.ShareKeys, _Mapping]] = ..., consistency_signature: _Optional[_Union[_secagg_pb2.ConsistencySignature, _Mapping]] = ..., unmask_response: _Optional[_Union[_secagg_pb2.UnmaskResponse, _Mapping]] = ..., masked_input_signature: _Optional[_Union[_secagg_pb2.SecAggMaskedWith, _Mapping]] = ...) -> None: ...
 
 class SubmitResultResponse(_message.Message):
     __slots__ = ("accepted", "detail")

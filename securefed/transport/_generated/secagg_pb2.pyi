@@ -77,10 +77,22 @@ class ShareDelivery(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
 
 class SurvivorList(_message.Message):
-    __slots__ = ("survivors",)
+    __slots__ = ("survivors", "share_senders", "masked_with")
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    SHARE_SENDERS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_WITH_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, survivors: _Optional[_Iterable[str]] = ...) -> None: ...
+    share_senders: _containers.RepeatedScalarFieldContainer[str]
+    masked_with: _containers.RepeatedCompositeFieldContainer[SecAggMaskedWith]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., share_senders: _Optional[_Iterable[str]] = ..., masked_with: _Optional[_Iterable[_Union[SecAggMaskedWith, _Mapping]]] = ...) -> None: ...
+
+class SecAggMaskedWith(_message.Message):
+    __slots__ = ("client_id", "signature")
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    client_id: str
+    signature: bytes
+    def __init__(self, client_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskRequest(_message.Message):
     __slots__ = ("survivors", "dropped", "signatures")
