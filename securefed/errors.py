@@ -101,3 +101,12 @@ class ModelError(SecureFedError):
 
 class TransportError(SecureFedError):
     """A network or TLS failure in the daemons."""
+
+
+class CertificateError(ConfigError):
+    """A certificate problem that retrying cannot fix (another CA, expired or not yet valid, a host
+    name the certificate does not name, revoked): the message says which, and what to change."""
+
+
+class CertificateRevoked(CertificateError):
+    """The federation operator revoked this certificate (it is on the CA-signed revocation list)."""

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 
 from securefed.client import admission
 from securefed.client.budget import BudgetPlanner
+from securefed.client.certificates import MemberCertificates
 from securefed.client.ckks_session import CkksSession, MemberKey
 from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
@@ -72,6 +73,7 @@ class ClientDaemon:
         self.ca = load_ca(creds.ca_pem)
         self.state_dir = Path(config.client.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.certificates = MemberCertificates(config, creds, self.ca)  # own certificate valid, not revoked
         self.ledger = Ledger.open_or_create(config.ledger_path, self.identity, client_id=self.name,
                                             budget=config.privacy)
         self.connection = Connection(config)
@@ -162,7 +164,8 @@ class ClientDaemon:
         self.protocol = None
         admission.check_payload_size(plan, strategy.payload_size)
         lora = LoraSettings.model_validate(settings["lora"])
-        reason = admission.decline_reason(plan, lora, self.config, bundle.digest, self.grinding)
+        reason = (self.certificates.decline_reason(plan)
+                  or admission.decline_reason(plan, lora, self.config, bundle.digest, self.grinding))
         if reason is not None:
             return self._decline(reason)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Iterator
 
 import grpc
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CryptoError, InvalidMessage
+from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage
 from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
@@ -35,6 +36,7 @@ from securefed.transport.limits import (
     MAX_POLL_WAIT_MS,
     PROTOCOL_VERSION,
 )
+from securefed.transport.revocation import RevocationWatch
 from securefed.transport.service import authenticate_peer
 
 logger = get_logger("server.rpc")
@@ -47,14 +49,28 @@ _STATE = {
 
 
 class FederationService(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, federation_id: str = "securefed") -> None:
+    def __init__(self, coordinator: Coordinator, federation_id: str = "securefed",
+                 revocations: RevocationWatch | None = None) -> None:
         self.co = coordinator
         self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
+        self.revocations = revocations
+        self._refused: set[tuple[str, int]] = set()  # revoked (member, serial) already logged
+        if revocations is not None:  # registration and cohort selection check the same list
+            self.mailbox.is_revoked = revocations.is_revoked
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
+        """The caller, from its certificate; a revoked certificate is refused at every call."""
         p = authenticate_peer(context)
+        if self.revocations is not None and p.certificate is not None and self.revocations.is_revoked(p.certificate):
+            serial = p.certificate.serial_number
+            if (p.client_id, serial) not in self._refused:
+                self._refused.add((p.client_id, serial))
+                log(logger, "refused a revoked member", level=logging.WARNING, client=p.client_id,
+                    serial=f"{serial:x}")
+            raise CertificateRevoked(f"the certificate of {p.client_id!r} (serial {serial:x}) is revoked by the "
+                                     "federation operator; ask them for a new one (securefed keys bundle)")
         return p.client_id, tid.raw_public_key(p.identity_public_key)
 
     # --- RPCs ---------------------------------------------------------------------------------

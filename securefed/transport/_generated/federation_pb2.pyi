@@ -199,7 +199,7 @@ class CohortMember(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256")
+    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "revocation_list", "federation_id", "federation_round")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,9 @@ class RoundPlan(_message.Message):
     VECTOR_LENGTH_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_LIST_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_ROUND_FIELD_NUMBER: _ClassVar[int]
     round: int
     global_adapter_sha256: bytes
     mode: AggregationMode
@@ -220,7 +223,10 @@ class RoundPlan(_message.Message):
     vector_length: int
     stage_timeout_ms: int
     plan_sha256: bytes
-    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ...) -> None: ...
+    revocation_list: bytes
+    federation_id: str
+    federation_round: int
+    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ..., federation_id: _Optional[str] = ..., federation_round: _Optional[int] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
     __slots__ = ("participate", "decline_reason")
