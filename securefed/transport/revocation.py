@@ -229,8 +229,9 @@ class RevocationWatch:
                 log(logger, "refused a new revocation list; the previous one stays in force", level=logging.ERROR,
                     path=str(self.path), error=str(exc))
                 return self._list
-            if self._list is not None and new.number < self._list.number:
-                log(logger, "refused an older revocation list; the newer one stays in force", level=logging.ERROR,
+            if self._list is not None and new.der != self._list.der and new.number <= self._list.number:
+                # CRL numbers only grow (RFC 5280): an older or rival list must not un-revoke anyone.
+                log(logger, "refused a revocation list not newer than the one in force", level=logging.ERROR,
                     path=str(self.path), number=new.number, in_force=self._list.number)
                 return self._list
             self._list = new
