@@ -93,6 +93,11 @@ class LedgerError(PrivacyError):
     """The privacy ledger is corrupt: a broken hash chain, a bad signature, a gap or reordering."""
 
 
+class LedgerHeaderTampered(LedgerError):
+    """The ledger's header (client, identity key, budget, dataset) does not verify: its bytes, hash or
+    self-signature were changed, or it is not a header this build can read."""
+
+
 class ModelError(SecureFedError):
     """The base model or tokenizer could not be loaded or does not match."""
 
