@@ -163,3 +163,9 @@ class DatasetLedgers:
 
     def close(self) -> None:
         self.own.close()
+
+    def __enter__(self) -> DatasetLedgers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
