@@ -56,6 +56,11 @@ class ClientSection(StrictModel):
         "them fit in the budget (when training.noise_multiplier is not set)",
     )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for local training; default: every core, or a quarter of them "
+        "when the server is on this machine (a one-machine trial: the server and the other members share the "
+        "cores); OMP_NUM_THREADS, when set, wins"
+    )
     min_cohort_size: int = Field(
         3, ge=3, description="decline plans listing fewer members (the secure-aggregation threshold then bounds "
         "how far dropouts can shrink the sum)"
