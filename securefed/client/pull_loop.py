@@ -2,8 +2,9 @@
 
 A lost server is retried with exponential backoff, jittered from a CSPRNG, until
 ``connection.give_up_after_s`` (exit 3), unless the failure is a certificate problem (another CA,
-expired, a name mismatch, revoked), which ends the daemon with one line and its fix; a session the server refused or a protocol check ended is
-dropped, and the loop keeps serving: the next plan starts afresh with fresh keys.
+expired, a name mismatch, revoked), which ends the daemon with one line and its fix (exit 2); a
+session the server refused or a protocol check ended is dropped, and the loop keeps serving: the next
+plan starts afresh with fresh keys.
 """
 
 from __future__ import annotations

@@ -45,6 +45,12 @@ class RoundLogContext:
     attempts: dict[int, AttemptView]
     heads: dict[str, LedgerHead]
     public_keys: dict[str, bytes]
+    reported: dict[str, int]  # the exact signed event text the server recorded -> its attempt
+
+    def attempt_of(self, event_bytes: bytes) -> AttemptView | None:
+        """The attempt in which the server recorded exactly this signed event (None: never reported here)."""
+        a = self.reported.get(event_bytes.decode("utf-8"))
+        return self.attempts.get(a) if a is not None else None
 
     @property
     def completed_rounds(self) -> int:
@@ -60,6 +66,7 @@ def read_round_log(path: str | os.PathLike) -> RoundLogContext:
             attempts = log.attempts()
             heads = log.ledger_heads()
             keys = log.identity_keys()
+            reported = {e.event: e.attempt for e in log.privacy_events()}
         finally:
             log.close()
     except (RoundLogError, OSError) as exc:
@@ -70,4 +77,4 @@ def read_round_log(path: str | os.PathLike) -> RoundLogContext:
                                     tuple(a.dropouts), dict(a.declined), a.started_at, a.finished_at)
              for a in attempts}
     return RoundLogContext(str(path), views, {c: LedgerHead(n, h) for c, (n, h) in heads.items()},
-                           {c: bytes.fromhex(k) for c, k in keys.items()})
+                           {c: bytes.fromhex(k) for c, k in keys.items()}, reported)

@@ -60,16 +60,11 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _attempt_for(ctx: RoundLogContext | None, client: str | None, event) -> dict | None:
-    """The round log's attempt for this event: same attempt id, this member in its cohort, same round."""
-    if ctx is None or client is None:
-        return None
-    a = ctx.attempts.get(event.round_id)
-    if a is None or client not in a.cohort:
-        return None
-    if event.context is not None and event.context.federation_round != a.round:
-        return None
-    return a.to_dict()
+def _attempt_for(ctx: RoundLogContext | None, event) -> dict | None:
+    """The round log's attempt in which the server recorded exactly this signed event (None when it never
+    was: another federation's event, or one whose report a crash cut off; its budget counts all the same)."""
+    a = ctx.attempt_of(event.canonical_bytes()) if ctx is not None else None
+    return a.to_dict() if a is not None else None
 
 
 def client_report(v: LedgerVerification, round_log: RoundLogContext | None = None) -> dict[str, Any]:
@@ -128,7 +123,7 @@ def client_report(v: LedgerVerification, round_log: RoundLogContext | None = Non
             "config_hash": e.config_hash,
             "timestamp": e.timestamp,
             "library_versions": e.library_versions.to_dict(),
-            "attempt": _attempt_for(round_log, h.client_id, e),
+            "attempt": _attempt_for(round_log, e),
         })
     last = cumulative[-1]
     if v.epsilon is None:
@@ -457,12 +452,12 @@ def render_html(report: dict[str, Any]) -> str:
         )
     out.append("</table>")
     for c in report["clients"]:
-        out += _client_html(c)
+        out += _client_html(c, bool(report["round_log"]))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
-def _client_html(c: dict[str, Any]) -> list[str]:
+def _client_html(c: dict[str, Any], report_has_log: bool = False) -> list[str]:
     e = html.escape
     b = c["budget"] or {}
     out = [f"<h2>Client {e(str(c['client_id']))}</h2>",
@@ -489,9 +484,9 @@ def _client_html(c: dict[str, Any]) -> list[str]:
         rng = "yes" if r["secure_rng"] else '<span class="fail">NO</span>'
         ctx = r["context"] or {}
         a = r["attempt"]
-        who = ("&ndash;" if a is None else
-               e(f"{len(a['contributors'])} in ({', '.join(a['contributors'])}); {len(a['dropouts'])} dropped; "
-                 f"{len(a['declined'])} declined"))
+        who = ("&ndash;" if a is None and not report_has_log else "not reported to this server" if a is None else
+               e(f"{a['status']}: {len(a['contributors'])} in ({', '.join(a['contributors'])}); "
+                 f"{len(a['dropouts'])} dropped; {len(a['declined'])} declined"))
         out.append(
             f'<tr class="{"" if r["secure_rng"] else "insecure"}"><td>{r["index"]}</td>'
             f'<td class="l">{e(ctx["federation_id"] or "(unnamed)") if ctx else "&ndash;"}</td>'

@@ -23,6 +23,7 @@ import enum
 import ipaddress
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,11 +195,49 @@ def _client_problem(cert_pem: bytes, ca: x509.Certificate, revocations: Revocati
         "revoked this member"))
 
 
+class _Outcome(enum.Enum):
+    ANSWERED = "answered"  # the server spoke HTTP/2 to us: it accepted our certificate
+    HUNG_UP = "hung_up"  # handshake done, then the server closed without a word: it refused our certificate
+    CERT_ALERT = "cert_alert"  # the server sent a TLS alert about our certificate
+    NOTHING = "nothing"  # refused, reset, timed out, unreachable: no evidence about certificates
+
+
+# TLS alerts a server sends about the client's certificate (OpenSSL/BoringSSL reason names).
+_CERT_ALERTS = frozenset({"TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+                          "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+                          "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE", "TLSV1_CERTIFICATE_REQUIRED"})
+_CONFIRM_HANG_UPS = 3  # a server that restarts can drop one connection: a refusal must repeat
+
+
+def _probe(host: str, port: int, ctx: ssl.SSLContext, sni: str,
+           timeout_s: float) -> tuple[x509.Certificate | None, _Outcome]:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                ctx.wrap_socket(raw, server_hostname=sni) as conn:
+            der = conn.getpeercert(binary_form=True)
+            cert = x509.load_der_x509_certificate(der) if der else None
+            # TLS 1.3: the server checks our certificate after the handshake and hangs up if it refuses
+            # it; a gRPC server that accepts it answers our HTTP/2 preface with its SETTINGS frame.
+            try:
+                conn.sendall(_H2_PREFACE)
+                answered = bool(conn.recv(9))
+            except ssl.SSLError as exc:
+                return cert, (_Outcome.CERT_ALERT if exc.reason in _CERT_ALERTS else _Outcome.NOTHING)
+            except OSError:
+                return cert, _Outcome.HUNG_UP
+            return cert, _Outcome.ANSWERED if answered else _Outcome.HUNG_UP
+    except ssl.SSLError as exc:
+        return None, _Outcome.CERT_ALERT if exc.reason in _CERT_ALERTS else _Outcome.NOTHING
+    except (OSError, ValueError):  # refused, reset, unreachable, timed out; an unparsable certificate
+        return None, _Outcome.NOTHING
+
+
 def diagnose(address: str, credentials_dir: str | Path, client_name: str, *, server_name: str | None = None,
              revocations: RevocationList | None = None, now: dt.datetime | None = None,
-             timeout_s: float = PROBE_TIMEOUT_S) -> Diagnosis:
-    """Open one TLS connection to ``address`` as ``client_name`` and say what, if anything, is wrong
-    with the certificates on either side."""
+             timeout_s: float = PROBE_TIMEOUT_S, confirm_pause_s: float = 0.5) -> Diagnosis:
+    """Open a TLS connection to ``address`` as ``client_name`` and say what, if anything, is wrong with
+    the certificates on either side. Only evidence counts: a certificate that fails its checks, an alert
+    about ours, or a server that hangs up on us every time (a single drop may be a restart)."""
     d = tid.CredentialsDir(Path(credentials_dir))
     ca = tid.load_ca_certificate(d)
     cert_pem = d.client_cert(client_name).read_bytes()
@@ -210,23 +249,16 @@ def diagnose(address: str, credentials_dir: str | Path, client_name: str, *, ser
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["h2"])
     ctx.load_cert_chain(d.client_cert(client_name), d.client_key(client_name))
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
-                ctx.wrap_socket(raw, server_hostname=server_name or host) as conn:
-            der = conn.getpeercert(binary_form=True)
-            server_cert = x509.load_der_x509_certificate(der) if der else None
-            if server_cert is not None:
-                bad = _server_problem(server_cert, ca, host, server_name, now)
-                if bad is not None:
-                    return bad
-            # TLS 1.3: the server checks our certificate after the handshake and hangs up if it refuses
-            # it; a gRPC server that accepts it answers our HTTP/2 preface with its SETTINGS frame.
-            conn.sendall(_H2_PREFACE)
-            answered = bool(conn.recv(9))
-    except (ssl.SSLError, ConnectionError) as exc:
-        if isinstance(exc, ConnectionRefusedError):
+    for attempt in range(_CONFIRM_HANG_UPS):
+        server_cert, outcome = _probe(host, port, ctx, server_name or host, timeout_s)
+        if server_cert is not None:
+            bad = _server_problem(server_cert, ca, host, server_name, now)
+            if bad is not None:
+                return bad
+        if outcome is _Outcome.CERT_ALERT:
+            return _client_problem(cert_pem, ca, revocations, now)
+        if outcome is not _Outcome.HUNG_UP:
             return Diagnosis(TlsProblem.NONE, "")
-        return _client_problem(cert_pem, ca, revocations, now)
-    except OSError:  # unreachable, timed out: not a certificate problem
-        return Diagnosis(TlsProblem.NONE, "")
-    return Diagnosis(TlsProblem.NONE, "") if answered else _client_problem(cert_pem, ca, revocations, now)
+        if attempt + 1 < _CONFIRM_HANG_UPS:
+            time.sleep(confirm_pause_s)
+    return _client_problem(cert_pem, ca, revocations, now)

@@ -139,3 +139,33 @@ def test_names_host_matching() -> None:
     assert diagnose.names_host(cert, "fl.example.org") and diagnose.names_host(cert, "FL.example.org")
     assert diagnose.names_host(cert, "10.0.0.5") and not diagnose.names_host(cert, "10.0.0.6")
     assert not diagnose.names_host(cert, "example.org") and not diagnose.names_host(cert, "a.fl.example.org")
+
+
+def test_a_server_dropping_connections_is_no_evidence_against_a_certificate(pki: Path) -> None:
+    """A server restarting (the socket accepts, then closes) must not stop a member with a valid certificate."""
+    import socket
+    import threading
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+    stop = threading.Event()
+
+    def drop_all() -> None:
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+                conn.close()
+            except OSError:
+                continue
+
+    t = threading.Thread(target=drop_all, daemon=True)
+    t.start()
+    try:
+        d = diagnose.diagnose(f"127.0.0.1:{lsock.getsockname()[1]}", pki, "alice", confirm_pause_s=0.05)
+    finally:
+        stop.set()
+        t.join(2)
+        lsock.close()
+    assert d.problem is TlsProblem.NONE
