@@ -33,7 +33,7 @@ from securefed.client.ckks_session import CkksSession, MemberKey
 from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
 from securefed.client.connection import Connection
-from securefed.client.dataset import member_dataset, open_ledger
+from securefed.client.dataset import event_context, member_dataset, open_ledger
 from securefed.client.global_store import GlobalStore
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.hooks import MemberHooks
@@ -46,7 +46,7 @@ from securefed.crypto.keys import IdentityKeyPair
 from securefed.errors import BudgetExceeded, ConfigError, InvalidMessage, ProtocolAbort, SecureFedError
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
-from securefed.privacy.events import EventContext, event_from_training
+from securefed.privacy.events import event_from_training
 from securefed.protocol.bundle import Bundle, decode_bundle
 from securefed.protocol.plan import cohort_ids
 from securefed.protocol.stages import SECAGG_TASK_STAGE
@@ -225,20 +225,11 @@ class ClientDaemon:
         p = self.config.privacy
         s.event = event_from_training(result, client_id=self.name, round_id=s.attempt, delta=p.delta,
                                       accountant=p.accountant, config_hash=self.budget.config_hash,
-                                      context=self._context(s))
+                                      context=event_context(s.plan, self.dataset, self.budget.dataset_size))
         self.budget.confirm_ran(s.approved, s.event)
         self.rounds_trained += 1
         self._fault("after_training", s.attempt)
         return np.asarray(payload.vector, dtype=np.float64)
-
-    def _context(self, s: RoundSession) -> EventContext:
-        """Where this release happens and on what data: recorded in the ledger with the DP event."""
-        plan = s.plan
-        return EventContext(federation_id=plan.federation_id, plan_sha256=s.plan_digest.hex(),
-                            federation_round=int(plan.federation_round), mode=admission.MODE_NAMES[plan.mode],
-                            cohort_size=len(plan.cohort), threshold=int(plan.secagg.threshold),
-                            dataset_fingerprint=self.dataset.fingerprint, dataset_size=self.budget.dataset_size,
-                            privacy_unit=self.dataset.unit)
 
     def _record_release(self, s: RoundSession, payload: np.ndarray) -> None:
         """Ledger first, then the update: the DP event is durable and reported before anything

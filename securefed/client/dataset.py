@@ -1,4 +1,4 @@
-"""Which dataset this member trains on, and the ledger that accounts for it.
+"""Which dataset this member trains on, the ledger that accounts for it, and the context of each release.
 
 The member's data gets a salted fingerprint (``privacy.dataset``): its JSONL records, or the demo
 topics of its split. The ledger is then the one for that fingerprint in ``client.ledger_dir``, shared by
@@ -24,9 +24,10 @@ from securefed.privacy.dataset import (
     load_salt,
     text_record_digests,
 )
-from securefed.privacy.events import PrivacyUnit
+from securefed.privacy.events import EventContext, PrivacyUnit
 from securefed.privacy.ledger import LEGACY_LEDGER_VERSION, Ledger, Signer
 from securefed.training.data import demo_corpus, split_demo_corpus
+from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("client")
 
@@ -79,3 +80,25 @@ def open_ledger(config: ClientConfig, identity: Signer, dataset: MemberDataset) 
             "its spend (or move it out of state_dir if it belongs to other data)")
     return DatasetLedgers.open(ledger_dir(config), identity, client_id=c.name, budget=config.privacy,
                                dataset=dataset.fingerprint)
+
+
+_MODES = {pb.AGGREGATION_MODE_SECAGG: "secagg", pb.AGGREGATION_MODE_CKKS: "ckks", pb.AGGREGATION_MODE_PLAINTEXT: "plaintext"}
+
+
+def _base_model(plan: pb.RoundPlan) -> str:
+    """The base-model fingerprint the plan names (hex); "" when it names none (or this build's plan
+    carries no such field)."""
+    if "base_model_fingerprint" not in plan.DESCRIPTOR.fields_by_name:
+        return ""
+    fp = bytes(getattr(plan, "base_model_fingerprint"))
+    return fp.hex() if len(fp) == 32 else ""
+
+
+def event_context(plan: pb.RoundPlan, dataset: MemberDataset, dataset_size: int) -> EventContext:
+    """Where a release happens and on what data, as this member saw the plan it accepted: recorded in
+    the ledger with the DP event (and so signed, and reported to the server)."""
+    return EventContext(federation_id=plan.federation_id, plan_sha256=bytes(plan.plan_sha256).hex(),  # verified
+                        federation_round=int(plan.federation_round), mode=_MODES[plan.mode],
+                        cohort_size=len(plan.cohort), threshold=int(plan.secagg.threshold),
+                        dataset_fingerprint=dataset.fingerprint, dataset_size=dataset_size,
+                        privacy_unit=dataset.unit, base_model=_base_model(plan))
