@@ -181,23 +181,25 @@ class RevocationWatch:
     that is older than the list in force, is refused loudly and the list in force stays: revocation
     never fails open."""
 
-    def __init__(self, path: str | os.PathLike[str], ca: x509.Certificate) -> None:
+    def __init__(self, path: str | os.PathLike[str], ca: x509.Certificate, *,
+                 reload_every_s: float = _RELOAD_EVERY_S) -> None:
         self.path = Path(path)
         self._ca = ca
+        self._every = reload_every_s
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._list = load_list(self.path, ca)
         self._stamp = self._file_stamp()
         if self._list is not None:
             self._announce("revocation list in force")
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
             st = self.path.stat()
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_size  # atomic_write: a new inode per list
 
     def _announce(self, what: str) -> None:
         lst = self._list
@@ -216,7 +218,7 @@ class RevocationWatch:
         """The list in force (re-read first if the file changed)."""
         now = time.monotonic()
         with self._lock:
-            if now - self._checked < _RELOAD_EVERY_S:
+            if now - self._checked < self._every:
                 return self._list
             self._checked = now
             stamp = self._file_stamp()
