@@ -202,6 +202,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float) -> int:
+    from securefed.privacy.federation_context import read_round_log
     from securefed.privacy.ledger import Ledger
     from securefed.privacy.report import write_report
     from securefed.privacy.verify import verify_ledgers
@@ -230,11 +231,14 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
         led = Ledger.open(lf)
         eps[led.client_id] = (led.epsilon(), led.budget.target_epsilon, len(led.entries()), led.budget.delta)
         led.close()
-    results = verify_ledgers(ledger_files) if ledger_files else []
+    # Anchored by the heads and certified keys the server recorded, with its rounds as context.
+    round_log = read_round_log(cfg.server.state_dir / "rounds.sqlite")
+    results = (verify_ledgers(ledger_files, public_keys=round_log.public_keys, heads=round_log.heads)
+               if ledger_files else [])
     audit_ok = bool(results) and all(r.ok for r in results)
     html = js = None
     if results:
-        html, js = write_report(results, out / "audit")
+        html, js = write_report(results, out / "audit", round_log)
 
     before = after = None
     try:
@@ -262,7 +266,7 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
         _say(f"audit report:    {html}")
         _say(f"audit data:      {js}")
     _say(f"logs:            {out / 'logs'}  |  status: securefed status --config {p.server_toml}")
-    _say(f"verify:          securefed audit verify {ledgers}/*.sqlite")
+    _say(f"verify:          securefed audit verify {ledgers}/*.sqlite --round-log {cfg.server.state_dir / 'rounds.sqlite'}")
     bad_clients = {k: v for k, v in client_rc.items() if v != 0}
     if bad_clients:
         _say(f"client processes exited with errors: {bad_clients}")

@@ -93,6 +93,11 @@ class LedgerError(PrivacyError):
     """The privacy ledger is corrupt: a broken hash chain, a bad signature, a gap or reordering."""
 
 
+class LedgerHeaderTampered(LedgerError):
+    """The ledger's header (client, identity key, budget, dataset) does not verify: its bytes, hash or
+    self-signature were changed, or it is not a header this build can read."""
+
+
 class ModelError(SecureFedError):
     """The base model or tokenizer could not be loaded or does not match."""
 
@@ -101,3 +106,12 @@ class ModelError(SecureFedError):
 
 class TransportError(SecureFedError):
     """A network or TLS failure in the daemons."""
+
+
+class CertificateError(ConfigError):
+    """A certificate problem that retrying cannot fix (another CA, expired or not yet valid, a host
+    name the certificate does not name, revoked): the message says which, and what to change."""
+
+
+class CertificateRevoked(CertificateError):
+    """The federation operator revoked this certificate (it is on the CA-signed revocation list)."""

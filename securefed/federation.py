@@ -149,6 +149,8 @@ def provision(
         cs: dict[str, dict[str, Any]] = {
             "client": {"name": n, "server": "127.0.0.1:0", "credentials_dir": str(pki),
                        "state_dir": str(root / "clients" / n), "base_model_dir": str(model_dir),
+                       # one file per member, in its own state: tests and the demo never touch ~/.local
+                       "ledger_path": str(root / "clients" / n / "ledger.sqlite"),
                        "ckks_secret_context": str(ckks_secret) if ckks_secret else None, "planned_rounds": rounds,
                        "allow_plaintext_for_debugging": True if mode == "plaintext" else None},
             "data": {"demo_client": i, "demo_clients": n_clients},

@@ -20,3 +20,10 @@ def json_parametrize(primitive: str, kind: str):
     cases = load_vectors(primitive, kind)
     ids = [str(c.get("id", i)) for i, c in enumerate(cases)]
     return pytest.mark.parametrize("vector", cases, ids=ids)
+
+
+@pytest.fixture(autouse=True)
+def _member_ledgers_stay_in_the_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A member without ledger_dir keeps its ledgers under ~/.local/share (one per dataset, across its
+    federations): in tests that is a fresh directory per test, never the real home, never shared."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))

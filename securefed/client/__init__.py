@@ -18,7 +18,9 @@ the code that must hold against a hostile server does not depend on the server's
 * ``secagg_session``     tasks -> ``SecAggClient`` messages, member-side graph guard
 * ``ckks_session``       contribute, confirm one contributor set, decrypt only what was checked
 * ``plaintext_session``  debugging only: the update in clear, when the member opted in
-* ``cohort``             every listed member's certificate against the pinned federation CA
+* ``cohort``             every listed member's certificate against the pinned federation CA and its revocation list
+* ``certificates``       own certificate at start-up, TLS failures explained, the newest revocation list kept
+* ``dataset``            the member's dataset fingerprint and its ledger (one per dataset, across federations)
 * ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per federation round
 * ``member_state``       SQLite: last attempt acted on (replays refused), grinding counts, CKKS confirmations
 * ``global_store``       the latest global adapter and SCAFFOLD's client state on disk

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import signal
 import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from securefed.logs import setup_logging
+from securefed.logs import get_logger, log, setup_logging
+
+if TYPE_CHECKING:
+    from securefed.client.config import ClientConfig
+
+LOCAL_SHARE = 4  # a one-machine trial: the server and (at least) three members share the cores
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +35,12 @@ def _client(args: argparse.Namespace) -> int:
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
     cfg = load_client_config(args.config)
+    threads = choose_torch_threads(cfg, _cores(), os.environ)
+    if threads is not None:
+        import torch  # the daemon's first heavy import: its thread pool is sized before it is used
+
+        torch.set_num_threads(threads)
+        log(get_logger("client"), "torch threads", threads=threads, cores=_cores())
 
     stop = threading.Event()
     daemon = ClientDaemon(cfg, stop=stop)
@@ -39,3 +54,34 @@ def _client(args: argparse.Namespace) -> int:
         return daemon.run()
     finally:
         daemon.close()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _server_is_local(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def choose_torch_threads(config: ClientConfig, cores: int, environ: Mapping[str, str]) -> int | None:
+    """Threads for local training, or None to leave torch's own choice (OMP_NUM_THREADS, all cores).
+
+    A member whose server is on this machine is a one-machine trial: unthrottled, every process would
+    run a thread per core and they would slow each other down several times over."""
+    if config.client.torch_threads is not None:
+        return config.client.torch_threads
+    if environ.get("OMP_NUM_THREADS"):
+        return None
+    if _server_is_local(config.client.server):
+        return max(1, cores // LOCAL_SHARE)
+    return None

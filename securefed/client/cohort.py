@@ -5,6 +5,11 @@ nothing: a malicious server could list keys it generated itself and pad the coho
 So each member also comes with its client certificate; the member checks it was issued by the
 federation CA this member pins (not any CA the server likes), is valid now, is a client certificate,
 names that member, and binds exactly the listed identity key.
+
+Revocation: the plan carries the federation CA's revocation list (``transport.revocation`` says why
+that is authentic). ``MemberRevocations`` keeps the newest list this member has seen, from its bundle
+or from earlier plans, in its state directory; a plan with an older list, none after one was seen, an
+expired one, or a cohort member on the list is declined, with the reason.
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import warnings
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from securefed.errors import CryptoError, ProtocolAbort
+from securefed.errors import CertificateRevoked, CryptoError, ProtocolAbort
+from securefed.fsutil import atomic_write
+from securefed.logs import get_logger, log
 from securefed.transport import identity as tid
+from securefed.transport.revocation import RevocationList
+
+logger = get_logger("client")
 
 
 def _der_len(n: int) -> bytes:
@@ -76,3 +87,63 @@ def verify_cohort(ca: x509.Certificate, plan) -> None:
         if not m.certificate:
             raise ProtocolAbort(f"the plan lists {m.client_id!r} without its certificate: refused")
         verify_member(ca, bytes(m.certificate), m.client_id, bytes(m.identity_public_key))
+
+
+class MemberRevocations:
+    """The newest revocation list of the pinned CA this member has seen, and the checks it makes."""
+
+    def __init__(self, ca: x509.Certificate, state_file: Path, provisioned: Path | None = None) -> None:
+        self._ca = ca
+        self._state_file = state_file
+        self.newest: RevocationList | None = None
+        for path in (state_file, provisioned):
+            if path is not None and path.is_file():
+                try:
+                    self._adopt(RevocationList.parse(path.read_bytes(), ca, str(path)), persist=False)
+                except CryptoError as exc:  # a damaged copy must not lower what we know: say so, keep the other
+                    log(logger, "ignored an unusable revocation list", path=str(path), error=str(exc))
+
+    def _adopt(self, lst: RevocationList, *, persist: bool = True) -> None:
+        if self.newest is None or lst.number > self.newest.number:
+            self.newest = lst
+            if persist:
+                atomic_write(self._state_file, lst.der)
+                log(logger, "revocation list updated", number=lst.number, revoked=len(lst.serials),
+                    next_update=lst.next_update.isoformat())
+
+    def check_own(self, certificate_pem: bytes) -> None:
+        """``CertificateRevoked`` if this member's own certificate is on the newest list it knows."""
+        cert = x509.load_pem_x509_certificate(certificate_pem)
+        if self.newest is not None and self.newest.revokes(cert):
+            raise CertificateRevoked(f"this member's certificate (serial {cert.serial_number:x}) is on the federation's "
+                                     f"{self.newest.describe()}: ask the operator for a new one (securefed keys bundle)")
+
+    def decline_reason(self, plan, now: dt.datetime | None = None) -> str | None:
+        """Why this member declines ``plan`` on revocation grounds, or None."""
+        seen = self.newest
+        raw = bytes(plan.revocation_list)
+        if not raw:
+            if seen is None:
+                return None
+            return (f"the plan carries no revocation list, but this member has seen {seen.describe()}: the "
+                    "server's credentials_dir needs the current crl.pem")
+        try:
+            lst = RevocationList.parse(raw, self._ca, "the plan's revocation list")
+        except CryptoError as exc:
+            return str(exc)
+        if seen is not None and lst.number < seen.number:
+            return (f"the plan carries revocation list #{lst.number}, older than #{seen.number} this member has "
+                    "seen: the server's credentials_dir needs the current crl.pem")
+        if lst.expired(now):
+            return (f"the federation's {lst.describe()} has expired: the operator must refresh it "
+                    "(securefed keys crl --dir DIR) and copy crl.pem to the server")
+        self._adopt(lst)
+        revoked = lst.serials | (seen.serials if seen else frozenset())  # lists only grow; never forget one
+        for m in plan.cohort:
+            try:
+                serial = x509.load_der_x509_certificate(bytes(m.certificate)).serial_number
+            except ValueError:
+                continue  # verify_cohort refuses an unreadable certificate
+            if serial in revoked:
+                return f"cohort member {m.client_id!r} has a revoked certificate ({lst.describe()})"
+        return None

@@ -47,7 +47,13 @@ class ClientSection(StrictModel):
     server_name: str | None = Field(None, description="TLS name to expect when dialling an address not in the cert")
     credentials_dir: Path = Field(description="ca.pem and clients/NAME.{pem,key,identity.key}")
     state_dir: Path = Field(description="ledger, received global adapters and strategy state")
-    ledger_path: Path | None = Field(None, description="privacy ledger (default: state_dir/ledger.sqlite)")
+    ledger_dir: Path | None = Field(
+        None, description="where this member keeps one privacy ledger per dataset, shared by every federation its "
+        "data joins (the budget is per dataset); default ~/.local/share/securefed/ledgers"
+    )
+    ledger_path: Path | None = Field(
+        None, description="one privacy ledger file instead of ledger_dir (it is bound to one dataset all the same)"
+    )
     base_model_dir: Path = Field(description="local HF model directory (the federation's base model)")
     ckks_secret_context: Path | None = Field(None, description="federation CKKS secret context (mode ckks only)")
     planned_rounds: int = Field(
@@ -56,6 +62,11 @@ class ClientSection(StrictModel):
         "them fit in the budget (when training.noise_multiplier is not set)",
     )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
+    torch_threads: int | None = Field(
+        None, ge=1, le=1024, description="CPU threads for local training; default: every core, or a quarter of them "
+        "when the server is on this machine (a one-machine trial: the server and the other members share the "
+        "cores); OMP_NUM_THREADS, when set, wins"
+    )
     min_cohort_size: int = Field(
         3, ge=3, description="decline plans listing fewer members (the secure-aggregation threshold then bounds "
         "how far dropouts can shrink the sum)"
@@ -123,13 +134,14 @@ class ClientConfig(StrictModel):
     connection: ConnectionSection = ConnectionSection()
 
     @property
-    def ledger_path(self) -> Path:
-        return self.client.ledger_path or (self.client.state_dir / "ledger.sqlite")
+    def ledger_path(self) -> Path | None:
+        """The one ledger file, when the config names one (else the ledger lives in ledger_dir)."""
+        return self.client.ledger_path
 
     def resolve_paths(self, base: Path) -> "ClientConfig":
         c = self.client
         upd = {}
-        for k in ("credentials_dir", "state_dir", "base_model_dir", "ledger_path", "ckks_secret_context"):
+        for k in ("credentials_dir", "state_dir", "base_model_dir", "ledger_dir", "ledger_path", "ckks_secret_context"):
             v = getattr(c, k)
             if v is not None and not v.is_absolute():
                 upd[k] = base / v

@@ -31,10 +31,12 @@ from cryptography.hazmat.primitives import serialization
 
 from securefed.client import admission, bundle_check
 from securefed.client.budget import BudgetPlanner
+from securefed.client.certificates import MemberCertificates
 from securefed.client.ckks_session import CkksSession, MemberKey
 from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
 from securefed.client.connection import Connection
+from securefed.client.dataset import event_context, member_dataset, open_ledger
 from securefed.client.global_store import GlobalStore
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.hooks import MemberHooks
@@ -57,7 +59,6 @@ from securefed.errors import (
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.privacy.events import event_from_training
-from securefed.privacy.ledger import Ledger
 from securefed.protocol.bundle import Bundle
 from securefed.protocol.plan import cohort_ids
 from securefed.protocol.stages import SECAGG_TASK_STAGE
@@ -83,8 +84,9 @@ class ClientDaemon:
         self.ca = load_ca(creds.ca_pem)
         self.state_dir = Path(config.client.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger.open_or_create(config.ledger_path, self.identity, client_id=self.name,
-                                            budget=config.privacy)
+        self.certificates = MemberCertificates(config, creds, self.ca)  # own certificate valid, not revoked
+        self.dataset = member_dataset(config)
+        self.ledger = open_ledger(config, self.identity, self.dataset)  # one per dataset, across federations
         self.connection = Connection(config, stop=self.stop_event)
         self.trainer = Trainer(config)
         self.store = GlobalStore(self.state_dir)
@@ -185,7 +187,8 @@ class ClientDaemon:
         self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, fed.strategy)
         self.protocol = None
         admission.check_payload_size(plan, fed.strategy.payload_size)
-        reason = (admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+        reason = (self.certificates.decline_reason(plan)
+                  or admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
                   or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
         if reason is not None:
             return self._decline(reason)
@@ -268,7 +271,8 @@ class ClientDaemon:
         s.client_state = payload.client_state
         p = self.config.privacy
         s.event = event_from_training(result, client_id=self.name, round_id=s.attempt, delta=p.delta,
-                                      accountant=p.accountant, config_hash=self.budget.config_hash)
+                                      accountant=p.accountant, config_hash=self.budget.config_hash,
+                                      context=event_context(s.plan, self.dataset, self.budget.dataset_size))
         self.budget.confirm_ran(s.approved, s.event)
         self.rounds_trained += 1
         self._fault("after_training", s.attempt)

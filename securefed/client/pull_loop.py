@@ -1,10 +1,12 @@
 """The member's pull loop: register, long-poll for tasks, hand each to the daemon, survive the network.
 
 A lost server is retried with exponential backoff, jittered from a CSPRNG, until
-``connection.give_up_after_s`` (exit 3); a session the server refused or a protocol check ended is
-dropped, and the loop keeps serving: the next plan starts afresh with fresh keys. Whatever the server
-sends that fails to decode or check (a crafted bundle, plan or stage message) raises one of the typed
-errors below, is logged as a security warning, and ends that session only; it never ends the daemon.
+``connection.give_up_after_s`` (exit 3), unless the failure is a certificate problem (another CA,
+expired, a name mismatch, revoked), which ends the daemon with one line and its fix (exit 2); a
+session the server refused or a protocol check ended is dropped, and the loop keeps serving: the next
+plan starts afresh with fresh keys. Whatever the server sends that fails to decode or check (a crafted
+bundle, plan or stage message) raises one of the typed errors below, is logged as a security warning,
+and ends that session only; it never ends the daemon.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from securefed.errors import CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
+from securefed.errors import CertificateError, CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
 from securefed.logs import get_logger, log
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # the daemon imports this module
 logger = get_logger("client")
 
 EXIT_DONE = 0
+EXIT_CERTIFICATE = 2  # like any configuration error: retrying cannot fix it
 EXIT_SERVER_UNREACHABLE = 3
 # After a refused message the server may hand out the same task until its stage closes: do not spin on it.
 REFUSED_PAUSE_S = 0.5
@@ -32,7 +35,16 @@ SESSION_ENDING = (InvalidMessage, ProtocolAbort, CryptoError)
 
 
 def serve(daemon: ClientDaemon) -> int:
-    """Serve the federation until it is done (0), stopped (0) or the server is lost for good (3)."""
+    """Serve the federation until it is done (0), stopped (0), a certificate problem stops it (2) or the
+    server is lost for good (3)."""
+    try:
+        return _serve(daemon)
+    except CertificateError as exc:
+        log(logger, "stopped: certificate problem", level=logging.ERROR, error=str(exc))
+        return EXIT_CERTIFICATE
+
+
+def _serve(daemon: ClientDaemon) -> int:
     conn = daemon.config.connection
     backoff = conn.backoff_initial_s
     down_since: float | None = None
@@ -51,6 +63,7 @@ def serve(daemon: ClientDaemon) -> int:
                 return EXIT_DONE
         except TransportError as exc:
             registered = False
+            daemon.certificates.explain_failure()  # a certificate problem is no outage: its fix, then exit 2
             now = time.monotonic()
             down_since = down_since or now
             if conn.give_up_after_s is not None and now - down_since > conn.give_up_after_s:

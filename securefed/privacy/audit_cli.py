@@ -1,7 +1,8 @@
 """``securefed audit``: verify client privacy ledgers and write the audit report.
 
-    securefed audit verify LEDGER... [--public-key CLIENT=HEX]... [--expect-head CLIENT=LEN:HASH]... [--json]
-    securefed audit report LEDGER... --out DIR [--public-key CLIENT=HEX]...
+    securefed audit verify LEDGER... [--round-log rounds.sqlite] [--public-key CLIENT=HEX]...
+                           [--expect-head CLIENT=LEN:HASH]... [--require-anchors] [--json]
+    securefed audit report LEDGER... --out DIR [the same anchors and options]
 
 ``verify`` re-checks each ledger's hash chain and Ed25519 signatures, recomputes epsilon
 independently (Google's dp-accounting on the integer RDP orders, and direct numerical integration at
@@ -9,6 +10,13 @@ the optimal order; dp-accounting's PLD for PRV ledgers) and compares it with the
 value, and checks the budget (see ``securefed.privacy.verify`` for tolerances). It exits 0 only if every ledger passes every check. ``report`` runs the same checks and
 writes ``report.html`` (self-contained, inline SVG) and ``report.json``; it also exits non-zero if
 any ledger failed. LEDGER is a SQLite ledger file or a JSON export of one.
+
+Anchors. A ledger whose newest entries were cut is a shorter chain that verifies on its own; only a head
+recorded elsewhere catches that. ``--round-log`` reads the heads and certified identity keys the server
+recorded (its ``state_dir/rounds.sqlite``; also the per-round contributors, dropouts and declines for
+the report); ``--expect-head`` / ``--public-key`` give them by hand (``securefed status`` prints them) and
+win over the round log. Without an anchor a ledger is reported NOT ANCHORED; ``--require-anchors`` makes
+that a failure.
 """
 
 from __future__ import annotations
@@ -31,18 +39,23 @@ def register(subparsers) -> None:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("ledgers", nargs="+", metavar="LEDGER", help="client ledger files (SQLite or JSON export)")
+        sp.add_argument("--round-log", metavar="PATH",
+                        help="the server's state_dir/rounds.sqlite: anchors (ledger heads, certified keys) and "
+                             "each round's contributors, dropouts and declines")
         sp.add_argument("--public-key", action="append", default=[], metavar="CLIENT=HEX",
                         help="pin a client's Ed25519 identity public key (64 hex characters); repeatable")
+        sp.add_argument("--expect-head", action="append", default=[], metavar="CLIENT=LEN:HASH",
+                        help="anchor: the ledger length and newest entry hash recorded elsewhere (catches removal "
+                             "of the newest entries); repeatable")
+        sp.add_argument("--require-anchors", action="store_true",
+                        help="fail (exit 1) when a ledger has no anchor, instead of warning")
 
-    v = sub.add_parser("verify", help="re-verify chains, signatures, independent epsilon and budgets")
+    v = sub.add_parser("verify", help="re-verify chains, signatures, anchors, independent epsilon and budgets")
     common(v)
-    v.add_argument("--expect-head", action="append", default=[], metavar="CLIENT=LEN:HASH",
-                   help="anchor: the ledger length and newest entry hash recorded elsewhere (catches removal "
-                        "of the newest entries); repeatable")
     v.add_argument("--json", action="store_true", help="print the results as one JSON object")
     v.set_defaults(handler=_verify)
 
-    r = sub.add_parser("report", help="write report.html (inline SVG) and report.json")
+    r = sub.add_parser("report", help="write report.html (inline SVG) and report.json, with the same checks")
     common(r)
     r.add_argument("--out", required=True, metavar="DIR", help="output directory")
     r.set_defaults(handler=_report)
@@ -90,15 +103,36 @@ def _print_results(results) -> None:
             print(f"     [warn] {w}")
 
 
-def _verify(args: argparse.Namespace) -> int:
-    from securefed.privacy import ledger, report, verify
+def _checked(args: argparse.Namespace):
+    """Verify the ledgers with every anchor given (explicit ones over the round log's); return the
+    results and the round log context (or None)."""
+    from securefed.privacy import federation_context, ledger, verify
 
     keys = _parse_keys(args.public_key)
     heads = {cid: ledger.LedgerHead(*head) for cid, head in _parse_heads(args.expect_head).items()}
-    results = verify.verify_ledgers(args.ledgers, public_keys=keys, heads=heads)
+    ctx = federation_context.read_round_log(args.round_log) if args.round_log else None
+    if ctx is not None:
+        keys, heads = {**ctx.public_keys, **keys}, {**ctx.heads, **heads}
+    return verify.verify_ledgers(args.ledgers, public_keys=keys, heads=heads), ctx
+
+
+def _unanchored_line(results, required: bool) -> str | None:
+    loose = [r.source for r in results if not r.anchored]
+    if not loose:
+        return None
+    what = "error" if required else "warning"
+    return (f"securefed: {what}: {len(loose)} of {len(results)} ledger(s) NOT ANCHORED ({', '.join(loose)}): "
+            "the removal of their newest entries cannot be detected; pass --round-log (the server's rounds.sqlite) "
+            "or --expect-head from securefed status")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from securefed.privacy import report
+
+    results, ctx = _checked(args)
     failed = [r for r in results if not r.ok]
     if args.json:
-        print(json.dumps(report.build_report(results), allow_nan=False))
+        print(json.dumps(report.build_report(results, ctx), allow_nan=False))
     else:
         _print_results(results)
     if failed:
@@ -106,16 +140,22 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"securefed: error: audit verify failed for {len(failed)} of {len(results)} ledger(s): {reasons}",
               file=sys.stderr)
         return 1
+    loose = _unanchored_line(results, args.require_anchors)
+    if loose:
+        print(loose, file=sys.stderr)
+        if args.require_anchors:
+            return 1
     if not args.json:
-        print(f"all {len(results)} ledger(s) verified")
+        print(f"all {len(results)} ledger(s) verified" + (", NOT all anchored (see above)" if loose else
+                                                          " against their anchors"))
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from securefed.privacy import report, verify
+    from securefed.privacy import report
 
-    results = verify.verify_ledgers(args.ledgers, public_keys=_parse_keys(args.public_key))
-    html_path, json_path = report.write_report(results, args.out)
+    results, ctx = _checked(args)
+    html_path, json_path = report.write_report(results, args.out, ctx)
     print(f"report: {html_path}")
     print(f"data:   {json_path}")
     failed = [r for r in results if not r.ok]
@@ -123,4 +163,8 @@ def _report(args: argparse.Namespace) -> int:
         print(f"securefed: error: {len(failed)} of {len(results)} ledger(s) failed verification; see {html_path}",
               file=sys.stderr)
         return 1
+    loose = _unanchored_line(results, args.require_anchors)
+    if loose:
+        print(loose, file=sys.stderr)
+        return 1 if args.require_anchors else 0
     return 0

@@ -1,7 +1,9 @@
 """DP events: one frozen, validated record per release of a noisy update.
 
 A ``DpEvent`` says *what was done* (noise multiplier, sampling rate, number of steps, delta,
-clip norm, sampler, RNG mode, library versions, config hash); epsilon is never stored in it. The
+clip norm, sampler, RNG mode, library versions, config hash) and, from schema 2 on, *where and on
+what* (``EventContext``: the federation, the plan the member accepted, the round, the dataset's
+fingerprint and size, the unit of privacy, the base model); epsilon is never stored in it. The
 accountants derive epsilon from a sequence of events on request, so a ledger can always be
 re-accounted by an auditor with a different implementation.
 
@@ -27,14 +29,97 @@ from securefed import __version__
 from securefed.errors import AccountingError, InvalidInput, InvalidMessage
 
 #: Version of the event record layout; part of the canonical bytes so a format change cannot be
-#: confused with an old event.
-EVENT_SCHEMA_VERSION = 1
+#: confused with an old event. Schema 1 events (no context) stay readable, byte for byte: their
+#: hashes and signatures in old ledgers must keep verifying.
+EVENT_SCHEMA_VERSION = 2
+SCHEMA_WITHOUT_CONTEXT = 1
 
 #: Canonical events are a few hundred bytes; anything far larger is refused before parsing.
 MAX_EVENT_BYTES = 16 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 _MAX_ROUND = 2**53  # JSON numbers stay exact up to here
+_FEDERATION_ID = re.compile(r"[^\x00-\x1f\x7f]{0,64}")
+_MODES = frozenset({"secagg", "ckks", "plaintext"})
+
+
+class PrivacyUnit(str, Enum):
+    """What one "training example" (the unit DP-SGD protects) is in the member's data."""
+
+    RECORD = "record"  # one JSONL record (truncated or padded to max_seq_len tokens)
+    TOKEN_BLOCK = "token-block"  # one fixed-length block of a token stream (the demo corpus)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventContext:
+    """Where a release happened and on what data.
+
+    - ``federation_id``: the operator's federation id, as the plan named it ("" if it named none).
+    - ``plan_sha256``: digest of the round plan the member accepted (hex).
+    - ``federation_round``: the global-adapter version the attempt would produce (round N of the run).
+    - ``mode``, ``cohort_size``, ``threshold``: how the plan protected the update ("secagg", "ckks",
+      "plaintext"), how many members it listed, and the aggregation threshold.
+    - ``dataset_fingerprint``: salted SHA-256 of the member's training records (hex), the same in every
+      federation this data joins; the salt stays with the member, so it reveals nothing about the data.
+    - ``dataset_size``: N, the number of training examples sampling drew from (q = batch / N).
+    - ``privacy_unit``: what one example is (``PrivacyUnit``).
+    - ``base_model``: fingerprint of the base checkpoint the plan named ("" when it named none).
+    """
+
+    federation_id: str
+    plan_sha256: str
+    federation_round: int
+    mode: str
+    cohort_size: int
+    threshold: int
+    dataset_fingerprint: str
+    dataset_size: int
+    privacy_unit: PrivacyUnit
+    base_model: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.federation_id, str) or not _FEDERATION_ID.fullmatch(self.federation_id):
+            raise InvalidInput("context.federation_id must be at most 64 printable characters")
+        if self.mode not in _MODES:
+            raise InvalidInput(f"context.mode must be one of {sorted(_MODES)}, got {self.mode!r}")
+        for name in ("plan_sha256", "dataset_fingerprint"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or not _HEX64.fullmatch(v):
+                raise InvalidInput(f"context.{name} must be 64 lowercase hex characters (SHA-256)")
+        if not isinstance(self.base_model, str) or (self.base_model and not _HEX64.fullmatch(self.base_model)):
+            raise InvalidInput("context.base_model must be empty or 64 lowercase hex characters")
+        for name in ("federation_round", "dataset_size", "cohort_size", "threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _MAX_ROUND:
+                raise InvalidInput(f"context.{name} must be an integer >= 0, got {v!r}")
+        if self.dataset_size < 1:
+            raise InvalidInput("context.dataset_size must be at least 1")
+        try:
+            object.__setattr__(self, "privacy_unit", PrivacyUnit(self.privacy_unit))
+        except ValueError:
+            raise InvalidInput(f"context.privacy_unit {self.privacy_unit!r} is not one of "
+                               f"{[u.value for u in PrivacyUnit]}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"federation_id": self.federation_id, "plan_sha256": self.plan_sha256,
+                "federation_round": self.federation_round, "mode": self.mode, "cohort_size": self.cohort_size,
+                "threshold": self.threshold, "dataset_fingerprint": self.dataset_fingerprint,
+                "dataset_size": self.dataset_size, "privacy_unit": self.privacy_unit.value,
+                "base_model": self.base_model}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EventContext:
+        if not isinstance(data, dict) or set(data) != _CONTEXT_KEYS:
+            raise InvalidMessage(f"DP event context must have exactly the keys {sorted(_CONTEXT_KEYS)}")
+        try:
+            return cls(**data)
+        except (InvalidInput, TypeError) as exc:
+            raise InvalidMessage(f"invalid DP event context: {exc}") from None
+
+
+_CONTEXT_KEYS = frozenset({"federation_id", "plan_sha256", "federation_round", "mode", "cohort_size", "threshold",
+                           "dataset_fingerprint",
+                           "dataset_size", "privacy_unit", "base_model"})
 
 
 class Sampler(str, Enum):
@@ -140,6 +225,7 @@ class DpEvent:
     - ``library_versions``: opacus / torch / securefed versions.
     - ``config_hash``: SHA-256 (hex) of the training configuration.
     - ``timestamp``: ISO-8601 UTC, see ``utc_timestamp``.
+    - ``context``: ``EventContext`` (schema 2), or None for a schema 1 event (written before it existed).
     """
 
     client_id: str
@@ -155,6 +241,7 @@ class DpEvent:
     library_versions: LibraryVersions
     config_hash: str
     timestamp: str
+    context: EventContext | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise types in place once, here
@@ -212,12 +299,14 @@ class DpEvent:
             ) from None
         if utc_timestamp(parsed.replace(tzinfo=UTC)) != self.timestamp:
             raise InvalidInput(f"timestamp {self.timestamp!r} is not in canonical form")
+        if self.context is not None and not isinstance(self.context, EventContext):
+            raise InvalidInput("context must be an EventContext or None")
 
     # --- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": EVENT_SCHEMA_VERSION,
+        d: dict[str, Any] = {
+            "schema": EVENT_SCHEMA_VERSION if self.context is not None else SCHEMA_WITHOUT_CONTEXT,
             "client_id": self.client_id,
             "round_id": self.round_id,
             "noise_multiplier": self.noise_multiplier,
@@ -232,6 +321,9 @@ class DpEvent:
             "config_hash": self.config_hash,
             "timestamp": self.timestamp,
         }
+        if self.context is not None:
+            d["context"] = self.context.to_dict()
+        return d
 
     def canonical_bytes(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -241,19 +333,21 @@ class DpEvent:
         """Strict inverse of ``to_dict``: unknown or missing keys raise ``InvalidMessage``."""
         if not isinstance(data, dict):
             raise InvalidMessage("DP event must be a JSON object")
-        expected = _EVENT_KEYS
+        schema = data.get("schema")
+        if schema not in (SCHEMA_WITHOUT_CONTEXT, EVENT_SCHEMA_VERSION) or isinstance(schema, bool):
+            raise InvalidMessage(f"unsupported DP event schema {schema!r}")
+        expected = _EVENT_KEYS | ({"context"} if schema == EVENT_SCHEMA_VERSION else set())
         keys = set(data)
         if keys != expected:
             missing, extra = sorted(expected - keys), sorted(keys - expected)
             raise InvalidMessage(f"DP event keys do not match schema (missing {missing}, unexpected {extra})")
-        if data["schema"] != EVENT_SCHEMA_VERSION:
-            raise InvalidMessage(f"unsupported DP event schema {data['schema']!r}")
         lv = data["library_versions"]
         if not isinstance(lv, dict) or set(lv) != {"opacus", "torch", "securefed"}:
             raise InvalidMessage("DP event library_versions must have exactly opacus, torch, securefed")
-        kwargs = {k: v for k, v in data.items() if k not in ("schema", "library_versions")}
+        kwargs = {k: v for k, v in data.items() if k not in ("schema", "library_versions", "context")}
+        context = EventContext.from_dict(data["context"]) if "context" in data else None
         try:
-            return cls(library_versions=LibraryVersions(**lv), **kwargs)
+            return cls(library_versions=LibraryVersions(**lv), context=context, **kwargs)
         except InvalidInput as exc:
             raise InvalidMessage(f"invalid DP event: {exc}") from None
 
@@ -293,6 +387,7 @@ def event_from_training(
     config_hash: str,
     library_versions: LibraryVersions | None = None,
     timestamp: str | None = None,
+    context: EventContext | None = None,
 ) -> DpEvent:
     """Build the event for a ``securefed.training`` result (duck-typed: steps, sample_rate,
     noise_multiplier, clip_norm, secure_rng, and optionally sampler)."""
@@ -312,6 +407,7 @@ def event_from_training(
             library_versions=library_versions or LibraryVersions.current(),
             config_hash=config_hash,
             timestamp=timestamp or utc_timestamp(),
+            context=context,
         )
     except AttributeError as exc:
         raise InvalidInput(f"training result lacks a field the DP event needs: {exc.name}") from None

@@ -3,9 +3,16 @@
 Layout (one SQLite file per client, WAL journal, ``synchronous=FULL``):
 
 - ``header`` (exactly one row): canonical JSON ``{"format", "version", "client_id", "public_key",
-  "budget", "created"}``, its SHA-256 ``header_hash``, and an Ed25519 signature by the client's
+  "budget", "created"}`` (version 2 adds ``"dataset"``: the fingerprint of the training data this
+  ledger accounts for), its SHA-256 ``header_hash``, and an Ed25519 signature by the client's
   identity key over ``HEADER_CONTEXT || header_hash``. An auditor needs only this file: the public
   key and the budget are in it.
+
+One ledger per dataset. A member's budget protects its *data*, whatever federation the data joins, so
+a version 2 ledger is bound to one dataset fingerprint and every event in it must name that dataset
+(``DpEvent.context``). Version 1 ledgers (no dataset in the header, events without context) stay
+readable and verifiable unchanged; a member that keeps appending to one writes events with context,
+and all of those must name one dataset.
 - ``entries`` (seq = 0, 1, 2, ...): the canonical JSON of one ``DpEvent``, ``prev_hash`` (the
   previous entry's hash; for seq 0 the header hash), ``entry_hash = SHA-256(prev_hash || event bytes)``
   and a signature over ``ENTRY_CONTEXT || entry_hash``.
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CryptoError, InvalidMessage, LedgerError, SecureFedError
+from securefed.errors import CryptoError, InvalidMessage, LedgerError, LedgerHeaderTampered, SecureFedError
 from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
@@ -49,7 +56,8 @@ from securefed.privacy.events import (
 )
 
 LEDGER_FORMAT = "securefed-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
+LEGACY_LEDGER_VERSION = 1  # no dataset in the header: still read and verified, never created by the daemon
 EXPORT_FORMAT = "securefed-ledger-export"
 # Domain separation: the identity key also signs secure-aggregation messages; a ledger signature must
 # never be valid as one of those (or the other way round).
@@ -108,6 +116,8 @@ class LedgerHeader:
     body: bytes  # the canonical JSON that is hashed and signed
     header_hash: str
     signature: bytes
+    version: int = LEGACY_LEDGER_VERSION
+    dataset: str | None = None  # the dataset fingerprint (version 2), None for a version 1 ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,47 +154,56 @@ def _is_hex(s: Any, nbytes: int) -> bool:
     return s == s.lower()
 
 
-def header_body(client_id: str, public_key: bytes, budget: PrivacyBudget, created: str) -> bytes:
-    return canonical_json(
-        {
-            "format": LEDGER_FORMAT,
-            "version": LEDGER_VERSION,
-            "client_id": client_id,
-            "public_key": public_key.hex(),
-            "budget": budget.to_dict(),
-            "created": created,
-        }
-    )
+_HEADER_KEYS = {LEGACY_LEDGER_VERSION: frozenset({"format", "version", "client_id", "public_key", "budget", "created"})}
+_HEADER_KEYS[LEDGER_VERSION] = _HEADER_KEYS[LEGACY_LEDGER_VERSION] | {"dataset"}
+
+
+def header_body(client_id: str, public_key: bytes, budget: PrivacyBudget, created: str,
+                dataset: str | None = None) -> bytes:
+    """The canonical header: version 2 with a dataset fingerprint, version 1 (legacy) without one."""
+    body: dict[str, Any] = {
+        "format": LEDGER_FORMAT,
+        "version": LEDGER_VERSION if dataset is not None else LEGACY_LEDGER_VERSION,
+        "client_id": client_id,
+        "public_key": public_key.hex(),
+        "budget": budget.to_dict(),
+        "created": created,
+    }
+    if dataset is not None:
+        body["dataset"] = dataset
+    return canonical_json(body)
 
 
 def parse_header(body: Any, header_hash: Any, signature: Any) -> LedgerHeader:
-    """Check the header's bytes, hash and self-signature; raise ``LedgerError`` on any failure."""
+    """Check the header's bytes, hash and self-signature; raise ``LedgerHeaderTampered`` on any failure."""
     if not isinstance(body, str) or not _is_hex(header_hash, 32) or not _is_hex(signature, 64):
-        raise LedgerError("ledger header is malformed")
+        raise LedgerHeaderTampered("ledger header is malformed")
     raw = body.encode("utf-8")
     try:
         data = json.loads(raw)
-        if not isinstance(data, dict) or set(data) != {
-            "format", "version", "client_id", "public_key", "budget", "created"
-        }:
-            raise ValueError("keys")
-        if data["format"] != LEDGER_FORMAT or data["version"] != LEDGER_VERSION:
+        if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT:
             raise ValueError("format")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in _HEADER_KEYS or set(data) != _HEADER_KEYS[version]:
+            raise ValueError("keys")
         if not _is_hex(data["public_key"], 32):
             raise ValueError("public key")
+        dataset = data.get("dataset")
+        if version == LEDGER_VERSION and not _is_hex(dataset, 32):
+            raise ValueError("dataset")
         budget = PrivacyBudget.model_validate(data["budget"])
-        rebuilt = header_body(data["client_id"], bytes.fromhex(data["public_key"]), budget, data["created"])
+        rebuilt = header_body(data["client_id"], bytes.fromhex(data["public_key"]), budget, data["created"], dataset)
     except (ValueError, TypeError, RecursionError, SecureFedError):  # RecursionError: hostile nesting
-        raise LedgerError("ledger header is malformed or has an unsupported format") from None
+        raise LedgerHeaderTampered("ledger header is malformed or has an unsupported format") from None
     if rebuilt != raw:
-        raise LedgerError("ledger header is not in canonical form (tampered)")
+        raise LedgerHeaderTampered("ledger header is not in canonical form (tampered)")
     if not hmac.compare_digest(sha256_hex(raw), header_hash):
-        raise LedgerError("ledger header hash does not match its contents (tampered)")
+        raise LedgerHeaderTampered("ledger header hash does not match its contents (tampered)")
     public_key = bytes.fromhex(data["public_key"])
     try:
         verify_signature(public_key, bytes.fromhex(signature), HEADER_CONTEXT + bytes.fromhex(header_hash))
     except CryptoError:
-        raise LedgerError("ledger header signature is invalid") from None
+        raise LedgerHeaderTampered("ledger header signature is invalid (tampered)") from None
     return LedgerHeader(
         client_id=data["client_id"],
         public_key=public_key,
@@ -193,6 +212,8 @@ def parse_header(body: Any, header_hash: Any, signature: Any) -> LedgerHeader:
         body=raw,
         header_hash=header_hash,
         signature=bytes.fromhex(signature),
+        version=version,
+        dataset=dataset,
     )
 
 
@@ -202,6 +223,7 @@ def verify_entries(header: LedgerHeader, rows: Sequence[Sequence[Any]]) -> list[
     exact bytes, each signature valid, each event valid and this client's, at the budget's delta."""
     entries: list[LedgerEntry] = []
     prev = header.header_hash
+    dataset = header.dataset
     for expected_seq, row in enumerate(rows):
         if len(row) != 5:
             raise LedgerError(f"ledger entry {expected_seq} is malformed")
@@ -227,13 +249,22 @@ def verify_entries(header: LedgerHeader, rows: Sequence[Sequence[Any]]) -> list[
             event = DpEvent.from_json(raw)
         except (InvalidMessage, SecureFedError) as exc:
             raise LedgerError(f"ledger entry {seq} holds an invalid DP event: {exc}") from None
-        _check_event_fits(header, event, f"ledger entry {seq}")
+        _check_event_fits(header, event, f"ledger entry {seq}", dataset)
+        if dataset is None and event.context is not None:
+            dataset = event.context.dataset_fingerprint  # a version 1 ledger: the first event with context fixes it
         entries.append(LedgerEntry(seq, event, prev_hash, ehash, bytes.fromhex(sig)))
         prev = ehash
     return entries
 
 
-def _check_event_fits(header: LedgerHeader, event: DpEvent, where: str) -> None:
+def ledger_dataset(header: LedgerHeader, entries: Sequence[LedgerEntry]) -> str | None:
+    """The dataset a ledger accounts for: its header's, or (version 1) its events' when they name one."""
+    if header.dataset is not None:
+        return header.dataset
+    return next((e.event.context.dataset_fingerprint for e in entries if e.event.context is not None), None)
+
+
+def _check_event_fits(header: LedgerHeader, event: DpEvent, where: str, dataset: str | None = None) -> None:
     if event.client_id != header.client_id:
         raise LedgerError(f"{where}: event is for client {event.client_id!r}, ledger is {header.client_id!r}")
     if event.delta != header.budget.delta:
@@ -243,6 +274,11 @@ def _check_event_fits(header: LedgerHeader, event: DpEvent, where: str) -> None:
             f"{where}: event accountant {event.accountant.value} differs from the budget's "
             f"{header.budget.accountant.value}"
         )
+    if header.dataset is not None and event.context is None:
+        raise LedgerError(f"{where}: event names no dataset, but this ledger accounts for dataset {header.dataset[:16]}")
+    if dataset is not None and event.context is not None and event.context.dataset_fingerprint != dataset:
+        raise LedgerError(f"{where}: event is for dataset {event.context.dataset_fingerprint[:16]}, this ledger "
+                          f"accounts for dataset {dataset[:16]} (one ledger per dataset)")
 
 
 def check_head(entries: Sequence[LedgerEntry], expected: LedgerHead) -> None:
@@ -341,8 +377,10 @@ class Ledger:
         return cls(path, conn, header, entries, identity)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, identity: Signer, *, client_id: str, budget: PrivacyBudget) -> Ledger:
-        """Create a new, empty ledger (refuses to overwrite anything)."""
+    def create(cls, path: str | os.PathLike, identity: Signer, *, client_id: str, budget: PrivacyBudget,
+               dataset: str | None = None) -> Ledger:
+        """Create a new, empty ledger (refuses to overwrite anything); bound to ``dataset`` (a
+        fingerprint, version 2) when given."""
         path = Path(path)
         if path.exists():
             raise LedgerError(f"{path}: a file already exists there; open it instead of creating a ledger")
@@ -352,7 +390,9 @@ class Ledger:
             raise LedgerError("creating a ledger needs a PrivacyBudget")
         # validates the client id exactly as events will
         _probe_client_id(client_id)
-        body = header_body(client_id, identity.public_bytes(), budget, utc_timestamp())
+        if dataset is not None and not _is_hex(dataset, 32):
+            raise LedgerError("dataset must be a SHA-256 fingerprint (64 lowercase hex characters)")
+        body = header_body(client_id, identity.public_bytes(), budget, utc_timestamp(), dataset)
         hh = sha256_hex(body)
         sig = identity.sign(HEADER_CONTEXT + bytes.fromhex(hh))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,12 +418,13 @@ class Ledger:
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike, identity: Signer, *, client_id: str,
-                       budget: PrivacyBudget) -> Ledger:
+                       budget: PrivacyBudget, dataset: str | None = None) -> Ledger:
         """The client daemon's entry point: open its ledger, or start one. An existing ledger must be
-        for the same client and budget (the budget is a commitment, not a runtime setting)."""
+        for the same client and budget (the budget is a commitment, not a runtime setting) and, when it
+        names one, the same dataset."""
         path = Path(path)
         if not path.exists():
-            return cls.create(path, identity, client_id=client_id, budget=budget)
+            return cls.create(path, identity, client_id=client_id, budget=budget, dataset=dataset)
         ledger = cls.open(path, identity)
         h = ledger.header
         if h.client_id != client_id:
@@ -394,6 +435,13 @@ class Ledger:
             raise LedgerError(
                 f"{path}: ledger was created with budget {h.budget.to_dict()} but the config says "
                 f"{budget.to_dict()}; restore the original budget or start a new ledger file"
+            )
+        known = ledger_dataset(h, ledger._entries)
+        if dataset is not None and known is not None and known != dataset:
+            ledger.close()
+            raise LedgerError(
+                f"{path}: this ledger accounts for dataset {known[:16]}, but this member's data is dataset "
+                f"{dataset[:16]} (one ledger per dataset: use client.ledger_dir, or the ledger of that data)"
             )
         return ledger
 
@@ -414,6 +462,10 @@ class Ledger:
     @property
     def budget(self) -> PrivacyBudget:
         return self._header.budget
+
+    @property
+    def dataset(self) -> str | None:
+        return ledger_dataset(self._header, self._entries)
 
     @property
     def read_only(self) -> bool:
@@ -465,7 +517,7 @@ class Ledger:
             raise LedgerError(f"only DpEvent records can be appended, got {type(event).__name__}")
         if self._identity is None:
             raise LedgerError(f"{self._path}: ledger is open read-only; open it with the client's identity key")
-        _check_event_fits(self._header, event, "cannot append")
+        _check_event_fits(self._header, event, "cannot append", self.dataset)
         raw = event.canonical_bytes()
         with self._lock:
             conn = self._require_open()
@@ -506,7 +558,7 @@ class Ledger:
         h = self._header
         return {
             "format": EXPORT_FORMAT,
-            "version": LEDGER_VERSION,
+            "version": h.version,
             "header": {"body": h.body.decode("utf-8"), "header_hash": h.header_hash, "signature": h.signature.hex()},
             "entries": [
                 {
@@ -576,7 +628,7 @@ def load_export(data: Any, source: str = "<export>") -> VerifiedLedger:
             data = json.loads(data)
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise LedgerError(f"{source}: not valid JSON") from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or data.get("version") != LEDGER_VERSION:
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT or data.get("version") not in _HEADER_KEYS:
         raise LedgerError(f"{source}: not a securefed ledger export")
     h, es = data.get("header"), data.get("entries")
     if not isinstance(h, dict) or not isinstance(es, list):
@@ -587,7 +639,7 @@ def load_export(data: Any, source: str = "<export>") -> VerifiedLedger:
                 if isinstance(e, dict) else () for e in es]
         entries = verify_entries(header, rows)
     except LedgerError as exc:
-        raise LedgerError(f"{source}: {exc}") from None
+        raise type(exc)(f"{source}: {exc}") from None
     return VerifiedLedger(source, header, tuple(entries))
 
 
@@ -624,7 +676,7 @@ def load_ledger(path: str | os.PathLike) -> VerifiedLedger:
         header = parse_header(*header_row)
         entries = verify_entries(header, rows)
     except LedgerError as exc:
-        raise LedgerError(f"{path}: {exc}") from None
+        raise type(exc)(f"{path}: {exc}") from None
     return VerifiedLedger(str(path), header, tuple(entries))
 
 

@@ -29,12 +29,20 @@
    so a gap of about 0.01 is expected (measured: 0.010 on the reference run).
 7. ``budget``: epsilon under the ledger's own accountant is at most the target epsilon in the header.
 8. ``per-round-cap`` (when the budget has one): each round's epsilon on its own is at most the cap.
+9. ``delta-per-N`` (events with context): the budget's delta is below 1/N for the dataset size N each
+   round sampled from (a delta of 1/N or more would allow leaking one record outright).
 
-Warnings (not failures): rounds trained without a secure RNG; an unpinned public key.
+Warnings (not failures): rounds trained without a secure RNG; an unpinned public key; and, loudly,
+a ledger checked without an anchor: removing its newest entries leaves a shorter chain that is just
+as valid, so without ``--expect-head`` (or ``--round-log``) truncation cannot be detected.
+
+A header that does not verify fails ``header`` as "header tampered", and that ledger still counts as
+given for the client its header names (it is not reported as missing).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -47,7 +55,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 from scipy import integrate
 
-from securefed.errors import AccountingError, LedgerError, SecureFedError
+from securefed.errors import AccountingError, LedgerError, LedgerHeaderTampered, SecureFedError
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.events import AccountantName, DpEvent
 from securefed.privacy.formulas import (
@@ -62,6 +70,7 @@ from securefed.privacy.ledger import (
     LedgerHeader,
     VerifiedLedger,
     check_head,
+    ledger_dataset,
     load_ledger,
     parse_header,
     read_rows,
@@ -73,6 +82,8 @@ RDP_DIRECT_TOL = 1e-6
 PRV_ABS_TOL = 0.02
 PRV_REL_TOL = 1e-3
 PLD_DISCRETIZATION = 1e-3
+NOT_ANCHORED = ("NOT ANCHORED: without --expect-head (or --round-log) the removal of this ledger's newest entries "
+                "cannot be detected; the chain checked is only as long as the file says")
 
 
 def _dp_events(events: Sequence[DpEvent]):
@@ -184,6 +195,9 @@ class LedgerVerification:
     epsilon_rdp: float | None = None  # Opacus RDP
     epsilon_rdp_independent: float | None = None  # dp-accounting RDP
     epsilon_prv_independent: float | None = None  # dp-accounting PLD (PRV ledgers only)
+    anchored: bool = False  # checked against a head recorded elsewhere (catches tail truncation)
+    dataset: str | None = None  # the dataset fingerprint this ledger accounts for (None: not recorded)
+    claimed_client: str | None = None  # the client an unverifiable header names (unverified)
 
     @property
     def ok(self) -> bool:
@@ -195,6 +209,22 @@ class LedgerVerification:
 
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
+
+
+def _claimed_client(path: Path) -> str | None:
+    """The client id a ledger's header names, read without verifying it (to attribute a failure)."""
+    try:
+        with path.open("rb") as f:
+            magic = f.read(len(SQLITE_MAGIC))
+        if magic == SQLITE_MAGIC:
+            header_row, _ = read_rows(path)
+            body = header_row[0] if header_row else None
+        else:
+            body = (json.loads(path.read_text(encoding="utf-8")).get("header") or {}).get("body")
+        cid = json.loads(body).get("client_id") if isinstance(body, str) else None
+    except (SecureFedError, OSError, ValueError, AttributeError, TypeError, RecursionError):
+        return None
+    return cid if isinstance(cid, str) else None
 
 
 def _lenient_events(path: Path) -> tuple[LedgerHeader | None, tuple[DpEvent, ...]]:
@@ -240,9 +270,12 @@ def verify_ledger(
     except LedgerError as exc:
         header, events = _lenient_events(path)
         msg = str(exc).removeprefix(f"{path}: ")
-        name = "header" if "header" in msg else ("chain" if header is not None else "open")
-        checks.append(Check(name, False, msg))
-        return LedgerVerification(str(path), tuple(checks), (), header, events, False)
+        if isinstance(exc, LedgerHeaderTampered):
+            checks.append(Check("header", False, f"header tampered: {msg}"))
+        else:
+            checks.append(Check("chain" if header is not None else "open", False, msg))
+        return LedgerVerification(str(path), tuple(checks), (), header, events, False,
+                                  claimed_client=_claimed_client(path))
 
     header = ledger.header
     if expected_public_key is None and public_keys:
@@ -265,6 +298,8 @@ def verify_ledger(
             checks.append(Check("anchor", True, f"chain agrees with the anchored head at length {expected_head.length}"))
         except LedgerError as exc:
             checks.append(Check("anchor", False, str(exc)))
+    else:
+        warnings.append(NOT_ANCHORED)
 
     events = ledger.events
     budget = header.budget
@@ -328,6 +363,15 @@ def verify_ledger(
             ))
     except (AccountingError, ValueError, RuntimeError) as exc:
         checks.append(Check("accounting", False, f"epsilon could not be recomputed: {exc}"))
+    sized = [(e.round_id, e.context.dataset_size) for e in events if e.context is not None]
+    if sized:
+        bad = [(r, n) for r, n in sized if not delta < 1.0 / n]
+        checks.append(Check(
+            "delta-per-N", not bad,
+            f"delta {delta:g} < 1/N for every round (N = {min(n for _, n in sized)}..{max(n for _, n in sized)} "
+            "training examples)" if not bad else
+            f"delta {delta:g} is not below 1/N in " + ", ".join(f"attempt {r} (N = {n})" for r, n in bad),
+        ))
 
     insecure = [e.round_id for e in events if not e.secure_rng]
     if insecure:
@@ -336,6 +380,7 @@ def verify_ledger(
     return LedgerVerification(
         str(path), tuple(checks), tuple(warnings), header, events, True,
         **{k: result.get(k) for k in ("epsilon", "epsilon_rdp", "epsilon_rdp_independent", "epsilon_prv_independent")},
+        anchored=expected_head is not None, dataset=ledger_dataset(header, ledger.entries),
     )
 
 
@@ -347,22 +392,29 @@ def verify_ledgers(
 ) -> list[LedgerVerification]:
     """Verify several ledgers; keys and anchors are looked up by the client id in each header.
 
-    Two ledgers that claim the same client both fail ``unique-client`` (a client has one ledger), and
-    a pinned client without a ledger is an error (a ledger is missing)."""
+    Two ledgers of the same client, dataset and identity key both fail ``unique-client`` (a client has
+    one ledger per dataset and key), and a pinned client without any ledger is an error (a ledger is
+    missing); one whose ledger failed verification is not missing: that ledger's checks say why."""
     public_keys = dict(public_keys or {})
     results = [verify_ledger(p, public_keys=public_keys, heads=heads) for p in paths]
-    owners: dict[str, list[str]] = {}
+    def owner(r: LedgerVerification) -> tuple:
+        # One ledger per (client, dataset, identity key): a reissued key legitimately starts a second one.
+        return (r.client_id, r.dataset, r.header.public_key if r.header else None)
+
+    owners: dict[tuple, list[str]] = {}
+    claimed: set[str] = set()
     for r in results:
         if r.client_id is not None:
-            owners.setdefault(r.client_id, []).append(r.source)
+            owners.setdefault(owner(r), []).append(r.source)
+        claimed.add(r.client_id or r.claimed_client or "")
     out = []
     for r in results:
-        others = [s for s in owners.get(r.client_id or "", []) if s != r.source]
+        others = [s for s in owners.get(owner(r), []) if s != r.source] if r.client_id is not None else []
         if others:
             r = replace(r, checks=(*r.checks, Check("unique-client", False,
                                                      f"client {r.client_id!r} also has ledger(s) {others}")))
         out.append(r)
-    missing = sorted(set(public_keys) - set(owners))
+    missing = sorted(set(public_keys) - claimed)
     if missing:
         raise LedgerError(f"no ledger given for pinned client(s) {missing}; pass their ledger files")
     return out

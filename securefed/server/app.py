@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,10 @@ from securefed.server.secagg_driver import SecAggDriver
 from securefed.server.service import FederationService
 from securefed.strategies import Strategy, check_secure_aggregation, make_strategy
 from securefed.training.fingerprint import base_fingerprint, has_weights, short
+from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
+from securefed.transport.diagnose import EXPIRY_WARNING_DAYS, SERVER_FIX, check_own_certificate
+from securefed.transport.revocation import CRL_FILE, RevocationWatch
 from securefed.transport.service import add_federation_servicer
 from securefed.transport.tls import make_server
 
@@ -115,6 +119,9 @@ class ServerApp:
         )
         self.grpc_server = None
         self.port: int | None = None
+        # The CA-signed revocation list in credentials_dir (read at start()): checked at every call and
+        # registration, shipped in every plan.
+        self.revocations: RevocationWatch | None = None
 
     def strategy(self, dim: int) -> Strategy:
         s = self._strategy_cache.get(dim)
@@ -134,6 +141,8 @@ class ServerApp:
                                     certificate=ctx.certificates.get(c, b"")) for c in sorted(ctx.cohort)],
             vector_length=ctx.payload_length, stage_timeout_ms=int(cfg.deadlines.training_s * 1000),
             base_model_fingerprint=bytes.fromhex(self.base_fingerprint),
+            revocation_list=self.revocations.der() if self.revocations else b"", federation_id=cfg.server.federation_id,
+            federation_round=ctx.round,
         )
         bound = self.strategy(ctx.global_ckpt.vector.size).payload_bound()
         if cfg.federation.mode is AggregationMode.SECAGG:
@@ -175,8 +184,16 @@ class ServerApp:
     def start(self) -> int:
         self.coordinator.recover()
         workers = max(16, 4 * self.config.federation.cohort_size + 8)
-        bound = make_server(self.address, self.config.server.credentials_dir, max_workers=workers)
-        add_federation_servicer(bound.server, FederationService(self.coordinator, self.config.server.federation_id))
+        creds = self.config.server.credentials_dir
+        ca = tid.load_ca_certificate(creds)
+        self.revocations = RevocationWatch(Path(creds) / CRL_FILE, ca)
+        days = check_own_certificate(tid.load_server_credentials(creds).certificate_pem, ca, what="the server's "
+                                     "certificate", fix=SERVER_FIX, revocations=self.revocations.current())
+        if days < EXPIRY_WARNING_DAYS:
+            log(logger, "the server's certificate expires soon: " + SERVER_FIX, level=logging.WARNING, days_left=days)
+        bound = make_server(self.address, creds, max_workers=workers)
+        add_federation_servicer(bound.server, FederationService(self.coordinator, self.config.server.federation_id,
+                                                                revocations=self.revocations))
         bound.server.start()
         self.grpc_server, self.port = bound.server, bound.port
         log(logger, "server listening", address=self.address, port=bound.port, mode=self.config.federation.mode.value,

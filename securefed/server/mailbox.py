@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securefed.errors import InvalidMessage, NotRegistered, ReplayedMessage, StaleMessage
+from securefed.errors import CertificateRevoked, InvalidMessage, NotRegistered, ReplayedMessage, StaleMessage
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.server.attempt import AttemptContext, Phase
@@ -62,6 +62,9 @@ class Mailbox:
         self._poll_s = poll_s
         self._describe = describe  # the Wait reason: what the coordinator is doing now
         self.clients: dict[str, ClientInfo] = {}
+        # Whether a member's DER certificate is on the federation's revocation list (the servicer sets
+        # it): a revoked member cannot register, and one revoked since it registered is never drawn.
+        self.is_revoked: Callable[[bytes], bool] = lambda certificate: False
         # The live attempt, as the round loop posted it.
         self.ctx: AttemptContext | None = None
         self.driver: RoundDriver | None = None
@@ -80,6 +83,8 @@ class Mailbox:
     # --- registry ---------------------------------------------------------------------------------
     def register(self, client_id: str, identity_key: bytes, modes: tuple[int, ...] = (), *,
                  certificate: bytes = b"") -> None:
+        if certificate and self.is_revoked(certificate):
+            raise CertificateRevoked(f"the certificate of {client_id!r} is revoked by the federation operator")
         with self._cv:
             info = self.clients.get(client_id)
             if info is None:
@@ -91,10 +96,11 @@ class Mailbox:
             self._cv.notify_all()
 
     def connected(self) -> list[str]:
-        """Registered members heard from within two long-polls (and some slack)."""
+        """Registered members heard from within two long-polls (and some slack), none revoked."""
         horizon = time.monotonic() - (2 * self._poll_s + 10.0)
         with self._cv:
-            return sorted(c for c, i in self.clients.items() if i.last_seen >= horizon)
+            return sorted(c for c, i in self.clients.items()
+                          if i.last_seen >= horizon and not (i.certificate and self.is_revoked(i.certificate)))
 
     def everyone_told_done(self) -> bool:
         with self._cv:

@@ -10,6 +10,7 @@ which the transport maps to gRPC status codes with a one-line message.
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Iterator
 
 import grpc
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CryptoError, InvalidMessage
+from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage
 from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
@@ -28,6 +29,7 @@ from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc
 from securefed.transport.limits import CHUNK_BYTES, MAX_MESSAGE_BYTES, MAX_POLL_WAIT_MS, PROTOCOL_VERSION
+from securefed.transport.revocation import RevocationWatch
 from securefed.transport.service import authenticate_peer, raw_messages
 
 logger = get_logger("server.rpc")
@@ -42,16 +44,30 @@ _STATE = {
 
 
 class FederationService(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, federation_id: str = "securefed") -> None:
+    def __init__(self, coordinator: Coordinator, federation_id: str = "securefed",
+                 revocations: RevocationWatch | None = None) -> None:
         self.co = coordinator
         self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
         self.uploads = UploadIntake(self.mailbox)
         self.downloads = Downloads()
+        self.revocations = revocations
+        self._refused: set[tuple[str, int]] = set()  # revoked (member, serial) already logged
+        if revocations is not None:  # registration and cohort selection check the same list
+            self.mailbox.is_revoked = revocations.is_revoked
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
+        """The caller, from its certificate; a revoked certificate is refused at every call."""
         p = authenticate_peer(context)
+        if self.revocations is not None and p.certificate is not None and self.revocations.is_revoked(p.certificate):
+            serial = p.certificate.serial_number
+            if (p.client_id, serial) not in self._refused:
+                self._refused.add((p.client_id, serial))
+                log(logger, "refused a revoked member", level=logging.WARNING, client=p.client_id,
+                    serial=f"{serial:x}")
+            raise CertificateRevoked(f"the certificate of {p.client_id!r} (serial {serial:x}) is revoked by the "
+                                     "federation operator; ask them for a new one (securefed keys bundle)")
         return p.client_id, tid.raw_public_key(p.identity_public_key)
 
     # --- RPCs ---------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Submodules (import them directly; this package stays light so ``securefed --help
 
 * ``limits``    message and chunk size limits (8 MiB per message, 4 MiB chunks at most, 64 KiB sent)
 * ``identity``  federation CA, server/client certificates, Ed25519 identity binding, loaders
+* ``revocation`` the CA-signed revocation list: ``keys revoke``, the server's reloading watch
+* ``diagnose``  why a TLS connection failed, in one line with the fix; own-certificate checks
+* ``member_kit`` ``keys bundle``: one tar file per member (credentials, CA, list, client.toml)
 * ``tls``       ``make_server`` / ``make_channel`` with required client certificates
 * ``service``   ``add_federation_servicer``, ``peer_identity``: identity from the certificate,
                 claimed-sender checks, malformed-message and error-to-status mapping

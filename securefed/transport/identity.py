@@ -8,6 +8,9 @@ Layout of a credentials directory (``securefed keys ... --dir D``)::
     D/clients/NAME.pem            client TLS certificate (CN = NAME, SAN URI securefed://client/NAME)
     D/clients/NAME.key            client TLS private key (0600)
     D/clients/NAME.identity.key   client Ed25519 identity private key (0600)
+    D/issued/SERIAL.pem           every certificate this CA issued (like OpenSSL's newcerts/), so that
+                                  ``securefed keys revoke NAME`` revokes each one ever issued to NAME
+    D/crl.pem                     the CA-signed revocation list (``securefed.transport.revocation``)
 
 Key types. TLS keys are ECDSA P-256 with SHA-256 signatures: the one certificate type every TLS
 stack a member might run accepts for both TLS 1.2 and 1.3 (gRPC's BoringSSL, OpenSSL, Go, Java).
@@ -61,13 +64,24 @@ CA_KEY_FILE = "ca.key"
 SERVER_CERT_FILE = "server.pem"
 SERVER_KEY_FILE = "server.key"
 CLIENTS_DIR = "clients"
+ISSUED_DIR = "issued"
 
 CA_VALIDITY_DAYS = 3650
 LEAF_VALIDITY_DAYS = 397  # the CA/Browser forum ceiling; rotate yearly
+MAX_VALIDITY_DAYS = 3650
 
 # Client names become certificate CNs, URIs and file names: keep them boring.
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def validity_days(days: int | None, default: int) -> int:
+    """``--days N``: a whole number of days in 1..MAX_VALIDITY_DAYS (None: the default)."""
+    if days is None:
+        return default
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_VALIDITY_DAYS:
+        raise ConfigError(f"--days must be a whole number of days from 1 to {MAX_VALIDITY_DAYS}, got {days!r}")
+    return days
 
 
 def validate_client_name(name: str) -> str:
@@ -180,10 +194,11 @@ class CertificateAuthority:
         usage: x509.ObjectIdentifier,
         not_before: dt.datetime | None,
         not_after: dt.datetime | None,
+        days: int | None = None,
         extra: Sequence[x509.ExtensionType] = (),
     ) -> x509.Certificate:
         start = not_before or (_now() - _CLOCK_SKEW)
-        end = not_after or (start + dt.timedelta(days=LEAF_VALIDITY_DAYS))
+        end = not_after or (start + dt.timedelta(days=validity_days(days, LEAF_VALIDITY_DAYS)))
         if end <= start:
             raise ConfigError("certificate validity ends before it starts")
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -207,7 +222,8 @@ class CertificateAuthority:
         return builder.sign(self.private_key, hashes.SHA256())
 
     def issue_server(
-        self, hosts: list[str], *, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None
+        self, hosts: list[str], *, not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+        days: int | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A TLS server certificate valid for hosts (IP addresses or DNS names)."""
         if not hosts:
@@ -224,7 +240,7 @@ class CertificateAuthority:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_COMMON_NAME)])
         cert = self._leaf(
             subject, key.public_key(), san=san, usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            not_before=not_before, not_after=not_after,
+            not_before=not_before, not_after=not_after, days=days,
         )
         return cert, key
 
@@ -235,6 +251,7 @@ class CertificateAuthority:
         *,
         not_before: dt.datetime | None = None,
         not_after: dt.datetime | None = None,
+        days: int | None = None,
     ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         """A TLS client certificate for `name` that also binds its Ed25519 identity public key."""
         validate_client_name(name)
@@ -245,13 +262,14 @@ class CertificateAuthority:
             subject, key.public_key(),
             san=[x509.UniformResourceIdentifier(CLIENT_URI_PREFIX + name)],
             usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-            not_before=not_before, not_after=not_after,
+            not_before=not_before, not_after=not_after, days=days,
             extra=[x509.UnrecognizedExtension(IDENTITY_KEY_OID, spki)],
         )
         return cert, key
 
 
-def create_ca(*, days: int = CA_VALIDITY_DAYS) -> CertificateAuthority:
+def create_ca(*, days: int | None = None) -> CertificateAuthority:
+    days = validity_days(days, CA_VALIDITY_DAYS)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
     start = _now() - _CLOCK_SKEW
@@ -346,6 +364,27 @@ class CredentialsDir:
     def client_identity_key(self, name: str) -> Path:
         return self.root / CLIENTS_DIR / f"{validate_client_name(name)}.identity.key"
 
+    @property
+    def issued_dir(self) -> Path:
+        return self.root / ISSUED_DIR
+
+    def issued(self) -> list[x509.Certificate]:
+        """Every certificate this CA directory issued (``issued/``), plus the current leaf files, which
+        credentials directories made before ``issued/`` existed only have."""
+        paths = sorted(self.issued_dir.glob("*.pem")) if self.issued_dir.is_dir() else []
+        paths += [self.server_cert, *sorted((self.root / CLIENTS_DIR).glob("*.pem"))]
+        seen: dict[int, x509.Certificate] = {}
+        for p in paths:
+            if p.is_file():
+                cert = _load_cert(p.read_bytes(), p)
+                seen.setdefault(cert.serial_number, cert)
+        return list(seen.values())
+
+
+def _archive(d: CredentialsDir, cert: x509.Certificate) -> None:
+    """Keep a copy of every issued certificate under its serial number (revocation needs them all)."""
+    atomic_write(d.issued_dir / f"{cert.serial_number:040x}.pem", _cert_pem(cert), mode=0o644)
+
 
 def _as_dir(directory: str | os.PathLike[str] | CredentialsDir) -> CredentialsDir:
     return directory if isinstance(directory, CredentialsDir) else CredentialsDir(Path(directory))
@@ -354,7 +393,7 @@ def _as_dir(directory: str | os.PathLike[str] | CredentialsDir) -> CredentialsDi
 _NO_CA_HINT = "create one with: securefed keys init-ca --dir DIR"
 
 
-def init_ca(directory: str | os.PathLike[str], *, force: bool = False) -> CredentialsDir:
+def init_ca(directory: str | os.PathLike[str], *, force: bool = False, days: int | None = None) -> CredentialsDir:
     """Create the federation CA in directory (refuses to replace an existing CA unless force)."""
     d = _as_dir(directory)
     d.root.mkdir(parents=True, exist_ok=True)
@@ -362,7 +401,7 @@ def init_ca(directory: str | os.PathLike[str], *, force: bool = False) -> Creden
         raise ConfigError(
             f"a CA already exists in {d.root}; replacing it invalidates every issued certificate (pass --force)"
         )
-    ca = create_ca()
+    ca = create_ca(days=days)
     _write_private(d.ca_key, _key_pem(ca.private_key), overwrite=force)
     _write_public(d.ca_cert, ca.certificate_pem, overwrite=force)
     return d
@@ -381,11 +420,15 @@ def load_ca(directory: str | os.PathLike[str] | CredentialsDir) -> CertificateAu
 
 
 def issue_server(
-    directory: str | os.PathLike[str], hosts: list[str], *, force: bool = False
+    directory: str | os.PathLike[str], hosts: list[str], *, force: bool = False, days: int | None = None,
+    not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
 ) -> CredentialsDir:
     d = _as_dir(directory)
     ca = load_ca(d)
-    cert, key = ca.issue_server(hosts)
+    cert, key = ca.issue_server(hosts, days=days, not_before=not_before, not_after=not_after)
+    if not force and (d.server_cert.exists() or d.server_key.exists()):
+        raise ConfigError(f"{d.server_cert} already exists; refusing to overwrite it (pass --force to replace it)")
+    _archive(d, cert)
     _write_private(d.server_key, _key_pem(key), overwrite=force)
     _write_public(d.server_cert, _cert_pem(cert), overwrite=force)
     return d
@@ -398,6 +441,7 @@ def issue_client(
     force: bool = False,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    days: int | None = None,
 ) -> CredentialsDir:
     """Issue a client certificate plus a fresh Ed25519 identity key bound into it."""
     validate_client_name(name)
@@ -406,8 +450,9 @@ def issue_client(
     if not force and d.client_cert(name).exists():
         raise ConfigError(f"client {name!r} already has a certificate in {d.root / CLIENTS_DIR} (pass --force to reissue)")
     identity = ed25519.Ed25519PrivateKey.generate()
-    cert, key = ca.issue_client(name, identity.public_key(), not_before=not_before, not_after=not_after)
+    cert, key = ca.issue_client(name, identity.public_key(), not_before=not_before, not_after=not_after, days=days)
     (d.root / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
+    _archive(d, cert)
     _write_private(d.client_identity_key(name), _key_pem(identity), overwrite=force)
     _write_private(d.client_key(name), _key_pem(key), overwrite=force)
     _write_public(d.client_cert(name), _cert_pem(cert), overwrite=force)
@@ -442,6 +487,12 @@ def load_ca_pem(directory: str | os.PathLike[str] | CredentialsDir) -> bytes:
     data = _read_public(d.ca_cert, "federation CA certificate", "copy ca.pem from the operator or " + _NO_CA_HINT)
     _load_cert(data, d.ca_cert)
     return data
+
+
+def load_ca_certificate(directory: str | os.PathLike[str] | CredentialsDir) -> x509.Certificate:
+    """The federation CA certificate (public): what every party pins."""
+    d = _as_dir(directory)
+    return _load_cert(load_ca_pem(d), d.ca_cert)
 
 
 def load_server_credentials(directory: str | os.PathLike[str] | CredentialsDir) -> ServerCredentials:

@@ -47,6 +47,7 @@ class AuthenticatedPeer:
     client_id: str
     identity_public_key: ed25519.Ed25519PublicKey
     tls_version: str
+    certificate: x509.Certificate | None = None  # the one that authenticated the connection (revocation checks)
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -86,7 +87,7 @@ def authenticate_peer(context: grpc.ServicerContext) -> AuthenticatedPeer:
     # gRPC's own reading of the subject must agree with ours (defence against parser confusion).
     if auth.get("x509_common_name") != [client_id.encode()]:
         _abort(context, grpc.StatusCode.UNAUTHENTICATED, "peer certificate is not a securefed client certificate")
-    return AuthenticatedPeer(client_id, key, version.decode("ascii", "replace"))
+    return AuthenticatedPeer(client_id, key, version.decode("ascii", "replace"), cert)
 
 
 def peer_identity(context: grpc.ServicerContext) -> str:
@@ -125,6 +126,7 @@ def check_claimed_sender(message: pb_message.Message, peer: AuthenticatedPeer, c
 # ---- error mapping -------------------------------------------------------------------------
 
 _STATUS_FOR_ERROR: tuple[tuple[type[errors.SecureFedError], grpc.StatusCode], ...] = (
+    (errors.CertificateError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.NotRegistered, grpc.StatusCode.NOT_FOUND),  # before its base class InvalidMessage
     (errors.InvalidMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -144,6 +146,12 @@ _ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.SecureFedError]] = {
 }
 
 
+# Errors a peer must react to by their type, not by a status code several errors share: their class
+# name travels in trailing metadata and the caller raises that very class (never a string match).
+ERROR_TYPE_KEY = "securefed-error-type"
+_WIRE_TYPED: dict[str, type[errors.SecureFedError]] = {c.__name__: c for c in (errors.CertificateRevoked,)}
+
+
 def status_for(exc: errors.SecureFedError) -> grpc.StatusCode:
     """The gRPC status a servicer-raised securefed error is reported with."""
     for cls, code in _STATUS_FOR_ERROR:
@@ -156,6 +164,10 @@ def error_from_rpc(exc: grpc.RpcError) -> errors.SecureFedError:
     """Client side: turn a failed call into a typed securefed error with a one-line message."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else "") or code.name.lower()
+    trailing = dict(exc.trailing_metadata() or ()) if hasattr(exc, "trailing_metadata") else {}
+    typed = _WIRE_TYPED.get(trailing.get(ERROR_TYPE_KEY, ""))
+    if typed is not None:
+        return typed(f"server refused the request: {details}")
     cls = _ERROR_FOR_STATUS.get(code, errors.TransportError)
     return cls(f"server refused the request ({code.name}): {details}")
 
@@ -170,18 +182,25 @@ def _decode(cls: type[pb_message.Message], raw: bytes, context: grpc.ServicerCon
         _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"malformed {cls.DESCRIPTOR.name}")
 
 
+def _abort_with(context: grpc.ServicerContext, exc: errors.SecureFedError) -> NoReturn:
+    name = type(exc).__name__
+    if name in _WIRE_TYPED:
+        context.set_trailing_metadata(((ERROR_TYPE_KEY, name),))
+    _abort(context, status_for(exc), str(exc))
+
+
 def _run(fn: Callable[[], Any], context: grpc.ServicerContext) -> Any:
     try:
         return fn()
     except errors.SecureFedError as exc:
-        _abort(context, status_for(exc), str(exc))
+        _abort_with(context, exc)
 
 
 def _wrap_response_stream(responses: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
     try:
         yield from responses
     except errors.SecureFedError as exc:
-        _abort(context, status_for(exc), str(exc))
+        _abort_with(context, exc)
 
 
 def raw_messages(fn: Callable[..., Any]) -> Callable[..., Any]:

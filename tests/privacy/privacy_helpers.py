@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from securefed.privacy.events import DpEvent, LibraryVersions
+from securefed.privacy.events import DpEvent, EventContext, LibraryVersions
 
 FIXED_VERSIONS = LibraryVersions(opacus="1.6.0", torch="2.13.0", securefed="0.1.0")
 FIXED_TS = "2026-11-28T05:00:00.000000Z"
@@ -25,3 +25,14 @@ def make_event(**overrides) -> DpEvent:
     )
     kwargs.update(overrides)
     return DpEvent(**kwargs)
+
+
+DATASET_A = "a1" * 32
+DATASET_B = "b2" * 32
+
+
+def make_context(**overrides) -> EventContext:
+    kwargs = dict(federation_id="fed-one", plan_sha256="cd" * 32, federation_round=1, mode="secagg", cohort_size=3,
+                  threshold=2, dataset_fingerprint=DATASET_A, dataset_size=1000, privacy_unit="record")
+    kwargs.update(overrides)
+    return EventContext(**kwargs)

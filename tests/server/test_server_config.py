@@ -19,7 +19,8 @@ def test_example_configs_in_the_kit_load():
     assert s.federation.max_colluding_members == 2
     assert s.server.state_dir.is_absolute()
     c = load_client_config(KIT / "client.toml")
-    assert c.privacy.target_epsilon == 8.0 and c.ledger_path.name == "ledger.sqlite"
+    assert c.privacy.target_epsilon == 8.0 and c.ledger_path is None and c.client.ledger_dir.is_absolute()
+    assert c.client.state_dir.is_absolute()  # not under the read-only config directory
 
 
 def _server_toml(tmp_path: Path, federation: str) -> Path:

@@ -208,7 +208,7 @@ class CohortMember(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "base_model_fingerprint")
+    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "base_model_fingerprint", "revocation_list", "federation_id", "federation_round")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +220,9 @@ class RoundPlan(_message.Message):
     STAGE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_LIST_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_ROUND_FIELD_NUMBER: _ClassVar[int]
     round: int
     global_adapter_sha256: bytes
     mode: AggregationMode
@@ -231,7 +234,10 @@ class RoundPlan(_message.Message):
     stage_timeout_ms: int
     plan_sha256: bytes
     base_model_fingerprint: bytes
-    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ...) -> None: ...
+    revocation_list: bytes
+    federation_id: str
+    federation_round: int
+    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ..., federation_id: _Optional[str] = ..., federation_round: _Optional[int] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
     __slots__ = ("participate", "decline_reason")
