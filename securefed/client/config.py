@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from typing import Literal
 
-from securefed.config import StrictModel, load_toml
+from pydantic import Field, field_validator, model_validator
+
+from securefed.config import StrictModel, check_address, load_toml
 from securefed.errors import ConfigError
 from securefed.privacy.budget import PrivacyBudget
 from securefed.training.config import LocalTrainingSettings, LoraSettings
@@ -49,6 +51,11 @@ class ClientSection(StrictModel):
         description="rounds this member expects to join: the noise multiplier is calibrated so that all of "
         "them fit in the budget (when training.noise_multiplier is not set)",
     )
+    after_planned_rounds: Literal["stop", "continue"] = Field(
+        "stop", description="calibrated noise only: 'stop' declines every plan once planned_rounds updates were "
+        "released (the budget was planned for them); 'continue' recalibrates for one more round at a time "
+        "on what is left, i.e. rounds of ever more noise (logged as a warning each time)",
+    )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
     min_cohort_size: int = Field(
         3, ge=3, description="decline plans listing fewer members (the secure-aggregation threshold then bounds "
@@ -67,6 +74,12 @@ class ClientSection(StrictModel):
         False, description="join rounds in which the server sees this member's update in clear (debugging only); "
         "without it such plans are declined, whatever the server says"
     )
+
+    @field_validator("server")
+    @classmethod
+    def _server_has_port(cls, v: str) -> str:
+        # Port 0 passes here only for provisioning placeholders; the daemon refuses to dial it.
+        return check_address(v, allow_port_zero=True)
 
 
 class DataSection(StrictModel):
@@ -90,6 +103,9 @@ class ConnectionSection(StrictModel):
     backoff_max_s: float = Field(15.0, gt=0)
     give_up_after_s: float | None = Field(None, gt=0, description="stop after this long without the server (None: never)")
     rpc_timeout_s: float = Field(120.0, gt=0, description="deadline of one request (uploads included)")
+    heartbeat_s: float = Field(
+        5.0, gt=0, le=300, description="heartbeat interval while working on an attempt, unless the server asks "
+        "for another one at registration")
 
 
 class ClientConfig(StrictModel):

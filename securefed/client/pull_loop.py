@@ -2,15 +2,18 @@
 
 A lost server is retried with exponential backoff, jittered from a CSPRNG, until
 ``connection.give_up_after_s`` (exit 3); a session the server refused or a protocol check ended is
-dropped, and the loop keeps serving: the next plan starts afresh with fresh keys.
+dropped, and the loop keeps serving: the next plan starts afresh with fresh keys. A security event
+among those (``client.alerts``) is an ERROR line and is reported to the operator.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import TYPE_CHECKING
 
+from securefed.client import alerts
 from securefed.errors import CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
 from securefed.logs import get_logger, log
 
@@ -35,7 +38,8 @@ def serve(daemon: ClientDaemon) -> int:
             if not registered:
                 resp = daemon.connection.register(daemon.identity.public_bytes())
                 log(logger, "registered", client=resp.client_id, federation=resp.federation_id,
-                    server_round=resp.current_round)
+                    server_attempt=resp.current_round)
+                daemon.on_registered(resp)
                 registered = True
             task = daemon.connection.poll(daemon.current_attempt(), conn.poll_wait_s)
             backoff, down_since = conn.backoff_initial_s, None
@@ -61,7 +65,13 @@ def serve(daemon: ClientDaemon) -> int:
         except (InvalidMessage, ProtocolAbort, CryptoError) as exc:
             # The server refused one of our messages, or the protocol failed a check: this session is
             # over for us. Keep serving; the next plan starts fresh.
-            log(logger, "session ended", reason=str(exc))
+            kind = alerts.alert_kind(exc)
+            if kind is None:
+                log(logger, "session ended", reason=str(exc))
+            else:
+                log(logger, f"SECURITY: {kind} check failed: left the session", level=logging.ERROR,
+                    attempt=daemon.current_attempt() or None, reason=str(exc))
+                alerts.report(daemon.connection, daemon.current_attempt(), kind, str(exc))
             daemon.drop_session(str(exc))
     log(logger, "client stopped", client=daemon.name)
     return EXIT_DONE  # stopped on request (SIGTERM/SIGINT): not a failure
