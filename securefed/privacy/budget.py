@@ -187,20 +187,18 @@ def calibrate_noise(
         return per_round_epsilon is None or within(
             [SubsampledGaussian(sigma, sample_rate, steps_per_round)], per_round_epsilon, both=both)
 
-    # Re-calibrating mid-run: if a noise multiplier already in the ledger (same q) still fits and is
-    # within rel_tol of the smallest that does, keep it. Same result quality as the search, but the
-    # rounds then share one (sigma, q) and compose as one mechanism (cheap for PRV, tidy ledgers).
-    for prior_sigma in sorted({m.noise_multiplier for m in prior if m.sample_rate == sample_rate and m.noise_multiplier > 0}):
-        if fits(prior_sigma):
-            if not fits(prior_sigma / (1 + rel_tol)):
-                return prior_sigma
-            break  # a smaller sigma fits too: search for it
-
     # The search runs on the budget's own accountant; the independent one (slower) is then checked
     # at the result and, where it needs more noise, the search resumes from there with both.
     sigma = _smallest(lambda s: fits(s, both=False), rel_tol, lo=0.0)
     if sigma is not None and not fits(sigma):
         sigma = _smallest(fits, rel_tol, lo=sigma)
+    # Re-calibrating mid-run: a noise multiplier already in the ledger (same q) that still fits and is
+    # within the search's tolerance of the result is kept, so the rounds share one (sigma, q) and
+    # compose as one mechanism (cheap for PRV, tidy ledgers).
+    if sigma is not None:
+        for prior_sigma in sorted({m.noise_multiplier for m in prior if m.sample_rate == sample_rate}):
+            if sigma <= prior_sigma <= sigma * (1 + rel_tol) ** 2 and fits(prior_sigma):
+                return prior_sigma
     if sigma is None:
         floor = cls.epsilon_of_mechanisms([*prior, SubsampledGaussian(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta)
         what = f"target epsilon {target_epsilon:g}"

@@ -22,6 +22,7 @@ from securefed.server.ckks_driver import CkksDriver
 from securefed.server.config import AggregationMode, ServerConfig
 from securefed.server.coordinator import Coordinator
 from securefed.server.driver import RoundDriver
+from securefed.server.livestatus import LiveStatusWriter
 from securefed.server.plaintext_driver import PlaintextDriver
 from securefed.server.secagg_driver import SecAggDriver
 from securefed.server.service import FederationService
@@ -84,6 +85,7 @@ class ServerApp:
         )
         self.grpc_server = None
         self.port: int | None = None
+        self.live = LiveStatusWriter(self.coordinator)  # state_dir/live.json, for `securefed status`
 
     def strategy(self, dim: int) -> Strategy:
         s = self._strategy_cache.get(dim)
@@ -96,7 +98,8 @@ class ServerApp:
         cfg = self.config
         st = cfg.strategy
         plan = pb.RoundPlan(
-            round=ctx.attempt, global_adapter_sha256=ctx.global_digest, mode=_MODE[cfg.federation.mode],
+            round=ctx.attempt, adapter_round=ctx.round, global_adapter_sha256=ctx.global_digest,
+            mode=_MODE[cfg.federation.mode],
             strategy=pb.StrategyParams(strategy=_STRATEGY[st.kind.value], proximal_mu=st.mu,
                                        server_learning_rate=st.server_lr),
             cohort=[pb.CohortMember(client_id=c, identity_public_key=ctx.identity_keys[c],
@@ -147,6 +150,7 @@ class ServerApp:
         add_federation_servicer(bound.server, FederationService(self.coordinator, self.config.server.federation_id))
         bound.server.start()
         self.grpc_server, self.port = bound.server, bound.port
+        self.live.start()
         log(logger, "server listening", address=self.address, port=bound.port, mode=self.config.federation.mode.value,
             rounds=self.config.federation.rounds, resume_from_round=self.coordinator.global_ckpt.round
             if self.coordinator.global_ckpt else 0)
@@ -160,4 +164,5 @@ class ServerApp:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
             self.grpc_server = None
+            self.live.stop()
         self.coordinator.roundlog.close()

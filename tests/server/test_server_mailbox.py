@@ -127,7 +127,7 @@ def test_messages_for_no_open_attempt_or_another_attempt_are_stale_and_strangers
     ctx, d, ph = _attempt(tmp_path, 7)
     mb.open(ctx, d, ph)
     assert mb.expected_payload_bytes(64) == 3 * 8
-    with pytest.raises(StaleMessage, match="round 6"):
+    with pytest.raises(StaleMessage, match="for attempt 6, the current attempt is 7"):
         mb.check_header("a", _hdr(6, 1))
     with pytest.raises(InvalidMessage, match="cohort") as exc:
         mb.check_header("mallory", _hdr(7, 1))

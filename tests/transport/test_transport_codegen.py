@@ -49,6 +49,8 @@ def test_service_surface() -> None:
         "DownloadAggregate": (False, True),
         "ReportPrivacyEvent": (False, False),
         "GetStatus": (False, False),
+        "SendHeartbeat": (False, False),
+        "ReportSecurityAlert": (False, False),
     }
     # Every request names round/session/stage through a header (replay rejection).
     for m in pb.DESCRIPTOR.services_by_name["Federation"].methods:
