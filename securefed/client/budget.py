@@ -16,7 +16,9 @@ import threading
 from securefed.client.config import ClientConfig
 from securefed.errors import BudgetExceeded, ConfigError, PlannedRoundsDone, ProtocolAbort, SecureFedError
 from securefed.logs import get_logger, log
+from securefed.privacy.accountants import accountant_class
 from securefed.privacy.budget import BudgetGuard, BudgetProjection, calibrate_noise
+from securefed.privacy.formulas import SubsampledGaussian
 from securefed.privacy.events import DpEvent, LibraryVersions, utc_timestamp
 from securefed.privacy.ledger import Ledger
 from securefed.training.dp import plan_steps
@@ -39,31 +41,18 @@ class BudgetPlanner:
 
     # --- can this member ever train, and will it now ----------------------------------------------
     def check_feasible(self) -> None:
-        """``ConfigError`` (exit 2 at start-up) for a configuration that could not train even on an
-        empty ledger: a target or per-round cap no noise level reaches with these steps, or a fixed
-        noise multiplier whose first round alone passes the target or the cap."""
-        t, b = self.config.training, self.config.privacy
-        q, steps = plan_steps(t, self.dataset_size)
-        if t.noise_multiplier is None:
-            try:
-                if self.ledger.events():
-                    # A restarted member: its first start checked this; noise_multiplier tells a
-                    # config that cannot work from a budget mostly spent when calibration fails.
-                    return
-                self.noise_multiplier(q, steps)  # on an empty ledger: the calibration of the whole run
-            except ConfigError as exc:
-                raise ConfigError(f"privacy: this member can never train: {exc} "
-                                  "(or lower client.planned_rounds)") from None
+        """``check_feasible`` for this member (exit 2 at start-up when it fails); on an empty ledger the
+        calibration it runs is the run's own, logged once."""
+        if self.ledger.events():
+            # A restarted member: its first start checked this; noise_multiplier tells a config that
+            # cannot work from a budget mostly spent when calibration fails.
             return
-        alone = self.guard.project([], self._event(0, t.noise_multiplier, q, steps))
-        for limit, key in ((b.target_epsilon, "target_epsilon"), (b.per_round_epsilon, "per_round_epsilon")):
-            if limit is not None and alone.round_epsilon > limit:
-                raise ConfigError(
-                    f"privacy: this member can never train: one round at training.noise_multiplier = "
-                    f"{t.noise_multiplier:g} ({steps} steps, sample rate {q:.4g}) costs epsilon "
-                    f"{alone.round_epsilon:.4g} > privacy.{key} = {limit:g}; raise the noise multiplier (or "
-                    "remove it to calibrate), train fewer steps, or raise the budget"
-                )
+        sigma = check_feasible(self.config, self.dataset_size)
+        if sigma is not None:
+            q, steps = plan_steps(self.config.training, self.dataset_size)
+            self._sigma, self._sigma_after = sigma, 0
+            log(logger, "noise calibrated", noise_multiplier=round(sigma, 4), rounds=self.config.client.planned_rounds,
+                steps_per_round=steps, sample_rate=round(q, 6), target_epsilon=self.config.privacy.target_epsilon)
 
     def check_planned_rounds(self) -> None:
         """``PlannedRoundsDone`` once this member released its planned rounds with calibrated noise
@@ -200,6 +189,31 @@ class BudgetPlanner:
         head = self.ledger.head()
         return (head.length, head.entry_hash, planned.noise_multiplier, planned.sample_rate, planned.steps,
                 planned.delta, planned.accountant)
+
+
+def check_feasible(config: ClientConfig, dataset_size: int) -> float | None:
+    """``ConfigError`` for a configuration that could not train even on an empty ledger: delta not below
+    1/N, a target or per-round cap no noise level reaches with these steps and planned rounds, or a
+    fixed noise multiplier whose first round alone passes the target or the cap. Returns the noise
+    multiplier calibrated for the whole run on an empty ledger (None with a fixed one)."""
+    t, b = config.training, config.privacy
+    BudgetGuard(b, dataset_size=dataset_size)  # delta < 1/N
+    q, steps = plan_steps(t, dataset_size)
+    if t.noise_multiplier is None:
+        try:
+            return calibrate_noise(b.target_epsilon, b.delta, q, steps * config.client.planned_rounds, b.accountant,
+                                   per_round_epsilon=b.per_round_epsilon, steps_per_round=steps)
+        except ConfigError as exc:
+            raise ConfigError(f"privacy: this member can never train: {exc} (or lower client.planned_rounds)") from None
+    alone = accountant_class(b.accountant).epsilon_of_mechanisms([SubsampledGaussian(t.noise_multiplier, q, steps)], b.delta)
+    for limit, key in ((b.target_epsilon, "target_epsilon"), (b.per_round_epsilon, "per_round_epsilon")):
+        if limit is not None and alone > limit:
+            raise ConfigError(
+                f"privacy: this member can never train: one round at training.noise_multiplier = {t.noise_multiplier:g} "
+                f"({steps} steps, sample rate {q:.4g}) costs epsilon {alone:.4g} > privacy.{key} = {limit:g}; raise the "
+                "noise multiplier (or remove it to calibrate), train fewer steps, or raise the budget"
+            )
+    return None
 
 
 def config_hash(config: ClientConfig) -> str:
