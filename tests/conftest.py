@@ -20,3 +20,11 @@ def json_parametrize(primitive: str, kind: str):
     cases = load_vectors(primitive, kind)
     ids = [str(c.get("id", i)) for i, c in enumerate(cases)]
     return pytest.mark.parametrize("vector", cases, ids=ids)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """One tiny preset model directory per test session (built with save_pretrained, loaded the real way)."""
+    from securefed.federation import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))

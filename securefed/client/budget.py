@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Sequence
 
 from securefed.client.config import ClientConfig
 from securefed.errors import BudgetExceeded, ConfigError, PlannedRoundsDone, ProtocolAbort, SecureFedError
@@ -19,6 +20,7 @@ from securefed.logs import get_logger, log
 from securefed.privacy.accountants import accountant_class
 from securefed.privacy.budget import BudgetGuard, BudgetProjection, calibrate_noise
 from securefed.privacy.formulas import SubsampledGaussian
+from securefed.privacy.independent import second_opinion
 from securefed.privacy.events import DpEvent, LibraryVersions, utc_timestamp
 from securefed.privacy.ledger import Ledger
 from securefed.training.dp import plan_steps
@@ -87,16 +89,13 @@ class BudgetPlanner:
         if self._sigma is None or (extra and self._sigma_after != len(prior)):
             remaining = 1 if extra else c.planned_rounds - len(prior)
             try:
-                self._sigma = calibrate_noise(b.target_epsilon, b.delta, q, steps * remaining, b.accountant,
-                                              prior_events=prior, per_round_epsilon=b.per_round_epsilon,
-                                              steps_per_round=steps)
+                self._sigma = calibrate(self.config, q, steps, remaining, prior)
             except ConfigError as exc:
                 if not prior:
                     raise
                 # A config that works on an empty ledger: what is left is too little. One that does not
                 # (changed since the ledger began) is the config's fault: ConfigError.
-                calibrate_noise(b.target_epsilon, b.delta, q, steps * c.planned_rounds, b.accountant,
-                                per_round_epsilon=b.per_round_epsilon, steps_per_round=steps)
+                calibrate(self.config, q, steps, c.planned_rounds)
                 raise BudgetExceeded(f"what is left of the budget fits no round of {steps} steps: {exc}") from None
             self._sigma_after = len(prior)
             fields = dict(noise_multiplier=round(self._sigma, 4), rounds=remaining, steps_per_round=steps,
@@ -191,6 +190,15 @@ class BudgetPlanner:
                 planned.delta, planned.accountant)
 
 
+def calibrate(config: ClientConfig, q: float, steps: int, rounds: int, prior: Sequence[DpEvent] = ()) -> float:
+    """The noise multiplier for ``rounds`` more rounds of ``steps`` steps on top of ``prior``: within the
+    target and the per-round cap by this member's accountant and by the auditor's (dp-accounting)."""
+    b = config.privacy
+    return calibrate_noise(b.target_epsilon, b.delta, q, steps * rounds, b.accountant, prior_events=prior,
+                           per_round_epsilon=b.per_round_epsilon, steps_per_round=steps,
+                           second_opinion=second_opinion(b.accountant))
+
+
 def check_feasible(config: ClientConfig, dataset_size: int) -> float | None:
     """``ConfigError`` for a configuration that could not train even on an empty ledger: delta not below
     1/N, a target or per-round cap no noise level reaches with these steps and planned rounds, or a
@@ -201,8 +209,7 @@ def check_feasible(config: ClientConfig, dataset_size: int) -> float | None:
     q, steps = plan_steps(t, dataset_size)
     if t.noise_multiplier is None:
         try:
-            return calibrate_noise(b.target_epsilon, b.delta, q, steps * config.client.planned_rounds, b.accountant,
-                                   per_round_epsilon=b.per_round_epsilon, steps_per_round=steps)
+            return calibrate(config, q, steps, config.client.planned_rounds)
         except ConfigError as exc:
             raise ConfigError(f"privacy: this member can never train: {exc} (or lower client.planned_rounds)") from None
     alone = accountant_class(b.accountant).epsilon_of_mechanisms([SubsampledGaussian(t.noise_multiplier, q, steps)], b.delta)

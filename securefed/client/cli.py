@@ -33,12 +33,12 @@ def _client(args: argparse.Namespace) -> int:
         setup_logging(json_lines=False, level="warning")
         return check_client(args.config).report("client")
     from securefed.client.config import load_client_config
-    from securefed.client.daemon import ClientDaemon
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
     if args.log_json:
-        route_native_stderr()
-    cfg = load_client_config(args.config)
+        route_native_stderr()  # before grpc starts: its core logs to file descriptor 2
+    cfg = load_client_config(args.config)  # a bad config is one line before torch and grpc even load
+    from securefed.client.daemon import ClientDaemon
 
     stop = threading.Event()
     daemon = ClientDaemon(cfg, stop=stop)

@@ -13,17 +13,19 @@ so it cannot overshoot.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import Field, model_validator
 
 from securefed.config import StrictModel
 from securefed.errors import AccountingError, BudgetExceeded, ConfigError
-from securefed.privacy import independent
 from securefed.privacy.accountants import accountant_class, mechanism_of
 from securefed.privacy.events import AccountantName, DpEvent, parse_accountant_name
 from securefed.privacy.formulas import SubsampledGaussian
+
+#: (mechanisms, delta) -> epsilon: a second accountant for calibration to satisfy too.
+EpsilonFn = Callable[[list[SubsampledGaussian], float], float]
 
 #: Largest noise multiplier calibration will consider. Beyond it the RDP bound no longer moves (its
 #: floor is set by the largest order and delta), so a target that needs more is unreachable.
@@ -127,7 +129,7 @@ def calibrate_noise(
     rel_tol: float = 1e-3,
     per_round_epsilon: float | None = None,
     steps_per_round: int | None = None,
-    independent_check: bool = True,
+    second_opinion: EpsilonFn | None = None,
 ) -> float:
     """Smallest noise multiplier (to ``rel_tol``) such that prior events + ``steps`` steps at
     (sigma, ``sample_rate``) cost at most ``target_epsilon`` at ``delta`` and, with
@@ -136,11 +138,12 @@ def calibrate_noise(
     ``steps`` is the whole planned future: steps per round x rounds the client may still join (the
     same (sigma, q) every round composes exactly like one long run).
 
-    Both conditions hold by the budget's own accountant AND, with ``independent_check`` (the
-    default), by the independent implementation the auditor's ``verify`` uses (``dp-accounting``: RDP
-    for an RDP budget, PLD for a PRV one): where the two differ, the larger sigma is returned, so an
-    audit never shows a calibrated run above its target (a margin of exactly what the second
-    accountant needs, not a guess).
+    Both conditions hold by the budget's own accountant AND, with ``second_opinion`` (the member
+    daemon passes ``privacy.independent.second_opinion(accountant)``: the ``dp-accounting``
+    implementation the auditor's ``verify`` uses), by that one too: where the two differ, the larger
+    sigma is returned, so an audit never shows a calibrated run above its target (a margin of exactly
+    what the second accountant needs, not a guess). It is a parameter so that this module stays free
+    of dp-accounting.
 
     The result is always a sigma whose epsilon was computed and found <= target (safe side).
     Raises ``BudgetExceeded`` if prior events already use the budget up, ``ConfigError`` if the target
@@ -171,7 +174,7 @@ def calibrate_noise(
             "no noise level can fit another round (raise target_epsilon only if the data owner's policy allows it, "
             "or stop training on this data)"
         )
-    second = _independent(cls.name) if independent_check else None
+    second = second_opinion
 
     def within(mechs: list[SubsampledGaussian], limit: float, *, both: bool) -> bool:
         try:
@@ -210,11 +213,6 @@ def calibrate_noise(
             "raise target_epsilon or delta, or use fewer steps or a smaller sample rate"
         )
     return sigma
-
-
-def _independent(name: AccountantName):
-    """The auditor's second implementation for this accountant: (mechanisms, delta) -> epsilon."""
-    return independent.rdp_epsilon_of if name is AccountantName.RDP else independent.pld_epsilon_of
 
 
 def _smallest(fits, rel_tol: float, *, lo: float) -> float | None:

@@ -19,7 +19,7 @@ from absl import logging as absl_logging
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-from securefed.privacy.events import DpEvent
+from securefed.privacy.events import AccountantName, DpEvent, parse_accountant_name
 from securefed.privacy.formulas import DEFAULT_RDP_ORDERS, SubsampledGaussian, merge
 
 PLD_DISCRETIZATION = 1e-3
@@ -57,6 +57,12 @@ def pld_epsilon_of(mechanisms: Iterable[SubsampledGaussian], delta: float) -> fl
     for ev, steps in pairs:
         acc.compose(ev, steps)
     return float(acc.get_epsilon(delta))
+
+
+def second_opinion(accountant: str | AccountantName):
+    """For ``budget.calibrate_noise``: the auditor's implementation for a budget of this accountant
+    (dp-accounting RDP for 'rdp', its PLD accountant for 'prv'), as (mechanisms, delta) -> epsilon."""
+    return rdp_epsilon_of if parse_accountant_name(accountant) is AccountantName.RDP else pld_epsilon_of
 
 
 def _mechanisms(events: Sequence[DpEvent]) -> list[SubsampledGaussian]:

@@ -169,8 +169,9 @@ def test_guard_declines_what_it_cannot_account(monkeypatch):
 def test_calibration_keeps_the_independent_accountant_within_the_target_too():
     """Issue 11: the last round of a run calibrated on what is left landed at 8.007-8.009 by the
     auditor's accountant (dp-accounting) against a target of 8 (ours: 7.99999). Calibration now
-    checks both; the negative control (independent_check=False) shows the overshoot it prevents."""
-    from securefed.privacy.independent import independent_rdp_epsilon
+    checks both (the member passes the second opinion); the negative control, without it, shows the
+    overshoot it prevents."""
+    from securefed.privacy.independent import independent_rdp_epsilon, second_opinion
 
     q, steps = 0.04, 225
     s0 = calibrate_noise(8.0, 1e-5, q, 3 * steps, "rdp")
@@ -179,9 +180,9 @@ def test_calibration_keeps_the_independent_accountant_within_the_target_too():
     def last_round(sigma):
         return [*prior, make_event(noise_multiplier=sigma, sample_rate=q, steps=steps, round_id=3)]
 
-    loose = calibrate_noise(8.0, 1e-5, q, steps, "rdp", prior_events=prior, independent_check=False)
+    loose = calibrate_noise(8.0, 1e-5, q, steps, "rdp", prior_events=prior)
     assert compute_epsilon(last_round(loose), 1e-5, "rdp") <= 8.0 < independent_rdp_epsilon(last_round(loose), 1e-5)
-    both = calibrate_noise(8.0, 1e-5, q, steps, "rdp", prior_events=prior)
+    both = calibrate_noise(8.0, 1e-5, q, steps, "rdp", prior_events=prior, second_opinion=second_opinion("rdp"))
     assert compute_epsilon(last_round(both), 1e-5, "rdp") <= 8.0
     assert independent_rdp_epsilon(last_round(both), 1e-5) <= 8.0
     assert both > loose
@@ -190,13 +191,14 @@ def test_calibration_keeps_the_independent_accountant_within_the_target_too():
 def test_calibration_honours_the_per_round_cap():
     """Issue 11: with per_round_epsilon = 3 the calibrated first round cost 5.3, so every round was
     declined. The cap now binds the calibration (or refuses it, naming the key)."""
-    from securefed.privacy.independent import independent_rdp_epsilon
+    from securefed.privacy.independent import independent_rdp_epsilon, second_opinion
 
     q, per_round, rounds, cap = 0.04, 225, 3, 1.0
     uncapped = calibrate_noise(8.0, 1e-5, q, rounds * per_round, "rdp")
     one = make_event(noise_multiplier=uncapped, sample_rate=q, steps=per_round)
     assert compute_epsilon([one], 1e-5, "rdp") > cap  # the control: without the cap a round costs more
-    capped = calibrate_noise(8.0, 1e-5, q, rounds * per_round, "rdp", per_round_epsilon=cap, steps_per_round=per_round)
+    capped = calibrate_noise(8.0, 1e-5, q, rounds * per_round, "rdp", per_round_epsilon=cap, steps_per_round=per_round,
+                             second_opinion=second_opinion("rdp"))
     one = make_event(noise_multiplier=capped, sample_rate=q, steps=per_round)
     assert compute_epsilon([one], 1e-5, "rdp") <= cap and independent_rdp_epsilon([one], 1e-5) <= cap
     guard = BudgetGuard(PrivacyBudget(target_epsilon=8.0, delta=1e-5, per_round_epsilon=cap))
