@@ -4,7 +4,9 @@ What an honest member or server never does ends up here: a member's ledger that 
 what it reported before (refused), a signature or certificate that does not verify, and what members
 report with ``ReportSecurityAlert`` (a plan they refused, an adapter that is not the announced one:
 what the server itself cannot see, or may have caused). Each is an ERROR line and one JSON line
-appended to ``state_dir/security-alerts.jsonl`` (fsynced: alerts are rare and must survive).
+appended to ``state_dir/security-alerts.jsonl`` (fsynced: alerts are rare and must survive). A member
+that reports more than ``MEMBER_ALERTS_PER_WINDOW`` alerts in ``WINDOW_S`` is not written down beyond
+that (one line says so): a report costs the server a disk write, so it must not be a way to fill it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from securefed.transport._generated import federation_pb2 as pb
 logger = get_logger("server.security")
 
 ALERTS_FILE = "security-alerts.jsonl"
+MEMBER_ALERTS_PER_WINDOW = 20
+WINDOW_S = 3600.0
 KIND_NAMES = {pb.SECURITY_ALERT_KIND_PLAN_REFUSED: "plan refused", pb.SECURITY_ALERT_KIND_DIGEST_MISMATCH: "digest mismatch",
               pb.SECURITY_ALERT_KIND_LEDGER_CONFLICT: "ledger conflict",
               pb.SECURITY_ALERT_KIND_AUTHENTICATION: "authentication failed"}
@@ -32,9 +36,12 @@ class SecurityLog:
     def __init__(self, state_dir: Path) -> None:
         self.path = Path(state_dir) / ALERTS_FILE
         self._lock = threading.Lock()
+        self._reports: dict[str, list[float]] = {}  # member -> times of its recent reports
 
     def record(self, *, client: str, kind: str, detail: str, source: str, attempt: int | None = None) -> None:
         """``source``: "server" (seen here) or "member" (reported by ``client``, unverified)."""
+        if source == "member" and not self._admit(client):
+            return
         entry = {"at": time.time(), "source": source, "client": client, "kind": kind,
                  "attempt": attempt or None, "detail": detail[:300]}
         who = f"reported by {client}" if source == "member" else f"member {client}"
@@ -52,6 +59,20 @@ class SecurityLog:
             except OSError as exc:  # the ERROR line above stands; the federation goes on
                 log(logger, "could not keep the security alert", level=logging.ERROR, path=str(self.path),
                     error=exc.strerror or str(exc))
+
+
+    def _admit(self, client: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._reports.get(client, []) if now - t < WINDOW_S]
+            recent.append(now)
+            self._reports[client] = recent
+        if len(recent) <= MEMBER_ALERTS_PER_WINDOW:
+            return True
+        if len(recent) == MEMBER_ALERTS_PER_WINDOW + 1:
+            log(logger, "SECURITY: further alerts reported by this member are not recorded this hour",
+                level=logging.ERROR, client=client)
+        return False
 
 
 def read_alerts(state_dir: Path, limit: int = 20) -> list[dict[str, Any]]:
