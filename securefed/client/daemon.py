@@ -121,11 +121,8 @@ class ClientDaemon:
         self.ledger.close()
 
     def prepare(self) -> None:
-        """Before joining: tokenize the data and calibrate the noise, so rounds only train.
-
-        A configuration that can never train is a ``ConfigError`` here (exit 2: delta >= 1/N, a
-        target or cap no noise reaches, a fixed noise whose first round passes the budget); a ledger
-        that allows no more rounds is a warning: the member still serves, declining with the reason."""
+        """Before joining: tokenize the data and calibrate the noise, so rounds only train. A config that
+        can never train is a ``ConfigError`` (exit 2); a ledger that allows no more rounds, a warning."""
         self.budget.check_feasible()
         try:
             _, p = self.budget.approve(0)
@@ -139,7 +136,7 @@ class ClientDaemon:
 
     def drop_session(self, reason: str) -> None:
         if self.session is not None:
-            log(logger, "leaving round", attempt=self.session.attempt, reason=reason)
+            log(logger, "leaving the attempt", attempt=self.session.attempt, reason=reason)
         self.session, self.protocol = None, None
 
     def current_attempt(self) -> int:
@@ -182,6 +179,7 @@ class ClientDaemon:
         self._planning = int(plan.round)
         self.heartbeat.doing(pb.MEMBER_ACTIVITY_PREPARING)
         self.heartbeat.epsilon_spent = self.ledger.epsilon()
+        self.heartbeat.poke()
         try:
             self._take_plan(plan)
         finally:
@@ -218,7 +216,8 @@ class ClientDaemon:
             return self._decline(f"privacy budget: {exc}", pb.PLAN_DECLINE_KIND_PRIVACY_BUDGET)
         self.connection.submit(self.connection.header(attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=True))
-        log(logger, "accepted the round", attempt=attempt, noise_multiplier=round(s.approved.noise_multiplier, 4),
+        log(logger, "accepted the attempt", attempt=attempt, round=plan.adapter_round or None,
+            noise_multiplier=round(s.approved.noise_multiplier, 4),
             epsilon_before=round(projection.epsilon_before, 4), epsilon_after=round(projection.epsilon_after, 4),
             target_epsilon=projection.target_epsilon)
         self._fault("after_accept", attempt)

@@ -61,6 +61,10 @@ class Heartbeat:
     def doing(self, activity: int, step: int = 0, total_steps: int = 0) -> None:
         self.activity, self.step, self.total_steps = activity, step, total_steps
 
+    def poke(self) -> None:
+        """Send one now (the member just took up an attempt: the server learns at once what it does)."""
+        self._wake.set()
+
     def training_step(self, step: int, total_steps: int) -> None:
         self.doing(pb.MEMBER_ACTIVITY_TRAINING, step, total_steps)
 

@@ -6,6 +6,8 @@ It never imports ``securefed.client``; what both sides agree on is ``securefed.p
 * ``app``               assembles config, strategy, plan, driver, coordinator and gRPC server (``ServerApp``)
 * ``coordinator``       the round loop: recover, wait for clients, run an attempt, commit or abort
 * ``mailbox``           registry, what each member is handed next (notices, long-poll), header checks, intake
+* ``liveness``          which cohort members are alive (heartbeats, polls, messages) or were refused
+* ``budget_watch``      members out of privacy budget sit out; when the federation ends (or waits) for it
 * ``attempt``           the data of one attempt: ``AttemptContext``, ``Phase``, ``RoundOutcome``
 * ``driver``            the ``RoundDriver`` contract and the plan stage every mode shares
 * ``secagg_driver``     pairwise masking (Bonawitz et al. / SecAgg+) through ``securefed.secagg``
@@ -14,5 +16,9 @@ It never imports ``securefed.client``; what both sides agree on is ``securefed.p
 * ``service``           the gRPC servicer: authenticate, check framing, hand over to mailbox/coordinator
 * ``roundlog``          the SQLite round log (attempts, privacy events), crash-safe
 * ``checkpoint``        the global adapter after each round, one atomic bundle file per round
+* ``livestatus``        the live state: GetStatus, and ``state_dir/live.json`` (a dead server shows as dead)
+* ``security_log``      security alerts seen or reported, ERROR lines and ``security-alerts.jsonl``
+* ``status_view``       ``securefed status``: round log + live state + alerts, ``--watch``
+* ``preflight``         ``securefed server --check``: everything that can be validated offline
 * ``cli``               ``securefed server``, ``securefed status``, ``securefed ckks-init``
 """

@@ -66,7 +66,7 @@ class SecurityLog:
         with self._lock:
             recent = [t for t in self._reports.get(client, []) if now - t < WINDOW_S]
             recent.append(now)
-            self._reports[client] = recent
+            self._reports[client] = recent[-(MEMBER_ALERTS_PER_WINDOW + 2):]  # bounded, whatever the flood
         if len(recent) <= MEMBER_ALERTS_PER_WINDOW:
             return True
         if len(recent) == MEMBER_ALERTS_PER_WINDOW + 1:

@@ -96,8 +96,8 @@ def render(st: dict[str, Any], out: TextIO) -> None:
 def _member_state(m: dict[str, Any]) -> str:
     if m.get("refused"):
         return f"refused in this attempt: {m['refused']}"
-    if m.get("sits_out"):
-        return f"sits out: {m['sits_out']}"
+    if m.get("sits_out"):  # its first clause; the attempt's declines below carry the whole reason
+        return f"sits out: {m['sits_out'].split(': ', 1)[0]}"
     if m.get("activity") == "training" and m.get("total_steps"):
         return f"training: step {m['step']} of {m['total_steps']}"
     return m.get("activity") or ("connected" if m.get("connected") else "")

@@ -73,6 +73,11 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     result: dict = {}
     th = threading.Thread(target=lambda: result.setdefault("ok", app.run()), daemon=True)
     try:
+        # The join deadline starts with the round loop: let the process (torch, opacus, dp-accounting
+        # imports on a loaded machine) register first.
+        end = time.monotonic() + 240
+        while "member-3" not in app.coordinator.mailbox.clients and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
         th.start()
         th.join(180)
         app.coordinator.linger(5.0)

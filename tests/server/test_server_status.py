@@ -86,3 +86,21 @@ def test_status_shows_the_live_stage_bytes_and_member_progress_then_a_dead_serve
         co.stop()
         th.join(5)
         co.roundlog.close()
+
+
+def test_watch_redraws_until_interrupted(tmp_path, monkeypatch):
+    from securefed.server import status_view
+
+    co = _coordinator(tmp_path)
+    co.roundlog.close()
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        if len(naps) == 3:
+            raise KeyboardInterrupt  # Ctrl-C: a clean exit, not a traceback or 130
+
+    monkeypatch.setattr(status_view.time, "sleep", nap)
+    out = io.StringIO()
+    assert show(tmp_path / "state", 1, last=5, as_json=False, watch=0.5, out=out) == 0
+    assert naps == [0.5, 0.5, 0.5] and out.getvalue().count("rounds completed: 0/1") == 3
