@@ -2,7 +2,8 @@
 
 Between two polls the pull loop may be busy for a long time (the global adapter download, training,
 masking, uploading); without heartbeats the server would learn that a member died only at the
-stage deadline. While the daemon works on an attempt, this thread sends the attempt, what the
+stage deadline. While the daemon works on an attempt, or handles any task (a long download of the
+previous round's adapter, say), this thread sends the attempt (0: none in particular), what the
 member is doing and its training progress (step i of n) every ``interval_s`` seconds, so the server
 can drop a dead member after a few missed heartbeats. A heartbeat that fails is dropped (the next
 one is the retry) and nothing here ever raises into the round.
@@ -10,8 +11,9 @@ one is the retry) and nothing here ever raises into the round.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from securefed.client.connection import Connection
 from securefed.errors import SecureFedError
@@ -24,7 +26,8 @@ ACTIVITY_NAMES = {pb.MEMBER_ACTIVITY_PREPARING: "preparing", pb.MEMBER_ACTIVITY_
 class Heartbeat:
     """``Heartbeat(connection, attempt_fn, interval_s=5)``; ``start()`` once, ``close()`` at exit.
 
-    ``attempt_fn`` names the attempt the member works on now (0: none, nothing is sent)."""
+    ``attempt_fn`` names the attempt the member works on now (0: none; then beats are sent only while
+    ``busy()``)."""
 
     def __init__(self, connection: Connection, attempt_fn: Callable[[], int], *, interval_s: float,
                  target_epsilon: float = 0.0) -> None:
@@ -36,6 +39,7 @@ class Heartbeat:
         self.activity = pb.MEMBER_ACTIVITY_PREPARING
         self.step = self.total_steps = 0
         self.sent = 0
+        self._busy = 0
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,6 +65,15 @@ class Heartbeat:
     def doing(self, activity: int, step: int = 0, total_steps: int = 0) -> None:
         self.activity, self.step, self.total_steps = activity, step, total_steps
 
+    @contextlib.contextmanager
+    def busy(self) -> Iterator[None]:
+        """While the daemon handles a task (not waiting in a poll), it beats even outside an attempt."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+
     def poke(self) -> None:
         """Send one now (the member just took up an attempt: the server learns at once what it does)."""
         self._wake.set()
@@ -76,7 +89,7 @@ class Heartbeat:
             if self._closed.is_set():
                 return
             attempt = self._attempt_fn()
-            if attempt:
+            if attempt or self._busy:
                 self._send(attempt)
 
     def _send(self, attempt: int) -> None:

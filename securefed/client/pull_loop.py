@@ -43,7 +43,9 @@ def serve(daemon: ClientDaemon) -> int:
                 registered = True
             task = daemon.connection.poll(daemon.current_attempt(), conn.poll_wait_s)
             backoff, down_since = conn.backoff_initial_s, None
-            if daemon.handle(task):
+            with daemon.heartbeat.busy():
+                done = daemon.handle(task)
+            if done:
                 return EXIT_DONE
         except TransportError as exc:
             registered = False
