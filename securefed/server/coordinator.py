@@ -7,14 +7,11 @@ global-adapter version:
     WAIT FOR CLIENTS -> PLAN -> mode stages (secagg: keys, shares, masked inputs, consistency,
     unmasking; ckks: ciphertexts, decryption; plaintext: uploads) -> APPLY -> commit
 
-Each phase has a deadline; a cohort member silent past it is a dropout (a decline is not). A member
-silent for a few heartbeat intervals, or one whose message the server refused, is a dropout at once:
-the phase ends without waiting for its deadline. When a mode driver finds too few survivors it raises
-``ProtocolAbort``: nothing is released, the attempt is logged ``aborted`` and the next attempt starts
-with a fresh session (new plan digest, new round keys).
-
-Budgets end a federation cleanly (``budget_watch``): members out of budget sit out the next cohorts,
-and with too few left the federation ends ("privacy budget exhausted ...") or waits with backoff.
+Each phase has a deadline; a cohort member silent past it is a dropout (a decline is not), and so is
+at once one silent for a few heartbeats or refused by the server (``liveness``). When a mode driver
+finds too few survivors it raises ``ProtocolAbort``: nothing is released, the attempt is logged
+``aborted`` and the next attempt starts with a fresh session (new plan digest, new round keys).
+Members out of budget sit out; with too few left the federation ends or waits (``budget_watch``).
 
 Crash safety: the new global adapter is written as a checkpoint file first (atomic rename), then one
 SQLite transaction marks the attempt ``completed``. On restart the last completed attempt's checkpoint
@@ -103,8 +100,7 @@ class Coordinator:
         self.failed_attempts = 0
         self.detail = ""
         self.error: str | None = None
-        # How the federation ended: completed | budget_exhausted | failed | stopped (None while it runs).
-        self.ending: str | None = None
+        self.ending: str | None = None  # completed | budget_exhausted | failed | stopped
         self.budgets = BudgetWatch(config, self.mailbox)
 
     # ---------------------------------------------------------------------------------------------
@@ -160,8 +156,9 @@ class Coordinator:
                 if done >= rounds:
                     break
                 if self.roundlog.attempt_count() >= limit:
-                    self.error = (f"gave up after {limit} attempts ({done}/{rounds} rounds completed; "
-                                  "federation.max_attempts)")
+                    if self._wait_for_clients(patience_s=0.0) or self.ending is None:  # budgets say why, if they can
+                        self.error = (f"gave up after {limit} attempts ({done}/{rounds} rounds completed; "
+                                      "federation.max_attempts)")
                     break
                 if not self._wait_for_clients():
                     break
@@ -181,9 +178,9 @@ class Coordinator:
                 global_digest=self.global_ckpt.digest if self.global_ckpt else None, detail=self.detail)
         return ok
 
-    def _wait_for_clients(self) -> bool:
+    def _wait_for_clients(self, patience_s: float | None = None) -> bool:
         need = self.config.federation.min_clients
-        deadline = time.monotonic() + self.config.deadlines.join_s
+        deadline = time.monotonic() + (self.config.deadlines.join_s if patience_s is None else patience_s)
         with self._cv:
             self.state = ServerState.WAITING
             while not self._stop.is_set():
@@ -197,6 +194,8 @@ class Coordinator:
                     if self.budgets.stops:
                         self.error = self.budgets.ending(connected, exhausted, self.roundlog.completed_rounds())
                         self.ending = "budget_exhausted"
+                        return False
+                    if patience_s == 0.0:
                         return False
                     self.detail = self.budgets.waiting_detail(exhausted, connected)
                     deadline = time.monotonic() + self.config.deadlines.join_s  # not a join timeout

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from securefed.config import parse_model
 from securefed.errors import InvalidMessage
@@ -155,8 +156,9 @@ def _decline_all(co, kind: int, reason: str) -> pb.RoundPlan:
     return plans["a"]
 
 
-def test_when_every_member_declines_for_budget_the_federation_ends_saying_so(tmp_path):
-    co = _coordinator(tmp_path, rounds=3)  # max_attempts defaults to 9
+@pytest.mark.parametrize("max_attempts", [None, 1])  # 9 by default; with 1, the budget still says why it ended
+def test_when_every_member_declines_for_budget_the_federation_ends_saying_so(tmp_path, max_attempts):
+    co = _coordinator(tmp_path, rounds=3, max_attempts=max_attempts)
     th, out = _run(co)
     try:
         _decline_all(co, pb.PLAN_DECLINE_KIND_PRIVACY_BUDGET, "privacy budget: the privacy budget is spent")
