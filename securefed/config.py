@@ -23,6 +23,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_address(value: str, *, allow_port_zero: bool = False) -> str:
+    """``host:port`` with an explicit port (``[v6]:port`` for IPv6); a pydantic validator's body.
+
+    gRPC takes an address without a port as port 443 without a word, so a forgotten port would
+    bind or dial the wrong service silently."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        if sep and ":" in host:
+            raise ValueError(f"{value!r}: write an IPv6 address in brackets with its port, e.g. [::1]:50051")
+        raise ValueError(f"{value!r} has no port: write host:port, e.g. {value or 'localhost'}:50051 "
+                         "(without one gRPC silently uses 443)")
+    low = 0 if allow_port_zero else 1
+    if not port.isdigit() or not low <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from {low} to 65535")
+    return value
+
+
 def format_validation_error(source: str, exc: ValidationError) -> str:
     """One line per problem: ``file: key.path: message``."""
     lines = []

@@ -73,6 +73,16 @@ class ProtocolAbort(SecureFedError):
     """The secure-aggregation protocol must stop: no aggregate is released for this session."""
 
 
+class SecurityAlert(ProtocolAbort):
+    """A check an honest peer never fails: a plan no honest server sends, a global adapter that is not
+    the announced one, an uncertified cohort member. The member leaves the session, logs an ERROR and
+    reports it to the operator (``securefed status``). ``kind``: plan, digest, ledger, authentication."""
+
+    def __init__(self, message: str, *, kind: str = "plan") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class InsecureParameters(ConfigError):
     """Parameters that would break a security or correctness guarantee (overflow, weak HE, low threshold)."""
 
@@ -83,6 +93,11 @@ class PrivacyError(SecureFedError):
 
 class BudgetExceeded(PrivacyError):
     """Training would exceed (or has exceeded) the client's configured privacy budget."""
+
+
+class PlannedRoundsDone(BudgetExceeded):
+    """The member released updates in all its ``client.planned_rounds`` (its noise was calibrated for
+    them) and, by default, stops joining: it declines every further plan, saying so."""
 
 
 class AccountingError(PrivacyError):

@@ -2,14 +2,26 @@
 
 Both daemons log through ``get_logger(name)`` and attach fields with ``log(logger, event, **fields)``;
 the JSON formatter writes ``{"ts", "level", "logger", "event", ...fields}`` so an operator can pipe
-the stream into any log system without parsing prose.
+the stream into any log system without parsing prose. Plain-text lines start with the local date and
+time (``2025-12-01 14:03:07.123``): a daemon runs for days.
+
+In ``--log-json`` mode, ``route_native_stderr`` keeps stderr JSON-only: what native code writes to
+file descriptor 2 itself (gRPC core and absl: ``I1201 ... ssl_transport_security.cc:...] ...``,
+torch's C++ warnings, a Python traceback printed at exit) goes through a pipe and comes out as one
+JSON record per line (logger ``native``, the level read from gRPC's I/W/E/F prefix). gRPC's own
+verbosity stays the operator's to set (``GRPC_VERBOSITY``, ``GRPC_TRACE``); routing, not silencing,
+so an error of gRPC's is never lost.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import re
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -34,7 +46,7 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%H:%M:%S", time.localtime(record.created))
+        ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         fields = getattr(record, _FIELDS_ATTR, {}) or {}
         extra = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
         line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
@@ -74,6 +86,60 @@ def setup_logging(*, json_lines: bool = False, level: str = "info", stream: Text
             pyw.removeHandler(h)
     pyw.addHandler(handler)
     pyw.propagate = False
+
+
+# gRPC core / absl: "E1201 12:00:00.123456   4242 ssl_transport_security.cc:1234] message"
+_NATIVE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]\s]+)\] ?(.*)$")
+_NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+_routed: dict[str, Any] = {}
+
+
+def route_native_stderr() -> None:
+    """Send what native code writes to fd 2 through our JSON handler (``--log-json`` only; once).
+
+    Our handler moves to a duplicate of the original stderr; fd 2 (and ``sys.stderr``) becomes a pipe
+    that a thread reads, one record per line. At exit the pipe is drained, so a last traceback still
+    comes out (as JSON)."""
+    if _routed or os.name != "posix":
+        return
+    root = logging.getLogger(_ROOT)
+    ours = [h for h in root.handlers if getattr(h, "_securefed", False)]
+    if not ours:
+        return
+    sys.stderr.flush()
+    original = os.fdopen(os.dup(2), "w", buffering=1)
+    for h in ours:
+        h.setStream(original)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+    native = get_logger("native")
+
+    def pump() -> None:
+        with os.fdopen(r, "r", errors="replace") as pipe:
+            for line in pipe:
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                m = _NATIVE.match(line)
+                if m:
+                    log(native, m.group(3), level=_NATIVE_LEVELS[m.group(1)], source=m.group(2))
+                else:
+                    log(native, line, level=logging.WARNING)
+
+    th = threading.Thread(target=pump, name="native-stderr", daemon=True)
+    th.start()
+    _routed.update(thread=th, original=original)
+    atexit.register(_drain_native_stderr)
+
+
+def _drain_native_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os.dup2(_routed["original"].fileno(), 2)  # closes the pipe's write end: the pump reads to its end
+    _routed["thread"].join(2.0)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -27,3 +27,9 @@ def _member_ledgers_stay_in_the_test(tmp_path_factory: pytest.TempPathFactory, m
     """A member without ledger_dir keeps its ledgers under ~/.local/share (one per dataset, across its
     federations): in tests that is a fresh directory per test, never the real home, never shared."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data")))
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """One tiny preset model directory per test session (built with save_pretrained, loaded the real way)."""
+    from securefed.federation import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))

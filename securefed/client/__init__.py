@@ -4,7 +4,7 @@ protects its update (secure aggregation or CKKS), and writes its ledger entry be
 It imports the shared vocabulary (``securefed.protocol``), never the coordinator's package:
 the code that must hold against a hostile server does not depend on the server's files.
 
-* ``cli``                ``securefed client --config client.toml``
+* ``cli``                ``securefed client --config client.toml`` (``--check``: ``preflight``, offline)
 * ``config``             ``ClientConfig``: the member's client.toml
 * ``daemon``             ``ClientDaemon``: dispatches each task to the parts below, in the order of a round
 * ``pull_loop``          register, long-poll, reconnect with backoff; ends sessions on typed errors (security warnings)
@@ -12,7 +12,8 @@ the code that must hold against a hostile server does not depend on the server's
 * ``admission``          pure: plan + bundle + config -> leave (``ProtocolAbort``), decline (reason), or go on; cohort,
                          threshold and colluder-bound rules together (``cohort_reason``), the base-model rule
 * ``bundle_check``       the global bundle the server sends, decoded as untrusted input (typed errors only)
-* ``budget``             ``BudgetPlanner``: the planned DP event, noise calibration, the guard's memoised verdict
+* ``budget``             ``BudgetPlanner``: feasibility at start-up, the planned DP event, noise calibration (cap
+                         and both accountants), planned rounds, the guard's memoised verdict
 * ``trainer``            ``Trainer``: base model + LoRA, data, DP-SGD rounds, evaluation, PEFT export
 * ``session``            ``RoundSession``: one attempt as typed state; what protocol adapters share
 * ``secagg_session``     tasks -> ``SecAggClient`` messages, member-side graph guard
@@ -23,7 +24,10 @@ the code that must hold against a hostile server does not depend on the server's
 * ``dataset``            the member's dataset fingerprint and its ledger (one per dataset, across federations)
 * ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per federation round
 * ``member_state``       SQLite: last attempt acted on (replays refused), grinding counts, CKKS confirmations
-* ``global_store``       the latest global adapter and SCAFFOLD's client state on disk
+* ``global_store``       the latest global adapter and SCAFFOLD's client state on disk (disk full: one line)
+* ``heartbeat``          liveness while working on an attempt: what it does, training step i of n
+* ``alerts``             which failures are security events; reporting them to the operator
+* ``preflight``          ``--check``: config, credentials and expiry, ledger, model, data, budget feasibility
 * ``hooks``              ``MemberHooks``: observers tests inject (fault points, releases, outcomes)
 * ``progress``           tqdm on a terminal, clean log lines otherwise
 """

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
+from collections.abc import Sequence
 
 from securefed.client.config import ClientConfig
-from securefed.errors import BudgetExceeded, ProtocolAbort, SecureFedError
+from securefed.errors import BudgetExceeded, ConfigError, PlannedRoundsDone, ProtocolAbort, SecureFedError
 from securefed.logs import get_logger, log
+from securefed.privacy.accountants import accountant_class
 from securefed.privacy.budget import BudgetGuard, BudgetProjection, calibrate_noise
+from securefed.privacy.formulas import SubsampledGaussian
+from securefed.privacy.independent import second_opinion
 from securefed.privacy.events import DpEvent, LibraryVersions, utc_timestamp
 from securefed.privacy.ledger import Ledger
 from securefed.training.dp import plan_steps
@@ -28,36 +33,88 @@ class BudgetPlanner:
         self.config = config
         self.ledger = ledger
         self.dataset_size = dataset_size
-        self.guard = BudgetGuard(config.privacy, dataset_size=dataset_size)
+        self.guard = BudgetGuard(config.privacy, dataset_size=dataset_size)  # ConfigError: delta >= 1/N
         self.config_hash = config_hash(config)
         self._sigma: float | None = None
+        self._sigma_after = -1  # releases in the ledger when _sigma was calibrated
         self._lock = threading.Lock()
         self._cache: dict[tuple, BudgetProjection] = {}
         self._workers: dict[tuple, threading.Thread] = {}
+
+    # --- can this member ever train, and will it now ----------------------------------------------
+    def check_feasible(self) -> None:
+        """``check_feasible`` for this member (exit 2 at start-up when it fails); on an empty ledger the
+        calibration it runs is the run's own, logged once."""
+        if self.ledger.events():
+            # A restarted member: its first start checked this; noise_multiplier tells a config that
+            # cannot work from a budget mostly spent when calibration fails.
+            return
+        sigma = check_feasible(self.config, self.dataset_size)
+        if sigma is not None:
+            q, steps = plan_steps(self.config.training, self.dataset_size)
+            self._sigma, self._sigma_after = sigma, 0
+            log(logger, "noise calibrated", noise_multiplier=round(sigma, 4), rounds=self.config.client.planned_rounds,
+                steps_per_round=steps, sample_rate=round(q, 6), target_epsilon=self.config.privacy.target_epsilon)
+
+    def check_planned_rounds(self) -> None:
+        """``PlannedRoundsDone`` once this member released its planned rounds with calibrated noise
+        (unless ``client.after_planned_rounds = 'continue'``)."""
+        c = self.config.client
+        if self.config.training.noise_multiplier is not None or c.after_planned_rounds != "stop":
+            return
+        released = len(self.ledger.events())
+        if released >= c.planned_rounds:
+            b = self.config.privacy
+            raise PlannedRoundsDone(
+                f"this member released updates in {released} rounds of its client.planned_rounds = "
+                f"{c.planned_rounds} (epsilon {self.ledger.epsilon():.4g} of target {b.target_epsilon:g} spent): "
+                "it stops joining; to train more, raise planned_rounds and restart (the noise is then "
+                "recalibrated for the added rounds on what is left)"
+            )
 
     # --- what a round would spend -------------------------------------------------------------
     def noise_multiplier(self, q: float, steps: int) -> float:
         """The configured sigma, or one calibrated once for every round this member plans to join.
 
         One sigma for the whole run, as the accountant assumes; after a restart it is recalibrated
-        for the rounds that remain, on top of what the ledger says was spent."""
+        for the rounds that remain, on top of what the ledger says was spent. Past planned_rounds
+        (``after_planned_rounds = 'continue'`` only) it is recalibrated before each extra round, to
+        spend part of what is left, and says so."""
         sigma = self.config.training.noise_multiplier
         if sigma is not None:
             return sigma
-        if self._sigma is None:
-            prior = self.ledger.events()
-            remaining = max(1, self.config.client.planned_rounds - len(prior))
-            b = self.config.privacy
-            self._sigma = calibrate_noise(b.target_epsilon, b.delta, q, steps * remaining, b.accountant,
-                                          prior_events=prior)
-            log(logger, "noise calibrated", noise_multiplier=round(self._sigma, 4), rounds=remaining,
-                steps_per_round=steps, sample_rate=round(q, 6), target_epsilon=b.target_epsilon)
+        c, b = self.config.client, self.config.privacy
+        prior = self.ledger.events()
+        extra = len(prior) >= c.planned_rounds
+        if self._sigma is None or (extra and self._sigma_after != len(prior)):
+            remaining = 1 if extra else c.planned_rounds - len(prior)
+            try:
+                self._sigma = calibrate(self.config, q, steps, remaining, prior)
+            except ConfigError as exc:
+                if not prior:
+                    raise
+                # A config that works on an empty ledger: what is left is too little. One that does not
+                # (changed since the ledger began) is the config's fault: ConfigError.
+                calibrate(self.config, q, steps, c.planned_rounds)
+                raise BudgetExceeded(f"what is left of the budget fits no round of {steps} steps: {exc}") from None
+            self._sigma_after = len(prior)
+            fields = dict(noise_multiplier=round(self._sigma, 4), rounds=remaining, steps_per_round=steps,
+                          sample_rate=round(q, 6), target_epsilon=b.target_epsilon)
+            if extra:
+                log(logger, "WARNING: planned rounds done; client.after_planned_rounds = 'continue': one more round "
+                    "on what is left of the budget, with more noise", level=logging.WARNING,
+                    epsilon_spent=round(self.ledger.epsilon(), 4), **fields)
+            else:
+                log(logger, "noise calibrated", **fields)
         return self._sigma
 
     def planned_event(self, attempt: int) -> DpEvent:
+        q, steps = plan_steps(self.config.training, self.dataset_size)
+        return self._event(attempt, self.noise_multiplier(q, steps), q, steps)
+
+    def _event(self, attempt: int, sigma: float, q: float, steps: int) -> DpEvent:
         t, b = self.config.training, self.config.privacy
-        q, steps = plan_steps(t, self.dataset_size)
-        return DpEvent(client_id=self.config.client.name, round_id=attempt, noise_multiplier=self.noise_multiplier(q, steps),
+        return DpEvent(client_id=self.config.client.name, round_id=attempt, noise_multiplier=sigma,
                        sample_rate=q, steps=steps, delta=b.delta, clip_norm=t.clip_norm, accountant=b.accountant,
                        secure_rng=t.secure_mode, library_versions=LibraryVersions.current(),
                        config_hash=self.config_hash, timestamp=utc_timestamp())
@@ -81,7 +138,9 @@ class BudgetPlanner:
 
     def approve(self, attempt: int) -> tuple[DpEvent, BudgetProjection]:
         """The event this round may spend; ``BudgetExceeded`` (with the guard's reason) when it would
-        pass the budget, so the member declines before training."""
+        pass the budget, ``PlannedRoundsDone`` after the planned rounds, so the member declines
+        before training."""
+        self.check_planned_rounds()
         planned = self.planned_event(attempt)
         p = self.project(planned)
         if not p.within_budget:
@@ -107,6 +166,7 @@ class BudgetPlanner:
 
     def _precompute(self) -> None:
         try:
+            self.check_planned_rounds()
             planned = self.planned_event(0)
         except SecureFedError:
             return
@@ -128,6 +188,39 @@ class BudgetPlanner:
         head = self.ledger.head()
         return (head.length, head.entry_hash, planned.noise_multiplier, planned.sample_rate, planned.steps,
                 planned.delta, planned.accountant)
+
+
+def calibrate(config: ClientConfig, q: float, steps: int, rounds: int, prior: Sequence[DpEvent] = ()) -> float:
+    """The noise multiplier for ``rounds`` more rounds of ``steps`` steps on top of ``prior``: within the
+    target and the per-round cap by this member's accountant and by the auditor's (dp-accounting)."""
+    b = config.privacy
+    return calibrate_noise(b.target_epsilon, b.delta, q, steps * rounds, b.accountant, prior_events=prior,
+                           per_round_epsilon=b.per_round_epsilon, steps_per_round=steps,
+                           second_opinion=second_opinion(b.accountant))
+
+
+def check_feasible(config: ClientConfig, dataset_size: int) -> float | None:
+    """``ConfigError`` for a configuration that could not train even on an empty ledger: delta not below
+    1/N, a target or per-round cap no noise level reaches with these steps and planned rounds, or a
+    fixed noise multiplier whose first round alone passes the target or the cap. Returns the noise
+    multiplier calibrated for the whole run on an empty ledger (None with a fixed one)."""
+    t, b = config.training, config.privacy
+    BudgetGuard(b, dataset_size=dataset_size)  # delta < 1/N
+    q, steps = plan_steps(t, dataset_size)
+    if t.noise_multiplier is None:
+        try:
+            return calibrate(config, q, steps, config.client.planned_rounds)
+        except ConfigError as exc:
+            raise ConfigError(f"privacy: this member can never train: {exc} (or lower client.planned_rounds)") from None
+    alone = accountant_class(b.accountant).epsilon_of_mechanisms([SubsampledGaussian(t.noise_multiplier, q, steps)], b.delta)
+    for limit, key in ((b.target_epsilon, "target_epsilon"), (b.per_round_epsilon, "per_round_epsilon")):
+        if limit is not None and alone > limit:
+            raise ConfigError(
+                f"privacy: this member can never train: one round at training.noise_multiplier = {t.noise_multiplier:g} "
+                f"({steps} steps, sample rate {q:.4g}) costs epsilon {alone:.4g} > privacy.{key} = {limit:g}; raise the "
+                "noise multiplier (or remove it to calibrate), train fewer steps, or raise the budget"
+            )
+    return None
 
 
 def config_hash(config: ClientConfig) -> str:

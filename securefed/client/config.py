@@ -32,9 +32,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from typing import Literal
 
-from securefed.config import StrictModel, load_toml
+from pydantic import Field, field_validator, model_validator
+
+from securefed.config import StrictModel, check_address, load_toml
 from securefed.errors import ConfigError
 from securefed.privacy.budget import PrivacyBudget
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS
@@ -60,6 +62,11 @@ class ClientSection(StrictModel):
         3, ge=1, le=100_000,
         description="rounds this member expects to join: the noise multiplier is calibrated so that all of "
         "them fit in the budget (when training.noise_multiplier is not set)",
+    )
+    after_planned_rounds: Literal["stop", "continue"] = Field(
+        "stop", description="calibrated noise only: 'stop' declines every plan once planned_rounds updates were "
+        "released (the budget was planned for them); 'continue' recalibrates for one more round at a time "
+        "on what is left, i.e. rounds of ever more noise (logged as a warning each time)",
     )
     eval_heldout: bool = Field(False, description="demo only: report held-out perplexity of each new global adapter")
     torch_threads: int | None = Field(
@@ -92,6 +99,12 @@ class ClientSection(StrictModel):
         "without it such plans are declined, whatever the server says"
     )
 
+    @field_validator("server")
+    @classmethod
+    def _server_has_port(cls, v: str) -> str:
+        # Port 0 passes here only for provisioning placeholders; the daemon refuses to dial it.
+        return check_address(v, allow_port_zero=True)
+
 
 class DataSection(StrictModel):
     path: Path | None = Field(None, description="JSONL training data")
@@ -117,6 +130,9 @@ class ConnectionSection(StrictModel):
                                  "download; an interrupted transfer resumes where it stopped)")
     transfer_give_up_s: float = Field(300.0, gt=0, description="how long one upload or download keeps resuming "
                                       "after dropped connections before this member gives it up")
+    heartbeat_s: float = Field(
+        5.0, gt=0, le=300, description="heartbeat interval while working on an attempt, unless the server asks "
+        "for another one at registration")
 
 
 class ClientConfig(StrictModel):

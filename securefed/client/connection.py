@@ -124,10 +124,10 @@ class Connection:
         return pb.RequestHeader(client_id=self.name, session_id=session, round=attempt, stage=stage,
                                 sequence=next_sequence() if sequenced else 0)
 
-    def call(self, method: str, request):
-        """One unary RPC by name."""
+    def call(self, method: str, request, *, timeout: float | None = None):
+        """One unary RPC by name (``timeout``: a shorter deadline than the configured one)."""
         with rpc_errors():
-            return getattr(self._stub, method)(request, timeout=self._timeout)
+            return getattr(self._stub, method)(request, timeout=timeout or self._timeout)
 
     # --- the calls the daemon makes -----------------------------------------------------------
     def register(self, identity_public_key: bytes) -> pb.RegisterResponse:

@@ -15,13 +15,17 @@ Per plan, in this order (each step can end the member's part in the attempt):
    to the ledger (durable) and reporting the signed entry BEFORE the update leaves.
 
 Network failures reconnect with exponential backoff (jittered from a CSPRNG); a session the server
-abandoned (crash, abort) is simply dropped: the next plan starts a fresh one with fresh keys. Anything the
-server sends that fails to decode or check is a typed error that ends that session only (``pull_loop``).
+abandoned (crash, abort) is simply dropped: the next plan starts a fresh one with fresh keys. While it
+works on an attempt the member sends heartbeats (``heartbeat``), so a dead member is noticed in
+seconds. Anything the server sends that fails to decode or check is a typed error that ends that
+session only (``pull_loop``); a plan or adapter no honest server sends is a ``SecurityAlert``, logged
+and reported.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 from pathlib import Path
@@ -29,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 
-from securefed.client import admission, bundle_check
+from securefed.client import admission, alerts, bundle_check
 from securefed.client.budget import BudgetPlanner
 from securefed.client.certificates import MemberCertificates
 from securefed.client.ckks_session import CkksSession, MemberKey
@@ -37,8 +41,9 @@ from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
 from securefed.client.connection import Connection
 from securefed.client.dataset import event_context, member_dataset, open_ledger
-from securefed.client.global_store import GlobalStore
+from securefed.client.global_store import GlobalStore, keep_or_log
 from securefed.client.guards import GraphGrindingGuard
+from securefed.client.heartbeat import Heartbeat
 from securefed.client.hooks import MemberHooks
 from securefed.client.member_state import MemberState, federation_key
 from securefed.client.plaintext_session import send_plaintext
@@ -53,8 +58,10 @@ from securefed.errors import (
     InvalidInput,
     InvalidMessage,
     ModelError,
+    PlannedRoundsDone,
     ProtocolAbort,
     SecureFedError,
+    SecurityAlert,
 )
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
@@ -78,6 +85,8 @@ class ClientDaemon:
         self.name = config.client.name
         self.hooks = hooks or MemberHooks()
         self.stop_event = stop or threading.Event()
+        if config.client.server.endswith(":0"):
+            raise ConfigError(f"client.server: {config.client.server!r}: port 0 cannot be dialled; set the server's port")
         creds = tid.load_client_credentials(config.client.credentials_dir, self.name)
         self.identity = IdentityKeyPair.from_private_bytes(creds.identity_key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
@@ -96,6 +105,9 @@ class ClientDaemon:
         self._refused_attempt = 0
         self.ckks_key = MemberKey(config.client.ckks_secret_context) if config.client.ckks_secret_context else None
         self.deps = SessionDeps(self.connection, self.identity, self.name, self._fault, self._record_release)
+        self._planning = 0  # the attempt whose plan is being handled (heartbeats cover it too)
+        self.heartbeat = Heartbeat(self.connection, lambda: self._planning or self.current_attempt(),
+                                   interval_s=config.connection.heartbeat_s, target_epsilon=config.privacy.target_epsilon)
         self._budget: BudgetPlanner | None = None
         self.session: RoundSession | None = None
         self.protocol: ProtocolSession | None = None
@@ -112,30 +124,37 @@ class ClientDaemon:
         log(logger, "client starting", client=self.name, server=self.config.client.server,
             epsilon_spent=round(self.ledger.epsilon(), 4), target_epsilon=self.config.privacy.target_epsilon)
         self.prepare()
+        self.heartbeat.start()
         return serve(self)
 
     def close(self) -> None:
+        self.heartbeat.close()
         self.connection.close()
         self.ledger.close()
         self.member_state.close()
 
     def prepare(self) -> None:
         """Before joining: fingerprint the base model, check a step fits the memory cap, tokenize the
-        data and calibrate the noise, so rounds only train."""
+        data and calibrate the noise, so rounds only train. A config that can never train is a
+        ``ConfigError`` (exit 2); a ledger that allows no more rounds, a warning."""
+        self.budget.check_feasible()
         self.trainer.base_fingerprint()
         if self.config.model.max_memory_gb is not None:
             plan = self.trainer.memory_plan(self.config.lora or LoraSettings())
             log(logger, "memory plan", plan=plan.describe(), max_memory_gb=self.config.model.max_memory_gb)
         try:
-            p = self.budget.project(self.budget.planned_event(0))
+            _, p = self.budget.approve(0)
             log(logger, "privacy budget", epsilon_spent=round(p.epsilon_before, 4), target_epsilon=p.target_epsilon,
                 next_round_epsilon_after=round(p.epsilon_after, 4), within_budget=p.within_budget)
-        except SecureFedError as exc:  # e.g. budget already spent: every plan will be declined, with the reason
-            log(logger, "privacy budget check at start-up", result=str(exc))
+        except BudgetExceeded as exc:
+            log(logger, "WARNING: this member will decline every round", level=logging.WARNING, reason=str(exc))
+
+    def on_registered(self, resp: pb.RegisterResponse) -> None:
+        self.heartbeat.set_interval(resp.heartbeat_interval_ms / 1000.0)
 
     def drop_session(self, reason: str) -> None:
         if self.session is not None:
-            log(logger, "leaving round", attempt=self.session.attempt, reason=reason)
+            log(logger, "leaving the attempt", attempt=self.session.attempt, reason=reason)
         self.session, self.protocol = None, None
 
     def current_attempt(self) -> int:
@@ -151,16 +170,19 @@ class ClientDaemon:
         if body == "plan":
             self._on_plan(task.plan)
         elif body == "aborted":
-            log(logger, "round aborted by the server", attempt=task.round, reason=task.aborted.reason)
+            log(logger, "attempt aborted by the server", attempt=task.round, reason=task.aborted.reason)
             self.hooks.outcome(task.round, "aborted", reason=task.aborted.reason)
             if self.current_attempt() == task.round:
                 self.session, self.protocol = None, None
         elif body == "aggregate_ready":
             self._on_aggregate_ready(task)
         elif body == "decrypt_request" and self._live(task, CkksSession):
+            self.heartbeat.doing(pb.MEMBER_ACTIVITY_PROTECTING)
             self.protocol.decrypt(task.decrypt_request)
         elif body in SECAGG_TASK_STAGE and self._live(task, SecAggSession):
+            self.heartbeat.doing(pb.MEMBER_ACTIVITY_PROTECTING)
             self.protocol.on_task(task)
+            self.heartbeat.doing(pb.MEMBER_ACTIVITY_WAITING)
         elif body not in ("wait", None):
             # A stage of a session we are not (or no longer) part of: the server keeps offering it
             # until the stage closes, so do not spin on it.
@@ -172,7 +194,21 @@ class ClientDaemon:
 
     # --- plan -------------------------------------------------------------------------------------
     def _on_plan(self, plan: pb.RoundPlan) -> None:
-        admission.check_plan(plan, self.name, self.identity.public_bytes(), self.ca)
+        self._planning = int(plan.round)
+        self.heartbeat.doing(pb.MEMBER_ACTIVITY_PREPARING)
+        self.heartbeat.epsilon_spent = self.ledger.epsilon()
+        self.heartbeat.poke()
+        try:
+            self._take_plan(plan)
+        finally:
+            self._planning = 0
+            self.heartbeat.doing(pb.MEMBER_ACTIVITY_WAITING)
+
+    def _take_plan(self, plan: pb.RoundPlan) -> None:
+        try:
+            admission.check_plan(plan, self.name, self.identity.public_bytes(), self.ca)
+        except SecureFedError as exc:
+            raise alerts.refused_plan(exc, int(plan.round)) from None
         attempt = int(plan.round)
         if self.session is not None and self.session.attempt == attempt:
             self.stop_event.wait(0.5)  # the plan of the session it is in, handed out again: answered already
@@ -180,7 +216,7 @@ class ClientDaemon:
         if attempt <= self.member_state.last_attempt():
             return self._refuse_replay(attempt)
         ids = cohort_ids(plan)
-        log(logger, "round plan received", attempt=attempt, mode=admission.MODE_NAMES[plan.mode],
+        log(logger, "round plan received", attempt=attempt, round=plan.federation_round or None, mode=admission.MODE_NAMES[plan.mode],
             cohort=[m.client_id for m in plan.cohort], global_digest=plan.global_adapter_sha256.hex()[:16])
         bundle = self._global_for(attempt, bytes(plan.global_adapter_sha256))
         fed = bundle_check.federation_settings(bundle)
@@ -191,25 +227,29 @@ class ClientDaemon:
                   or admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
                   or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
         if reason is not None:
-            return self._decline(reason)
+            return self._decline(reason, pb.PLAN_DECLINE_KIND_POLICY)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
         try:
             self._load_global(fed.lora, bundle)
         except ConfigError as exc:  # e.g. the federation's adapter does not fit this member's max_memory_gb
-            return self._decline(str(exc))
+            return self._decline(str(exc), pb.PLAN_DECLINE_KIND_POLICY)
         try:
             s.approved, projection = self.budget.approve(attempt)
+        except PlannedRoundsDone as exc:
+            return self._decline(f"planned rounds done: {exc}", pb.PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE)
         except (BudgetExceeded, ConfigError) as exc:
-            return self._decline(f"privacy budget: {exc}")
+            return self._decline(f"privacy budget: {exc}", pb.PLAN_DECLINE_KIND_PRIVACY_BUDGET)
         self.member_state.act_on(attempt)  # durable before it answers: this plan can never be acted on again
         self.connection.submit(self.connection.header(attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=True))
-        log(logger, "accepted the round", attempt=attempt, noise_multiplier=round(s.approved.noise_multiplier, 4),
+        log(logger, "accepted the attempt", attempt=attempt, round=plan.federation_round or None,
+            noise_multiplier=round(s.approved.noise_multiplier, 4),
             epsilon_before=round(projection.epsilon_before, 4), epsilon_after=round(projection.epsilon_after, 4),
             target_epsilon=projection.target_epsilon)
         self._fault("after_accept", attempt)
         payload = self._train(s)
+        self.heartbeat.doing(pb.MEMBER_ACTIVITY_PROTECTING)
         if plan.mode == pb.AGGREGATION_MODE_SECAGG:
             self.protocol = SecAggSession(self.deps, s, self.grinding,
                                           needs_all_keys=self.config.client.sparse_graph_needs_all_keys,
@@ -233,7 +273,7 @@ class ClientDaemon:
             raise InvalidMessage("expected the global adapter bundle")
         bundle = bundle_check.decode_global(got.parts[0])
         if expected_digest is not None and not hmac.compare_digest(bytes.fromhex(bundle.digest), expected_digest):
-            raise ProtocolAbort("the global adapter the server sent does not match the plan's digest")
+            raise SecurityAlert("the global adapter the server sent does not match the plan's digest", kind="digest")
         return bundle
 
     def _load_global(self, lora: LoraSettings, bundle: Bundle) -> None:
@@ -250,14 +290,17 @@ class ClientDaemon:
             self.hooks.outcome(attempt, "refused", reason="replayed plan")
         self.stop_event.wait(0.5)
 
-    def _decline(self, reason: str) -> None:
+    def _decline(self, reason: str, kind: int) -> None:
         s = self.session
         assert s is not None
         self.member_state.act_on(s.attempt)
         self.connection.submit(self.connection.header(s.attempt, pb.STAGE_PLAN, s.plan_digest),
-                               plan_decision=pb.PlanDecision(participate=False, decline_reason=reason[:300]))
+                               plan_decision=pb.PlanDecision(participate=False, decline_reason=reason[:300],
+                                                             decline_kind=kind))
         self.hooks.outcome(s.attempt, "declined", reason=reason)
-        log(logger, "declined the round", attempt=s.attempt, reason=reason)
+        quiet = kind == pb.PLAN_DECLINE_KIND_POLICY
+        log(logger, "declined the attempt" if quiet else "WARNING: declined the attempt", attempt=s.attempt,
+            round=s.plan.federation_round or None, reason=reason, level=logging.INFO if quiet else logging.WARNING)
         self.session = None
 
     def _train(self, s: RoundSession) -> np.ndarray:
@@ -265,7 +308,7 @@ class ClientDaemon:
         assert s.approved is not None
         try:
             payload, result = self.trainer.train(s.strategy, s.bundle, s.approved.noise_multiplier, s.attempt,
-                                                 self.store.client_state_path)
+                                                 self.store.client_state_path, on_step=self.heartbeat.training_step)
         except (ModelError, InvalidInput) as exc:  # e.g. diverged from the global adapter it was sent
             raise InvalidMessage(f"training from the federation's global adapter failed: {exc}") from None
         s.client_state = payload.client_state
@@ -305,14 +348,14 @@ class ClientDaemon:
             raise InvalidMessage("expected the new global adapter bundle")
         bundle = bundle_check.decode_global(got.parts[0])
         if not hmac.compare_digest(bytes.fromhex(bundle.digest), bytes(task.aggregate_ready.sha256)):
-            raise ProtocolAbort("new global adapter does not match its announced digest")
-        self.store.keep(bundle, got.round)
+            raise SecurityAlert("new global adapter does not match its announced digest", kind="digest")
+        keep_or_log(self.store.keep, bundle, got.round)
         self.member_state.round_completed(int(got.round))  # a new federation round for the grinding guard
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
         if mine:
             if s.client_state is not None:
-                self.store.save_client_state(s.client_state)  # SCAFFOLD c_i advances only with a committed round
+                keep_or_log(self.store.save_client_state, s.client_state)  # SCAFFOLD c_i advances only with a committed round
             self.session, self.protocol = None, None
         try:
             ppl = self.trainer.evaluate(bundle)
@@ -329,7 +372,7 @@ class ClientDaemon:
     def _on_done(self, done: pb.Done) -> None:
         try:
             if self.store.latest is None or done.final_round != self.store.latest_round():
-                self.store.keep(self._fetch_global(0, None), int(done.final_round))
+                keep_or_log(self.store.keep, self._fetch_global(0, None), int(done.final_round))
                 self.member_state.round_completed(int(done.final_round))
         except SecureFedError as exc:
             log(logger, "could not fetch the final adapter", error=str(exc))

@@ -5,8 +5,9 @@ A lost server is retried with exponential backoff, jittered from a CSPRNG, until
 expired, a name mismatch, revoked), which ends the daemon with one line and its fix (exit 2); a
 session the server refused or a protocol check ended is dropped, and the loop keeps serving: the next
 plan starts afresh with fresh keys. Whatever the server sends that fails to decode or check (a crafted
-bundle, plan or stage message) raises one of the typed errors below, is logged as a security warning,
-and ends that session only; it never ends the daemon.
+bundle, plan or stage message) raises one of the typed errors below and ends that session only; it
+never ends the daemon. A security event among those (``client.alerts``) is an ERROR line and is
+reported to the operator.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from securefed.client import alerts
 from securefed.errors import CertificateError, CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
 from securefed.logs import get_logger, log
 
@@ -55,11 +57,14 @@ def _serve(daemon: ClientDaemon) -> int:
             if not registered:
                 resp = daemon.connection.register(daemon.identity.public_bytes())
                 log(logger, "registered", client=resp.client_id, federation=resp.federation_id,
-                    server_round=resp.current_round)
+                    server_attempt=resp.current_round)
+                daemon.on_registered(resp)
                 registered = True
             task = daemon.connection.poll(daemon.current_attempt(), conn.poll_wait_s)
             backoff, down_since = conn.backoff_initial_s, None
-            if daemon.handle(task):
+            with daemon.heartbeat.busy():
+                done = daemon.handle(task)
+            if done:
                 return EXIT_DONE
         except TransportError as exc:
             registered = False
@@ -82,8 +87,14 @@ def _serve(daemon: ClientDaemon) -> int:
         except SESSION_ENDING as exc:
             # The server refused one of our messages, or what it sent failed a check: this session is
             # over for us. Keep serving; the next plan starts fresh.
-            log(logger, "security: session ended on a refused message", level=logging.WARNING,
-                error=type(exc).__name__, reason=str(exc), attempt=daemon.current_attempt())
+            kind = alerts.alert_kind(exc)
+            if kind is None:
+                log(logger, "security: session ended on a refused message", level=logging.WARNING,
+                    error=type(exc).__name__, reason=str(exc), attempt=daemon.current_attempt() or None)
+            else:
+                log(logger, f"SECURITY: {kind} check failed: left the session", level=logging.ERROR,
+                    attempt=daemon.current_attempt() or None, reason=str(exc))
+                alerts.report(daemon.connection, daemon.current_attempt(), kind, str(exc))
             daemon.drop_session(str(exc))
             daemon.stop_event.wait(REFUSED_PAUSE_S)
     log(logger, "client stopped", client=daemon.name)

@@ -11,6 +11,7 @@ and never talks to the network.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,10 @@ class Trainer:
         self._set_adapter(bundle)
 
     def train(self, strategy: Strategy, bundle: Bundle, sigma: float, attempt: int,
-              client_state_path: Path) -> tuple[ClientPayload, LocalTrainResult]:
-        """One round of DP-SGD from the global adapter; the strategy's payload for the aggregate."""
+              client_state_path: Path, on_step: Callable[[int, int], None] | None = None,
+              ) -> tuple[ClientPayload, LocalTrainResult]:
+        """One round of DP-SGD from the global adapter; the strategy's payload for the aggregate.
+        ``on_step(i, n)`` after each step (the daemon's heartbeat carries it to the server)."""
         data = self.load_data()
         client_state = None
         if strategy.initial_client_state() is not None:
@@ -121,10 +124,15 @@ class Trainer:
         hooks = strategy.client_hooks(client_state, bundle.server_state)
         _, steps = plan_steps(self.config.training, len(data))
         physical = self.plan.physical_batch_size if self.plan else None
+
+        def progress(i: int, n: int, loss: float) -> None:
+            prog.update(1, loss=loss)
+            if on_step is not None:
+                on_step(i, n)
+
         with Progress("training", steps, "step", attempt=attempt) as prog:
             result = train_local(self._model, data, self.config.training, sigma, strategy_state=hooks,
-                                 progress=lambda i, n, loss: prog.update(1, loss=loss),
-                                 physical_batch_size=physical, loss=self._loss)
+                                 progress=progress, physical_batch_size=physical, loss=self._loss)
         payload = strategy.client_payload(result, client_state=client_state, server_state=bundle.server_state)
         log(logger, "local training done", attempt=attempt, steps=result.steps, sample_rate=round(result.sample_rate, 5),
             noise_multiplier=round(result.noise_multiplier, 4), train_loss=round(result.train_loss, 4),

@@ -13,7 +13,7 @@ so it cannot overshoot.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import Field, model_validator
@@ -23,6 +23,9 @@ from securefed.errors import AccountingError, BudgetExceeded, ConfigError
 from securefed.privacy.accountants import accountant_class, mechanism_of
 from securefed.privacy.events import AccountantName, DpEvent, parse_accountant_name
 from securefed.privacy.formulas import SubsampledGaussian
+
+#: (mechanisms, delta) -> epsilon: a second accountant for calibration to satisfy too.
+EpsilonFn = Callable[[list[SubsampledGaussian], float], float]
 
 #: Largest noise multiplier calibration will consider. Beyond it the RDP bound no longer moves (its
 #: floor is set by the largest order and delta), so a target that needs more is unreachable.
@@ -124,16 +127,28 @@ def calibrate_noise(
     *,
     prior_events: Sequence[DpEvent] = (),
     rel_tol: float = 1e-3,
+    per_round_epsilon: float | None = None,
+    steps_per_round: int | None = None,
+    second_opinion: EpsilonFn | None = None,
 ) -> float:
     """Smallest noise multiplier (to ``rel_tol``) such that prior events + ``steps`` steps at
-    (sigma, ``sample_rate``) cost at most ``target_epsilon`` at ``delta``.
+    (sigma, ``sample_rate``) cost at most ``target_epsilon`` at ``delta`` and, with
+    ``per_round_epsilon``, one round of ``steps_per_round`` steps alone costs at most that cap.
 
     ``steps`` is the whole planned future: steps per round x rounds the client may still join (the
     same (sigma, q) every round composes exactly like one long run).
 
+    Both conditions hold by the budget's own accountant AND, with ``second_opinion`` (the member
+    daemon passes ``privacy.independent.second_opinion(accountant)``: the ``dp-accounting``
+    implementation the auditor's ``verify`` uses), by that one too: where the two differ, the larger
+    sigma is returned, so an audit never shows a calibrated run above its target (a margin of exactly
+    what the second accountant needs, not a guess). It is a parameter so that this module stays free
+    of dp-accounting.
+
     The result is always a sigma whose epsilon was computed and found <= target (safe side).
     Raises ``BudgetExceeded`` if prior events already use the budget up, ``ConfigError`` if the target
-    is unreachable for any sigma up to ``MAX_NOISE_MULTIPLIER`` or the inputs cannot be calibrated.
+    (or the cap) is unreachable for any sigma up to ``MAX_NOISE_MULTIPLIER`` or the inputs cannot be
+    calibrated.
     """
     cls = accountant_class(accountant)
     if not (math.isfinite(target_epsilon) and target_epsilon > 0):
@@ -146,45 +161,72 @@ def calibrate_noise(
         raise ConfigError(f"steps must be a positive integer to calibrate noise, got {steps!r}")
     if not (0 < rel_tol < 1):
         raise ConfigError(f"rel_tol must be in (0, 1), got {rel_tol!r}")
+    if per_round_epsilon is not None:
+        if not (math.isfinite(per_round_epsilon) and per_round_epsilon > 0):
+            raise ConfigError(f"per_round_epsilon must be > 0 and finite, got {per_round_epsilon!r}")
+        if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int) or not 1 <= steps_per_round <= steps:
+            raise ConfigError(f"steps_per_round must be an integer in [1, steps] with a per-round cap, got {steps_per_round!r}")
     prior = _mechanisms(prior_events)
     spent = cls.epsilon_of_mechanisms(prior, delta) if prior else 0.0
     if spent >= target_epsilon:
         raise BudgetExceeded(
             f"the budget is already spent: prior rounds used epsilon {spent:.4g} of target {target_epsilon:g}; "
-            "raise target_epsilon or stop training"
+            "no noise level can fit another round (raise target_epsilon only if the data owner's policy allows it, "
+            "or stop training on this data)"
         )
+    second = second_opinion
 
-    def eps(sigma: float) -> float:
+    def within(mechs: list[SubsampledGaussian], limit: float, *, both: bool) -> bool:
         try:
-            return cls.epsilon_of_mechanisms([*prior, SubsampledGaussian(sigma, sample_rate, steps)], delta)
-        except AccountingError:
-            return math.inf  # numerically unusable sigma: treat as too little noise (the safe side)
+            if cls.epsilon_of_mechanisms(mechs, delta) > limit:
+                return False
+            return not both or second is None or second(mechs, delta) <= limit
+        except (AccountingError, ValueError, FloatingPointError):
+            return False  # numerically unusable sigma: treat as too little noise (the safe side)
 
-    # Re-calibrating mid-run: if a noise multiplier already in the ledger (same q) still fits and is
-    # within rel_tol of the smallest that does, keep it. Same result quality as the search, but the
-    # rounds then share one (sigma, q) and compose as one mechanism (cheap for PRV, tidy ledgers).
-    for prior_sigma in sorted({m.noise_multiplier for m in prior if m.sample_rate == sample_rate and m.noise_multiplier > 0}):
-        if eps(prior_sigma) <= target_epsilon:
-            if eps(prior_sigma / (1 + rel_tol)) > target_epsilon:
+    def fits(sigma: float, *, both: bool = True) -> bool:
+        if not within([*prior, SubsampledGaussian(sigma, sample_rate, steps)], target_epsilon, both=both):
+            return False
+        return per_round_epsilon is None or within(
+            [SubsampledGaussian(sigma, sample_rate, steps_per_round)], per_round_epsilon, both=both)
+
+    # The search runs on the budget's own accountant; the independent one (slower) is then checked
+    # at the result and, where it needs more noise, the search resumes from there with both.
+    sigma = _smallest(lambda s: fits(s, both=False), rel_tol, lo=0.0)
+    if sigma is not None and not fits(sigma):
+        sigma = _smallest(fits, rel_tol, lo=sigma)
+    # Re-calibrating mid-run: a noise multiplier already in the ledger (same q) that still fits and is
+    # within the search's tolerance of the result is kept, so the rounds share one (sigma, q) and
+    # compose as one mechanism (cheap for PRV, tidy ledgers).
+    if sigma is not None:
+        for prior_sigma in sorted({m.noise_multiplier for m in prior if m.sample_rate == sample_rate}):
+            if sigma <= prior_sigma <= sigma * (1 + rel_tol) ** 2 and fits(prior_sigma):
                 return prior_sigma
-            break  # a smaller sigma fits too: search for it
+    if sigma is None:
+        floor = cls.epsilon_of_mechanisms([*prior, SubsampledGaussian(MAX_NOISE_MULTIPLIER, sample_rate, steps)], delta)
+        what = f"target epsilon {target_epsilon:g}"
+        if floor <= target_epsilon and per_round_epsilon is not None:
+            what = f"per_round_epsilon {per_round_epsilon:g} (rounds of {steps_per_round} steps)"
+        raise ConfigError(
+            f"{what} is unreachable at delta {delta:g} with the {cls.name.value} accountant over {steps} "
+            f"planned steps (even noise multiplier {MAX_NOISE_MULTIPLIER:g} does not fit); "
+            "raise target_epsilon or delta, or use fewer steps or a smaller sample rate"
+        )
+    return sigma
 
-    lo, hi = 0.0, 1.0  # invariant once bracketed: eps(hi) <= target (checked), eps(lo) > target or lo = 0
-    eps_hi = eps(hi)
-    while eps_hi > target_epsilon:
+
+def _smallest(fits, rel_tol: float, *, lo: float) -> float | None:
+    """Smallest sigma > ``lo`` (to ``rel_tol``) with ``fits(sigma)``, for a ``fits`` monotone in sigma
+    and false at ``lo`` (or ``lo`` = 0); None when nothing up to ``MAX_NOISE_MULTIPLIER`` fits. Only
+    a sigma that was evaluated and fits is ever returned."""
+    hi = max(1.0, lo * (1 + rel_tol))
+    while not fits(hi):
         lo, hi = hi, hi * 2
         if hi > MAX_NOISE_MULTIPLIER:
-            floor = eps(MAX_NOISE_MULTIPLIER)
-            raise ConfigError(
-                f"target epsilon {target_epsilon:g} is unreachable at delta {delta:g} with the {cls.name.value} "
-                f"accountant (even noise multiplier {MAX_NOISE_MULTIPLIER:g} gives {floor:.4g}); "
-                "raise target_epsilon or delta, or use fewer steps or a smaller sample rate"
-            )
-        eps_hi = eps(hi)
+            return None
     while hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
-        eps_mid = eps(mid)
-        if eps_mid <= target_epsilon:
+        if fits(mid):
             hi = mid
         else:
             lo = mid
@@ -257,20 +299,29 @@ class BudgetGuard:
         """Return the projection, or raise ``BudgetExceeded`` (the client must decline the round).
 
         A round whose epsilon cannot be computed (an event the accountant refuses, a numerical failure)
-        is declined too: what cannot be accounted must not be released."""
+        is declined too: what cannot be accounted must not be released. The message says what would
+        help in this case: nothing but a larger target once the budget is spent; more noise or fewer
+        steps while some budget is left."""
         try:
             p = self.project(prior_events, planned)
         except AccountingError as exc:
-            raise BudgetExceeded(f"round {planned.round_id} declined: its privacy cost cannot be accounted ({exc})") from None
+            raise BudgetExceeded(f"its privacy cost cannot be accounted ({exc})") from None
+        where = f"delta {p.delta:g}, {p.accountant.value}"
+        if p.epsilon_before >= p.target_epsilon:
+            raise BudgetExceeded(
+                f"the privacy budget is spent: epsilon {p.epsilon_before:.4g} of target {p.target_epsilon:g} "
+                f"({where}); no noise level or step count fits another round: this member cannot train on this "
+                "data again (only a larger target_epsilon would, if the data owner's policy allows it)"
+            )
         if p.epsilon_after > p.target_epsilon:
             raise BudgetExceeded(
-                f"round {planned.round_id} declined: epsilon would reach {p.epsilon_after:.4g} > target "
-                f"{p.target_epsilon:g} (spent {p.epsilon_before:.4g}, delta {p.delta:g}, {p.accountant.value}); "
-                "raise the noise multiplier, train fewer steps, or stop"
+                f"epsilon would reach {p.epsilon_after:.4g} > target {p.target_epsilon:g} (spent "
+                f"{p.epsilon_before:.4g}, {where}); a round may cost at most the {p.target_epsilon - p.epsilon_before:.3g} "
+                "left: raise the noise multiplier or train fewer steps per round"
             )
         if p.per_round_cap is not None and p.round_epsilon > p.per_round_cap:
             raise BudgetExceeded(
-                f"round {planned.round_id} declined: this round alone costs epsilon {p.round_epsilon:.4g} > "
-                f"per_round_epsilon {p.per_round_cap:g}; raise the noise multiplier or train fewer steps"
+                f"this round alone costs epsilon {p.round_epsilon:.4g} > per_round_epsilon {p.per_round_cap:g} "
+                f"({where}); raise the noise multiplier or train fewer steps per round"
             )
         return p

@@ -99,7 +99,7 @@ def _epsilon(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from securefed.privacy import accountants, budget, formulas, ledger
+    from securefed.privacy import accountants, budget, formulas, independent, ledger
 
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
@@ -113,8 +113,10 @@ def _plan(args: argparse.Namespace) -> int:
     if args.ledger:
         prior = ledger.load_ledger(args.ledger).events
     total_steps = sched.steps_per_round * args.rounds
+    # The member's calibration: within the target by its accountant and by the auditor's (dp-accounting).
     sigma = budget.calibrate_noise(args.target_epsilon, args.delta, sched.sample_rate, total_steps,
-                                   args.accountant, prior_events=prior)
+                                   args.accountant, prior_events=prior,
+                                   second_opinion=independent.second_opinion(args.accountant))
     cls = accountants.accountant_class(args.accountant)
     prior_mechs = [accountants.mechanism_of(e) for e in prior]
     spent = cls.epsilon_of_mechanisms(prior_mechs, args.delta) if prior_mechs else 0.0

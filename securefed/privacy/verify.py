@@ -48,11 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import dp_accounting
 import numpy as np
-from absl import logging as absl_logging
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
 from scipy import integrate
 
 from securefed.errors import AccountingError, LedgerError, LedgerHeaderTampered, SecureFedError
@@ -65,6 +61,8 @@ from securefed.privacy.formulas import (
     rdp_to_epsilon,
     rdp_to_epsilon_and_order,
 )
+# The dp-accounting computations live in their own module (noise calibration checks with them too).
+from securefed.privacy.independent import PLD_DISCRETIZATION, independent_pld_epsilon, independent_rdp_epsilon  # noqa: F401
 from securefed.privacy.ledger import (
     LedgerHead,
     LedgerHeader,
@@ -81,31 +79,8 @@ RDP_INT_REL_TOL = 1e-6
 RDP_DIRECT_TOL = 1e-6
 PRV_ABS_TOL = 0.02
 PRV_REL_TOL = 1e-3
-PLD_DISCRETIZATION = 1e-3
 NOT_ANCHORED = ("NOT ANCHORED: without --expect-head (or --round-log) the removal of this ledger's newest entries "
                 "cannot be detected; the chain checked is only as long as the file says")
-
-
-def _dp_events(events: Sequence[DpEvent]):
-    for sigma, q, steps in merge((e.noise_multiplier, e.sample_rate, e.steps) for e in events):
-        yield dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
-
-
-def independent_rdp_epsilon(events: Sequence[DpEvent], delta: float,
-                            orders: Sequence[float] = DEFAULT_RDP_ORDERS) -> float:
-    """Epsilon of the events by ``dp_accounting.rdp.RdpAccountant`` (a second implementation)."""
-    # dp-accounting warns (once per order) when its series for fractional orders < 2 does not converge and
-    # drops those orders; the verify output already says its fractional orders are looser, so keep the
-    # auditor's terminal readable.
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        acc = RdpAccountant(orders=list(orders))
-        for ev, steps in _dp_events(events):
-            acc.compose(ev, steps)
-        return float(acc.get_epsilon(delta))
-    finally:
-        absl_logging.set_verbosity(verbosity)
 
 
 def direct_rdp(q: float, sigma: float, alpha: float) -> float:
@@ -149,19 +124,6 @@ def direct_epsilon_at_order(events: Sequence[DpEvent], delta: float, order: floa
         return math.inf
     eps = total + math.log((order - 1) / order) - (math.log(delta) + math.log(order)) / (order - 1)
     return max(eps, 0.0)
-
-
-def independent_pld_epsilon(events: Sequence[DpEvent], delta: float) -> float:
-    """Epsilon of the events by ``dp_accounting.pld.PLDAccountant`` (cross-check for PRV)."""
-    pairs = list(_dp_events(events))
-    if not pairs:
-        return 0.0
-    if any(ev.event.noise_multiplier == 0 for ev, _ in pairs):
-        return math.inf
-    acc = PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
-    for ev, steps in pairs:
-        acc.compose(ev, steps)
-    return float(acc.get_epsilon(delta))
 
 
 def _close(a: float, b: float, *, rel: float, abs_: float = 0.0) -> bool:

@@ -23,6 +23,7 @@ from securefed.server.ckks_driver import CkksDriver
 from securefed.server.config import AggregationMode, ServerConfig
 from securefed.server.coordinator import Coordinator
 from securefed.server.driver import RoundDriver
+from securefed.server.livestatus import LiveStatusWriter
 from securefed.server.plaintext_driver import PlaintextDriver
 from securefed.server.secagg_driver import SecAggDriver
 from securefed.server.service import FederationService
@@ -122,6 +123,7 @@ class ServerApp:
         # The CA-signed revocation list in credentials_dir (read at start()): checked at every call and
         # registration, shipped in every plan.
         self.revocations: RevocationWatch | None = None
+        self.live = LiveStatusWriter(self.coordinator)  # state_dir/live.json, for `securefed status`
 
     def strategy(self, dim: int) -> Strategy:
         s = self._strategy_cache.get(dim)
@@ -134,7 +136,8 @@ class ServerApp:
         cfg = self.config
         st = cfg.strategy
         plan = pb.RoundPlan(
-            round=ctx.attempt, global_adapter_sha256=ctx.global_digest, mode=_MODE[cfg.federation.mode],
+            round=ctx.attempt, global_adapter_sha256=ctx.global_digest,
+            mode=_MODE[cfg.federation.mode],
             strategy=pb.StrategyParams(strategy=_STRATEGY[st.kind.value], proximal_mu=st.mu,
                                        server_learning_rate=st.server_lr),
             cohort=[pb.CohortMember(client_id=c, identity_public_key=ctx.identity_keys[c],
@@ -196,6 +199,7 @@ class ServerApp:
                                                                 revocations=self.revocations))
         bound.server.start()
         self.grpc_server, self.port = bound.server, bound.port
+        self.live.start()
         log(logger, "server listening", address=self.address, port=bound.port, mode=self.config.federation.mode.value,
             rounds=self.config.federation.rounds, resume_from_round=self.coordinator.global_ckpt.round
             if self.coordinator.global_ckpt else 0)
@@ -209,4 +213,5 @@ class ServerApp:
         if self.grpc_server is not None:
             self.grpc_server.stop(grace).wait()
             self.grpc_server = None
+            self.live.stop()
         self.coordinator.roundlog.close()

@@ -62,6 +62,7 @@ class AttemptContext:
     payload_length: int
     plan: pb.RoundPlan
     declined: dict[str, str] = field(default_factory=dict)
+    decline_kinds: dict[str, int] = field(default_factory=dict)  # pb.PlanDeclineKind per declined member
     dropouts: set[str] = field(default_factory=set)
     certificates: dict[str, bytes] = field(default_factory=dict)
     bytes_in: int = 0

@@ -8,18 +8,14 @@ the app; the CKKS backend) when they run.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from securefed.errors import ConfigError
 from securefed.fsutil import SHARED_MODE, atomic_write
-from securefed.logs import setup_logging
-from securefed.server.roundlog import RoundLog
+from securefed.logs import route_native_stderr, setup_logging
 
 if TYPE_CHECKING:
     from securefed.server.config import ServerConfig
@@ -30,16 +26,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run the coordinator: rounds of DP-trained LoRA updates combined by secure "
                                    "aggregation; crash-safe (resumes from the last completed round).")
     p.add_argument("--config", required=True, help="server.toml")
-    p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    p.add_argument("--check", action="store_true",
+                   help="validate offline and exit (0: ready, 2: something to fix): config, certificates and "
+                        "their expiry, model directory, CKKS context, state; binds nothing")
+    p.add_argument("--log-json", action="store_true",
+                   help="one JSON object per log line on stderr (gRPC's and other libraries' own lines included)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--port-file", help="write the bound port here once listening (useful with port 0)")
     p.set_defaults(handler=_server)
 
-    s = sub.add_parser("status", help="show the coordinator's round log (works while it runs, or after)",
-                       description="Read the server's SQLite round log: rounds, stages, clients, dropouts, timings.")
+    s = sub.add_parser("status", help="show the federation: server alive?, the stage now, members, alerts, attempts",
+                       description="Read the server's state directory (round log, live status, security alerts): "
+                                   "whether the server runs, the attempt and stage open now with bytes moved, each "
+                                   "member's last sign of life, activity and epsilon spent, security alerts, the "
+                                   "last attempts, and the auditor's anchors. Works while it runs, or after.")
     s.add_argument("--config", required=True, help="server.toml")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--last", type=int, default=20, help="how many attempts to show (default 20)")
+    s.add_argument("--watch", nargs="?", type=float, const=2.0, metavar="SECONDS",
+                   help="redraw every SECONDS (default 2) until Ctrl-C")
     s.set_defaults(handler=_status)
 
     k = sub.add_parser("ckks-init", help="create the federation's CKKS contexts (mode ckks)",
@@ -58,9 +63,16 @@ def _load_config(path: str) -> ServerConfig:
 
 
 def _server(args: argparse.Namespace) -> int:
+    if args.check:
+        from securefed.server.preflight import check_server  # grpc, tenseal, the whole coordinator
+
+        setup_logging(json_lines=False, level="warning")
+        return check_server(args.config).report("server")
+    setup_logging(json_lines=args.log_json, level=args.log_level)
+    if args.log_json:
+        route_native_stderr()  # before grpc starts: its core logs to file descriptor 2
     from securefed.server.app import ServerApp  # grpc, the whole coordinator
 
-    setup_logging(json_lines=args.log_json, level=args.log_level)
     app = ServerApp(_load_config(args.config))
     port = app.start()
     if args.port_file:
@@ -83,54 +95,15 @@ def _server(args: argparse.Namespace) -> int:
         app.stop(grace=1.0)
     if stop.is_set():
         return 0  # stopped on request: the round log is consistent; a restart resumes
-    return 0 if ok else 1
+    # Every member out of budget is a clean ending (the final adapter is valid), not a failure to retry.
+    return 0 if ok or app.coordinator.ending == "budget_exhausted" else 1
 
 
 def _status(args: argparse.Namespace) -> int:
+    from securefed.server.status_view import show  # the accountants, to show epsilon per member
+
     cfg = _load_config(args.config)
-    log = RoundLog(cfg.server.state_dir / "rounds.sqlite", readonly=True)
-    try:
-        attempts = log.attempts(limit=args.last)
-        completed = log.completed_rounds()
-        events = log.privacy_events()
-        heads = log.ledger_heads()
-        keys = log.identity_keys()
-    finally:
-        log.close()
-    if args.json:
-        print(json.dumps({"rounds_target": cfg.federation.rounds, "completed_rounds": completed,
-                          "attempts": [a.to_json() for a in attempts],
-                          "privacy_events": len(events),
-                          "ledger_heads": {c: {"length": n, "entry_hash": h} for c, (n, h) in heads.items()},
-                          "identity_keys": keys},
-                         indent=1, default=str))
-        return 0
-    print(f"rounds completed: {completed}/{cfg.federation.rounds}   privacy events recorded: {len(events)}")
-    print(f"{'attempt':>7} {'round':>5} {'status':<9} {'stage':<14} {'cohort':>6} {'in':>3} {'drop':>4} "
-          f"{'decl':>4} {'seconds':>8}  detail")
-    for a in attempts:
-        secs = a.timings.get("total")
-        if secs is None:
-            secs = (a.finished_at or time.time()) - a.started_at
-        detail = a.reason or (a.result_hash[:16] if a.result_hash else "")
-        print(f"{a.attempt:>7} {a.round:>5} {a.status.value:<9} {a.stage:<14} {len(a.cohort):>6} {len(a.survivors):>3} "
-              f"{len(a.dropouts):>4} {len(a.declined):>4} {secs:>8.2f}  {detail}")
-        if a.timings:
-            stages = ", ".join(f"{k}={v:.2f}s" for k, v in a.timings.items() if k != "total")
-            print(f"{'':>7} stages: {stages}")
-        if a.dropouts:
-            print(f"{'':>7} dropouts: {', '.join(a.dropouts)}")
-        for c, why in a.declined.items():
-            print(f"{'':>7} declined: {c}: {why}")
-    if heads:
-        print("anchors for the auditor (securefed audit verify LEDGER... <these>): ledger heads reported here and")
-        print("the certified identity keys the entries verified under")
-        for c, (n, h) in sorted(heads.items()):
-            print(f"  --expect-head {c}={n}:{h}")
-        for c, k in sorted(keys.items()):
-            print(f"  --public-key {c}={k}")
-    sys.stdout.flush()
-    return 0
+    return show(cfg.server.state_dir, cfg.federation.rounds, last=args.last, as_json=args.json, watch=args.watch)
 
 
 def _ckks_init(args: argparse.Namespace) -> int:

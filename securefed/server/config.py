@@ -37,10 +37,11 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from securefed.config import StrictModel, format_validation_error, load_toml
+from securefed.config import StrictModel, check_address, format_validation_error, load_toml
 from securefed.crypto.fixedpoint import FixedPointParams
 from securefed.errors import ConfigError, InsecureParameters
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
@@ -66,6 +67,11 @@ class ServerSection(StrictModel):
         None, description="mode = 'ckks': the federation's public CKKS context (parameters only, no key)"
     )
     federation_id: str = Field("securefed", min_length=1, max_length=64, description="name reported to clients")
+
+    @field_validator("address")
+    @classmethod
+    def _address_has_port(cls, v: str) -> str:
+        return check_address(v, allow_port_zero=True)  # port 0: any free port (see --port-file)
 
 
 class FederationSection(StrictModel):
@@ -97,6 +103,13 @@ class FederationSection(StrictModel):
         "cohort_size clipped payloads at frac_bits cannot overflow (32 for the shipped configs)",
     )
     ckks_params: str = Field("ckks-n4096-q56-s40", description="CKKS parameter set name (securefed.he), mode = 'ckks' only")
+    on_budget_exhausted: Literal["stop", "wait"] = Field(
+        "stop", description="when too few members are left whose privacy budget allows a round: 'stop' ends the "
+        "federation ('privacy budget exhausted for all members'); 'wait' asks them again after budget_retry_s, "
+        "doubling up to budget_retry_max_s (a member restarted with a larger budget is asked at once)",
+    )
+    budget_retry_s: float = Field(60.0, gt=0, description="on_budget_exhausted = 'wait': first wait before asking again")
+    budget_retry_max_s: float = Field(3600.0, gt=0, description="on_budget_exhausted = 'wait': longest wait")
 
     @model_validator(mode="after")
     def _check(self) -> "FederationSection":
@@ -129,6 +142,15 @@ class DeadlinesSection(StrictModel):
     unmask_s: float = Field(30.0, gt=0)
     decrypt_s: float = Field(60.0, gt=0, description="CKKS: clients decrypt the aggregate")
     poll_s: float = Field(5.0, gt=0, le=60, description="long-poll wait per client request")
+    heartbeat_s: float = Field(5.0, gt=0, le=300, description="interval members send heartbeats at while they work")
+    missed_heartbeats: int = Field(
+        3, ge=1, le=1000, description="a cohort member silent for this many heartbeat intervals is a dropout for "
+        "the attempt (noticed in seconds, not at the stage deadline)")
+
+    @property
+    def silence_s(self) -> float:
+        """How long a cohort member may be silent before it is dropped from the attempt."""
+        return self.heartbeat_s * self.missed_heartbeats
 
 
 class ServerConfig(StrictModel):

@@ -7,9 +7,11 @@ global-adapter version:
     WAIT FOR CLIENTS -> PLAN -> mode stages (secagg: keys, shares, masked inputs, consistency,
     unmasking; ckks: ciphertexts, decryption; plaintext: uploads) -> APPLY -> commit
 
-Each phase has a deadline; a cohort member silent past it is a dropout (a decline is not). When a
-mode driver finds too few survivors it raises ``ProtocolAbort``: nothing is released, the attempt is
-logged ``aborted`` and the next attempt starts with a fresh session (new plan digest, new round keys).
+Each phase has a deadline; a cohort member silent past it is a dropout (a decline is not), and so is
+at once one silent for a few heartbeats or refused by the server (``liveness``). When a mode driver
+finds too few survivors it raises ``ProtocolAbort``: nothing is released, the attempt is logged
+``aborted`` and the next attempt starts with a fresh session (new plan digest, new round keys).
+Members out of budget sit out; with too few left the federation ends or waits (``budget_watch``).
 
 Crash safety: the new global adapter is written as a checkpoint file first (atomic rename), then one
 SQLite transaction marks the attempt ``completed``. On restart the last completed attempt's checkpoint
@@ -24,6 +26,7 @@ it. The loop never blocks holding it: it waits on it, and trains, applies and wr
 from __future__ import annotations
 
 import enum
+import logging
 import secrets
 import threading
 import time
@@ -37,9 +40,11 @@ from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.protocol.stages import STAGE_NAMES
 from securefed.server.attempt import AttemptContext, Phase, RoundOutcome
+from securefed.server.budget_watch import BudgetWatch
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import ServerConfig
 from securefed.server.driver import DriverFactory
+from securefed.server.livestatus import status_of
 from securefed.server.mailbox import Mailbox
 from securefed.server.roundlog import RoundLog
 from securefed.transport._generated import federation_pb2 as pb
@@ -86,15 +91,17 @@ class Coordinator:
         self._build_plan = build_plan
         self._driver_factory = driver_factory
         self._apply = apply_update
-        self._cv = threading.Condition()
+        self._cv = self.lock = threading.Condition()  # ``lock``: for readers of the live state (livestatus)
         self._stop = threading.Event()
         self.mailbox = Mailbox(self._cv, self._stop, poll_s=config.deadlines.poll_s,
-                               describe=lambda: self.detail or self.state.value)
+                               describe=lambda: self.detail or self.state.value, silence_s=config.deadlines.silence_s)
         self.state = ServerState.STARTING
         self.global_ckpt: Checkpoint | None = None
         self.failed_attempts = 0
         self.detail = ""
         self.error: str | None = None
+        self.ending: str | None = None  # completed | budget_exhausted | failed | stopped
+        self.budgets = BudgetWatch(config, self.mailbox)
 
     # ---------------------------------------------------------------------------------------------
     # startup, shutdown
@@ -149,7 +156,9 @@ class Coordinator:
                 if done >= rounds:
                     break
                 if self.roundlog.attempt_count() >= limit:
-                    self.error = f"gave up after {limit} attempts ({done}/{rounds} rounds completed)"
+                    if self._wait_for_clients(patience_s=0.0) or self.ending is None:  # budgets say why, if they can
+                        self.error = (f"gave up after {limit} attempts ({done}/{rounds} rounds completed; "
+                                      "federation.max_attempts)")
                     break
                 if not self._wait_for_clients():
                     break
@@ -157,25 +166,41 @@ class Coordinator:
         finally:
             with self._cv:
                 ok = self.roundlog.completed_rounds() >= rounds
-                self.state = ServerState.FINISHED if ok else ServerState.FAILED
+                if self.ending is None:
+                    self.ending = "completed" if ok else ("stopped" if self._stop.is_set() and not self.error else "failed")
+                self.state = ServerState.FINISHED if ok or self.ending == "budget_exhausted" else ServerState.FAILED
                 self.detail = "all rounds completed" if ok else (self.error or "stopped")
                 final = self.global_ckpt.round if self.global_ckpt else 0
                 self.mailbox.finish(pb.Done(final_round=final, reason=self.detail))
-            log(logger, "federation finished" if ok else "federation stopped",
+            log(logger, "federation finished" if ok else f"federation ended ({self.ending})",
+                level=logging.INFO if ok or self.ending == "stopped" else logging.WARNING,
                 completed_rounds=self.roundlog.completed_rounds(), rounds=rounds,
                 global_digest=self.global_ckpt.digest if self.global_ckpt else None, detail=self.detail)
         return ok
 
-    def _wait_for_clients(self) -> bool:
+    def _wait_for_clients(self, patience_s: float | None = None) -> bool:
         need = self.config.federation.min_clients
-        deadline = time.monotonic() + self.config.deadlines.join_s
+        deadline = time.monotonic() + (self.config.deadlines.join_s if patience_s is None else patience_s)
         with self._cv:
             self.state = ServerState.WAITING
             while not self._stop.is_set():
-                n = len(self.mailbox.connected())
+                connected = self.mailbox.connected()
+                n = len(connected)
+                exhausted = self.mailbox.exhausted()
                 self.detail = f"{n}/{need} clients connected"
-                if n >= need:
+                if n - len(exhausted) >= need:
                     return True
+                if exhausted and n >= need:  # enough members, too few whose budget allows a round
+                    if self.budgets.stops:
+                        self.error = self.budgets.ending(connected, exhausted, self.roundlog.completed_rounds())
+                        self.ending = "budget_exhausted"
+                        return False
+                    if patience_s == 0.0:
+                        return False
+                    self.detail = self.budgets.waiting_detail(exhausted, connected)
+                    deadline = time.monotonic() + self.config.deadlines.join_s  # not a join timeout
+                    self._cv.wait(1.0)
+                    continue
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.error = f"only {n} of min_clients={need} clients connected within {self.config.deadlines.join_s:g} s"
@@ -185,13 +210,15 @@ class Coordinator:
         return False
 
     def _new_attempt(self) -> AttemptContext:
-        """A fresh attempt at the next round, with a cohort drawn from the connected clients."""
+        """A fresh attempt at the next round, with a cohort drawn from the connected clients whose
+        budget still allows a round."""
         assert self.global_ckpt is not None
         ckpt = self.global_ckpt
         attempt = self.roundlog.begin_attempt(round=ckpt.round + 1, mode=self.config.federation.mode.value,
                                               base_hash=ckpt.digest, stage="plan")
         with self._cv:
-            pool = self.mailbox.connected()
+            exhausted = self.mailbox.exhausted()
+            pool = [c for c in self.mailbox.connected() if c not in exhausted]
             k = min(self.config.federation.cohort_size, len(pool))
             # Selection need not be secret, but a CSPRNG costs nothing and resists grinding.
             cohort = tuple(sorted(secrets.SystemRandom().sample(pool, k)))
@@ -210,8 +237,11 @@ class Coordinator:
         try:
             outcome = self._run_phases(ctx, timings)
             self._commit(ctx, outcome, timings, t0)
+            self.budgets.round_completed()
         except SecureFedError as exc:  # ProtocolAbort, a refused message, bad parameters for this cohort
             self._abort(ctx, exc, timings, t0)
+        finally:
+            self.budgets.note(ctx)
 
     def _run_phases(self, ctx: AttemptContext, timings: dict[str, float]) -> RoundOutcome:
         """Plan, then the mode's stages, each until everyone answered or its deadline passed."""
@@ -225,18 +255,20 @@ class Coordinator:
             self.roundlog.update_attempt(ctx.attempt, cohort=list(ctx.cohort), stage=STAGE_NAMES[phase.stage],
                                          session_id=ctx.plan.plan_sha256.hex())
             self.mailbox.open(ctx, driver, phase)
-        log(logger, "round started", attempt=ctx.attempt, round=ctx.round, mode=self.config.federation.mode.value,
+        log(logger, "attempt started", attempt=ctx.attempt, round=ctx.round, mode=self.config.federation.mode.value,
             cohort=list(ctx.cohort), global_digest=ctx.global_ckpt.digest[:16])
         while True:
             assert phase is not None
-            self._wait_phase(phase)
+            lost = self._wait_phase(phase)
             with self._cv:
                 timings[STAGE_NAMES[phase.stage]] = round(time.monotonic() - phase.started, 4)
                 silent = sorted(phase.expected - phase.responded)
                 if silent:
                     ctx.dropouts.update(silent)
-                    log(logger, "stage deadline: dropouts", attempt=ctx.attempt, stage=STAGE_NAMES[phase.stage],
-                        dropouts=silent)
+                    early = {c: lost[c] for c in silent if c in lost}
+                    log(logger, "stage closed early: dropouts" if len(early) == len(silent) else "stage deadline: dropouts",
+                        level=logging.WARNING, attempt=ctx.attempt, round=ctx.round, stage=STAGE_NAMES[phase.stage],
+                        dropouts=silent, why={c: early.get(c, "silent at the stage deadline") for c in silent})
                 result = driver.finish_phase(phase)
                 outcome = result if isinstance(result, RoundOutcome) else None
                 phase = None if outcome is not None else result
@@ -253,13 +285,20 @@ class Coordinator:
             if outcome is not None:
                 return outcome
 
-    def _wait_phase(self, phase: Phase) -> None:
+    def _wait_phase(self, phase: Phase) -> dict[str, str]:
+        """Until everyone answered, the deadline, or every member still missing is lost (dead or
+        refused); returns the lost ones, with why."""
+        lost: dict[str, str] = {}
         with self._cv:
             while not self._stop.is_set() and not phase.complete():
+                lost = self.mailbox.lost(phase)
+                if phase.expected <= phase.responded | lost.keys():
+                    return lost
                 left = phase.deadline - time.monotonic()
                 if left <= 0:
-                    return
-                self._cv.wait(min(left, 0.5))
+                    return lost
+                self._cv.wait(min(left, 0.25))
+        return lost
 
     def _commit(self, ctx: AttemptContext, outcome: RoundOutcome, timings: dict[str, float], t0: float) -> None:
         """Apply the sum, write the checkpoint, then mark the attempt completed (in that order)."""
@@ -297,24 +336,11 @@ class Coordinator:
         with self._cv:
             self.mailbox.close(ctx, aborted=pb.RoundAborted(reason=str(exc)))
             self.state = ServerState.WAITING
-        log(logger, "round aborted", attempt=ctx.attempt, round=ctx.round, reason=str(exc),
-            dropouts=sorted(ctx.dropouts), declined=sorted(ctx.declined), timings=timings)
+        log(logger, "attempt aborted: the round will be tried again by a new attempt", level=logging.WARNING,
+            attempt=ctx.attempt, round=ctx.round, reason=str(exc), dropouts=sorted(ctx.dropouts),
+            declined=sorted(ctx.declined), timings=timings)
 
     # ---------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        with self._cv:
-            ctx, ph = self.mailbox.ctx, self.mailbox.phase
-            return {
-                "state": self.state.value,
-                "attempt": ctx.attempt if ctx else None,
-                "round": ctx.round if ctx else (self.global_ckpt.round if self.global_ckpt else 0),
-                "stage": STAGE_NAMES[ph.stage] if ph else None,
-                "stage_code": ph.stage if ph else pb.STAGE_UNSPECIFIED,
-                "connected": self.mailbox.connected(),
-                "registered": len(self.mailbox.clients),
-                "cohort": list(ctx.cohort) if ctx else [],
-                "dropouts": sorted(ctx.dropouts) if ctx else [],
-                "completed_rounds": self.roundlog.completed_rounds(),
-                "global_digest": self.global_ckpt.digest if self.global_ckpt else None,
-                "detail": self.detail,
-            }
+        """What the coordinator is doing now (GetStatus, ``live.json``): ``livestatus.status_of``."""
+        return status_of(self)

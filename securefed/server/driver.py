@@ -44,8 +44,10 @@ class RoundDriver(abc.ABC):
         if not d.participate:
             reason = (d.decline_reason or "declined")[:300]
             self.ctx.declined[client] = reason
+            self.ctx.decline_kinds[client] = d.decline_kind
             phase.responded.add(client)
-            log(logger, "client declined the round", attempt=self.ctx.attempt, client=client, reason=reason)
+            log(logger, "client declined the attempt", attempt=self.ctx.attempt, round=self.ctx.round, client=client,
+                reason=reason)
 
     def accepted(self) -> list[str]:
         return [c for c in self.ctx.cohort if c not in self.ctx.declined]

@@ -10,6 +10,11 @@ the submissions and downloads that go through to the driver.
 What a member is handed, in order: the outcome of its previous attempt before anything newer; then
 its task in the open phase, until it has answered; after the last round, ``Done``.
 
+Every message also feeds ``liveness`` (who of the cohort is still alive, whom the server refused),
+and heartbeats record what each member is doing, for the round loop and for ``securefed status``.
+A member that declined for its privacy budget is marked *exhausted* until it registers again (or the
+mark expires): the round loop leaves it out of cohorts and ends the federation when no one is left.
+
 Locking: every method takes the coordinator's condition variable (re-entrant, so the round loop can
 post while holding it) and notifies it after a change; ``poll`` waits on it. Nothing blocks under it
 but that wait: the global adapter file is read after the lock is released.
@@ -17,18 +22,20 @@ but that wait: the global adapter file is read after the lock is released.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securefed.errors import CertificateRevoked, InvalidMessage, NotRegistered, ReplayedMessage, StaleMessage
+from securefed.errors import CertificateRevoked, InvalidMessage, NotRegistered, ReplayedMessage, SecureFedError, StaleMessage
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.server.attempt import AttemptContext, Phase
 from securefed.server.checkpoint import Checkpoint
 from securefed.server.driver import RoundDriver
+from securefed.server.liveness import Liveness
 from securefed.server.uploads import UploadTable
 from securefed.transport._generated import federation_pb2 as pb
 
@@ -44,6 +51,10 @@ class ClientInfo:
     last_seen: float
     supported_modes: tuple[int, ...] = ()
     certificate: bytes = b""  # DER, from the TLS handshake
+    last_seen_wall: float = 0.0  # time.time() of its last request (for status)
+    heartbeat: pb.MemberHeartbeat | None = None  # the last one, with what it was doing
+    exhausted: str | None = None  # why it declined for its budget (None: it may be asked)
+    exhausted_until: float = 0.0  # monotonic; math.inf = until it registers again
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class Mailbox:
     """Registry, task delivery and message intake, under the round loop's condition variable."""
 
     def __init__(self, cv: threading.Condition, stop: threading.Event, *, poll_s: float,
-                 describe: Callable[[], str]) -> None:
+                 describe: Callable[[], str], silence_s: float = math.inf) -> None:
         self._cv = cv
         self._stop = stop
         self._poll_s = poll_s
@@ -76,6 +87,7 @@ class Mailbox:
         self.done_delivered: set[str] = set()
         self.uploads = UploadTable()  # uploads of the live attempt while they arrive (server.transfers)
         self._adapter: tuple[Checkpoint, bytes] | None = None  # the published bundle's bytes, read once
+        self.liveness = Liveness(silence_s)
         # Protobuf payload bytes over the whole run (TLS/HTTP2 framing not included).
         self.total_bytes_in = 0
         self.total_bytes_out = 0
@@ -88,11 +100,13 @@ class Mailbox:
         with self._cv:
             info = self.clients.get(client_id)
             if info is None:
-                self.clients[client_id] = ClientInfo(client_id, identity_key, time.monotonic(), modes, certificate)
+                info = self.clients[client_id] = ClientInfo(client_id, identity_key, time.monotonic(), modes, certificate)
                 log(logger, "client registered", client=client_id)
             else:
                 info.identity_key, info.last_seen, info.supported_modes = identity_key, time.monotonic(), modes
                 info.certificate = certificate
+                info.exhausted = None  # restarted, perhaps with a larger budget: ask it again
+            info.last_seen_wall = time.time()
             self._cv.notify_all()
 
     def connected(self) -> list[str]:
@@ -106,10 +120,45 @@ class Mailbox:
         with self._cv:
             return set(self.connected()) <= self.done_delivered
 
-    def _touch(self, client_id: str) -> None:
+    def _touch(self, client_id: str, attempt: int | None = None) -> None:
         info = self.clients.get(client_id)
         if info is not None:
-            info.last_seen = time.monotonic()
+            info.last_seen, info.last_seen_wall = time.monotonic(), time.time()
+        self.liveness.seen(client_id, attempt)
+
+    # --- liveness, heartbeats and budgets -------------------------------------------------------------
+    def heartbeat(self, client_id: str, hb: pb.MemberHeartbeat) -> None:
+        with self._cv:
+            info = self.clients.get(client_id)
+            if info is None:
+                raise NotRegistered("register before sending heartbeats")
+            info.heartbeat = hb
+            self._touch(client_id, hb.header.round)
+
+    def refuse(self, client_id: str, attempt: int, reason: str) -> None:
+        """The server refused a message of ``client_id`` for ``attempt``: its session is over, the round
+        loop does not wait for it."""
+        with self._cv:
+            if self.ctx is not None and attempt == self.ctx.attempt and client_id in self.ctx.cohort:
+                self.liveness.refuse(client_id, reason)
+                self._cv.notify_all()
+
+    def lost(self, phase: Phase) -> dict[str, str]:
+        """Members ``phase`` still waits for that will not answer (dead or refused), with why."""
+        with self._cv:
+            return self.liveness.lost(phase.expected - phase.responded)
+
+    def mark_exhausted(self, client_id: str, reason: str, until: float) -> None:
+        with self._cv:
+            info = self.clients.get(client_id)
+            if info is not None:
+                info.exhausted, info.exhausted_until = reason, until
+
+    def exhausted(self) -> dict[str, str]:
+        """Connected members marked as declining for their privacy budget (marks not yet expired)."""
+        now = time.monotonic()
+        with self._cv:
+            return {c: i.exhausted for c in self.connected() if (i := self.clients[c]).exhausted and i.exhausted_until > now}
 
     # --- posted by the round loop -----------------------------------------------------------------
     def publish(self, ckpt: Checkpoint) -> None:
@@ -120,6 +169,7 @@ class Mailbox:
         """An attempt starts: its driver takes submissions, its first phase is handed out."""
         with self._cv:
             self.ctx, self.driver, self.phase = ctx, driver, phase
+            self.liveness.open(ctx.attempt, ctx.cohort)
             self._cv.notify_all()
 
     def show(self, phase: Phase | None) -> None:
@@ -137,6 +187,7 @@ class Mailbox:
             self.ctx, self.driver, self.phase = None, None, None
             self._sequences.clear()
             self.uploads.clear()
+            self.liveness.close()
             self._cv.notify_all()
 
     def finish(self, done: pb.Done) -> None:
@@ -147,22 +198,29 @@ class Mailbox:
             self._cv.notify_all()
 
     # --- what a member is handed next -------------------------------------------------------------
-    def poll(self, client_id: str, max_wait_s: float) -> pb.Task:
-        """Long-poll: the member's next task, or ``Wait`` after at most ``poll_s`` seconds."""
+    def poll(self, client_id: str, max_wait_s: float, attempt: int | None = None) -> pb.Task:
+        """Long-poll: the member's next task, or ``Wait`` after at most ``poll_s`` seconds.
+        ``attempt``: the one the member works on (0: none), a sign of life for it."""
         end = time.monotonic() + max(0.0, min(max_wait_s, self._poll_s))
         with self._cv:
             if client_id not in self.clients:
                 raise NotRegistered("register before polling")
-            while True:
-                self._touch(client_id)
-                t = self._next_task(client_id)
-                if t is not None:
-                    return t
-                left = end - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    return pb.Task(round=self.ctx.attempt if self.ctx else 0, stage=pb.STAGE_UNSPECIFIED,
-                                   wait=pb.Wait(retry_after_ms=WAIT_RETRY_MS, reason=self._describe()))
-                self._cv.wait(left)
+            counted = self.liveness.poll_started(client_id, attempt)
+            try:
+                while True:
+                    self._touch(client_id, attempt)
+                    t = self._next_task(client_id)
+                    if t is not None:
+                        if self.ctx is not None and t.round == self.ctx.attempt:
+                            self.liveness.hand(client_id)
+                        return t
+                    left = end - time.monotonic()
+                    if left <= 0 or self._stop.is_set():
+                        return pb.Task(round=self.ctx.attempt if self.ctx else 0, stage=pb.STAGE_UNSPECIFIED,
+                                       wait=pb.Wait(retry_after_ms=WAIT_RETRY_MS, reason=self._describe()))
+                    self._cv.wait(left)
+            finally:
+                self.liveness.poll_ended(client_id, counted)
 
     def _next_task(self, client_id: str) -> pb.Task | None:
         if self._done is not None:
@@ -189,7 +247,8 @@ class Mailbox:
             if ctx is None or self.phase is None:
                 raise StaleMessage("no round is collecting results now")
             if header.round != ctx.attempt:
-                raise StaleMessage(f"message for round {header.round}, the current round is {ctx.attempt}")
+                raise StaleMessage(f"message for attempt {header.round}, the current attempt is {ctx.attempt} "
+                                   f"(round {ctx.round})")
             if client_id not in ctx.cohort:
                 raise InvalidMessage("you are not in this round's cohort")
             if sequence_required:
@@ -239,16 +298,20 @@ class Mailbox:
               sequenced: bool = True) -> None:
         """Header checks, then the driver; the member is not handed this stage's task again."""
         with self._cv:
-            ctx = self.check_header(client_id, header, sequence_required=sequenced)
-            phase, driver = self.phase, self.driver
-            assert phase is not None and driver is not None
-            if client_id in phase.responded and not (again_in_plan and phase.stage == pb.STAGE_PLAN):
-                raise ReplayedMessage("already answered this stage")
-            hand(driver, phase)
+            try:
+                ctx = self.check_header(client_id, header, sequence_required=sequenced)
+                phase, driver = self.phase, self.driver
+                assert phase is not None and driver is not None
+                if client_id in phase.responded and not (again_in_plan and phase.stage == pb.STAGE_PLAN):
+                    raise ReplayedMessage("already answered this stage")
+                hand(driver, phase)
+            except SecureFedError as exc:  # the member leaves the session on any refusal: do not wait for it
+                self.refuse(client_id, header.round, str(exc))
+                raise
             phase.touched.add(client_id)
             ctx.bytes_in += nbytes
             self.total_bytes_in += nbytes
-            self._touch(client_id)
+            self._touch(client_id, ctx.attempt)
             self._cv.notify_all()
             if phase.stage == pb.STAGE_UNMASK:
                 fault_point("unmask_received", ctx.attempt)  # test hook: die in the middle of unmasking
@@ -256,7 +319,7 @@ class Mailbox:
     def download(self, client_id: str, header: pb.RequestHeader) -> tuple[int, int, list[bytes]]:
         """(round, AggregateKind, parts): the driver's aggregate for this client, else the global adapter."""
         with self._cv:
-            self._touch(client_id)
+            self._touch(client_id, header.round)
             if self.ctx is not None and self.driver is not None and header.round == self.ctx.attempt:
                 got = self.driver.download(client_id)
                 if got is not None:

@@ -19,12 +19,13 @@ from cryptography.hazmat.primitives import serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage
+from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage, LedgerConflict, SecureFedError
 from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
 from securefed.server.transfers import Downloads, UploadIntake
+from securefed.server.security_log import KIND_NAMES, SecurityLog
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc
@@ -55,6 +56,7 @@ class FederationService(pb_grpc.FederationServicer):
         self._refused: set[tuple[str, int]] = set()  # revoked (member, serial) already logged
         if revocations is not None:  # registration and cohort selection check the same list
             self.mailbox.is_revoked = revocations.is_revoked
+        self.alerts = SecurityLog(coordinator.state_dir)
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
@@ -74,6 +76,8 @@ class FederationService(pb_grpc.FederationServicer):
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
         cid, key = self._peer(context)
         if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
+            self.alerts.record(client=cid, kind="authentication failed", source="server",
+                               detail="registered with an identity key other than the one its certificate binds")
             raise CryptoError("identity key does not match the one bound in your certificate")
         # The certificate that authenticated this connection goes into the plans' cohort lists, so the
         # other members can check the key they are given is certified by the federation CA.
@@ -82,13 +86,14 @@ class FederationService(pb_grpc.FederationServicer):
         self.mailbox.register(cid, key, tuple(request.supported_modes), certificate=der)
         st = self.co.status()
         return pb.RegisterResponse(client_id=cid, federation_id=self.federation_id, current_round=st["attempt"] or 0,
-                                   max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES)
+                                   max_message_bytes=MAX_MESSAGE_BYTES, chunk_bytes=CHUNK_BYTES,
+                                   heartbeat_interval_ms=int(self.co.config.deadlines.heartbeat_s * 1000))
 
     def PollTask(self, request: pb.PollTaskRequest, context) -> pb.Task:
         cid, _ = self._peer(context)
         self.mailbox.count_in(request.ByteSize())
         wait_ms = min(request.max_wait_ms or 0, MAX_POLL_WAIT_MS)
-        task = self.mailbox.poll(cid, wait_ms / 1000.0)
+        task = self.mailbox.poll(cid, wait_ms / 1000.0, attempt=request.header.round)
         self.mailbox.count_out(task.ByteSize())
         return task
 
@@ -126,6 +131,17 @@ class FederationService(pb_grpc.FederationServicer):
 
     def ReportPrivacyEvent(self, request: pb.PrivacyEventReport, context) -> pb.PrivacyEventAck:
         cid, key = self._peer(context)
+        try:
+            return self._privacy_event(cid, key, request)
+        except SecureFedError as exc:  # the member leaves the session: the round does not wait for it
+            if isinstance(exc, (LedgerConflict, CryptoError)):
+                self.alerts.record(client=cid, kind="ledger conflict" if isinstance(exc, LedgerConflict)
+                                   else "authentication failed", detail=str(exc), source="server",
+                                   attempt=request.header.round)
+            self.mailbox.refuse(cid, request.header.round, str(exc))
+            raise
+
+    def _privacy_event(self, cid: str, key: bytes, request: pb.PrivacyEventReport) -> pb.PrivacyEventAck:
         ev = DpEvent.from_json(request.entry)  # InvalidMessage unless canonical and valid
         if ev.client_id != cid:
             raise InvalidMessage("privacy event names another client")
@@ -158,3 +174,16 @@ class FederationService(pb_grpc.FederationServicer):
             global_adapter_sha256=bytes.fromhex(st["global_digest"]) if st["global_digest"] else b"",
             detail=st["detail"],
         )
+
+    def SendHeartbeat(self, request: pb.MemberHeartbeat, context) -> pb.HeartbeatAck:
+        cid, _ = self._peer(context)
+        self.mailbox.heartbeat(cid, request)
+        return pb.HeartbeatAck(heartbeat_interval_ms=int(self.co.config.deadlines.heartbeat_s * 1000))
+
+    def ReportSecurityAlert(self, request: pb.SecurityAlertReport, context) -> pb.SecurityAlertAck:
+        cid, _ = self._peer(context)
+        kind = KIND_NAMES.get(request.kind, "security alert")
+        # A member's word, not verified here: kept and shown as reported by it (one line, bounded).
+        detail = " ".join(request.detail[:300].split())
+        self.alerts.record(client=cid, kind=kind, detail=detail, source="member", attempt=request.header.round)
+        return pb.SecurityAlertAck(recorded=True)

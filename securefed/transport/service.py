@@ -128,6 +128,8 @@ def check_claimed_sender(message: pb_message.Message, peer: AuthenticatedPeer, c
 _STATUS_FOR_ERROR: tuple[tuple[type[errors.SecureFedError], grpc.StatusCode], ...] = (
     (errors.CertificateError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.NotRegistered, grpc.StatusCode.NOT_FOUND),  # before its base class InvalidMessage
+    # A forked or rewound ledger: its own code, so the member knows it is that, not a bad message.
+    (errors.LedgerConflict, grpc.StatusCode.DATA_LOSS),
     (errors.InvalidMessage, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.CryptoError, grpc.StatusCode.PERMISSION_DENIED),
@@ -138,6 +140,7 @@ _STATUS_FOR_ERROR: tuple[tuple[type[errors.SecureFedError], grpc.StatusCode], ..
 
 _ERROR_FOR_STATUS: dict[grpc.StatusCode, type[errors.SecureFedError]] = {
     grpc.StatusCode.NOT_FOUND: errors.NotRegistered,
+    grpc.StatusCode.DATA_LOSS: errors.LedgerConflict,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidMessage,
     grpc.StatusCode.PERMISSION_DENIED: errors.CryptoError,
     grpc.StatusCode.UNAUTHENTICATED: errors.CryptoError,

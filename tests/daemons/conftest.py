@@ -1,16 +1,2 @@
-"""Fixtures for the daemon tests: one tiny preset model per session, fast federation settings."""
-
-from __future__ import annotations
-
-from pathlib import Path
-
-import pytest
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    from securefed.federation import ensure_tiny_model
-
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
-
+"""Fixtures for the daemon tests: the tiny preset model (``tiny_model``) is in tests/conftest.py, shared
+with the other tests that need a model directory."""

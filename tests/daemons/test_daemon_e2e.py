@@ -43,9 +43,9 @@ def _records(p):
 def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny_model):
     p = provision(tmp_path, 3, mode="secagg", rounds=2, threshold=2, model_dir=tiny_model, server=fast_server(),
                   client=FAST_CLIENT,
-                  # member-3's budget cannot afford even one round at this noise: it must decline, untrained.
-                  per_client={"member-3": {"privacy": {"target_epsilon": 0.2},
-                                           "training": {"noise_multiplier": 0.6}}})
+                  # member-3 planned one round: its noise is calibrated for it, then it stops joining (and
+                  # says why), untrained, rather than spend what is left in rounds of almost pure noise.
+                  per_client={"member-3": {"client": {"planned_rounds": 1}}})
     sent: list = []
     replay: dict = {}
 
@@ -91,15 +91,16 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
     assert all(code == 0 for code in res.client_exit.values())
     recs = _records(p)
     assert [r.status for r in recs] == [AttemptStatus.COMPLETED, AttemptStatus.COMPLETED]
+    assert set(recs[0].survivors) == {"member-1", "member-2", "member-3"}
+    assert set(recs[1].survivors) == {"member-1", "member-2"}
+    assert recs[1].declined["member-3"].startswith("planned rounds done: this member released updates in 1 rounds")
 
-    # The secure aggregate equals the plaintext FedAvg of the same two updates (fixed-point error only).
+    # The secure aggregate equals the plaintext FedAvg of the same updates (fixed-point error only).
     store = res.server.coordinator.store
     for rec in recs:
-        assert set(rec.survivors) == {"member-1", "member-2"}
-        assert "privacy budget" in rec.declined["member-3"]
         prev = read_adapter_file(store.path_for(rec.round - 1))
         got = read_adapter_file(store.path_for(rec.round)).vector
-        payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
+        payloads = [watch[m].released_payloads[rec.attempt] for m in sorted(rec.survivors)]
         want = expected_fedavg(prev, payloads)
         assert np.max(np.abs(got - prev.vector)) > 1e-4  # the round really moved the adapter
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -109,22 +110,22 @@ def test_secagg_equals_plaintext_fedavg_budget_decline_and_replay(tmp_path, tiny
     assert st.client_id == "member-1" and st.current_round == 2 and st.completed_rounds == 1
     assert st.protocol_version == "securefed.v1" and st.registered_clients == 3
 
-    # Replay of an earlier round's message is refused by the server.
-    assert "round 1" in replay.get("error", "") and "current round is 2" in replay["error"]
+    # Replay of an earlier attempt's message is refused by the server (attempts and rounds named apart).
+    assert "for attempt 1, the current attempt is 2 (round 2)" in replay.get("error", "")
 
-    # Budget: member-3 declined every round, trained nothing and spent nothing.
+    # member-3 trained its one planned round, then declined, untrained, spending nothing more.
     m3 = res.clients["member-3"]
-    assert m3.rounds_trained == 0 and len(watch["member-3"].declined) == 2 and not watch["member-3"].released_payloads
-    assert len(load_ledger(p.root / "clients" / "member-3" / "ledger.sqlite").events) == 0
+    assert m3.rounds_trained == 1 and len(watch["member-3"].declined) == 1 and list(watch["member-3"].released_payloads) == [1]
+    assert len(load_ledger(p.root / "clients" / "member-3" / "ledger.sqlite").events) == 1
 
     # The server recorded exactly the signed entries the participants wrote, before release.
     log = _log(p)
     events = log.privacy_events()
     log.close()
-    for m in ("member-1", "member-2"):
+    for m in ("member-1", "member-2", "member-3"):
         ledger = load_ledger(p.root / "clients" / m / "ledger.sqlite")
         assert [e.entry_hash for e in events if e.client_id == m] == [e.entry_hash for e in ledger.entries]
-        assert [e.round_id for e in ledger.events] == [r.attempt for r in recs]
+        assert [e.round_id for e in ledger.events] == [r.attempt for r in recs if m in r.survivors]
     # Every participant holds the final global adapter locally.
     final = read_adapter_file(store.path_for(2))
     for m in ("member-1", "member-2", "member-3"):
@@ -199,11 +200,10 @@ def test_client_declines_a_cohort_below_its_minimum(tmp_path, tiny_model):
 
 def test_sparse_graph_round_with_keys_left_out_is_abandoned_by_members(tmp_path, tiny_model):
     # SecAgg+ (k = 2 of 4): the key set seeds the neighbour graph, so members refuse to go on when the
-    # server's key broadcast leaves a listed member out (here member-4, which declined on budget).
+    # server's key broadcast leaves a listed member out (here member-4, which declined: it wants 5).
     p = provision(tmp_path, 4, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
                   server={**fast_server(share_keys_s=2.0), "federation": {"neighbour_degree": 2, "max_attempts": 1, "max_colluding_members": 0}},
-                  client=FAST_CLIENT, per_client={"member-4": {"privacy": {"target_epsilon": 0.2},
-                                                               "training": {"noise_multiplier": 0.6}}})
+                  client=FAST_CLIENT, per_client={"member-4": {"client": {"min_cohort_size": 5}}})
     watch = recorders(p.client_tomls)
     res = run_in_process(p, hooks=watch, timeout_s=240)
     assert res.ok is False
@@ -212,3 +212,87 @@ def test_sparse_graph_round_with_keys_left_out_is_abandoned_by_members(tmp_path,
     assert set(rec.dropouts) == {"member-1", "member-2", "member-3"}  # none sent shares
     for m in ("member-1", "member-2", "member-3"):
         assert not watch[m].released_payloads  # nothing left any member
+
+
+def test_members_out_of_budget_end_the_federation_cleanly_and_status_says_why(tmp_path, tiny_model, capsys):
+    # Every member planned one round, the server wants three: after round 1 all of them decline (their
+    # calibrated budget is spent). The federation ends at once, saying so, instead of burning its
+    # remaining 8 attempts within a second and ending "gave up after 9 attempts".
+    from securefed.cli import main
+
+    p = provision(tmp_path, 3, mode="secagg", rounds=3, threshold=2, model_dir=tiny_model, server=fast_server(),
+                  client={**FAST_CLIENT, "client": {"planned_rounds": 1}})
+    watch = recorders(p.client_tomls)
+    res = run_in_process(p, hooks=watch, timeout_s=240)
+    co = res.server.coordinator
+    assert res.ok is False and co.ending == "budget_exhausted"
+    assert co.detail.startswith("privacy budget exhausted for all members after 1 of 3 rounds")
+    recs = _records(p)
+    assert [r.status for r in recs] == [AttemptStatus.COMPLETED, AttemptStatus.ABORTED]
+    assert set(recs[1].declined) == {"member-1", "member-2", "member-3"}
+    assert all(code == 0 for code in res.client_exit.values())  # each member was told Done, with the reason
+    for m in p.client_tomls:
+        assert [h["outcome"] for h in watch[m].history] == ["completed", "declined", "aborted"]
+    assert main(["status", "--config", str(p.server_toml)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("server: stopped") and "rounds completed: 1/3" in out
+    for m in p.client_tomls:
+        line = next(ln for ln in out.splitlines() if ln.startswith(m))
+        assert "sits out: planned rounds done" in line and " of 8" in line  # epsilon spent of the target
+
+
+def test_a_rewound_ledger_is_refused_loudly_on_both_sides_and_not_waited_for(tmp_path, tiny_model, capsys):
+    import logging
+
+    import securefed.federation as fed
+    from securefed.cli import main
+    from securefed.privacy.ledger import Ledger
+
+    # A masked-input deadline of 5 minutes: the refused member must not be waited for.
+    p = provision(tmp_path, 3, mode="secagg", rounds=2, threshold=2, model_dir=tiny_model,
+                  server=fast_server(masked_input_s=300.0), client=FAST_CLIENT)
+    daemons: dict = {}
+
+    def rewind(point: str, attempt: int) -> None:
+        if point == "after_training" and attempt == 2:
+            d = daemons["member-3"]
+            # Its ledger restored from an old backup: a new chain that rewrites entry 0 already reported.
+            d.ledger = d.budget.ledger = Ledger.create(tmp_path / "restored.sqlite", d.identity, client_id="member-3",
+                                                       budget=d.config.privacy)
+
+    orig_start = fed.start_clients
+
+    def start_and_keep(*a, **kw):
+        ct = orig_start(*a, **kw)
+        daemons.update(ct.daemons)
+        return ct
+
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep(level=logging.ERROR)
+    loggers = [logging.getLogger("securefed.client"), logging.getLogger("securefed.server.security")]
+    for lg in loggers:
+        lg.addHandler(keep)
+    fed.start_clients = start_and_keep
+    try:
+        res = run_in_process(p, hooks=recorders(p.client_tomls, **{"member-3": rewind}), timeout_s=240)
+    finally:
+        fed.start_clients = orig_start
+        for lg in loggers:
+            lg.removeHandler(keep)
+    assert res.ok
+    first, second = _records(p)
+    assert second.status is AttemptStatus.COMPLETED and second.dropouts == ("member-3",)
+    assert second.timings["masked_input"] < 60  # refused, so not waited for (deadline 300 s)
+    member_side = [r for r in seen if r.name == "securefed.client" and "SECURITY: ledger" in r.getMessage()]
+    server_side = [r for r in seen if r.name == "securefed.server.security" and "ledger conflict" in r.getMessage()]
+    assert member_side and len(server_side) == 2  # seen by the server, and reported by the member
+    assert main(["status", "--config", str(p.server_toml)]) == 0
+    out = capsys.readouterr().out
+    alerts = [ln for ln in out.splitlines() if ln.startswith("SECURITY")]
+    assert len(alerts) == 2 and all("ledger conflict" in a and "member-3" in a for a in alerts)
+    assert any("reported by member-3" in a for a in alerts) and any("(member member-3" in a for a in alerts)

@@ -56,9 +56,10 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     from securefed.server.app import ServerApp
     from securefed.server.config import load_server_config
 
-    # masked_input_s: how long the server waits for the dead member before it is a dropout.
+    # A 5-minute masked-input deadline: the dead member must be noticed by its missing heartbeats and
+    # polls (4 x 0.5 s), in seconds, not at the deadline.
     p = provision(tmp_path, 3, mode="secagg", rounds=1, threshold=2, model_dir=tiny_model,
-                  server=fast_server(masked_input_s=5.0), client=FAST_CLIENT)
+                  server=fast_server(masked_input_s=300.0, heartbeat_s=0.5, missed_heartbeats=4), client=FAST_CLIENT)
     app = ServerApp(load_server_config(p.server_toml))
     port = app.start()
     addr = f"127.0.0.1:{port}"
@@ -72,6 +73,11 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     result: dict = {}
     th = threading.Thread(target=lambda: result.setdefault("ok", app.run()), daemon=True)
     try:
+        # The join deadline starts with the round loop: let the process (torch, opacus, dp-accounting
+        # imports on a loaded machine) register first.
+        end = time.monotonic() + 240
+        while "member-3" not in app.coordinator.mailbox.clients and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
         th.start()
         th.join(180)
         app.coordinator.linger(5.0)
@@ -85,6 +91,7 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     (rec,), events = _attempts(p)
     assert rec.status is AttemptStatus.COMPLETED
     assert set(rec.survivors) == {"member-1", "member-2"} and rec.dropouts == ("member-3",)
+    assert rec.timings["masked_input"] < 60, rec.timings
     prev = read_adapter_file(p.root / "server-state" / "checkpoints" / "global-r000000.safetensors")
     got = read_adapter_file(p.root / "server-state" / "checkpoints" / "global-r000001.safetensors").vector
     payloads = [watch[m].released_payloads[rec.attempt] for m in ("member-1", "member-2")]
@@ -94,7 +101,9 @@ def test_client_process_killed_mid_round_survivors_complete(tmp_path, tiny_model
     assert sorted(e.client_id for e in events) == ["member-1", "member-2"]
 
 
-def test_server_kill9_mid_unmasking_resumes_without_double_apply(tmp_path, tiny_model):
+def test_server_kill9_mid_unmasking_resumes_without_double_apply(tmp_path, tiny_model, capsys):
+    from securefed.cli import main
+
     port = free_port()
     p = provision(tmp_path, 3, mode="secagg", rounds=2, threshold=2, model_dir=tiny_model,
                   address=f"127.0.0.1:{port}", server=fast_server(), client=FAST_CLIENT)
@@ -113,11 +122,19 @@ def test_server_kill9_mid_unmasking_resumes_without_double_apply(tmp_path, tiny_
         assert srv.wait(180) == -signal.SIGKILL
         mid, _ = _attempts(p)
         assert [a.status for a in mid] == [AttemptStatus.RUNNING] and mid[0].stage == "unmask"
+        # `securefed status` shows a dead server as dead, and its attempt's clock stopped with it.
+        assert main(["status", "--config", str(p.server_toml)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("server: DEAD") and " stalled " in out and "abandoned when it restarts" in out
         port_file.unlink()
         srv2 = _spawn(["server", "--config", str(p.server_toml), "--log-json", "--port-file", str(port_file)],
                       tmp_path / "server-2.log")
         assert srv2.wait(240) == 0, (tmp_path / "server-2.log").read_text()[-3000:]
         assert clients.join(60)
+        # --log-json: stderr is only JSON, gRPC core's own lines included (routed, one record each).
+        for log_file in ("server-1.log", "server-2.log"):
+            lines = [ln for ln in (tmp_path / log_file).read_text().splitlines() if ln.strip()]
+            assert lines and all(json.loads(ln)["level"] for ln in lines), log_file
     finally:
         if clients is not None:
             clients.shutdown()

@@ -133,7 +133,7 @@ def test_messages_for_no_open_attempt_or_another_attempt_are_stale_and_strangers
     assert mb.admit_upload("a", _hdr(7, 1), *upload, then=lambda: "admitted") == "admitted"
     with pytest.raises(InvalidMessage, match="expects one of 24"):
         mb.admit_upload("a", _hdr(7, 2), pb.TRANSFER_KIND_RING_VECTOR, 64, (25,), then=lambda: "admitted")
-    with pytest.raises(StaleMessage, match="round 6"):
+    with pytest.raises(StaleMessage, match="for attempt 6, the current attempt is 7"):
         mb.check_header("a", _hdr(6, 1))
     with pytest.raises(InvalidMessage, match="cohort") as exc:
         mb.check_header("mallory", _hdr(7, 1))

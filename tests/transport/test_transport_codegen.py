@@ -51,6 +51,8 @@ def test_service_surface() -> None:
         "GetStatus": (False, False),
         "OpenTransfer": (False, False),
         "SendTransfer": (True, False),
+        "SendHeartbeat": (False, False),
+        "ReportSecurityAlert": (False, False),
     }
     # Every request names round/session/stage through a header (replay rejection), except the chunks of
     # an upload: they name the transfer an OpenTransfer (header, sequence) declared, and the id binds

@@ -39,6 +39,13 @@ class Strategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STRATEGY_SCAFFOLD: _ClassVar[Strategy]
     STRATEGY_FEDNOVA: _ClassVar[Strategy]
 
+class PlanDeclineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_DECLINE_KIND_UNSPECIFIED: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_POLICY: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_PRIVACY_BUDGET: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: _ClassVar[PlanDeclineKind]
+
 class RingBits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RING_BITS_UNSPECIFIED: _ClassVar[RingBits]
@@ -65,6 +72,22 @@ class RoundState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STATE_AGGREGATING: _ClassVar[RoundState]
     ROUND_STATE_ABORTED: _ClassVar[RoundState]
     ROUND_STATE_FINISHED: _ClassVar[RoundState]
+
+class MemberActivity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MEMBER_ACTIVITY_UNSPECIFIED: _ClassVar[MemberActivity]
+    MEMBER_ACTIVITY_PREPARING: _ClassVar[MemberActivity]
+    MEMBER_ACTIVITY_TRAINING: _ClassVar[MemberActivity]
+    MEMBER_ACTIVITY_PROTECTING: _ClassVar[MemberActivity]
+    MEMBER_ACTIVITY_WAITING: _ClassVar[MemberActivity]
+
+class SecurityAlertKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SECURITY_ALERT_KIND_UNSPECIFIED: _ClassVar[SecurityAlertKind]
+    SECURITY_ALERT_KIND_PLAN_REFUSED: _ClassVar[SecurityAlertKind]
+    SECURITY_ALERT_KIND_DIGEST_MISMATCH: _ClassVar[SecurityAlertKind]
+    SECURITY_ALERT_KIND_LEDGER_CONFLICT: _ClassVar[SecurityAlertKind]
+    SECURITY_ALERT_KIND_AUTHENTICATION: _ClassVar[SecurityAlertKind]
 STAGE_UNSPECIFIED: Stage
 STAGE_REGISTER: Stage
 STAGE_PLAN: Stage
@@ -87,6 +110,10 @@ STRATEGY_FEDAVG: Strategy
 STRATEGY_FEDPROX: Strategy
 STRATEGY_SCAFFOLD: Strategy
 STRATEGY_FEDNOVA: Strategy
+PLAN_DECLINE_KIND_UNSPECIFIED: PlanDeclineKind
+PLAN_DECLINE_KIND_POLICY: PlanDeclineKind
+PLAN_DECLINE_KIND_PRIVACY_BUDGET: PlanDeclineKind
+PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: PlanDeclineKind
 RING_BITS_UNSPECIFIED: RingBits
 RING_BITS_32: RingBits
 RING_BITS_64: RingBits
@@ -102,6 +129,16 @@ ROUND_STATE_RUNNING: RoundState
 ROUND_STATE_AGGREGATING: RoundState
 ROUND_STATE_ABORTED: RoundState
 ROUND_STATE_FINISHED: RoundState
+MEMBER_ACTIVITY_UNSPECIFIED: MemberActivity
+MEMBER_ACTIVITY_PREPARING: MemberActivity
+MEMBER_ACTIVITY_TRAINING: MemberActivity
+MEMBER_ACTIVITY_PROTECTING: MemberActivity
+MEMBER_ACTIVITY_WAITING: MemberActivity
+SECURITY_ALERT_KIND_UNSPECIFIED: SecurityAlertKind
+SECURITY_ALERT_KIND_PLAN_REFUSED: SecurityAlertKind
+SECURITY_ALERT_KIND_DIGEST_MISMATCH: SecurityAlertKind
+SECURITY_ALERT_KIND_LEDGER_CONFLICT: SecurityAlertKind
+SECURITY_ALERT_KIND_AUTHENTICATION: SecurityAlertKind
 
 class RequestHeader(_message.Message):
     __slots__ = ("client_id", "session_id", "round", "stage", "sequence")
@@ -142,18 +179,20 @@ class RegisterRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., identity_public_key: _Optional[bytes] = ..., software_version: _Optional[str] = ..., supported_modes: _Optional[_Iterable[_Union[AggregationMode, str]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("client_id", "federation_id", "current_round", "max_message_bytes", "chunk_bytes")
+    __slots__ = ("client_id", "federation_id", "current_round", "max_message_bytes", "chunk_bytes", "heartbeat_interval_ms")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     federation_id: str
     current_round: int
     max_message_bytes: int
     chunk_bytes: int
-    def __init__(self, client_id: _Optional[str] = ..., federation_id: _Optional[str] = ..., current_round: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, client_id: _Optional[str] = ..., federation_id: _Optional[str] = ..., current_round: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class StrategyParams(_message.Message):
     __slots__ = ("strategy", "proximal_mu", "server_learning_rate", "client_learning_rate", "local_epochs", "max_local_steps")
@@ -240,12 +279,14 @@ class RoundPlan(_message.Message):
     def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ..., federation_id: _Optional[str] = ..., federation_round: _Optional[int] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
-    __slots__ = ("participate", "decline_reason")
+    __slots__ = ("participate", "decline_reason", "decline_kind")
     PARTICIPATE_FIELD_NUMBER: _ClassVar[int]
     DECLINE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_KIND_FIELD_NUMBER: _ClassVar[int]
     participate: bool
     decline_reason: str
-    def __init__(self, participate: _Optional[bool] = ..., decline_reason: _Optional[str] = ...) -> None: ...
+    decline_kind: PlanDeclineKind
+    def __init__(self, participate: _Optional[bool] = ..., decline_reason: _Optional[str] = ..., decline_kind: _Optional[_Union[PlanDeclineKind, str]] = ...) -> None: ...
 
 class PollTaskRequest(_message.Message):
     __slots__ = ("header", "max_wait_ms")
@@ -512,3 +553,41 @@ class StatusResponse(_message.Message):
     global_adapter_sha256: bytes
     detail: str
     def __init__(self, protocol_version: _Optional[str] = ..., server_version: _Optional[str] = ..., client_id: _Optional[str] = ..., current_round: _Optional[int] = ..., stage: _Optional[_Union[Stage, str]] = ..., state: _Optional[_Union[RoundState, str]] = ..., registered_clients: _Optional[int] = ..., cohort_size: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class MemberHeartbeat(_message.Message):
+    __slots__ = ("header", "activity", "step", "total_steps", "epsilon_spent", "target_epsilon")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    activity: MemberActivity
+    step: int
+    total_steps: int
+    epsilon_spent: float
+    target_epsilon: float
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., activity: _Optional[_Union[MemberActivity, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., target_epsilon: _Optional[float] = ...) -> None: ...
+
+class HeartbeatAck(_message.Message):
+    __slots__ = ("heartbeat_interval_ms",)
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_ms: int
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class SecurityAlertReport(_message.Message):
+    __slots__ = ("header", "kind", "detail")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    kind: SecurityAlertKind
+    detail: str
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., kind: _Optional[_Union[SecurityAlertKind, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class SecurityAlertAck(_message.Message):
+    __slots__ = ("recorded",)
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    recorded: bool
+    def __init__(self, recorded: _Optional[bool] = ...) -> None: ...

@@ -84,6 +84,16 @@ class FederationStub:
                 request_serializer=securefed_dot_v1_dot_federation__pb2.TransferChunk.SerializeToString,
                 response_deserializer=securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
                 _registered_method=True)
+        self.SendHeartbeat = channel.unary_unary(
+                '/securefed.v1.Federation/SendHeartbeat',
+                request_serializer=securefed_dot_v1_dot_federation__pb2.MemberHeartbeat.SerializeToString,
+                response_deserializer=securefed_dot_v1_dot_federation__pb2.HeartbeatAck.FromString,
+                _registered_method=True)
+        self.ReportSecurityAlert = channel.unary_unary(
+                '/securefed.v1.Federation/ReportSecurityAlert',
+                request_serializer=securefed_dot_v1_dot_federation__pb2.SecurityAlertReport.SerializeToString,
+                response_deserializer=securefed_dot_v1_dot_federation__pb2.SecurityAlertAck.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -161,6 +171,22 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendHeartbeat(self, request, context):
+        """Liveness while a member works on an attempt (training step i of n, protecting, uploading):
+        the server drops a cohort member after a few missed heartbeats instead of at the stage deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportSecurityAlert(self, request, context):
+        """A check an honest server never makes a member fail (plan or digest mismatch, an uncertified
+        cohort member, a ledger conflict): shown to the operator in `securefed status`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +239,16 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SendTransfer,
                     request_deserializer=securefed_dot_v1_dot_federation__pb2.TransferChunk.FromString,
                     response_serializer=securefed_dot_v1_dot_federation__pb2.TransferState.SerializeToString,
+            ),
+            'SendHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendHeartbeat,
+                    request_deserializer=securefed_dot_v1_dot_federation__pb2.MemberHeartbeat.FromString,
+                    response_serializer=securefed_dot_v1_dot_federation__pb2.HeartbeatAck.SerializeToString,
+            ),
+            'ReportSecurityAlert': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSecurityAlert,
+                    request_deserializer=securefed_dot_v1_dot_federation__pb2.SecurityAlertReport.FromString,
+                    response_serializer=securefed_dot_v1_dot_federation__pb2.SecurityAlertAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,6 +521,60 @@ class Federation:
             '/securefed.v1.Federation/SendTransfer',
             securefed_dot_v1_dot_federation__pb2.TransferChunk.SerializeToString,
             securefed_dot_v1_dot_federation__pb2.TransferState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/securefed.v1.Federation/SendHeartbeat',
+            securefed_dot_v1_dot_federation__pb2.MemberHeartbeat.SerializeToString,
+            securefed_dot_v1_dot_federation__pb2.HeartbeatAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSecurityAlert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/securefed.v1.Federation/ReportSecurityAlert',
+            securefed_dot_v1_dot_federation__pb2.SecurityAlertReport.SerializeToString,
+            securefed_dot_v1_dot_federation__pb2.SecurityAlertAck.FromString,
             options,
             channel_credentials,
             insecure,
