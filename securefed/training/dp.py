@@ -184,7 +184,7 @@ class DPTrainer:
         if mode is ClippingMode.AUTO:
             raise ValueError("DPTrainer needs a concrete clipping mode")
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.loss = loss or SequenceLoss(model, model_kind(base.config))
+        self.loss = loss or SequenceLoss(model, model_kind(getattr(base, "config", None)))
         self.physical = int(physical_batch_size) if physical_batch_size else None
         self._recompute = getattr(base, "_securefed_recompute", None)
         self.model = model

@@ -78,9 +78,9 @@ class SequenceLoss:
     def __init__(self, model, kind: ModelKind, *, chunk_bytes: int = CHUNK_BYTES, verify: bool = True) -> None:
         self.kind = kind
         self.base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        cfg = self.base.config
+        cfg = getattr(self.base, "config", None)  # a plain torch LM (logits out) has none: the causal defaults
         self.chunk_bytes = int(chunk_bytes)
-        self.head = self.base.get_output_embeddings()
+        self.head = self.base.get_output_embeddings() if hasattr(self.base, "get_output_embeddings") else None
         self.parent, self.attr = _find_parent(self.base, self.head) if self.head is not None else (None, None)
         self.bias = getattr(self.base, "final_logits_bias", None)
         if not isinstance(self.bias, torch.Tensor):

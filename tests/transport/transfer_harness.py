@@ -64,6 +64,7 @@ def start_server(tmp: Path, pki: Path, dim: int, *, ring_bits: int = 32, **deadl
                        "frac_bits": 16 if ring_bits == 32 else 32},
         "strategy": {"kind": "fedavg", "max_samples": 100},
         "deadlines": d,
+        "model": {"fingerprint": "00" * 32},  # no checkpoint here: the round-0 adapter is stubbed below
     })
     app = ServerApp(cfg)
     co = app.coordinator
