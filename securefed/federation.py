@@ -19,6 +19,7 @@ from securefed import he
 from securefed.client.config import ClientConfig, load_client_config
 from securefed.client.daemon import ClientDaemon
 from securefed.errors import ConfigError
+from securefed.secagg.params import suggest_threshold
 from securefed.server.app import ServerApp
 from securefed.server.config import ServerConfig, load_server_config
 from securefed.training.preset import PRESET_MARKER, build_tiny_model
@@ -94,7 +95,7 @@ def provision(
     *,
     mode: str = "secagg",
     rounds: int = 3,
-    threshold: int = 2,
+    threshold: int | None = None,
     min_clients: int | None = None,
     model_dir: Path | None = None,
     address: str = "127.0.0.1:0",
@@ -107,8 +108,11 @@ def provision(
 
     ``model_dir``: a checkpoint to federate, used read-only (nothing is ever written into, replaced in
     or deleted from it); without it the tiny preset is built under ``root``. ``server``/``client``/
-    ``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``).
+    ``per_client`` override TOML sections (``{"federation": {"rounds": 5}}``). ``threshold``: by default
+    the smallest that holds against one colluding member (``suggest_threshold``; all of 3 members).
     """
+    if threshold is None:
+        threshold = suggest_threshold(n_clients) if n_clients > 2 else n_clients
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     pki = root / "pki"

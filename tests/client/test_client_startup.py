@@ -30,6 +30,7 @@ def kit(tmp_path_factory, tiny_model) -> Path:
 def _variant(kit: Path, tmp_path: Path, **sections) -> Path:
     data = tomllib.loads(kit.read_text())
     data["client"]["state_dir"] = str(tmp_path / "state")
+    data["client"]["ledger_path"] = str(tmp_path / "state" / "ledger.sqlite")  # each variant its own budget
     for sec, body in sections.items():
         data.setdefault(sec, {}).update(body)
         for k in [k for k, v in body.items() if v is None]:

@@ -29,6 +29,7 @@ def _coordinator(tmp_path: Path, *, training_s: float = 600.0, rounds: int = 1, 
         "federation": {"rounds": rounds, "cohort_size": 3, "min_clients": 3, "threshold": 2, "mode": "plaintext",
                        "allow_plaintext_for_debugging": True, **federation},
         "strategy": {"kind": "fedavg", "max_samples": 100},
+        "model": {"fingerprint": "ab" * 32},  # no weights on this server: the operator pins the base
         # A stage deadline of 10 minutes: only liveness can end these stages in seconds.
         "deadlines": {"training_s": training_s, "join_s": 10.0, "poll_s": 0.5, "heartbeat_s": heartbeat_s,
                       "missed_heartbeats": 3},
@@ -52,7 +53,8 @@ def _upload(co, name: str, plan: pb.RoundPlan, value: float) -> None:
     fp = FixedPointParams(clip=plan.secagg.clip, frac_bits=plan.secagg.frac_bits, ring_bits=plan.secagg.ring_bits)
     enc, _ = encode(np.array([value] * 6 + [0.5]), fp)
     co.mailbox.submit(name, pb.SubmitResultRequest(header=_hdr(name, plan, 1), plan_decision=pb.PlanDecision(participate=True)))
-    co.mailbox.upload_masked(name, _hdr(name, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), 64, enc.astype("<u8").tobytes())
+    dtype = "<u4" if fp.ring_bits == 32 else "<u8"
+    co.mailbox.upload_masked(name, _hdr(name, plan, 2, pb.STAGE_PLAINTEXT_UPLOAD), fp.ring_bits, enc.astype(dtype).tobytes())
 
 
 def _beat(co, name: str, plan: pb.RoundPlan, step: int = 1) -> None:

@@ -28,6 +28,7 @@ def _coordinator(tmp_path: Path):
         "federation": {"rounds": 1, "cohort_size": 3, "min_clients": 3, "threshold": 2, "mode": "plaintext",
                        "allow_plaintext_for_debugging": True},
         "strategy": {"kind": "fedavg", "max_samples": 100},
+        "model": {"fingerprint": "ab" * 32},  # no weights on this server: the operator pins the base
         "deadlines": {"training_s": 600.0, "join_s": 10.0, "poll_s": 0.5, "heartbeat_s": 60.0},
     })
     co = ServerApp(cfg).coordinator

@@ -15,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from securefed import cli, errors
+from securefed.config import parse_model
+from securefed.server.config import ServerConfig
 from securefed.server.mailbox import Mailbox
 from securefed.server.service import FederationService
 from securefed.transport import identity, revocation, service, tls
@@ -119,7 +121,10 @@ def test_watch_reloads_refuses_older_or_forged_lists_and_never_fails_open(pki: P
 class _Coordinator:
     """What ``FederationService`` needs of the coordinator for Register: a mailbox and a status."""
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir  # the security-alert log lives there
+        self.config = parse_model(ServerConfig, {"server": {"credentials_dir": ".", "state_dir": str(state_dir),
+                                                            "base_model_dir": "."}})  # defaults: heartbeat interval
         self.mailbox = Mailbox(threading.Condition(threading.RLock()), threading.Event(), poll_s=1.0,
                                describe=lambda: "")
 
@@ -129,7 +134,7 @@ class _Coordinator:
 
 def _serve_with_watch(pki: Path, watch: revocation.RevocationWatch | None):
     """The coordinator's real servicer: every call goes through its revocation check."""
-    svc = FederationService(_Coordinator(), revocations=watch)  # type: ignore[arg-type]
+    svc = FederationService(_Coordinator(pki.parent / "server-state"), revocations=watch)  # type: ignore[arg-type]
     bound = tls.make_server("127.0.0.1:0", pki, max_workers=2)
     service.add_federation_servicer(bound.server, svc)
     bound.server.start()
