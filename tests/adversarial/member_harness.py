@@ -15,7 +15,6 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from safetensors.numpy import save
@@ -25,20 +24,14 @@ from securefed.client.connection import Connection, Download
 from securefed.client.daemon import ClientDaemon
 from securefed.client.hooks import MemberHooks
 from securefed.client.pull_loop import serve
-from securefed.federation import ensure_tiny_model, provision
+from securefed.federation import provision, set_client_server
 from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
 from securefed.protocol.plan import seal_plan
-from securefed.server.app import initial_adapter
+from securefed.server.app import initial_adapter, server_fingerprint
 from securefed.server.config import load_server_config
 from securefed.strategies import make_strategy
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """One tiny preset model per test session (import this fixture into the test module)."""
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
-
 
 # One tiny DP-SGD step a round: the tests here are about what the member accepts, not about training.
 TINY_TRAINING = {"steps": 1, "batch_size": 4, "max_seq_len": 16, "clipping": "hooks"}
@@ -125,8 +118,11 @@ class Federation:
                            server={"federation": {"max_colluding_members": 0}},
                            client={"training": TINY_TRAINING, "client": {"planned_rounds": 20}, **(client or {})},
                            per_client=per_client)
+        for toml in self.p.client_tomls.values():  # a scripted connection replaces the dial; any real port will do
+            set_client_server(toml, "127.0.0.1:9")
         self.server_config = load_server_config(self.p.server_toml)
-        vec, layout, settings, state = initial_adapter(self.server_config)
+        self.base_fingerprint = server_fingerprint(self.server_config)
+        vec, layout, settings, state = initial_adapter(self.server_config, self.base_fingerprint)
         self.vector, self.layout_json, self.settings_json, self.server_state = vec, layout, settings, state
         self.payload_size = make_strategy(self.server_config.strategy, dim=vec.size).payload_size
         self.bound = make_strategy(self.server_config.strategy, dim=1).payload_bound()
@@ -153,7 +149,8 @@ class Federation:
             strategy=pb.StrategyParams(strategy=pb.STRATEGY_FEDAVG, server_learning_rate=1.0),
             secagg=pb.SecAggParams(threshold=threshold, neighbours=neighbours, ring_bits=64, frac_bits=32,
                                    clip=float(self.bound)),
-            cohort=self.cohort, vector_length=self.payload_size, stage_timeout_ms=60_000))
+            cohort=self.cohort, vector_length=self.payload_size, stage_timeout_ms=60_000,
+            base_model_fingerprint=bytes.fromhex(self.base_fingerprint)))
 
     def member(self, name: str = "member-1") -> tuple[ClientDaemon, ScriptedServer, Watch]:
         watch = Watch()

@@ -16,10 +16,10 @@ import hashlib
 
 import numpy as np
 import pytest
-from member_harness import Federation, offer, run, tiny_model  # noqa: F401 (fixture)
+from member_harness import Federation, offer, run
 
 from securefed import he
-from securefed.client.ckks_session import CkksSession, MemberKey
+from securefed.client.ckks_session import CkksSession, MemberKey, make_contribution
 from securefed.client.member_state import MemberState
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.crypto.keys import IdentityKeyPair
@@ -28,8 +28,6 @@ from securefed.fsutil import atomic_write
 from securefed.protocol import ckks as ckks_wire
 from securefed.protocol.plan import cohort_ids, seal_plan
 from securefed.transport._generated import federation_pb2 as pb
-
-
 
 
 def _lose_state(fed: Federation, name: str = "member-1") -> None:
@@ -157,19 +155,25 @@ def test_a_ckks_member_confirms_one_contributor_set_per_attempt_across_restarts(
         ckks=pb.CkksParams(poly_modulus_degree=p.poly_modulus_degree, coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes),
                            global_scale_bits=p.global_scale_bits,
                            public_context_sha256=hashlib.sha256(ctx.public_bytes()).digest())))
-    chunks = {n: ctx.encrypt(np.full(4, 0.1 * (i + 1))).to_chunks() for i, n in enumerate(names)}
+    server = he.ServerContext.from_public_bytes(ctx.public_bytes(), he.DEFAULT_PARAMS_NAME)
+    own, vecs = {}, {}
+    for i, n in enumerate(names):  # each upload tagged, sealed and signed as the daemon does
+        own[n], parts = make_contribution(ctx, idk[n], plan.plan_sha256, 9, n, np.full(4, 0.1 * (i + 1)))
+        up = ckks_wire.split_upload(parts)
+        vecs[n] = he.EncryptedVector.from_parts(p, up.c0, up.seeds, 4)
 
     def request(members):
-        items = [(n, idk[n].sign(ckks_wire.contribution_payload(plan.plan_sha256, 9, n,
-                                                                ckks_wire.contribution_digest(chunks[n]))), chunks[n])
-                 for n in members]
-        parts = ckks_wire.encode_contributions(items)
+        """What the server driver sends: the members' sum and their entries."""
+        agg = he.ServerAggregator(server, 4)
+        for n in members:
+            agg.add(vecs[n], sender=n)
+        parts = ckks_wire.encode_request([own[n] for n in members], agg.result(list(members)).c0)
         return ckks_wire.digest_parts(parts), parts
 
     state_path = tmp_path / "member_state.sqlite"
     state = MemberState(state_path, "fed")
     first, conn = _ckks_member(tmp_path, state, names, idk, ctx, secret, plan)
-    first.own_digest = ckks_wire.contribution_digest(chunks["a"])
+    first.own = own["a"]
     first.confirm(*request(["a", "b"]))
     assert len(conn.sent) == 1
     state.close()
@@ -177,7 +181,7 @@ def test_a_ckks_member_confirms_one_contributor_set_per_attempt_across_restarts(
     # A new session for the same attempt, after a restart: the other set is refused, the same one is not new.
     state = MemberState(state_path, "fed")
     second, conn2 = _ckks_member(tmp_path, state, names, idk, ctx, secret, plan)
-    second.own_digest = first.own_digest
+    second.own = own["a"]
     with pytest.raises(ProtocolAbort, match="a second contributor set in attempt 9"):
         second.confirm(*request(["a", "c"]))
     assert conn2.sent == []
@@ -187,7 +191,7 @@ def test_a_ckks_member_confirms_one_contributor_set_per_attempt_across_restarts(
     # Control: with its state lost, a member confirms a second set for the same attempt.
     lost = MemberState(tmp_path / "fresh.sqlite", "fed")
     third, conn3 = _ckks_member(tmp_path, lost, names, idk, ctx, secret, plan)
-    third.own_digest = first.own_digest
+    third.own = own["a"]
     third.confirm(*request(["a", "c"]))
     assert len(conn3.sent) == 1
 

@@ -19,7 +19,6 @@ import threading
 
 import numpy as np
 import pytest
-from member_harness import tiny_model  # noqa: F401 (fixture)
 
 from securefed import secagg as sa
 from securefed.client.hooks import MemberHooks

@@ -15,10 +15,10 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from test_adv_secagg_server import D, advance, inputs_for, unmask_individual
 
 from securefed.crypto.shamir import combine
 from securefed.secagg import NeighbourGraph, SecAggParams, SimulatedRound, Stage, session_id
-from test_adv_secagg_server import D, advance, inputs_for, unmask_individual
 
 # These cases exercise the protocol under the plain majority rule, with no colluder among a client's
 # share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.

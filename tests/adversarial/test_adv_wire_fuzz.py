@@ -18,13 +18,12 @@ import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from safetensors.numpy import save as st_save
 
 from securefed.client.bundle_check import decode_global, federation_settings
 from securefed.errors import InvalidMessage, SecureFedError
-from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
 from securefed.protocol import secagg_wire as wire
+from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
 from securefed.protocol.plan import CohortIds
 from securefed.secagg import OnClientAbort, SecAggParams, SimulatedRound, Stage
 from securefed.strategies import StrategySettings

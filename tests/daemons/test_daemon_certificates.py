@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_a_revoked_member_is_refused_and_the_federation_goes_on(tmp_path, tiny_model, caplog):
     own_pki = tmp_path / "member-4-pki"
     p = provision(tmp_path, 4, mode="secagg", rounds=1, threshold=2, min_clients=3, model_dir=tiny_model,
-                  server={**fast_server(), "federation": {"cohort_size": 3}}, client=FAST_CLIENT,
+                  server={**fast_server(), "federation": {"cohort_size": 3, "max_colluding_members": 0}}, client=FAST_CLIENT,
                   per_client={"member-4": {"client": {"credentials_dir": str(own_pki)}}})
     shutil.copytree(p.pki, own_pki)  # member-4 was provisioned before its revocation: it does not know
     lst, _ = revocation.revoke(p.pki, ["member-4"])  # the operator revokes; the server's pki has crl.pem

@@ -40,7 +40,7 @@ def test_a_second_federation_on_the_same_data_finds_the_budget_spent(tmp_path, t
               for m, v in per.items()}
         return provision(root, 3, rounds=1, threshold=2, model_dir=tiny_model, client=client, per_client=pc,
                          server={**fast_server(), "server": {"federation_id": fed_id},
-                                 "federation": {"max_attempts": 1}})
+                                 "federation": {"max_attempts": 1, "max_colluding_members": 0}})
 
     first = federation(tmp_path / "fed-one", "fed-one")
     targets = {m: _one_round_fits_two_do_not(t) for m, t in first.client_tomls.items()}

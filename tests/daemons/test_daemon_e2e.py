@@ -221,7 +221,7 @@ def test_members_out_of_budget_end_the_federation_cleanly_and_status_says_why(tm
     from securefed.cli import main
 
     p = provision(tmp_path, 3, mode="secagg", rounds=3, threshold=2, model_dir=tiny_model, server=fast_server(),
-                  client={**FAST_CLIENT, "client": {"planned_rounds": 1}})
+                  client={**FAST_CLIENT, "client": {"planned_rounds": 1, "max_colluding_members": 0}})
     watch = recorders(p.client_tomls)
     res = run_in_process(p, hooks=watch, timeout_s=240)
     co = res.server.coordinator
