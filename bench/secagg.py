@@ -55,8 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 
-from securefed.crypto.fixedpoint import encode, encode_masked  # noqa: E402
 from securefed.crypto import shamir  # noqa: E402
+from securefed.crypto.fixedpoint import encode, encode_masked  # noqa: E402
 from securefed.crypto.keys import AgreementKeyPair  # noqa: E402
 from securefed.crypto.prg import BLOCK_BYTES, default_workers, ring_dtype, run_ranges  # noqa: E402
 from securefed.secagg import SecAggParams, SimulatedRound, Stage, suggest_params  # noqa: E402

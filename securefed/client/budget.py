@@ -19,9 +19,9 @@ from securefed.errors import BudgetExceeded, ConfigError, PlannedRoundsDone, Pro
 from securefed.logs import get_logger, log
 from securefed.privacy.accountants import accountant_class
 from securefed.privacy.budget import BudgetGuard, BudgetProjection, calibrate_noise
+from securefed.privacy.events import DpEvent, LibraryVersions, utc_timestamp
 from securefed.privacy.formulas import SubsampledGaussian
 from securefed.privacy.independent import second_opinion
-from securefed.privacy.events import DpEvent, LibraryVersions, utc_timestamp
 from securefed.privacy.ledger import Ledger
 from securefed.training.dp import plan_steps
 

@@ -31,7 +31,6 @@ Example (see clients/client.toml for the annotated version)::
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator

@@ -3,16 +3,15 @@
 Per plan, in this order (each step can end the member's part in the attempt):
 
 1. ``admission.check_plan``: digest, this member's key, a certified cohort; an attempt newer than any it
-   acted on (``MemberState``: a replayed plan is refused); download the global bundle, whose digest must
-   be the plan's (also bound into the secure-aggregation session id), decoded as untrusted input
-   (``bundle_check``);
+   acted on (``MemberState``: a replayed plan is refused); the global bundle (``GlobalIntake``), whose
+   digest must be the plan's (also bound into the secure-aggregation session id);
 2. ``admission.decline_reason``: this member's own rules (minimum cohort and threshold, the colluder
    bound for its own ``max_colluding_members``, LoRA settings, graph-grinding guard, mode);
 3. the budget, *before* training: ``BudgetPlanner.approve`` projects epsilon with this round's DP
    event; if it would pass the budget the member declines, with the reason, and trains nothing;
 4. accept, train the LoRA adapter with DP-SGD (``Trainer``), build the strategy payload;
 5. protect it (``SecAggSession`` / ``CkksSession`` / plaintext in debug mode), appending the DP event
-   to the ledger (durable) and reporting the signed entry BEFORE the update leaves.
+   to the ledger (durable) and reporting the signed entry BEFORE the update leaves (``release``).
 
 Network failures reconnect with exponential backoff (jittered from a CSPRNG); a session the server
 abandoned (crash, abort) is simply dropped: the next plan starts a fresh one with fresh keys. While it
@@ -24,8 +23,6 @@ and reported.
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import threading
 from pathlib import Path
@@ -41,6 +38,7 @@ from securefed.client.cohort import load_ca
 from securefed.client.config import ClientConfig
 from securefed.client.connection import Connection
 from securefed.client.dataset import event_context, member_dataset, open_ledger
+from securefed.client.global_intake import GlobalIntake
 from securefed.client.global_store import GlobalStore, keep_or_log
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.heartbeat import Heartbeat
@@ -48,6 +46,7 @@ from securefed.client.hooks import MemberHooks
 from securefed.client.member_state import MemberState, federation_key
 from securefed.client.plaintext_session import send_plaintext
 from securefed.client.pull_loop import serve
+from securefed.client.release import ReleaseRecorder
 from securefed.client.secagg_session import SecAggSession
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.client.trainer import Trainer
@@ -59,9 +58,7 @@ from securefed.errors import (
     InvalidMessage,
     ModelError,
     PlannedRoundsDone,
-    ProtocolAbort,
     SecureFedError,
-    SecurityAlert,
 )
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
@@ -74,8 +71,6 @@ from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("client")
-
-ProtocolSession = SecAggSession | CkksSession
 
 
 class ClientDaemon:
@@ -101,16 +96,19 @@ class ClientDaemon:
         self.store = GlobalStore(self.state_dir)
         self.member_state = MemberState(self.state_dir / "member_state.sqlite",
                                         federation_key(self.ca.public_bytes(serialization.Encoding.DER)))
+        self.adapters = GlobalIntake(self.connection, self.store, self.member_state)
         self.grinding = GraphGrindingGuard(self.member_state, config.client.sparse_graph_max_retries)
         self._refused_attempt = 0
         self.ckks_key = MemberKey(config.client.ckks_secret_context) if config.client.ckks_secret_context else None
-        self.deps = SessionDeps(self.connection, self.identity, self.name, self._fault, self._record_release)
+        release = ReleaseRecorder(self.ledger, self.connection, self.hooks, self._fault,
+                                  then=lambda: self.budget.precompute_next())
+        self.deps = SessionDeps(self.connection, self.identity, self.name, self._fault, release)
         self._planning = 0  # the attempt whose plan is being handled (heartbeats cover it too)
         self.heartbeat = Heartbeat(self.connection, lambda: self._planning or self.current_attempt(),
                                    interval_s=config.connection.heartbeat_s, target_epsilon=config.privacy.target_epsilon)
         self._budget: BudgetPlanner | None = None
         self.session: RoundSession | None = None
-        self.protocol: ProtocolSession | None = None
+        self.protocol: SecAggSession | CkksSession | None = None
         self.rounds_trained = 0
 
     @property
@@ -134,9 +132,8 @@ class ClientDaemon:
         self.member_state.close()
 
     def prepare(self) -> None:
-        """Before joining: fingerprint the base model, check a step fits the memory cap, tokenize the
-        data and calibrate the noise, so rounds only train. A config that can never train is a
-        ``ConfigError`` (exit 2); a ledger that allows no more rounds, a warning."""
+        """Before joining: budget feasibility (a config that can never train: ``ConfigError``, exit 2),
+        base fingerprint, memory plan, data and noise calibration, so that rounds only train."""
         self.budget.check_feasible()
         self.trainer.base_fingerprint()
         if self.config.model.max_memory_gb is not None:
@@ -184,8 +181,7 @@ class ClientDaemon:
             self.protocol.on_task(task)
             self.heartbeat.doing(pb.MEMBER_ACTIVITY_WAITING)
         elif body not in ("wait", None):
-            # A stage of a session we are not (or no longer) part of: the server keeps offering it
-            # until the stage closes, so do not spin on it.
+            # a stage of a session we are not (or no longer) in is offered until it closes: do not spin
             self.stop_event.wait(0.5)
         return False
 
@@ -195,9 +191,7 @@ class ClientDaemon:
     # --- plan -------------------------------------------------------------------------------------
     def _on_plan(self, plan: pb.RoundPlan) -> None:
         self._planning = int(plan.round)
-        self.heartbeat.doing(pb.MEMBER_ACTIVITY_PREPARING)
-        self.heartbeat.epsilon_spent = self.ledger.epsilon()
-        self.heartbeat.poke()
+        self.heartbeat.preparing(self.ledger.epsilon())
         try:
             self._take_plan(plan)
         finally:
@@ -216,9 +210,10 @@ class ClientDaemon:
         if attempt <= self.member_state.last_attempt():
             return self._refuse_replay(attempt)
         ids = cohort_ids(plan)
-        log(logger, "round plan received", attempt=attempt, round=plan.federation_round or None, mode=admission.MODE_NAMES[plan.mode],
-            cohort=[m.client_id for m in plan.cohort], global_digest=plan.global_adapter_sha256.hex()[:16])
-        bundle = self._global_for(attempt, bytes(plan.global_adapter_sha256))
+        log(logger, "round plan received", attempt=attempt, round=plan.federation_round or None,
+            mode=admission.MODE_NAMES[plan.mode], cohort=[m.client_id for m in plan.cohort],
+            global_digest=plan.global_adapter_sha256.hex()[:16])
+        bundle = self.adapters.for_plan(attempt, bytes(plan.global_adapter_sha256))
         fed = bundle_check.federation_settings(bundle)
         self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, fed.strategy)
         self.protocol = None
@@ -260,21 +255,6 @@ class ClientDaemon:
             self.protocol.contribute(payload)
         else:
             send_plaintext(self.deps, s, payload)
-
-    def _global_for(self, attempt: int, expected_digest: bytes) -> Bundle:
-        latest = self.store.latest
-        if latest is not None and hmac.compare_digest(bytes.fromhex(latest.digest), expected_digest):
-            return latest  # verified when the previous round completed: no second download
-        return self._fetch_global(attempt, expected_digest)
-
-    def _fetch_global(self, attempt: int, expected_digest: bytes | None) -> Bundle:
-        got = self.connection.download(attempt)
-        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
-            raise InvalidMessage("expected the global adapter bundle")
-        bundle = bundle_check.decode_global(got.parts[0])
-        if expected_digest is not None and not hmac.compare_digest(bytes.fromhex(bundle.digest), expected_digest):
-            raise SecurityAlert("the global adapter the server sent does not match the plan's digest", kind="digest")
-        return bundle
 
     def _load_global(self, lora: LoraSettings, bundle: Bundle) -> None:
         try:
@@ -321,20 +301,6 @@ class ClientDaemon:
         self._fault("after_training", s.attempt)
         return np.asarray(payload.vector, dtype=np.float64)
 
-    def _record_release(self, s: RoundSession, payload: np.ndarray) -> None:
-        """Ledger first, then the update: the DP event is durable and reported before anything
-        derived from the update leaves this member."""
-        assert s.event is not None
-        self.hooks.released(s.attempt, payload)
-        entry = self.ledger.append(s.event)
-        self._fault("after_ledger", s.attempt)
-        self.connection.call("ReportPrivacyEvent", pb.PrivacyEventReport(
-            header=self.connection.header(s.attempt, pb.STAGE_PRIVACY_REPORT), sequence=entry.seq,
-            prev_hash=bytes.fromhex(entry.prev_hash), entry=entry.event_bytes,
-            entry_hash=bytes.fromhex(entry.entry_hash), signature=entry.signature))
-        log(logger, "privacy event recorded", attempt=s.attempt, ledger_seq=entry.seq)
-        self.budget.precompute_next()
-
     # --- outcomes ---------------------------------------------------------------------------------
     def _on_aggregate_ready(self, task: pb.Task) -> None:
         s = self.session
@@ -344,24 +310,16 @@ class ClientDaemon:
             if self._live(task, CkksSession) and s.released and not p.decrypted:
                 p.confirm(bytes(task.aggregate_ready.sha256), got.parts)
             return
-        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
+        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER:
             raise InvalidMessage("expected the new global adapter bundle")
-        bundle = bundle_check.decode_global(got.parts[0])
-        if not hmac.compare_digest(bytes.fromhex(bundle.digest), bytes(task.aggregate_ready.sha256)):
-            raise SecurityAlert("new global adapter does not match its announced digest", kind="digest")
-        keep_or_log(self.store.keep, bundle, got.round)
-        self.member_state.round_completed(int(got.round))  # a new federation round for the grinding guard
+        bundle = self.adapters.new_round(got.parts, bytes(task.aggregate_ready.sha256), got.round)
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
         if mine:
             if s.client_state is not None:
                 keep_or_log(self.store.save_client_state, s.client_state)  # SCAFFOLD c_i advances only with a committed round
             self.session, self.protocol = None, None
-        try:
-            ppl = self.trainer.evaluate(bundle)
-        except (ModelError, InvalidInput) as exc:
-            ppl = None
-            log(logger, "could not evaluate the new global adapter", error=str(exc))
+        ppl = self.trainer.evaluate(bundle)
         fields = {"heldout_ppl": ppl} if ppl is not None else {}
         self.hooks.outcome(task.round, "completed", round=got.round, digest=bundle.digest, participated=participated,
                            **fields)
@@ -371,9 +329,7 @@ class ClientDaemon:
 
     def _on_done(self, done: pb.Done) -> None:
         try:
-            if self.store.latest is None or done.final_round != self.store.latest_round():
-                keep_or_log(self.store.keep, self._fetch_global(0, None), int(done.final_round))
-                self.member_state.round_completed(int(done.final_round))
+            self.adapters.final(int(done.final_round))
         except SecureFedError as exc:
             log(logger, "could not fetch the final adapter", error=str(exc))
         peft_dir = None

@@ -78,6 +78,12 @@ class Heartbeat:
         """Send one now (the member just took up an attempt: the server learns at once what it does)."""
         self._wake.set()
 
+    def preparing(self, epsilon_spent: float) -> None:
+        """A plan arrived: say so at once, with the budget spent so far."""
+        self.epsilon_spent = epsilon_spent
+        self.doing(pb.MEMBER_ACTIVITY_PREPARING)
+        self.poke()
+
     def training_step(self, step: int, total_steps: int) -> None:
         self.doing(pb.MEMBER_ACTIVITY_TRAINING, step, total_steps)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
+from securefed.errors import InvalidInput, ModelError
 from securefed.logs import get_logger, log
 from securefed.protocol.bundle import Bundle
 from securefed.strategies.base import ClientPayload, Strategy, load_vector
@@ -140,11 +141,16 @@ class Trainer:
         return payload, result
 
     def evaluate(self, bundle: Bundle) -> float | None:
-        """Held-out perplexity of ``bundle`` (demo only: None without a held-out split or a model)."""
+        """Held-out perplexity of ``bundle`` (demo only: None without a held-out split or a model, or
+        when the adapter cannot be evaluated here, which is logged: it never ends a round)."""
         if self.heldout is None or self._model is None:
             return None
-        self._set_adapter(bundle)
-        _, ppl = td.evaluate(self._model, self.heldout, max_examples=64, loss=self._loss)
+        try:
+            self._set_adapter(bundle)
+            _, ppl = td.evaluate(self._model, self.heldout, max_examples=64, loss=self._loss)
+        except (ModelError, InvalidInput) as exc:
+            log(logger, "could not evaluate the new global adapter", error=str(exc))
+            return None
         return float(ppl) if math.isfinite(ppl) else None
 
     def export_peft(self, bundle: Bundle, out_dir: Path) -> Path | None:

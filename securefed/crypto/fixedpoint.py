@@ -25,7 +25,16 @@ from typing import Final
 import numpy as np
 
 from securefed.crypto._checks import require_int
-from securefed.crypto.prg import BLOCK_BYTES, KEY_SIZE, MaskStreams, block_words, check_masks, ring_dtype, run_ranges, stream_at
+from securefed.crypto.prg import (
+    BLOCK_BYTES,
+    KEY_SIZE,
+    MaskStreams,
+    block_words,
+    check_masks,
+    ring_dtype,
+    run_ranges,
+    stream_at,
+)
 from securefed.errors import InsecureParameters, InvalidInput
 
 __all__ = ["FLOAT_EXACT_BITS", "FixedPointParams", "decode_sum", "encode", "encode_masked", "rounding_bits"]

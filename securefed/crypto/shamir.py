@@ -12,14 +12,13 @@ because the t-1 random coefficients come from :mod:`secrets`.
 from __future__ import annotations
 
 import functools
-
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from securefed.crypto._checks import ensure, require_bytes, require_int
-from securefed.errors import CryptoError, InvalidInput, InsecureParameters
+from securefed.errors import CryptoError, InsecureParameters, InvalidInput
 
 __all__ = [
     "MAX_SECRET_SIZE",

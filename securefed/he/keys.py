@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-
 import tenseal.sealapi as sealapi
 
 from securefed.crypto.prg import stream_at

@@ -61,9 +61,11 @@ from securefed.privacy.formulas import (
     rdp_to_epsilon,
     rdp_to_epsilon_and_order,
 )
+
 # The dp-accounting computations live in their own module (noise calibration checks with them too).
 from securefed.privacy.independent import PLD_DISCRETIZATION, independent_pld_epsilon, independent_rdp_epsilon  # noqa: F401
 from securefed.privacy.ledger import (
+    SQLITE_MAGIC,
     LedgerHead,
     LedgerHeader,
     VerifiedLedger,
@@ -72,7 +74,6 @@ from securefed.privacy.ledger import (
     load_ledger,
     parse_header,
     read_rows,
-    SQLITE_MAGIC,
 )
 
 RDP_INT_REL_TOL = 1e-6

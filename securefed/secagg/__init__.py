@@ -42,7 +42,13 @@ from securefed.secagg.params import (
 )
 from securefed.secagg.server import AggregateResult, SecAggServer
 from securefed.secagg.session import NeighbourGraph, plan_digest, session_id
-from securefed.secagg.simulation import OnClientAbort, SimulatedRound, SimulationOutcome, make_identities, simulate_round
+from securefed.secagg.simulation import (
+    OnClientAbort,
+    SimulatedRound,
+    SimulationOutcome,
+    make_identities,
+    simulate_round,
+)
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES", "DEFAULT_MAX_COLLUDERS", "SERVER_MESSAGE_TYPES", "AdvertiseKeys", "AdvertisedKeys", "AggregateResult",

@@ -22,6 +22,7 @@ from securefed.crypto.keys import AgreementKeyPair, verify_signature
 from securefed.crypto.prg import add_masks_, ring_dtype
 from securefed.crypto.shamir import Share, combine
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg.client import SECRET_SIZE, pairwise_mask_key, self_mask_key
 from securefed.secagg.messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -40,7 +41,6 @@ from securefed.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from securefed.secagg.client import SECRET_SIZE, pairwise_mask_key, self_mask_key
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.secagg.session import (
     NeighbourGraph,

@@ -8,7 +8,9 @@ answer again), is *lost*: the round loop ends the stage without waiting for it, 
 costs seconds instead of the stage deadline. A poll about another attempt after it was handed a
 task of this one does not count: the member has left this session.
 
-Plain data under the coordinator's lock (the mailbox calls it); no I/O, no waiting.
+Plain data under the coordinator's lock (the mailbox calls it); no I/O, no waiting. ``ClientInfo`` is
+what the mailbox's registry keeps per member: its key and certificate, when it was last heard from,
+its last heartbeat, and whether it sits out for its budget.
 """
 
 from __future__ import annotations
@@ -16,6 +18,21 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from securefed.transport._generated import federation_pb2 as pb
+
+
+@dataclass
+class ClientInfo:
+    client_id: str
+    identity_key: bytes
+    last_seen: float
+    supported_modes: tuple[int, ...] = ()
+    certificate: bytes = b""  # DER, from the TLS handshake
+    last_seen_wall: float = 0.0  # time.time() of its last request (for status)
+    heartbeat: pb.MemberHeartbeat | None = None  # the last one, with what it was doing
+    exhausted: str | None = None  # why it declined for its budget (None: it may be asked)
+    exhausted_until: float = 0.0  # monotonic; math.inf = until it registers again
 
 
 @dataclass

@@ -10,10 +10,10 @@ the submissions and downloads that go through to the driver.
 What a member is handed, in order: the outcome of its previous attempt before anything newer; then
 its task in the open phase, until it has answered; after the last round, ``Done``.
 
-Every message also feeds ``liveness`` (who of the cohort is still alive, whom the server refused),
-and heartbeats record what each member is doing, for the round loop and for ``securefed status``.
-A member that declined for its privacy budget is marked *exhausted* until it registers again (or the
-mark expires): the round loop leaves it out of cohorts and ends the federation when no one is left.
+Every message feeds ``liveness`` (who of the cohort is alive, whom the server refused); heartbeats
+record what each member does, for the round loop and ``securefed status``. A member that declined
+for its budget is *exhausted* until it registers again (or the mark expires): the round loop leaves
+it out of cohorts and ends the federation when no one is left.
 
 Locking: every method takes the coordinator's condition variable (re-entrant, so the round loop can
 post while holding it) and notifies it after a change; ``poll`` waits on it. Nothing blocks under it
@@ -29,32 +29,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from securefed.errors import CertificateRevoked, InvalidMessage, NotRegistered, ReplayedMessage, SecureFedError, StaleMessage
+from securefed.errors import (
+    CertificateRevoked,
+    InvalidMessage,
+    NotRegistered,
+    ReplayedMessage,
+    SecureFedError,
+    StaleMessage,
+)
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.server.attempt import AttemptContext, Phase
 from securefed.server.checkpoint import Checkpoint
 from securefed.server.driver import RoundDriver
-from securefed.server.liveness import Liveness
+from securefed.server.liveness import ClientInfo, Liveness
 from securefed.server.uploads import UploadTable
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server.coordinator")
 
 WAIT_RETRY_MS = 200
-
-
-@dataclass
-class ClientInfo:
-    client_id: str
-    identity_key: bytes
-    last_seen: float
-    supported_modes: tuple[int, ...] = ()
-    certificate: bytes = b""  # DER, from the TLS handshake
-    last_seen_wall: float = 0.0  # time.time() of its last request (for status)
-    heartbeat: pb.MemberHeartbeat | None = None  # the last one, with what it was doing
-    exhausted: str | None = None  # why it declined for its budget (None: it may be asked)
-    exhausted_until: float = 0.0  # monotonic; math.inf = until it registers again
 
 
 @dataclass(frozen=True)
@@ -265,10 +259,6 @@ class Mailbox:
     def upload_masked(self, client_id: str, header: pb.RequestHeader, ring_bits: int, data: bytes) -> None:
         self._take(client_id, header, len(data),
                    lambda d, ph: d.on_masked_upload(ph, client_id, header.stage, ring_bits, data))
-
-    def upload_ciphertext(self, client_id: str, header: pb.RequestHeader, parts: list[bytes]) -> None:
-        self._take(client_id, header, sum(len(p) for p in parts),
-                   lambda d, ph: d.on_ciphertext_upload(ph, client_id, parts))
 
     def admit_upload(self, client_id: str, header: pb.RequestHeader, kind: int, ring_bits: int,
                      part_sizes: tuple[int, ...], *, then: Callable[[], Any]) -> Any:

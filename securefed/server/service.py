@@ -24,8 +24,8 @@ from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
-from securefed.server.transfers import Downloads, UploadIntake
 from securefed.server.security_log import KIND_NAMES, SecurityLog
+from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
 from securefed.transport._generated import federation_pb2_grpc as pb_grpc

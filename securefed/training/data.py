@@ -29,6 +29,7 @@ import torch
 from securefed.errors import InvalidInput
 from securefed.training.families import ModelKind, model_kind
 from securefed.training.loss import IGNORE_INDEX, SequenceLoss
+
 DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
 
 

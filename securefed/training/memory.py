@@ -32,7 +32,15 @@ from securefed.errors import ConfigError
 from securefed.training.config import ModelSettings
 from securefed.training.families import ModelKind, is_linear, model_kind
 from securefed.training.loss import CHUNK_BYTES
-from securefed.training.model import auto_class, dtype_name, layout_for_config, load_config, resolve_device, resolve_dtype
+from securefed.training.model import (
+    auto_class,
+    dtype_name,
+    layout_for_config,
+    load_config,
+    resolve_device,
+    resolve_dtype,
+    tie_head,
+)
 
 GIB = 1 << 30
 FRAMEWORK_BYTES = int(0.6 * GIB)  # torch + transformers + the daemon, resident before any model
@@ -59,6 +67,7 @@ class ModelShape:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = auto_class(kind).from_config(config, trust_remote_code=trust_remote_code)
+            tie_head(model, config)
         head = model.get_output_embeddings()
         total = sum(p.numel() for p in model.parameters())
         linear = sum(p.numel() for m in model.modules() if is_linear(m) and m is not head

@@ -124,6 +124,22 @@ def load_config(model_dir: str | Path, trust_remote_code: bool = False):
                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
 
 
+def tie_head(model, config) -> bool:
+    """Tie the output head to the input embeddings when the config says so; True if they are tied.
+
+    transformers ties them while building the model, but we have seen that skipped in a long-lived
+    process (a bare GPT-2 save then reported its head missing, a tied Qwen2 counted twice), so the
+    loader and the memory planner do not rely on it."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    if not getattr(cfg, "tie_word_embeddings", False) or head is None or emb is None:
+        return False
+    if head.weight is not emb.weight:
+        head.weight = emb.weight
+    return True
+
+
 def auto_class(kind: ModelKind):
     return AutoModelForSeq2SeqLM if kind is ModelKind.SEQ2SEQ else AutoModelForCausalLM
 
@@ -216,6 +232,10 @@ def load_model(model_dir: str | Path, lora: LoraSettings | None = None, settings
         raise ModelError(f"{model_dir}: cannot load model weights ({exc.__class__.__name__}: {first}); "
                          "check the weight files are complete") from None
     missing = sorted(info.get("missing_keys") or [])
+    if missing and tie_head(model, config):  # a tied head is no missing tensor
+        head = model.get_output_embeddings()
+        tied = {f"{n}.weight" for n, m in model.named_modules(remove_duplicate=False) if m is head}
+        missing = [k for k in missing if k not in tied]
     if missing:
         raise ModelError(
             f"{model_dir}: the weights do not cover the model: {len(missing)} tensor(s) of "

@@ -12,8 +12,8 @@ from privacy_helpers import make_event
 from securefed.cli import main
 from securefed.crypto.keys import IdentityKeyPair
 from securefed.privacy.budget import PrivacyBudget
-from securefed.privacy.ledger import ENTRY_CONTEXT, Ledger, entry_hash, load_ledger
 from securefed.privacy.formulas import DEFAULT_RDP_ORDERS, SubsampledGaussian, rdp_curve, rdp_epsilon
+from securefed.privacy.ledger import ENTRY_CONTEXT, Ledger, entry_hash, load_ledger
 from securefed.privacy.verify import direct_rdp, independent_rdp_epsilon, verify_ledger
 
 KEYS = {"alpha": IdentityKeyPair.generate(), "beta": IdentityKeyPair.generate()}

@@ -8,7 +8,6 @@ import json
 import sqlite3
 import xml.etree.ElementTree as ET
 
-import pytest
 from privacy_helpers import DATASET_A, make_context, make_event
 
 from securefed.cli import main

@@ -156,9 +156,9 @@ def test_clipping_is_reported() -> None:
 
 
 def test_bad_input_is_a_caller_error_not_an_abort() -> None:
+    from securefed.crypto.keys import IdentityKeyPair
     from securefed.errors import InvalidInput
     from securefed.secagg import ClientStage, SecAggClient
-    from securefed.crypto.keys import IdentityKeyPair
     client = SecAggClient(1, IdentityKeyPair.generate(), max_colluders=NO_COLLUDERS)
     with pytest.raises(InvalidInput, match="NaN"):
         client.set_input(np.array([0.0, np.nan]))

@@ -29,8 +29,8 @@ from securefed.secagg import (
     UnmaskRequest,
     simulate_round,
 )
-from securefed.secagg.session import session_id
 from securefed.secagg.client import setup_digest
+from securefed.secagg.session import session_id
 
 # These cases exercise the protocol under the plain majority rule, with no colluder among a client's
 # share holders; the colluder bound 2t >= m + c + 1 has its own attacks in test_adv_secagg_colluders.py.

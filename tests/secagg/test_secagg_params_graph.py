@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,8 +22,6 @@ from securefed.secagg import (
     suggest_params,
     suggest_threshold,
 )
-import numpy as np
-
 from securefed.secagg.messages import KeyBroadcast, MaskedInput, RevealedShare, RoundSetup, Stage, UnmaskResponse
 from securefed.secagg.session import permutation, plan_digest, session_id
 

@@ -10,7 +10,7 @@ from family_zoo import family_config, model_class
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from securefed.errors import ModelError
-from securefed.training.adapter import adapter_to_vector, initial_vector, lora_init_values, load_adapter_vector
+from securefed.training.adapter import adapter_to_vector, initial_vector, load_adapter_vector, lora_init_values
 from securefed.training.config import ClippingMode, LocalTrainingSettings, LoraSettings, ModelSettings
 from securefed.training.data import blocks_from_texts, demo_corpus
 from securefed.training.dp import DPTrainer, enable_gradient_checkpointing

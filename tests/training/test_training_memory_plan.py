@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import transformers as T
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securefed.errors import ConfigError
 from securefed.training.config import ModelSettings

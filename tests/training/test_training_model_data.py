@@ -7,10 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from securefed.errors import InvalidInput, ModelError
+from securefed.config import parse_model
+from securefed.errors import ConfigError, InvalidInput, ModelError
 from securefed.training.adapter import AdapterLayout, adapter_to_vector, load_adapter_vector
 from securefed.training.config import LocalTrainingSettings, LoraSettings
 from securefed.training.data import (
@@ -25,8 +26,6 @@ from securefed.training.data import (
 )
 from securefed.training.model import load_model
 from securefed.training.preset import build_tiny_model
-from securefed.config import parse_model
-from securefed.errors import ConfigError
 
 
 @pytest.fixture(scope="session")

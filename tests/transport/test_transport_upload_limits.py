@@ -22,11 +22,11 @@ from securefed.client.connection import next_sequence
 from securefed.config import parse_model
 from securefed.errors import InvalidMessage, StaleMessage
 from securefed.he.vector import c0_bytes, seeds_bytes
+from securefed.protocol.plaintext import encode_upload
 from securefed.server.attempt import AttemptContext
 from securefed.server.checkpoint import Checkpoint
 from securefed.server.ckks_driver import CkksDriver
 from securefed.server.config import ServerConfig
-from securefed.protocol.plaintext import encode_upload
 from securefed.server.plaintext_driver import PlaintextDriver
 from securefed.transport import tls
 from securefed.transport._generated import federation_pb2 as pb
