@@ -157,6 +157,7 @@ class Federation:
         daemon = ClientDaemon(load_client_config(self.p.client_tomls[name]), hooks=watch)
         daemon.connection = server = ScriptedServer(daemon.config)
         daemon.deps = dataclasses.replace(daemon.deps, connection=server)
+        daemon.adapters.connection = daemon.deps.record_release.connection = server  # the parts that talk to it
         return daemon, server, watch
 
 

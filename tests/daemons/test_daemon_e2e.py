@@ -257,8 +257,8 @@ def test_a_rewound_ledger_is_refused_loudly_on_both_sides_and_not_waited_for(tmp
         if point == "after_training" and attempt == 2:
             d = daemons["member-3"]
             # Its ledger restored from an old backup: a new chain that rewrites entry 0 already reported.
-            d.ledger = d.budget.ledger = Ledger.create(tmp_path / "restored.sqlite", d.identity, client_id="member-3",
-                                                       budget=d.config.privacy)
+            d.ledger = d.budget.ledger = d.deps.record_release.ledger = Ledger.create(
+                tmp_path / "restored.sqlite", d.identity, client_id="member-3", budget=d.config.privacy)
 
     orig_start = fed.start_clients
 

@@ -28,7 +28,7 @@ SERVER = {"lora": LORA, "deadlines": {"join_s": 90.0, "training_s": 120.0, "shar
 CLIENT = {"client": {"planned_rounds": 2},
           "training": {"steps": 2, "batch_size": 8, "max_seq_len": 32, "learning_rate": 0.5, "clipping": "hooks"},
           "connection": {"poll_wait_s": 1.0, "backoff_initial_s": 0.1, "backoff_max_s": 1.0, "give_up_after_s": 120.0}}
-BURST = 768 * 1024  # over a third of the smallest large transfer; polls and stage messages are a few kB
+BURST = 600 * 1024  # three cuts fit in the smallest large transfer (2 MiB); polls and stage messages are a few kB
 CUTS = 3  # per direction
 
 
