@@ -10,7 +10,7 @@ venv: $(STAMP)
 
 # torch is pinned through constraints.txt: 2.13.0 is the local CPU wheel; anything else pulls CUDA.
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
