@@ -16,6 +16,7 @@ the code that must hold against a hostile server does not depend on the server's
                          and both accountants), planned rounds, the guard's memoised verdict
 * ``trainer``            ``Trainer``: base model + LoRA, data, DP-SGD rounds, evaluation, PEFT export
 * ``session``            ``RoundSession``: one attempt as typed state; what protocol adapters share
+* ``release``            ledger first, then the update: the DP event durable and reported before anything leaves
 * ``secagg_session``     tasks -> ``SecAggClient`` messages, member-side graph guard
 * ``ckks_session``       contribute, confirm one contributor set, decrypt only what was checked
 * ``plaintext_session``  debugging only: the update in clear, when the member opted in
@@ -24,6 +25,7 @@ the code that must hold against a hostile server does not depend on the server's
 * ``dataset``            the member's dataset fingerprint and its ledger (one per dataset, across federations)
 * ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per federation round
 * ``member_state``       SQLite: last attempt acted on (replays refused), grinding counts, CKKS confirmations
+* ``global_intake``      every global adapter the server sends: decoded as untrusted input, digest-checked, kept
 * ``global_store``       the latest global adapter and SCAFFOLD's client state on disk (disk full: one line)
 * ``heartbeat``          liveness while working on an attempt: what it does, training step i of n
 * ``alerts``             which failures are security events; reporting them to the operator

@@ -8,7 +8,7 @@ It never imports ``securefed.client``; what both sides agree on is ``securefed.p
 * ``mailbox``           registry, what each member is handed next (notices, long-poll), header checks, intake
 * ``transfers``         resumable uploads (admitted before buffering) and downloads from any offset
 * ``uploads``           the uploads held while they arrive: one incomplete per member, freed with the attempt
-* ``liveness``          which cohort members are alive (heartbeats, polls, messages) or were refused
+* ``liveness``          which cohort members are alive (heartbeats, polls, messages) or were refused; ``ClientInfo``
 * ``budget_watch``      members out of privacy budget sit out; when the federation ends (or waits) for it
 * ``attempt``           the data of one attempt: ``AttemptContext``, ``Phase``, ``RoundOutcome``
 * ``driver``            the ``RoundDriver`` contract and the plan stage every mode shares
