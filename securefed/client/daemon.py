@@ -310,9 +310,7 @@ class ClientDaemon:
             if self._live(task, CkksSession) and s.released and not p.decrypted:
                 p.confirm(bytes(task.aggregate_ready.sha256), got.parts)
             return
-        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER:
-            raise InvalidMessage("expected the new global adapter bundle")
-        bundle = self.adapters.new_round(got.parts, bytes(task.aggregate_ready.sha256), got.round)
+        bundle = self.adapters.new_round(got, bytes(task.aggregate_ready.sha256))
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
         if mine:

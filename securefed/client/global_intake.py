@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 
 from securefed.client import bundle_check
-from securefed.client.connection import Connection
+from securefed.client.connection import Connection, Download
 from securefed.client.global_store import GlobalStore, keep_or_log
 from securefed.client.member_state import MemberState
 from securefed.errors import InvalidMessage, SecurityAlert
@@ -33,22 +33,17 @@ class GlobalIntake:
         return self.fetch(attempt, expected_digest)
 
     def fetch(self, attempt: int, expected_digest: bytes | None) -> Bundle:
-        got = self.connection.download(attempt)
-        if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
-            raise InvalidMessage("expected the global adapter bundle")
-        bundle = bundle_check.decode_global(got.parts[0])
+        bundle = _global_bundle(self.connection.download(attempt))
         if expected_digest is not None and not hmac.compare_digest(bytes.fromhex(bundle.digest), expected_digest):
             raise SecurityAlert("the global adapter the server sent does not match the plan's digest", kind="digest")
         return bundle
 
-    def new_round(self, parts: list[bytes], announced_digest: bytes, rnd: int) -> Bundle:
-        """A round's new adapter (from an ``AggregateReady`` download), checked, kept and counted."""
-        if len(parts) != 1:
-            raise InvalidMessage("expected the new global adapter bundle")
-        bundle = bundle_check.decode_global(parts[0])
+    def new_round(self, got: Download, announced_digest: bytes) -> Bundle:
+        """A round's new adapter (an ``AggregateReady`` download), checked, kept and counted."""
+        bundle = _global_bundle(got)
         if not hmac.compare_digest(bytes.fromhex(bundle.digest), announced_digest):
             raise SecurityAlert("new global adapter does not match its announced digest", kind="digest")
-        self._keep(bundle, rnd)
+        self._keep(bundle, got.round)
         return bundle
 
     def final(self, final_round: int) -> None:
@@ -59,3 +54,9 @@ class GlobalIntake:
     def _keep(self, bundle: Bundle, rnd: int) -> None:
         keep_or_log(self.store.keep, bundle, rnd)
         self.member_state.round_completed(int(rnd))  # a new federation round for the grinding guard
+
+
+def _global_bundle(got: Download) -> Bundle:
+    if got.kind != pb.AGGREGATE_KIND_GLOBAL_ADAPTER or len(got.parts) != 1:
+        raise InvalidMessage("expected the global adapter bundle")
+    return bundle_check.decode_global(got.parts[0])

@@ -1,6 +1,6 @@
 """The federation coordinator: a round loop, a mailbox for the members, one driver per mode, gRPC.
 
-It never imports ``securefed.client``; what both sides agree on is ``securefed.protocol``.
+Nothing here depends on the member's package: what both sides agree on is ``securefed.protocol``.
 
 * ``config``            ``server.toml`` (ServerConfig), validated, with the setups it refuses
 * ``app``               assembles config, strategy, plan, driver, coordinator and gRPC server (``ServerApp``)

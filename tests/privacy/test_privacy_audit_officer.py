@@ -31,13 +31,18 @@ def _ledger(path, *, federation="fed-one", rounds=(1, 2, 3), dataset=DATASET_A, 
     return path
 
 
-def _cut_last_entry(path):
+def _tamper(path, table: str, sql: str) -> None:
+    """What an attacker with the file can do: drop the append-only triggers of ``table`` and run ``sql``."""
     conn = sqlite3.connect(path)
-    for t in ("entries_append_only_u", "entries_append_only_d"):
+    for t in (f"{table}_append_only_u", f"{table}_append_only_d"):
         conn.execute(f"DROP TRIGGER IF EXISTS {t}")
-    conn.execute("DELETE FROM entries WHERE seq = (SELECT MAX(seq) FROM entries)")
+    conn.execute(sql)
     conn.commit()
     conn.close()
+
+
+def _cut_last_entry(path):
+    _tamper(path, "entries", "DELETE FROM entries WHERE seq = (SELECT MAX(seq) FROM entries)")
 
 
 def _round_log(path, ledger_path, cid="hospital-a"):
@@ -96,12 +101,7 @@ def test_without_an_anchor_truncation_is_loudly_undetectable(tmp_path, capsys):
 
 def test_a_tampered_header_says_header_tampered(tmp_path, capsys):
     led = _ledger(tmp_path / "a.sqlite")
-    conn = sqlite3.connect(led)
-    for t in ("header_append_only_u", "header_append_only_d"):
-        conn.execute(f"DROP TRIGGER IF EXISTS {t}")
-    conn.execute("UPDATE header SET body = replace(body, '\"target_epsilon\":8.0', '\"target_epsilon\":80.0')")
-    conn.commit()
-    conn.close()
+    _tamper(led, "header", "UPDATE header SET body = replace(body, '\"target_epsilon\":8.0', '\"target_epsilon\":80.0')")
     pin = f"--public-key=hospital-a={KEY.public_bytes().hex()}"
     assert main(["audit", "verify", str(led), pin]) == 1
     captured = capsys.readouterr()
