@@ -45,6 +45,8 @@ class PlanDeclineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLAN_DECLINE_KIND_POLICY: _ClassVar[PlanDeclineKind]
     PLAN_DECLINE_KIND_PRIVACY_BUDGET: _ClassVar[PlanDeclineKind]
     PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_BASE_MODEL: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_LIBRARY_VERSIONS: _ClassVar[PlanDeclineKind]
 
 class RingBits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -114,6 +116,8 @@ PLAN_DECLINE_KIND_UNSPECIFIED: PlanDeclineKind
 PLAN_DECLINE_KIND_POLICY: PlanDeclineKind
 PLAN_DECLINE_KIND_PRIVACY_BUDGET: PlanDeclineKind
 PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: PlanDeclineKind
+PLAN_DECLINE_KIND_BASE_MODEL: PlanDeclineKind
+PLAN_DECLINE_KIND_LIBRARY_VERSIONS: PlanDeclineKind
 RING_BITS_UNSPECIFIED: RingBits
 RING_BITS_32: RingBits
 RING_BITS_64: RingBits
@@ -247,7 +251,14 @@ class CohortMember(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., identity_public_key: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "base_model_fingerprint", "revocation_list", "federation_id", "federation_round")
+    __slots__ = ("round", "global_adapter_sha256", "mode", "strategy", "secagg", "ckks", "cohort", "vector_length", "stage_timeout_ms", "plan_sha256", "base_model_fingerprint", "revocation_list", "federation_id", "federation_round", "expected_library_versions", "require_library_versions")
+    class ExpectedLibraryVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ROUND_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +273,8 @@ class RoundPlan(_message.Message):
     REVOCATION_LIST_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
     FEDERATION_ROUND_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_LIBRARY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LIBRARY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     round: int
     global_adapter_sha256: bytes
     mode: AggregationMode
@@ -276,7 +289,9 @@ class RoundPlan(_message.Message):
     revocation_list: bytes
     federation_id: str
     federation_round: int
-    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ..., federation_id: _Optional[str] = ..., federation_round: _Optional[int] = ...) -> None: ...
+    expected_library_versions: _containers.ScalarMap[str, str]
+    require_library_versions: bool
+    def __init__(self, round: _Optional[int] = ..., global_adapter_sha256: _Optional[bytes] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., strategy: _Optional[_Union[StrategyParams, _Mapping]] = ..., secagg: _Optional[_Union[SecAggParams, _Mapping]] = ..., ckks: _Optional[_Union[CkksParams, _Mapping]] = ..., cohort: _Optional[_Iterable[_Union[CohortMember, _Mapping]]] = ..., vector_length: _Optional[int] = ..., stage_timeout_ms: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., base_model_fingerprint: _Optional[bytes] = ..., revocation_list: _Optional[bytes] = ..., federation_id: _Optional[str] = ..., federation_round: _Optional[int] = ..., expected_library_versions: _Optional[_Mapping[str, str]] = ..., require_library_versions: _Optional[bool] = ...) -> None: ...
 
 class PlanDecision(_message.Message):
     __slots__ = ("participate", "decline_reason", "decline_kind")
