@@ -24,6 +24,8 @@ import hmac
 
 from cryptography import x509
 
+from securefed import versions
+
 from securefed.client.cohort import verify_cohort
 from securefed.client.config import ClientConfig, ClientSection
 from securefed.client.guards import GraphGrindingGuard
@@ -71,6 +73,19 @@ def base_model_reason(plan: pb.RoundPlan, settings: dict, mine: str) -> str | No
         return (f"base model differs: the federation's is {planned[:16]}..., this member's checkpoint is "
                 f"{mine[:16]}...; use the federation's base checkpoint (securefed model fingerprint DIR)")
     return None
+
+
+def library_versions_reason(plan: pb.RoundPlan, have: dict[str, str]) -> tuple[str | None, str | None]:
+    """(decline reason, warning) for the numerics libraries this member runs (``have``) against the
+    versions the plan says the federation expects: a major.minor difference declines the plan when the
+    federation requires equal versions, and is a warning otherwise (None, None when they agree)."""
+    differ = versions.mismatches(dict(plan.expected_library_versions), have)
+    if not differ:
+        return None, None
+    text = "library versions differ from the federation's: " + "; ".join(differ)
+    if plan.require_library_versions:
+        return f"{text}; install the federation's versions (its requirements.lock)", None
+    return None, text
 
 
 def holders_per_member(plan: pb.RoundPlan) -> int:

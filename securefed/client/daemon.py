@@ -43,6 +43,7 @@ from securefed.client.global_store import GlobalStore, keep_or_log
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.heartbeat import Heartbeat
 from securefed.client.hooks import MemberHooks
+from securefed.client.library_check import LibraryVersionCheck
 from securefed.client.member_state import MemberState, federation_key
 from securefed.client.plaintext_session import send_plaintext
 from securefed.client.pull_loop import serve
@@ -98,10 +99,9 @@ class ClientDaemon:
                                         federation_key(self.ca.public_bytes(serialization.Encoding.DER)))
         self.adapters = GlobalIntake(self.connection, self.store, self.member_state)
         self.grinding = GraphGrindingGuard(self.member_state, config.client.sparse_graph_max_retries)
-        self._refused_attempt = 0
+        self._refused_attempt, self.library_check = 0, LibraryVersionCheck()
         self.ckks_key = MemberKey(config.client.ckks_secret_context) if config.client.ckks_secret_context else None
-        release = ReleaseRecorder(self.ledger, self.connection, self.hooks, self._fault,
-                                  then=lambda: self.budget.precompute_next())
+        release = ReleaseRecorder(self.ledger, self.connection, self.hooks, self._fault, then=lambda: self.budget.precompute_next())
         self.deps = SessionDeps(self.connection, self.identity, self.name, self._fault, release)
         self._planning = 0  # the attempt whose plan is being handled (heartbeats cover it too)
         self.heartbeat = Heartbeat(self.connection, lambda: self._planning or self.current_attempt(),
@@ -223,6 +223,8 @@ class ClientDaemon:
                   or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
         if reason is not None:
             return self._decline(reason, pb.PLAN_DECLINE_KIND_POLICY)
+        if (reason := self.library_check.decline_reason(plan)) is not None:
+            return self._decline(reason, pb.PLAN_DECLINE_KIND_LIBRARY_VERSIONS)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
         try:

@@ -15,23 +15,24 @@ dp-accounting assume it, and accounting a shuffled or fixed-size batch with them
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from importlib import metadata
 from typing import Any
 
-from securefed import __version__
+from securefed import __version__, versions
 from securefed.errors import AccountingError, InvalidInput, InvalidMessage
 
 #: Version of the event record layout; part of the canonical bytes so a format change cannot be
-#: confused with an old event. Schema 1 events (no context) stay readable, byte for byte: their
-#: hashes and signatures in old ledgers must keep verifying.
-EVENT_SCHEMA_VERSION = 2
+#: confused with an old event. Schema 1 (no context) and schema 2 (context; opacus, torch and
+#: securefed versions only) stay readable, byte for byte: their hashes and signatures in old ledgers
+#: must keep verifying. Schema 3 records every library that changes a member's numbers
+#: (``securefed.versions.NUMERICS_LIBRARIES``); its context is present whenever the release had one.
+EVENT_SCHEMA_VERSION = 3
+SCHEMA_WITH_CONTEXT = 2
 SCHEMA_WITHOUT_CONTEXT = 1
 
 #: Canonical events are a few hundred bytes; anything far larger is refused before parsing.
@@ -164,36 +165,46 @@ def utc_timestamp(now: datetime | None = None) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@functools.lru_cache(maxsize=None)
-def _version_of(dist: str) -> str:
-    # Memoised: a metadata scan costs ~1 ms and runs several times a round; the version of a package
-    # already loaded in this process cannot change while it runs (an upgrade on disk is not what ran).
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
+_LEGACY_LIBRARIES = frozenset({"opacus", "torch", "securefed"})  # schema 1 and 2 events
+_ALL_LIBRARIES = frozenset({"securefed", *versions.NUMERICS_LIBRARIES})  # schema 3
 
 
 @dataclass(frozen=True, slots=True)
 class LibraryVersions:
-    """Versions of the code that trained and accounted (read from package metadata; imports nothing heavy)."""
+    """Versions of the code that trained and accounted (read from package metadata; imports nothing heavy).
+
+    Either all of them (schema 3 events) or, as events before schema 3 recorded, only opacus, torch and
+    securefed (the other fields None)."""
 
     opacus: str
     torch: str
     securefed: str
+    transformers: str | None = None
+    peft: str | None = None
+    bitsandbytes: str | None = None
+    tenseal: str | None = None
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
+        present = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        if present not in (_LEGACY_LIBRARIES, _ALL_LIBRARIES):
+            raise InvalidInput(f"library_versions must name exactly {sorted(_ALL_LIBRARIES)} "
+                               f"(or, before schema 3, {sorted(_LEGACY_LIBRARIES)})")
+        for name in present:
+            v = getattr(self, name)
             if not isinstance(v, str) or not v or len(v) > 64:
-                raise InvalidInput(f"library_versions.{f.name} must be a non-empty string of at most 64 characters")
+                raise InvalidInput(f"library_versions.{name} must be a non-empty string of at most 64 characters")
+
+    @property
+    def complete(self) -> bool:
+        """Every numerics library recorded (a schema 3 event)."""
+        return self.transformers is not None
 
     @classmethod
     def current(cls) -> LibraryVersions:
-        return cls(opacus=_version_of("opacus"), torch=_version_of("torch"), securefed=__version__)
+        return cls(securefed=__version__, **versions.installed())
 
     def to_dict(self) -> dict[str, str]:
-        return {"opacus": self.opacus, "securefed": self.securefed, "torch": self.torch}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
 
 def _finite_float(name: str, value: Any) -> float:
@@ -222,7 +233,8 @@ class DpEvent:
     - ``accountant``: the accountant the client enforced its budget with.
     - ``sampler``: must be ``Sampler.POISSON``.
     - ``secure_rng``: whether noise came from a cryptographically secure RNG.
-    - ``library_versions``: opacus / torch / securefed versions.
+    - ``library_versions``: securefed and the numerics libraries (torch, transformers, peft, opacus,
+      bitsandbytes, tenseal); opacus / torch / securefed only in events before schema 3.
     - ``config_hash``: SHA-256 (hex) of the training configuration.
     - ``timestamp``: ISO-8601 UTC, see ``utc_timestamp``.
     - ``context``: ``EventContext`` (schema 2), or None for a schema 1 event (written before it existed).
@@ -305,8 +317,12 @@ class DpEvent:
     # --- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        if self.library_versions.complete:
+            schema = EVENT_SCHEMA_VERSION
+        else:
+            schema = SCHEMA_WITH_CONTEXT if self.context is not None else SCHEMA_WITHOUT_CONTEXT
         d: dict[str, Any] = {
-            "schema": EVENT_SCHEMA_VERSION if self.context is not None else SCHEMA_WITHOUT_CONTEXT,
+            "schema": schema,
             "client_id": self.client_id,
             "round_id": self.round_id,
             "noise_multiplier": self.noise_multiplier,
@@ -334,16 +350,19 @@ class DpEvent:
         if not isinstance(data, dict):
             raise InvalidMessage("DP event must be a JSON object")
         schema = data.get("schema")
-        if schema not in (SCHEMA_WITHOUT_CONTEXT, EVENT_SCHEMA_VERSION) or isinstance(schema, bool):
+        if schema not in (SCHEMA_WITHOUT_CONTEXT, SCHEMA_WITH_CONTEXT, EVENT_SCHEMA_VERSION) or isinstance(schema, bool):
             raise InvalidMessage(f"unsupported DP event schema {schema!r}")
-        expected = _EVENT_KEYS | ({"context"} if schema == EVENT_SCHEMA_VERSION else set())
+        with_context = schema == SCHEMA_WITH_CONTEXT or (schema == EVENT_SCHEMA_VERSION and "context" in data)
+        expected = _EVENT_KEYS | ({"context"} if with_context else set())
         keys = set(data)
         if keys != expected:
             missing, extra = sorted(expected - keys), sorted(keys - expected)
             raise InvalidMessage(f"DP event keys do not match schema (missing {missing}, unexpected {extra})")
         lv = data["library_versions"]
-        if not isinstance(lv, dict) or set(lv) != {"opacus", "torch", "securefed"}:
-            raise InvalidMessage("DP event library_versions must have exactly opacus, torch, securefed")
+        libraries = _ALL_LIBRARIES if schema == EVENT_SCHEMA_VERSION else _LEGACY_LIBRARIES
+        if not isinstance(lv, dict) or set(lv) != libraries:
+            raise InvalidMessage(f"DP event library_versions must have exactly {', '.join(sorted(libraries))} "
+                                 f"in schema {schema}")
         kwargs = {k: v for k, v in data.items() if k not in ("schema", "library_versions", "context")}
         context = EventContext.from_dict(data["context"]) if "context" in data else None
         try:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from securefed import versions
 from securefed.errors import AccountingError, InvalidInput
 from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon, cumulative_epsilons
@@ -190,6 +191,16 @@ def _federations(clients: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for f in sorted(feds.values(), key=lambda f: f["first"])]
 
 
+def library_versions(clients: list[dict[str, Any]]) -> dict[str, Any]:
+    """What each ledger's member ran at its latest release, and the libraries whose major.minor differ
+    between members (different numerics: per-sample clipping, model code, kernels)."""
+    latest = {c["source"]: (c["client_id"], c["rounds"][-1]["library_versions"]) for c in clients if c["rounds"]}
+    differ = sorted(name for name in versions.NUMERICS_LIBRARIES
+                    if len({versions.major_minor(v[1].get(name, "not recorded")) for v in latest.values()}) > 1)
+    return {"members": [{"client_id": cid, "ledger": src, "versions": v} for src, (cid, v) in latest.items()],
+            "differ": differ}
+
+
 def build_report(results: Sequence[LedgerVerification], round_log: RoundLogContext | None = None) -> dict[str, Any]:
     clients = [client_report(r, round_log) for r in results]
     return {
@@ -202,6 +213,7 @@ def build_report(results: Sequence[LedgerVerification], round_log: RoundLogConte
         "attempts": [a.to_dict() for a in round_log.attempts.values()] if round_log else [],
         "federations": _federations(clients),
         "datasets": dataset_totals(results),
+        "library_versions": library_versions(clients),
         "explanations": EXPLANATIONS,
         "clients": clients,
     }
@@ -381,6 +393,24 @@ def _context_html(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _versions_html(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    lv = report["library_versions"]
+    libs = ("securefed", *versions.NUMERICS_LIBRARIES)
+    out = ["<h2>Library versions</h2>", "<p>What each member trained with at its latest release (from its signed "
+           "DP events). A different major.minor version of a numerics library can change the numbers a member "
+           "computes.</p>"]
+    if lv["differ"]:
+        out.append(f'<p class="warn">Members ran different major.minor versions of: {e(", ".join(lv["differ"]))}.</p>')
+    out.append("<table><tr><th>client</th>" + "".join(f"<th>{n}</th>" for n in libs) + "</tr>")
+    for m in lv["members"]:
+        cells = "".join(f'<td class="{"warn" if n in lv["differ"] else "l"}">{e(m["versions"].get(n, "not recorded"))}</td>'
+                        for n in libs)
+        out.append(f'<tr><td class="l">{e(str(m["client_id"]))}</td>{cells}</tr>')
+    out.append("</table>")
+    return out
+
+
 def _datasets_html(report: dict[str, Any]) -> list[str]:
     e = html.escape
     out = ["<h2>Per dataset</h2>", f"<p>{e(EXPLANATIONS['per_dataset'])}</p>"]
@@ -431,6 +461,7 @@ def render_html(report: dict[str, Any]) -> str:
         out.append(f"<dt>{title}</dt><dd>{e(EXPLANATIONS[key])}</dd>")
     out.append("</dl>")
     out += _context_html(report)
+    out += _versions_html(report)
     out += _datasets_html(report)
     out.append("<h2>Cumulative epsilon over federation rounds</h2>")
     out.append(render_svg(report))

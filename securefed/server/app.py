@@ -145,7 +145,8 @@ class ServerApp:
             vector_length=ctx.payload_length, stage_timeout_ms=int(cfg.deadlines.training_s * 1000),
             base_model_fingerprint=bytes.fromhex(self.base_fingerprint),
             revocation_list=self.revocations.der() if self.revocations else b"", federation_id=cfg.server.federation_id,
-            federation_round=ctx.round,
+            federation_round=ctx.round, expected_library_versions=cfg.expected_library_versions(),
+            require_library_versions=cfg.federation.library_versions == "require",
         )
         bound = self.strategy(ctx.global_ckpt.vector.size).payload_bound()
         if cfg.federation.mode is AggregationMode.SECAGG:

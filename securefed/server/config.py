@@ -41,6 +41,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from securefed import versions
 from securefed.config import StrictModel, check_address, format_validation_error, load_toml
 from securefed.crypto.fixedpoint import FixedPointParams
 from securefed.errors import ConfigError, InsecureParameters
@@ -110,11 +111,23 @@ class FederationSection(StrictModel):
     )
     budget_retry_s: float = Field(60.0, gt=0, description="on_budget_exhausted = 'wait': first wait before asking again")
     budget_retry_max_s: float = Field(3600.0, gt=0, description="on_budget_exhausted = 'wait': longest wait")
+    library_versions: Literal["warn", "require"] = Field(
+        "warn", description="the plan states the versions of torch, transformers, peft, opacus, bitsandbytes and "
+        "tenseal the federation expects (this server's, or expected_library_versions); a member running another "
+        "major.minor of any of them logs a warning and trains ('warn'), or declines every plan ('require')",
+    )
+    expected_library_versions: dict[str, str] = Field(
+        default_factory=dict, description="override the versions the plan states, e.g. {torch = \"2.13.0\"} "
+        "(default: the versions this server runs)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "FederationSection":
         if self.ring_bits is not None and self.ring_bits not in (32, 64):
             raise ValueError("ring_bits must be 32 or 64 (or left out: the smallest safe ring)")
+        unknown = sorted(set(self.expected_library_versions) - set(versions.NUMERICS_LIBRARIES))
+        if unknown:
+            raise ValueError(f"expected_library_versions: {unknown} is not one of {list(versions.NUMERICS_LIBRARIES)}")
         if self.min_clients > self.cohort_size:
             raise ValueError(f"min_clients ({self.min_clients}) must be <= cohort_size ({self.cohort_size})")
         return self
@@ -160,6 +173,11 @@ class ServerConfig(StrictModel):
     lora: LoraSettings = LoraSettings()
     model: ServerModelSection = ServerModelSection()
     deadlines: DeadlinesSection = DeadlinesSection()
+
+    def expected_library_versions(self) -> dict[str, str]:
+        """The versions the plan states: this server's own (those it has installed), overridden by config."""
+        mine = {k: v for k, v in versions.installed().items() if v != versions.ABSENT}
+        return {**mine, **self.federation.expected_library_versions}
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -144,3 +144,41 @@ def test_event_from_training_result():
     shuffled = SimpleNamespace(**{**vars(result), "sampler": "shuffle"})
     with pytest.raises(AccountingError):
         event_from_training(shuffled, client_id="c", round_id=0, delta=1e-5, accountant="rdp", config_hash="cd" * 32)
+
+
+# ----------------------------------------------------------------------------- library versions (schema 3)
+
+FULL_VERSIONS = LibraryVersions(opacus="1.6.0", torch="2.13.0+cpu", securefed="0.1.0", transformers="5.25.0",
+                                peft="0.21.2", bitsandbytes="0.50.2", tenseal="0.3.18")
+
+
+def test_a_release_records_every_numerics_library_and_old_events_keep_their_bytes():
+    from privacy_helpers import make_context
+
+    from securefed import versions
+
+    current = LibraryVersions.current()
+    assert current.complete and set(current.to_dict()) == {"securefed", *versions.NUMERICS_LIBRARIES}
+    new = make_event(library_versions=FULL_VERSIONS, context=make_context())
+    assert new.to_dict()["schema"] == 3 and new.to_dict()["library_versions"]["peft"] == "0.21.2"
+    assert DpEvent.from_json(new.canonical_bytes()) == new
+    bare = make_event(library_versions=FULL_VERSIONS)  # schema 3 without context
+    assert DpEvent.from_json(bare.canonical_bytes()) == bare
+    # Known-answer bytes of a schema 2 event (what ledgers before schema 3 hold, hashed and signed):
+    old = make_event(context=make_context())
+    assert old.to_dict()["schema"] == 2
+    assert old.canonical_bytes().startswith(b'{"accountant":"rdp","client_id":"hospital-a","clip_norm":1.0,'
+                                            b'"config_hash":"abab')
+    assert b'"library_versions":{"opacus":"1.6.0","securefed":"0.1.0","torch":"2.13.0"}' in old.canonical_bytes()
+    assert DpEvent.from_json(old.canonical_bytes()) == old
+
+
+def test_library_version_sets_must_match_their_schema():
+    with pytest.raises(InvalidInput, match="library_versions"):
+        LibraryVersions(opacus="1", torch="2", securefed="0", transformers="5")  # a partial set
+    d = make_event(library_versions=FULL_VERSIONS).to_dict()
+    with pytest.raises(InvalidMessage, match="library_versions"):
+        DpEvent.from_dict({**d, "schema": 1})  # the full set under an older schema
+    legacy = make_event().to_dict()
+    with pytest.raises(InvalidMessage, match="library_versions"):
+        DpEvent.from_dict({**legacy, "schema": 3})  # schema 3 claims the full set
