@@ -108,6 +108,14 @@ class LedgerError(PrivacyError):
     """The privacy ledger is corrupt: a broken hash chain, a bad signature, a gap or reordering."""
 
 
+class LedgerBudgetChanged(LedgerError):
+    """The config's ``[privacy]`` budget is not the one the data's ledger was created with. A restart
+    cannot fix it (exit 2), and a new ledger file would forget what the data already spent: the message
+    says what to restore."""
+
+    exit_code = 2
+
+
 class LedgerHeaderTampered(LedgerError):
     """The ledger's header (client, identity key, budget, dataset) does not verify: its bytes, hash or
     self-signature were changed, or it is not a header this build can read."""
