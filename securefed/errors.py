@@ -65,6 +65,12 @@ class RoundLogError(StateError):
     ``LedgerConflict``."""
 
 
+class DiskWriteError(StateError):
+    """A local write failed: the disk is full, a file size limit was reached, or the disk fails. What
+    depended on it was not done (no update released, no round committed); the message names the file
+    and what to do (``securefed.storage``). A restart, once there is space, goes on where it stopped."""
+
+
 class CryptoError(SecureFedError):
     """A cryptographic check failed (bad key, low-order point, authentication failure)."""
 

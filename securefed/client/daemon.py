@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 
-from securefed.client import admission, alerts, bundle_check
+from securefed.client import admission, alerts, bundle_check, federation_end
 from securefed.client.budget import BudgetPlanner
 from securefed.client.certificates import MemberCertificates
 from securefed.client.ckks_session import CkksSession, MemberKey
@@ -109,7 +109,9 @@ class ClientDaemon:
         self._budget: BudgetPlanner | None = None
         self.session: RoundSession | None = None
         self.protocol: SecAggSession | CkksSession | None = None
-        self.rounds_trained = 0
+        self.rounds_trained = 0  # attempts it trained for (some may have aborted)
+        self.rounds_contributed = 0  # completed rounds whose aggregate holds its update
+        self.end = federation_end.MemberEnd(self.ca, self.connection, self.stop_event)
 
     @property
     def budget(self) -> BudgetPlanner:
@@ -148,6 +150,7 @@ class ClientDaemon:
 
     def on_registered(self, resp: pb.RegisterResponse) -> None:
         self.heartbeat.set_interval(resp.heartbeat_interval_ms / 1000.0)
+        self.end.federation_id = resp.federation_id
 
     def drop_session(self, reason: str) -> None:
         if self.session is not None:
@@ -161,9 +164,11 @@ class ClientDaemon:
     def handle(self, task: pb.Task) -> bool:
         """Act on one task; True once the federation is done."""
         body = task.WhichOneof("body")
-        if body == "done":
-            self._on_done(task.done)
-            return True
+        if body == "done":  # only a signed end stops the member; anything else is an outage to wait out
+            newest = self.certificates.revocations.newest
+            if self.end.accept(task.done, newest.serials if newest else frozenset()):
+                federation_end.finish(self, task.done)
+            return self.end.ending is not None
         if body == "plan":
             self._on_plan(task.plan)
         elif body == "aborted":
@@ -313,6 +318,7 @@ class ClientDaemon:
         bundle = self.adapters.new_round(got, bytes(task.aggregate_ready.sha256))
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
+        self.rounds_contributed += participated
         if mine:
             if s.client_state is not None:
                 keep_or_log(self.store.save_client_state, s.client_state)  # SCAFFOLD c_i advances only with a committed round
@@ -324,22 +330,6 @@ class ClientDaemon:
         log(logger, "round completed", attempt=task.round, round=got.round, global_digest=bundle.digest[:16],
             participated=participated, epsilon_spent=round(self.ledger.epsilon(), 4),
             **{k: round(v, 3) for k, v in fields.items()})
-
-    def _on_done(self, done: pb.Done) -> None:
-        try:
-            self.adapters.final(int(done.final_round))
-        except SecureFedError as exc:
-            log(logger, "could not fetch the final adapter", error=str(exc))
-        peft_dir = None
-        try:
-            if self.store.latest is not None:
-                peft_dir = self.trainer.export_peft(self.store.latest, self.store.dir / "peft")
-        except SecureFedError as exc:
-            log(logger, "could not export the PEFT adapter", error=str(exc))
-        log(logger, "federation finished", final_round=done.final_round, reason=done.reason,
-            rounds_trained=self.rounds_trained, epsilon_spent=round(self.ledger.epsilon(), 4),
-            target_epsilon=self.config.privacy.target_epsilon, adapter=str(self.store.adapter_path),
-            peft_adapter=str(peft_dir) if peft_dir else None)
 
     def _fault(self, point: str, attempt: int) -> None:
         fault_point(f"client:{point}", attempt)
