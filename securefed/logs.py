@@ -94,6 +94,16 @@ _NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "
 _routed: dict[str, Any] = {}
 
 
+def fatal(line: str) -> None:
+    """The one line a command ends with on a user or operator error: a JSON record at level "error"
+    when stderr is routed (``--log-json``: it stays JSON only, and the level says what it is), else
+    ``securefed: error: LINE`` on stderr."""
+    if _routed:
+        log(get_logger("cli"), line, level=logging.ERROR)
+    else:
+        print(f"securefed: error: {line}", file=sys.stderr)
+
+
 def route_native_stderr() -> None:
     """Send what native code writes to fd 2 through our JSON handler (``--log-json`` only; once).
 

@@ -19,6 +19,12 @@ from securefed.errors import DiskWriteError
 STATE_DISK_FULL = ("the server stops without ending the federation (members wait for it): free space there; "
                    "started again, it resumes from the last completed round")
 
+# ... and of a member's privacy ledger and state: nothing is released without them.
+LEDGER_DISK_FULL = ("nothing was released (the ledger entry comes first); this member declines rounds until it can "
+                    "write again: free space there")
+MEMBER_STATE_DISK_FULL = ("this member cannot record the attempts it answers, so it declines them until it can "
+                          "write again: free space there")
+
 _FULL_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}
 
 

@@ -49,6 +49,7 @@ from securefed.client.pull_loop import serve
 from securefed.client.release import ReleaseRecorder
 from securefed.client.secagg_session import SecAggSession
 from securefed.client.session import RoundSession, SessionDeps
+from securefed.client.storage_guard import StorageGuard
 from securefed.client.trainer import Trainer
 from securefed.crypto.keys import IdentityKeyPair
 from securefed.errors import (
@@ -112,6 +113,7 @@ class ClientDaemon:
         self.rounds_trained = 0  # attempts it trained for (some may have aborted)
         self.rounds_contributed = 0  # completed rounds whose aggregate holds its update
         self.end = federation_end.MemberEnd(self.ca, self.connection, self.stop_event)
+        self.storage = StorageGuard()  # a full disk: leave the attempt, decline for a while, never exit
 
     @property
     def budget(self) -> BudgetPlanner:
@@ -223,11 +225,13 @@ class ClientDaemon:
         self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, fed.strategy)
         self.protocol = None
         admission.check_payload_size(plan, fed.strategy.payload_size)
-        reason = (self.certificates.decline_reason(plan)
-                  or admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+        base = admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+        disk = self.storage.decline_reason()
+        reason = (self.certificates.decline_reason(plan) or base or disk
                   or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
-        if reason is not None:
-            return self._decline(reason, pb.PLAN_DECLINE_KIND_POLICY)
+        if reason is not None:  # the server reacts to the kind: a base that differs cannot change while it runs
+            kind = pb.PLAN_DECLINE_KIND_BASE_MODEL if reason is base else pb.PLAN_DECLINE_KIND_POLICY
+            return self._decline(reason, pb.PLAN_DECLINE_KIND_LOCAL_STORAGE if reason is disk else kind)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
         try:
@@ -240,7 +244,8 @@ class ClientDaemon:
             return self._decline(f"planned rounds done: {exc}", pb.PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE)
         except (BudgetExceeded, ConfigError) as exc:
             return self._decline(f"privacy budget: {exc}", pb.PLAN_DECLINE_KIND_PRIVACY_BUDGET)
-        self.member_state.act_on(attempt)  # durable before it answers: this plan can never be acted on again
+        if not self.storage.write(self.member_state.act_on, attempt):  # durable before it answers (never twice)
+            return self._decline(self.storage.decline_reason() or "cannot write", pb.PLAN_DECLINE_KIND_LOCAL_STORAGE)
         self.connection.submit(self.connection.header(attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=True))
         log(logger, "accepted the attempt", attempt=attempt, round=plan.federation_round or None,
@@ -278,7 +283,7 @@ class ClientDaemon:
     def _decline(self, reason: str, kind: int) -> None:
         s = self.session
         assert s is not None
-        self.member_state.act_on(s.attempt)
+        self.storage.write(self.member_state.act_on, s.attempt)  # a full disk is no reason to stay silent
         self.connection.submit(self.connection.header(s.attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=False, decline_reason=reason[:300],
                                                              decline_kind=kind))

@@ -21,6 +21,7 @@ from securefed.client.connection import Connection
 from securefed.errors import CryptoError, SecureFedError
 from securefed.logs import get_logger, log
 from securefed.protocol.ending import verify_end
+from securefed.storage import disk_write_error
 from securefed.transport._generated import federation_pb2 as pb
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -62,11 +63,14 @@ def finish(daemon: ClientDaemon, done: pb.Done) -> None:
     except SecureFedError as exc:
         log(logger, "could not fetch the final adapter", error=str(exc))
     peft_dir = None
+    out = daemon.store.dir / "peft"
     try:
         if daemon.store.latest is not None:
-            peft_dir = daemon.trainer.export_peft(daemon.store.latest, daemon.store.dir / "peft")
-    except SecureFedError as exc:
-        log(logger, "could not export the PEFT adapter", error=str(exc))
+            peft_dir = daemon.trainer.export_peft(daemon.store.latest, out)
+    except (SecureFedError, OSError) as exc:  # a full disk: the adapter file stays; only its export is missing
+        full = disk_write_error(exc, out, "the PEFT copy of the final adapter is missing: free space and export it "
+                                "from the adapter file") if isinstance(exc, OSError) else None
+        log(logger, "could not export the PEFT adapter", level=logging.ERROR, error=str(full or exc))
     log(logger, "federation finished", final_round=done.final_round, ending=daemon.end.ending, reason=done.reason,
         rounds_contributed=daemon.rounds_contributed, attempts_trained=daemon.rounds_trained,
         epsilon_spent=round(daemon.ledger.epsilon(), 4), target_epsilon=daemon.config.privacy.target_epsilon,

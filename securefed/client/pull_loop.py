@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 
 from securefed import exit_codes
 from securefed.client import alerts
-from securefed.errors import CertificateError, CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
+from securefed.errors import (
+    CertificateError,
+    CryptoError,
+    DiskWriteError,
+    InvalidMessage,
+    NotRegistered,
+    ProtocolAbort,
+    TransportError,
+)
 from securefed.logs import get_logger, log
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -95,6 +103,9 @@ def _serve(daemon: ClientDaemon) -> int:
                 break
             backoff = min(backoff * 2, conn.backoff_max_s)
             daemon.connection.open()
+        except DiskWriteError as exc:  # a full disk (ledger, member state): nothing released; decline for a while
+            daemon.storage.failed(exc, daemon.current_attempt())
+            daemon.drop_session(str(exc))
         except NotRegistered as exc:  # the server restarted or forgot us: register again
             daemon.drop_session(str(exc))
             registered = False

@@ -53,6 +53,7 @@ from securefed.errors import (
 from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
+from securefed.storage import LEDGER_DISK_FULL, disk_write_error
 from securefed.privacy.events import (
     _CLIENT_ID,
     AccountantName,
@@ -561,10 +562,12 @@ class Ledger:
                     )
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # a failed COMMIT (a full disk) has rolled back already
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise LedgerError(f"{self._path}: append failed: {exc}") from None
+                raise disk_write_error(exc, self._path, LEDGER_DISK_FULL) or LedgerError(
+                    f"{self._path}: append failed: {exc}") from None
             entry = LedgerEntry(seq, event, prev, ehash, sig)
             self._entries.append(entry)
             return entry
