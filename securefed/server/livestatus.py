@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefed.protocol.stages import STAGE_NAMES
+from securefed.server.exclusion import left_out
 from securefed.transport._generated import federation_pb2 as pb
 
 if TYPE_CHECKING:  # the coordinator imports this module
@@ -63,6 +64,7 @@ def members_of(co: Coordinator) -> dict[str, dict[str, Any]]:
     with co.lock:
         mb = co.mailbox
         connected = set(mb.connected())
+        out_of_cohorts = left_out(mb, connected)
         out = {}
         for c, info in sorted(mb.clients.items()):
             m: dict[str, Any] = {"last_seen": info.last_seen_wall, "connected": c in connected}
@@ -71,10 +73,14 @@ def members_of(co: Coordinator) -> dict[str, dict[str, Any]]:
                 m["activity"] = _ACTIVITY.get(hb.activity, "working")
                 if hb.activity == pb.MEMBER_ACTIVITY_TRAINING:
                     m["step"], m["total_steps"] = int(hb.step), int(hb.total_steps)
-            if hb is not None and hb.target_epsilon:
-                m["reported_epsilon"], m["target_epsilon"] = hb.epsilon_spent, hb.target_epsilon
+            if hb is not None and hb.target_epsilon:  # the member's word; status prefers its signed entries
+                m["heartbeat_epsilon"], m["target_epsilon"] = hb.epsilon_spent, hb.target_epsilon
             if info.exhausted and info.exhausted_until > now:
                 m["sits_out"] = info.exhausted
+            if c in out_of_cohorts:  # server.exclusion: revoked, unfit, lost, or its disk is full
+                m["left_out"] = out_of_cohorts[c]
+            if info.revoked:
+                m["revoked"] = info.revoked
             if mb.ctx is not None and c in mb.liveness.refused:
                 m["refused"] = mb.liveness.refused[c]
             out[c] = m
