@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from securefed import exit_codes
 from securefed.errors import ConfigError
 from securefed.fsutil import SHARED_MODE, atomic_write
-from securefed.logs import route_native_stderr, setup_logging
+from securefed.logs import route_native_stderr, setup_logging, watch_native
 
 if TYPE_CHECKING:
     from securefed.server.config import ServerConfig
@@ -70,12 +70,14 @@ def _server(args: argparse.Namespace) -> int:
         setup_logging(json_lines=False, level="warning")
         return check_server(args.config).report("server")
     setup_logging(json_lines=args.log_json, level=args.log_level)
-    if args.log_json:
-        route_native_stderr()  # before grpc starts: its core logs to file descriptor 2
+    # Before grpc starts: its core logs to file descriptor 2. Routed in text mode too (dated lines).
+    route_native_stderr(keep_python_stderr=not args.log_json)
     from securefed.server.app import ServerApp, check_credentials  # grpc, the whole coordinator
+    from securefed.server.handshakes import HandshakeWatch
     from securefed.server.livestatus import StartingBeacon
 
     cfg = _load_config(args.config)
+    watch_native(HandshakeWatch(cfg.server.state_dir))  # a member of another CA: an alert, not only gRPC's line
     with StartingBeacon(cfg.server.state_dir):  # `securefed status`: starting, not "not running"
         # Certificates first: an expired one is one line at once, before minutes of reading the model.
         app = ServerApp(cfg, credentials=check_credentials(cfg))
