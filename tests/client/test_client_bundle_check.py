@@ -102,3 +102,11 @@ def test_check_warns_that_dp_on_three_records_protects_little(member, tmp_path, 
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith("warn  data size:"))
     assert "only 3 training examples" in line and "protects little" in line
+
+
+def test_the_bundles_comment_says_where_its_paths_are():
+    from securefed.transport.member_kit import client_toml
+
+    trial, service = client_toml("a", "h:1", state_root="."), client_toml("a", "h:1")
+    assert 'state_dir = "state"' in trial and "are absolute" not in trial and "under '.'" in trial
+    assert 'state_dir = "/var/lib/securefed/state"' in service and "are absolute" in service
