@@ -105,7 +105,7 @@ class BudgetPlanner:
             fields = dict(noise_multiplier=round(self._sigma, 4), rounds=remaining, steps_per_round=steps,
                           sample_rate=round(q, 6), target_epsilon=b.target_epsilon)
             if extra:
-                log(logger, "WARNING: planned rounds done; client.after_planned_rounds = 'continue': one more round "
+                log(logger, "planned rounds done; client.after_planned_rounds = 'continue': one more round "
                     "on what is left of the budget, with more noise", level=logging.WARNING,
                     epsilon_spent=round(self.ledger.epsilon(), 4), **fields)
             else:

@@ -148,7 +148,7 @@ class ClientDaemon:
             log(logger, "privacy budget", epsilon_spent=round(p.epsilon_before, 4), target_epsilon=p.target_epsilon,
                 next_round_epsilon_after=round(p.epsilon_after, 4), within_budget=p.within_budget)
         except BudgetExceeded as exc:
-            log(logger, "WARNING: this member will decline every round", level=logging.WARNING, reason=str(exc))
+            log(logger, "this member will decline every round", level=logging.WARNING, reason=str(exc))
 
     def on_registered(self, resp: pb.RegisterResponse) -> None:
         self.heartbeat.set_interval(resp.heartbeat_interval_ms / 1000.0)
@@ -233,7 +233,7 @@ class ClientDaemon:
             kind = pb.PLAN_DECLINE_KIND_BASE_MODEL if reason is base else pb.PLAN_DECLINE_KIND_POLICY
             return self._decline(reason, pb.PLAN_DECLINE_KIND_LOCAL_STORAGE if reason is disk else kind)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
-            log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
+            log(logger, "plaintext round: the server will see this member's update in clear", level=logging.WARNING)
         try:
             self._load_global(fed.lora, bundle)
         except ConfigError as exc:  # e.g. the federation's adapter does not fit this member's max_memory_gb
@@ -289,7 +289,7 @@ class ClientDaemon:
                                                              decline_kind=kind))
         self.hooks.outcome(s.attempt, "declined", reason=reason)
         quiet = kind == pb.PLAN_DECLINE_KIND_POLICY
-        log(logger, "declined the attempt" if quiet else "WARNING: declined the attempt", attempt=s.attempt,
+        log(logger, "declined the attempt", attempt=s.attempt,
             round=s.plan.federation_round or None, reason=reason, level=logging.INFO if quiet else logging.WARNING)
         self.session = None
 
