@@ -106,14 +106,15 @@ def render(st: dict[str, Any], out: TextIO) -> None:
 def _member_state(m: dict[str, Any]) -> str:
     if m.get("revoked"):
         return f"REVOKED ({m['revoked']}): refused at every call, never drawn again"
-    if m.get("connected", False) is None:
-        return "unknown: the server is not running"
-    if m.get("refused"):
+    stopped = m.get("connected", False) is None  # the server is not running: only what it last decided holds
+    if m.get("refused") and not stopped:
         return f"refused in this attempt: {m['refused']}"
     if m.get("sits_out"):  # its first clause; the attempt's declines below carry the whole reason
         return f"sits out: {m['sits_out'].split(': ', 1)[0]}"
     if m.get("left_out"):
         return f"left out: {m['left_out']}"
+    if stopped:
+        return "unknown: the server is not running"
     if m.get("activity") == "training" and m.get("total_steps"):
         return f"training: step {m['step']} of {m['total_steps']}"
     return m.get("activity") or ("connected" if m.get("connected") else "")
