@@ -19,6 +19,8 @@ from daemon_helpers import FAST_CLIENT, fast_server, free_port, recorders
 
 from securefed.federation import provision, set_client_server, start_clients
 from securefed.privacy.ledger import load_ledger
+from securefed.server.app import ServerApp
+from securefed.server.config import load_server_config
 from securefed.server.roundlog import AttemptStatus, RoundLog
 
 pytestmark = pytest.mark.slow
@@ -69,6 +71,10 @@ def test_members_wait_out_a_stopped_server_and_a_full_disk_and_stop_only_on_the_
     p = provision(tmp_path, 3, mode="secagg", rounds=2, threshold=2, model_dir=tiny_model, address=f"127.0.0.1:{port}",
                   server=fast_server(heartbeat_s=0.5, missed_heartbeats=4), client=client)
     set_client_server(p.client_tomls["member-3"], f"127.0.0.1:{port}")
+    # The round-0 adapter built here, where torch is loaded already: the server processes never import it.
+    co = ServerApp(load_server_config(p.server_toml)).coordinator
+    co.recover()
+    co.roundlog.close()
     port_file = tmp_path / "port"
     server = ["server", "--config", str(p.server_toml)]
     servers = [_Proc(server, port_file=port_file)]
