@@ -13,6 +13,7 @@ import sys
 
 from securefed import __version__
 from securefed.errors import SecureFedError
+from securefed.logs import fatal
 
 # A module that is not there yet is skipped, so the CLI works while it grows.
 COMMAND_MODULES = (
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except SecureFedError as exc:
-        print(f"securefed: error: {exc}", file=sys.stderr)
+        fatal(str(exc))  # one line; a JSON record at level "error" under --log-json
         return exc.exit_code
     except KeyboardInterrupt:
         print("securefed: interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from securefed import exit_codes
 from securefed.errors import ConfigError
 
 MARKER = ".securefed-demo"
@@ -184,9 +185,10 @@ def _demo(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         server_rc = server.wait(timeout=30) if server.poll() is None else server.returncode
         client_rc = {}
+        told = server_rc in (exit_codes.FINISHED, exit_codes.GAVE_UP)  # else no signed end: members wait for it
         for nm, pr in procs.items():
             try:
-                client_rc[nm] = pr.wait(timeout=60)
+                client_rc[nm] = pr.wait(timeout=60 if told else 0.5)
             except subprocess.TimeoutExpired:
                 client_rc[nm] = None
         rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start)

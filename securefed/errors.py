@@ -65,6 +65,12 @@ class RoundLogError(StateError):
     ``LedgerConflict``."""
 
 
+class DiskWriteError(StateError):
+    """A local write failed: the disk is full, a file size limit was reached, or the disk fails. What
+    depended on it was not done (no update released, no round committed); the message names the file
+    and what to do (``securefed.storage``). A restart, once there is space, goes on where it stopped."""
+
+
 class CryptoError(SecureFedError):
     """A cryptographic check failed (bad key, low-order point, authentication failure)."""
 
@@ -106,6 +112,14 @@ class AccountingError(PrivacyError):
 
 class LedgerError(PrivacyError):
     """The privacy ledger is corrupt: a broken hash chain, a bad signature, a gap or reordering."""
+
+
+class LedgerBudgetChanged(LedgerError):
+    """The config's ``[privacy]`` budget is not the one the data's ledger was created with. A restart
+    cannot fix it (exit 2), and a new ledger file would forget what the data already spent: the message
+    says what to restore."""
+
+    exit_code = 2
 
 
 class LedgerHeaderTampered(LedgerError):

@@ -22,6 +22,7 @@ from securefed.errors import ConfigError
 from securefed.secagg.params import suggest_threshold
 from securefed.server.app import ServerApp
 from securefed.server.config import ServerConfig, load_server_config
+from securefed.server.ending import FINAL_ENDINGS
 from securefed.training.preset import PRESET_MARKER, build_tiny_model
 from securefed.transport import identity as tid
 
@@ -251,6 +252,8 @@ def run_in_process(p: Provisioned, *, hooks: dict[str, Any] | None = None, timeo
             app.coordinator.stop()
             st.join(10)
         app.coordinator.linger(10.0)
+        if app.coordinator.ending not in FINAL_ENDINGS:  # no signed end: members would wait for a restart
+            clients.shutdown()
         clients.join(max(1.0, timeout_s - (time.monotonic() - t0)))
     finally:
         clients.shutdown()

@@ -10,7 +10,9 @@ file descriptor 2 itself (gRPC core and absl: ``I1201 ... ssl_transport_security
 torch's C++ warnings, a Python traceback printed at exit) goes through a pipe and comes out as one
 JSON record per line (logger ``native``, the level read from gRPC's I/W/E/F prefix). gRPC's own
 verbosity stays the operator's to set (``GRPC_VERBOSITY``, ``GRPC_TRACE``); routing, not silencing,
-so an error of gRPC's is never lost.
+so an error of gRPC's is never lost. The daemons route in text mode too (``keep_python_stderr``: only
+native writes go through the pipe, so progress bars still see the terminal), so gRPC's lines also
+start with the date; and ``watch_native`` lets a daemon react to one (a failed TLS handshake).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 _FIELDS_ATTR = "securefed_fields"
@@ -92,15 +95,32 @@ def setup_logging(*, json_lines: bool = False, level: str = "info", stream: Text
 _NATIVE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]\s]+)\] ?(.*)$")
 _NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 _routed: dict[str, Any] = {}
+_watchers: list[Callable[[int, str, str], None]] = []  # (level, source, message) of each routed native line
 
 
-def route_native_stderr() -> None:
-    """Send what native code writes to fd 2 through our JSON handler (``--log-json`` only; once).
+def watch_native(fn: Callable[[int, str, str], None]) -> None:
+    """Call ``fn(level, source, message)`` for every line native code writes once stderr is routed."""
+    _watchers.append(fn)
 
-    Our handler moves to a duplicate of the original stderr; fd 2 (and ``sys.stderr``) becomes a pipe
-    that a thread reads, one record per line. At exit the pipe is drained, so a last traceback still
-    comes out (as JSON)."""
-    if _routed or os.name != "posix":
+
+def fatal(line: str) -> None:
+    """The one line a command ends with on a user or operator error: a JSON record at level "error"
+    when stderr is routed (``--log-json``: it stays JSON only, and the level says what it is), else
+    ``securefed: error: LINE`` on stderr."""
+    if _routed and not _routed.get("text"):
+        log(get_logger("cli"), line, level=logging.ERROR)
+    else:
+        print(f"securefed: error: {line}", file=sys.stderr)
+
+
+def route_native_stderr(*, keep_python_stderr: bool = False) -> None:
+    """Send what native code writes to fd 2 through our handler (once; in a real process only: not
+    while a test harness holds ``sys.stderr``).
+
+    Our handler moves to a duplicate of the original stderr; fd 2 (and, unless ``keep_python_stderr``,
+    ``sys.stderr``) becomes a pipe that a thread reads, one record per line. At exit the pipe is
+    drained, so a last traceback still comes out (as JSON)."""
+    if _routed or os.name != "posix" or sys.stderr is not sys.__stderr__:
         return
     root = logging.getLogger(_ROOT)
     ours = [h for h in root.handlers if getattr(h, "_securefed", False)]
@@ -113,6 +133,8 @@ def route_native_stderr() -> None:
     r, w = os.pipe()
     os.dup2(w, 2)
     os.close(w)
+    if keep_python_stderr:  # Python's own writes (progress bars, a traceback) go to the real stderr
+        sys.stderr = original
     native = get_logger("native")
 
     def pump() -> None:
@@ -122,14 +144,18 @@ def route_native_stderr() -> None:
                 if not line.strip():
                     continue
                 m = _NATIVE.match(line)
-                if m:
-                    log(native, m.group(3), level=_NATIVE_LEVELS[m.group(1)], source=m.group(2))
-                else:
-                    log(native, line, level=logging.WARNING)
+                level, source, message = (_NATIVE_LEVELS[m.group(1)], m.group(2), m.group(3)) if m else \
+                    (logging.WARNING, "", line)
+                log(native, message, level=level, **({"source": source} if source else {}))
+                for fn in _watchers:
+                    try:
+                        fn(level, source, message)
+                    except Exception:  # noqa: BLE001 - a watcher must never stop the pump (and so stderr)
+                        pass
 
     th = threading.Thread(target=pump, name="native-stderr", daemon=True)
     th.start()
-    _routed.update(thread=th, original=original)
+    _routed.update(thread=th, original=original, text=keep_python_stderr)
     atexit.register(_drain_native_stderr)
 
 

@@ -44,7 +44,11 @@ class BudgetPlanner:
     # --- can this member ever train, and will it now ----------------------------------------------
     def check_feasible(self) -> None:
         """``check_feasible`` for this member (exit 2 at start-up when it fails); on an empty ledger the
-        calibration it runs is the run's own, logged once."""
+        calibration it runs is the run's own, logged once. Data too small for DP to mean much is a
+        warning."""
+        small = small_data_warning(self.dataset_size, plan_steps(self.config.training, self.dataset_size)[0])
+        if small is not None:
+            log(logger, small, level=logging.WARNING)
         if self.ledger.events():
             # A restarted member: its first start checked this; noise_multiplier tells a config that
             # cannot work from a budget mostly spent when calibration fails.
@@ -101,7 +105,7 @@ class BudgetPlanner:
             fields = dict(noise_multiplier=round(self._sigma, 4), rounds=remaining, steps_per_round=steps,
                           sample_rate=round(q, 6), target_epsilon=b.target_epsilon)
             if extra:
-                log(logger, "WARNING: planned rounds done; client.after_planned_rounds = 'continue': one more round "
+                log(logger, "planned rounds done; client.after_planned_rounds = 'continue': one more round "
                     "on what is left of the budget, with more noise", level=logging.WARNING,
                     epsilon_spent=round(self.ledger.epsilon(), 4), **fields)
             else:
@@ -221,6 +225,23 @@ def check_feasible(config: ClientConfig, dataset_size: int) -> float | None:
                 "noise multiplier (or remove it to calibrate), train fewer steps, or raise the budget"
             )
     return None
+
+
+# Below these, DP-SGD protects little: Poisson sampling amplifies privacy only at small sample rates,
+# and the noise a budget needs on a handful of records drowns what they could teach the model.
+SMALL_DATASET = 100
+LARGE_SAMPLE_RATE = 0.1
+
+
+def small_data_warning(dataset_size: int, sample_rate: float) -> str | None:
+    """A line to show when the data is too small for DP-SGD to mean much (None otherwise)."""
+    if dataset_size >= SMALL_DATASET and sample_rate <= LARGE_SAMPLE_RATE:
+        return None
+    return (f"only {dataset_size} training examples (sample rate {sample_rate:.3g} per step): differential privacy "
+            f"over so few records protects little (sampling amplifies privacy only at sample rates well below "
+            f"{LARGE_SAMPLE_RATE:g}, and the noise the budget needs drowns what they could teach); a member needs "
+            f"hundreds of examples or more (at least {SMALL_DATASET}, with batch_size at most "
+            f"{LARGE_SAMPLE_RATE:g} x N)")
 
 
 def config_hash(config: ClientConfig) -> str:

@@ -44,8 +44,8 @@ def _client(args: argparse.Namespace) -> int:
     from securefed.client.config import load_client_config
 
     setup_logging(json_lines=args.log_json, level=args.log_level)
-    if args.log_json:
-        route_native_stderr()  # before grpc starts: its core logs to file descriptor 2
+    # Before grpc starts: its core logs to file descriptor 2. Routed in text mode too (dated lines).
+    route_native_stderr(keep_python_stderr=not args.log_json)
     cfg = load_client_config(args.config)  # a bad config is one line before torch and grpc even load
     threads = choose_torch_threads(cfg, _cores(), os.environ)
     if threads is not None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from cryptography.hazmat.primitives import serialization
 
-from securefed.client import admission, alerts, bundle_check
+from securefed.client import admission, alerts, bundle_check, federation_end
 from securefed.client.budget import BudgetPlanner
 from securefed.client.certificates import MemberCertificates
 from securefed.client.ckks_session import CkksSession, MemberKey
@@ -50,6 +50,7 @@ from securefed.client.pull_loop import serve
 from securefed.client.release import ReleaseRecorder
 from securefed.client.secagg_session import SecAggSession
 from securefed.client.session import RoundSession, SessionDeps
+from securefed.client.storage_guard import StorageGuard
 from securefed.client.trainer import Trainer
 from securefed.crypto.keys import IdentityKeyPair
 from securefed.errors import (
@@ -109,7 +110,10 @@ class ClientDaemon:
         self._budget: BudgetPlanner | None = None
         self.session: RoundSession | None = None
         self.protocol: SecAggSession | CkksSession | None = None
-        self.rounds_trained = 0
+        self.rounds_trained = 0  # attempts it trained for (some may have aborted)
+        self.rounds_contributed = 0  # completed rounds whose aggregate holds its update
+        self.end = federation_end.MemberEnd(self.ca, self.connection, self.stop_event)
+        self.storage = StorageGuard()  # a full disk: leave the attempt, decline for a while, never exit
 
     @property
     def budget(self) -> BudgetPlanner:
@@ -144,10 +148,11 @@ class ClientDaemon:
             log(logger, "privacy budget", epsilon_spent=round(p.epsilon_before, 4), target_epsilon=p.target_epsilon,
                 next_round_epsilon_after=round(p.epsilon_after, 4), within_budget=p.within_budget)
         except BudgetExceeded as exc:
-            log(logger, "WARNING: this member will decline every round", level=logging.WARNING, reason=str(exc))
+            log(logger, "this member will decline every round", level=logging.WARNING, reason=str(exc))
 
     def on_registered(self, resp: pb.RegisterResponse) -> None:
         self.heartbeat.set_interval(resp.heartbeat_interval_ms / 1000.0)
+        self.end.federation_id = resp.federation_id
 
     def drop_session(self, reason: str) -> None:
         if self.session is not None:
@@ -161,9 +166,11 @@ class ClientDaemon:
     def handle(self, task: pb.Task) -> bool:
         """Act on one task; True once the federation is done."""
         body = task.WhichOneof("body")
-        if body == "done":
-            self._on_done(task.done)
-            return True
+        if body == "done":  # only a signed end stops the member; anything else is an outage to wait out
+            newest = self.certificates.revocations.newest
+            if self.end.accept(task.done, newest.serials if newest else frozenset()):
+                federation_end.finish(self, task.done)
+            return self.end.ending is not None
         if body == "plan":
             self._on_plan(task.plan)
         elif body == "aborted":
@@ -218,15 +225,17 @@ class ClientDaemon:
         self.session = s = RoundSession(plan, attempt, ids, ids.int_of(self.name), bundle, fed.strategy)
         self.protocol = None
         admission.check_payload_size(plan, fed.strategy.payload_size)
-        reason = (self.certificates.decline_reason(plan)
-                  or admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+        base = admission.base_model_reason(plan, fed.raw, self.trainer.base_fingerprint())
+        disk = self.storage.decline_reason()
+        reason = (self.certificates.decline_reason(plan) or base or disk
                   or admission.decline_reason(plan, fed.lora, self.config, self.grinding))
-        if reason is not None:
-            return self._decline(reason, pb.PLAN_DECLINE_KIND_POLICY)
+        if reason is not None:  # the server reacts to the kind: a base that differs cannot change while it runs
+            kind = pb.PLAN_DECLINE_KIND_BASE_MODEL if reason is base else pb.PLAN_DECLINE_KIND_POLICY
+            return self._decline(reason, pb.PLAN_DECLINE_KIND_LOCAL_STORAGE if reason is disk else kind)
         if (reason := self.library_check.decline_reason(plan)) is not None:
             return self._decline(reason, pb.PLAN_DECLINE_KIND_LIBRARY_VERSIONS)
         if plan.mode == pb.AGGREGATION_MODE_PLAINTEXT:
-            log(logger, "WARNING: plaintext round: the server will see this member's update in clear")
+            log(logger, "plaintext round: the server will see this member's update in clear", level=logging.WARNING)
         try:
             self._load_global(fed.lora, bundle)
         except ConfigError as exc:  # e.g. the federation's adapter does not fit this member's max_memory_gb
@@ -237,7 +246,8 @@ class ClientDaemon:
             return self._decline(f"planned rounds done: {exc}", pb.PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE)
         except (BudgetExceeded, ConfigError) as exc:
             return self._decline(f"privacy budget: {exc}", pb.PLAN_DECLINE_KIND_PRIVACY_BUDGET)
-        self.member_state.act_on(attempt)  # durable before it answers: this plan can never be acted on again
+        if not self.storage.write(self.member_state.act_on, attempt):  # durable before it answers (never twice)
+            return self._decline(self.storage.decline_reason() or "cannot write", pb.PLAN_DECLINE_KIND_LOCAL_STORAGE)
         self.connection.submit(self.connection.header(attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=True))
         log(logger, "accepted the attempt", attempt=attempt, round=plan.federation_round or None,
@@ -275,13 +285,13 @@ class ClientDaemon:
     def _decline(self, reason: str, kind: int) -> None:
         s = self.session
         assert s is not None
-        self.member_state.act_on(s.attempt)
+        self.storage.write(self.member_state.act_on, s.attempt)  # a full disk is no reason to stay silent
         self.connection.submit(self.connection.header(s.attempt, pb.STAGE_PLAN, s.plan_digest),
                                plan_decision=pb.PlanDecision(participate=False, decline_reason=reason[:300],
                                                              decline_kind=kind))
         self.hooks.outcome(s.attempt, "declined", reason=reason)
         quiet = kind == pb.PLAN_DECLINE_KIND_POLICY
-        log(logger, "declined the attempt" if quiet else "WARNING: declined the attempt", attempt=s.attempt,
+        log(logger, "declined the attempt", attempt=s.attempt,
             round=s.plan.federation_round or None, reason=reason, level=logging.INFO if quiet else logging.WARNING)
         self.session = None
 
@@ -315,6 +325,7 @@ class ClientDaemon:
         bundle = self.adapters.new_round(got, bytes(task.aggregate_ready.sha256))
         mine = s is not None and s.attempt == task.round
         participated = bool(mine and s.released)
+        self.rounds_contributed += participated
         if mine:
             if s.client_state is not None:
                 keep_or_log(self.store.save_client_state, s.client_state)  # SCAFFOLD c_i advances only with a committed round
@@ -326,22 +337,6 @@ class ClientDaemon:
         log(logger, "round completed", attempt=task.round, round=got.round, global_digest=bundle.digest[:16],
             participated=participated, epsilon_spent=round(self.ledger.epsilon(), 4),
             **{k: round(v, 3) for k, v in fields.items()})
-
-    def _on_done(self, done: pb.Done) -> None:
-        try:
-            self.adapters.final(int(done.final_round))
-        except SecureFedError as exc:
-            log(logger, "could not fetch the final adapter", error=str(exc))
-        peft_dir = None
-        try:
-            if self.store.latest is not None:
-                peft_dir = self.trainer.export_peft(self.store.latest, self.store.dir / "peft")
-        except SecureFedError as exc:
-            log(logger, "could not export the PEFT adapter", error=str(exc))
-        log(logger, "federation finished", final_round=done.final_round, reason=done.reason,
-            rounds_trained=self.rounds_trained, epsilon_spent=round(self.ledger.epsilon(), 4),
-            target_epsilon=self.config.privacy.target_epsilon, adapter=str(self.store.adapter_path),
-            peft_adapter=str(peft_dir) if peft_dir else None)
 
     def _fault(self, point: str, attempt: int) -> None:
         fault_point(f"client:{point}", attempt)

@@ -22,6 +22,7 @@ from securefed.privacy.dataset import (
     fingerprint,
     jsonl_record_digests,
     load_salt,
+    read_salt,
     text_record_digests,
 )
 from securefed.privacy.events import EventContext, PrivacyUnit
@@ -54,6 +55,18 @@ def ledger_dir(config: ClientConfig) -> Path:
 
 
 def member_dataset(config: ClientConfig) -> MemberDataset:
+    """This member's dataset, fingerprinted under the salt in its ledger directory (made on first use)."""
+    return _dataset(config, load_salt(ledger_dir(config)))
+
+
+def existing_member_dataset(config: ClientConfig) -> MemberDataset | None:
+    """``member_dataset`` without writing anything: None when the ledger directory has no salt yet (so
+    no ledger of this data either). For ``--check``."""
+    salt = read_salt(ledger_dir(config))
+    return None if salt is None else _dataset(config, salt)
+
+
+def _dataset(config: ClientConfig, salt: bytes) -> MemberDataset:
     d = config.data
     if d.path is not None:
         digests, unit = jsonl_record_digests(d.path), PrivacyUnit.RECORD
@@ -61,7 +74,7 @@ def member_dataset(config: ClientConfig) -> MemberDataset:
         topics = demo_corpus()
         names = split_demo_corpus(d.demo_clients).clients[d.demo_client]
         digests, unit = text_record_digests(f"{n}\x00{topics[n]}" for n in names), PrivacyUnit.TOKEN_BLOCK
-    return MemberDataset(fingerprint(digests, load_salt(ledger_dir(config))), unit)
+    return MemberDataset(fingerprint(digests, salt), unit)
 
 
 def open_ledger(config: ClientConfig, identity: Signer, dataset: MemberDataset) -> DatasetLedgers:

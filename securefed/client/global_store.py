@@ -75,4 +75,4 @@ def keep_or_log(write: Callable[..., None], *args: object) -> None:
     try:
         write(*args)
     except StateError as exc:
-        log(logger, "ERROR: disk write failed", level=logging.ERROR, error=str(exc))
+        log(logger, "disk write failed", level=logging.ERROR, error=str(exc))

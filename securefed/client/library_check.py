@@ -29,6 +29,6 @@ class LibraryVersionCheck:
         reason, warning = admission.library_versions_reason(plan, self.have)
         if warning is not None and warning not in self._warned:
             self._warned.add(warning)
-            log(logger, f"WARNING: {warning}; this member trains anyway (the federation does not require "
+            log(logger, f"{warning}; this member trains anyway (the federation does not require "
                         "equal versions) and its ledger records what it ran", level=logging.WARNING)
         return reason

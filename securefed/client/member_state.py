@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from securefed.errors import ProtocolAbort, ReplayedMessage, StateError
+from securefed.storage import MEMBER_STATE_DISK_FULL, disk_write_error
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (federation TEXT PRIMARY KEY, last_attempt INTEGER NOT NULL);
@@ -72,7 +73,8 @@ class MemberState:
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            raise StateError(f"{self.path}: cannot record member state ({exc})") from None
+            raise disk_write_error(exc, self.path, MEMBER_STATE_DISK_FULL) or StateError(
+                f"{self.path}: cannot record member state ({exc})") from None
 
     # --- attempts ---------------------------------------------------------------------------------
     def last_attempt(self) -> int:

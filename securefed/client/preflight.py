@@ -13,12 +13,15 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from securefed.client.budget import check_feasible
+from securefed.client.budget import check_feasible, small_data_warning
 from securefed.client.config import ClientConfig, load_client_config
+from securefed.client.dataset import existing_member_dataset, ledger_dir
 from securefed.client.trainer import Trainer
+from securefed.errors import SecureFedError
 from securefed.preflight import Checks, certificate_validity, writable_dir
 from securefed.privacy.accountants import compute_epsilon
-from securefed.privacy.ledger import load_ledger
+from securefed.privacy.dataset import find_ledgers
+from securefed.privacy.ledger import budget_changed_message, load_ledger
 from securefed.training.dp import plan_steps
 from securefed.transport import identity as tid
 
@@ -38,7 +41,8 @@ def check_client(config_path: str | Path) -> Checks:
         certificate_validity(checks, "federation CA certificate", creds.ca_pem)
         certificate_validity(checks, "member certificate", creds.certificate_pem)
     writable_dir(checks, "state_dir", c.state_dir)
-    prior = _ledger(checks, cfg)
+    identity = None if creds is None else creds.identity_key.public_key().public_bytes_raw()
+    prior = _ledger(checks, cfg, identity)
     if c.ckks_secret_context is not None:
         _secret_context(checks, c.ckks_secret_context)
     trainer = Trainer(cfg)
@@ -55,25 +59,52 @@ def check_client(config_path: str | Path) -> Checks:
     return checks
 
 
-def _ledger(checks: Checks, cfg: ClientConfig) -> list | None:
-    path = cfg.ledger_path
-    if not path.exists():
-        checks.ok("ledger", f"{path} will be created (nothing spent yet)")
+def _ledger(checks: Checks, cfg: ClientConfig, identity_public: bytes | None) -> list | None:
+    """The ledger(s) that account for this member's data, verified, and what they spent; None when one
+    failed. The daemon's own lookup (``ledger_path``, or the dataset's ledgers in ``ledger_dir``), read-only."""
+    if cfg.ledger_path is not None:
+        path = cfg.ledger_path
+        if not path.exists():
+            checks.ok("ledger", f"{path} will be created (nothing spent yet)")
+            return []
+        ledger = checks.run("ledger", lambda: load_ledger(path))
+        return None if ledger is None else _own_ledger(checks, cfg, path, ledger, [])
+    where = ledger_dir(cfg)
+    try:
+        dataset = existing_member_dataset(cfg)
+    except SecureFedError:  # the data itself is checked (and its error shown) below
+        checks.warn("ledger", f"{where}: which ledger accounts for this data is known once the data loads (see below)")
         return []
-    ledger = checks.run("ledger", lambda: load_ledger(path))
-    if ledger is None:
+    if dataset is None:
+        checks.ok("ledger", f"{where}: no ledger of this data yet (the first round creates one; nothing spent)")
+        return []
+    if identity_public is None:
+        return None  # the credentials check failed: it says why
+    found = checks.run("ledger", lambda: find_ledgers(where, dataset.fingerprint, identity_public))
+    if found is None:
         return None
+    mine, others = found
+    earlier = [e for _, led in others for e in led.events]
+    if mine is None:
+        note = f"; {len(others)} earlier ledger(s) of this data count towards it" if others else ""
+        checks.ok("ledger", f"{where}: this data's ledger will be created{note}")
+        return earlier
+    ledger = checks.run("ledger", lambda: load_ledger(mine))
+    return None if ledger is None else _own_ledger(checks, cfg, mine, ledger, earlier)
+
+
+def _own_ledger(checks: Checks, cfg: ClientConfig, path: Path, ledger, earlier: list) -> list | None:
     h = ledger.header
+    events = earlier + list(ledger.events)
+    spent = compute_epsilon(events, h.budget.delta, h.budget.accountant) if events else 0.0
     if h.client_id != cfg.client.name:
         checks.fail("ledger", f"{path} belongs to member {h.client_id!r}, not {cfg.client.name!r}")
     elif h.budget != cfg.privacy:
-        checks.fail("ledger", f"{path} was created with budget {h.budget.to_dict()}, the config says "
-                    f"{cfg.privacy.to_dict()}: restore the original budget or start a new ledger file")
+        checks.fail("ledger", budget_changed_message(path, h.budget, cfg.privacy, spent))
     else:
-        events = list(ledger.events)
-        eps = compute_epsilon(events, h.budget.delta, h.budget.accountant) if events else 0.0
-        checks.ok("ledger", f"{path}: {len(events)} entries, chain verified, epsilon {eps:.4g} of "
-                  f"{h.budget.target_epsilon:g} spent")
+        more = f" (with {len(earlier)} entries of earlier ledgers of this data)" if earlier else ""
+        checks.ok("ledger", f"{path}: {len(ledger.events)} entries, chain verified, epsilon {spent:.4g} of "
+                  f"{h.budget.target_epsilon:g} spent{more}")
         return events
     return None
 
@@ -102,6 +133,9 @@ def _budget_line(checks: Checks, cfg: ClientConfig, n: int, sigma: float | None,
            else f"noise multiplier {t.noise_multiplier:g} (fixed)")
     checks.ok("privacy budget", f"delta {b.delta:g} < 1/N = {1 / n:.3g}; {how} of {steps} steps at sample rate "
               f"{q:.4g} within target epsilon {b.target_epsilon:g}{cap} ({b.accountant.value})")
+    small = small_data_warning(n, q)
+    if small is not None:
+        checks.warn("data size", small)
     if prior and t.noise_multiplier is None and len(prior) >= c.planned_rounds:
         what = "stops joining" if c.after_planned_rounds == "stop" else "goes on with ever more noise"
         checks.warn("planned rounds", f"the ledger holds {len(prior)} releases of client.planned_rounds = "

@@ -1,5 +1,8 @@
 """The member's pull loop: register, long-poll for tasks, hand each to the daemon, survive the network.
 
+The federation ends for a member only with the server's signed end (``client.federation_end``); a
+server that stops answering (an upgrade, a crash, a full disk) is an outage to wait out, with one
+clear line when it starts and one at most every ``OUTAGE_LINE_EVERY_S`` while it lasts.
 A lost server is retried with exponential backoff, jittered from a CSPRNG, until
 ``connection.give_up_after_s`` (exit 3), unless the failure is a certificate problem (another CA,
 expired, a name mismatch, revoked), which ends the daemon with one line and its fix (exit 2); a
@@ -17,8 +20,17 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from securefed import exit_codes
 from securefed.client import alerts
-from securefed.errors import CertificateError, CryptoError, InvalidMessage, NotRegistered, ProtocolAbort, TransportError
+from securefed.errors import (
+    CertificateError,
+    CryptoError,
+    DiskWriteError,
+    InvalidMessage,
+    NotRegistered,
+    ProtocolAbort,
+    TransportError,
+)
 from securefed.logs import get_logger, log
 
 if TYPE_CHECKING:  # the daemon imports this module
@@ -26,9 +38,10 @@ if TYPE_CHECKING:  # the daemon imports this module
 
 logger = get_logger("client")
 
-EXIT_DONE = 0
-EXIT_CERTIFICATE = 2  # like any configuration error: retrying cannot fix it
-EXIT_SERVER_UNREACHABLE = 3
+EXIT_DONE = exit_codes.FINISHED  # the server's signed end of the federation, or stopped on request
+EXIT_CERTIFICATE = exit_codes.CONFIG  # like any configuration error: retrying cannot fix it
+EXIT_SERVER_UNREACHABLE = exit_codes.SERVER_UNREACHABLE
+OUTAGE_LINE_EVERY_S = 60.0
 # After a refused message the server may hand out the same task until its stage closes: do not spin on it.
 REFUSED_PAUSE_S = 0.5
 # What a message from the server raises when it fails a check (the daemon converts what the server's input
@@ -50,6 +63,7 @@ def _serve(daemon: ClientDaemon) -> int:
     conn = daemon.config.connection
     backoff = conn.backoff_initial_s
     down_since: float | None = None
+    said_at = 0.0  # when the outage was last logged
     registered = False
     daemon.connection.open()
     while not daemon.stop_event.is_set():
@@ -61,6 +75,8 @@ def _serve(daemon: ClientDaemon) -> int:
                 daemon.on_registered(resp)
                 registered = True
             task = daemon.connection.poll(daemon.current_attempt(), conn.poll_wait_s)
+            if down_since is not None:
+                log(logger, "server reachable again", down_for_s=round(time.monotonic() - down_since, 1))
             backoff, down_since = conn.backoff_initial_s, None
             with daemon.heartbeat.busy():
                 done = daemon.handle(task)
@@ -70,17 +86,26 @@ def _serve(daemon: ClientDaemon) -> int:
             registered = False
             daemon.certificates.explain_failure()  # a certificate problem is no outage: its fix, then exit 2
             now = time.monotonic()
-            down_since = down_since or now
+            if down_since is None:
+                down_since = said_at = now
+                log(logger, "server unreachable: waiting for it (an outage, not the end: a member stops only on the "
+                    "server's signed end of the federation)", level=logging.WARNING, error=str(exc))
             if conn.give_up_after_s is not None and now - down_since > conn.give_up_after_s:
                 log(logger, "giving up: server unreachable", seconds=round(now - down_since, 1), error=str(exc))
                 return EXIT_SERVER_UNREACHABLE
             delay = backoff * (0.5 + secrets.randbelow(1000) / 1000.0)
-            log(logger, "server unreachable, retrying", retry_in_s=round(delay, 2), error=str(exc))
+            if now - said_at >= OUTAGE_LINE_EVERY_S:
+                said_at = now
+                log(logger, "server still unreachable: waiting, the federation has not ended", level=logging.WARNING,
+                    down_for_s=round(now - down_since), retry_in_s=round(delay, 2), error=str(exc))
             daemon.drop_session("connection lost")
             if daemon.stop_event.wait(delay):
                 break
             backoff = min(backoff * 2, conn.backoff_max_s)
             daemon.connection.open()
+        except DiskWriteError as exc:  # a full disk (ledger, member state): nothing released; decline for a while
+            daemon.storage.failed(exc, daemon.current_attempt())
+            daemon.drop_session(str(exc))
         except NotRegistered as exc:  # the server restarted or forgot us: register again
             daemon.drop_session(str(exc))
             registered = False

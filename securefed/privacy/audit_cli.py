@@ -109,11 +109,17 @@ def _checked(args: argparse.Namespace):
     from securefed.privacy import federation_context, ledger, verify
 
     keys = _parse_keys(args.public_key)
+    required = set(keys)  # a ledger must be given for every key pinned by hand; the round log's pin those given
     heads = {cid: ledger.LedgerHead(*head) for cid, head in _parse_heads(args.expect_head).items()}
     ctx = federation_context.read_round_log(args.round_log) if args.round_log else None
     if ctx is not None:
         keys, heads = {**ctx.public_keys, **keys}, {**ctx.heads, **heads}
-    return verify.verify_ledgers(args.ledgers, public_keys=keys, heads=heads), ctx
+    results = verify.verify_ledgers(args.ledgers, public_keys=keys, heads=heads, required=required)
+    others = sorted(set(ctx.public_keys) - {r.client_id for r in results}) if ctx is not None else []
+    if others:  # one member auditing its own ledger(s): fine, and said
+        print(f"round log: {', '.join(others)} took part too; their ledgers were not given (not audited here)",
+              file=sys.stderr)
+    return results, ctx
 
 
 def _unanchored_line(results, required: bool) -> str | None:

@@ -34,7 +34,15 @@ from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
 from securefed.privacy.events import AccountantName, DpEvent, canonical_json, parse_accountant_name
-from securefed.privacy.ledger import Ledger, LedgerEntry, LedgerHead, LedgerHeader, Signer, load_ledger
+from securefed.privacy.ledger import (
+    Ledger,
+    LedgerEntry,
+    LedgerHead,
+    LedgerHeader,
+    Signer,
+    VerifiedLedger,
+    load_ledger,
+)
 
 SALT_FILE = "dataset.salt"
 _DOMAIN = b"securefed/dataset-fingerprint/v1\x00"
@@ -66,14 +74,23 @@ def text_record_digests(texts: Iterable[str]) -> list[bytes]:
     return [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
 
 
+def read_salt(directory: str | os.PathLike) -> bytes | None:
+    """The member's fingerprint salt in ``directory``, or None when there is none yet (never writes)."""
+    path = Path(directory) / SALT_FILE
+    if not path.is_file():
+        return None
+    salt = path.read_bytes()
+    if len(salt) != 32:
+        raise LedgerError(f"{path}: not a 32-byte salt; restore it from a backup of the ledger directory")
+    return salt
+
+
 def load_salt(directory: str | os.PathLike) -> bytes:
     """The member's fingerprint salt in ``directory`` (created on first use, mode 0600)."""
-    path = Path(directory) / SALT_FILE
-    if path.is_file():
-        salt = path.read_bytes()
-        if len(salt) != 32:
-            raise LedgerError(f"{path}: not a 32-byte salt; restore it from a backup of the ledger directory")
+    salt = read_salt(directory)
+    if salt is not None:
         return salt
+    path = Path(directory) / SALT_FILE
     salt = secrets.token_bytes(32)
     atomic_write(path, salt, mode=0o600)
     return salt
@@ -94,6 +111,23 @@ def ledger_file(directory: Path, dataset: str, public_key: bytes, *, primary: bo
     return directory / (f"{stem}.sqlite" if primary else f"{stem}.key-{public_key.hex()[:16]}.sqlite")
 
 
+def find_ledgers(directory: Path, dataset: str, public_key: bytes
+                 ) -> tuple[Path | None, list[tuple[Path, VerifiedLedger]]]:
+    """The ledgers of ``dataset`` in ``directory``, each verified in full (``LedgerError`` names the file):
+    the one this identity key signs (None when there is none yet) and the others. Reads only."""
+    mine: Path | None = None
+    others: list[tuple[Path, VerifiedLedger]] = []
+    for path in sorted(Path(directory).glob(f"dataset-{dataset[:16]}*.sqlite")):
+        led = load_ledger(path)
+        if led.header.dataset != dataset:
+            continue  # a 16-hex prefix collision: another dataset
+        if led.header.public_key == public_key:
+            mine = path
+        else:
+            others.append((path, led))
+    return mine, others
+
+
 class DatasetLedgers:
     """The member's writable ledger for one dataset, plus the other ledgers of that dataset (read-only):
     ``events()`` is everything this data spent, which is what the budget checks. Otherwise it reads and
@@ -110,18 +144,9 @@ class DatasetLedgers:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         key = identity.public_bytes()
-        mine: Path | None = None
-        earlier: list[LedgerEntry] = []
-        files: list[Path] = []
-        for path in sorted(directory.glob(f"dataset-{dataset[:16]}*.sqlite")):
-            led = load_ledger(path)  # verified in full; LedgerError names the file
-            if led.header.dataset != dataset:
-                continue  # a 16-hex prefix collision: another dataset
-            if led.header.public_key == key:
-                mine = path
-            else:
-                earlier.extend(led.entries)
-                files.append(path)
+        mine, others = find_ledgers(directory, dataset, key)
+        earlier = [e for _, led in others for e in led.entries]
+        files = [path for path, _ in others]
         if mine is None:
             primary = ledger_file(directory, dataset, key, primary=True)
             mine = primary if not primary.exists() else ledger_file(directory, dataset, key, primary=False)

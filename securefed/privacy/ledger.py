@@ -42,10 +42,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CryptoError, InvalidMessage, LedgerError, LedgerHeaderTampered, SecureFedError
+from securefed.errors import (
+    CryptoError,
+    InvalidMessage,
+    LedgerBudgetChanged,
+    LedgerError,
+    LedgerHeaderTampered,
+    SecureFedError,
+)
 from securefed.fsutil import atomic_write
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.budget import PrivacyBudget
+from securefed.storage import LEDGER_DISK_FULL, disk_write_error
 from securefed.privacy.events import (
     _CLIENT_ID,
     AccountantName,
@@ -281,6 +289,20 @@ def _check_event_fits(header: LedgerHeader, event: DpEvent, where: str, dataset:
                           f"accounts for dataset {dataset[:16]} (one ledger per dataset)")
 
 
+def _budget_text(b: PrivacyBudget) -> str:
+    cap = f", per_round_epsilon = {b.per_round_epsilon:g}" if b.per_round_epsilon is not None else ""
+    return f'target_epsilon = {b.target_epsilon:g}, delta = {b.delta:g}{cap}, accountant = "{b.accountant.value}"'
+
+
+def budget_changed_message(path: Path, created: PrivacyBudget, configured: PrivacyBudget, spent: float) -> str:
+    """One line for a ``[privacy]`` that differs from the ledger's: what to restore, and why a new
+    ledger file is no way out (it would forget what the data spent)."""
+    return (f"{path}: this ledger was created with the budget {_budget_text(created)} and has spent epsilon "
+            f"{spent:.4g} of it; the config says {_budget_text(configured)}. Set [privacy] back to the ledger's "
+            "budget (a budget is a commitment, not a setting; never start a new ledger file to change it: the new "
+            "one would not count what this data already spent)")
+
+
 def check_head(entries: Sequence[LedgerEntry], expected: LedgerHead) -> None:
     """Detect tail truncation against an anchor kept outside the ledger."""
     if len(entries) < expected.length:
@@ -431,11 +453,9 @@ class Ledger:
             ledger.close()
             raise LedgerError(f"{path}: ledger belongs to client {h.client_id!r}, not {client_id!r}")
         if h.budget != budget:
+            spent = ledger.epsilon()
             ledger.close()
-            raise LedgerError(
-                f"{path}: ledger was created with budget {h.budget.to_dict()} but the config says "
-                f"{budget.to_dict()}; restore the original budget or start a new ledger file"
-            )
+            raise LedgerBudgetChanged(budget_changed_message(path, h.budget, budget, spent))
         known = ledger_dataset(h, ledger._entries)
         if dataset is not None and known is not None and known != dataset:
             ledger.close()
@@ -542,10 +562,12 @@ class Ledger:
                     )
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # a failed COMMIT (a full disk) has rolled back already
+                        conn.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise LedgerError(f"{self._path}: append failed: {exc}") from None
+                raise disk_write_error(exc, self._path, LEDGER_DISK_FULL) or LedgerError(
+                    f"{self._path}: append failed: {exc}") from None
             entry = LedgerEntry(seq, event, prev, ehash, sig)
             self._entries.append(entry)
             return entry

@@ -33,6 +33,24 @@ REPORT_FORMAT = "securefed-privacy-report"
 REPORT_VERSION = 2
 # Colour-blind-safe palette (Okabe-Ito)
 _PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+# Members with the same budget and noise draw the same curve: each also gets its own line pattern and
+# marker shape, and its markers sit a few pixels apart, so every member stays visible (issue 19).
+_DASHES = ("", "9 3", "3 3", "9 3 3 3", "14 4", "2 5")
+_SHAPES = ("circle", "square", "triangle", "diamond", "triangle-down", "cross")
+DODGE_PX = 4.0
+
+
+def _marker(shape: str, x: float, y: float, color: str, title: str) -> str:
+    r = 4.5
+    if shape == "circle":
+        el = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r - 0.5}" fill="{color}">'
+        return f"{el}<title>{title}</title></circle>"
+    pts = {"square": [(-r, -r), (r, -r), (r, r), (-r, r)], "triangle": [(0, -r - 1), (r, r), (-r, r)],
+           "diamond": [(0, -r - 1), (r + 1, 0), (0, r + 1), (-r - 1, 0)], "triangle-down": [(-r, -r), (r, -r), (0, r + 1)],
+           "cross": [(-r, -1.5), (-1.5, -1.5), (-1.5, -r), (1.5, -r), (1.5, -1.5), (r, -1.5), (r, 1.5), (1.5, 1.5),
+                     (1.5, r), (-1.5, r), (-1.5, 1.5), (-r, 1.5)]}[shape]
+    path = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in pts)
+    return f'<polygon points="{path}" fill="{color}"><title>{title}</title></polygon>'
 
 EXPLANATIONS = {
     "per_round_vs_cumulative": (
@@ -51,6 +69,11 @@ EXPLANATIONS = {
         "Every guarantee protects one training example of the member's dataset of N examples: one JSONL record "
         "(truncated to max_seq_len tokens), or one token block of the demo corpus. Someone with k examples in "
         "the data is protected as a group of k, which costs roughly k times the epsilon."),
+    "cross_checks": (
+        "These numbers check the code that computes epsilon, not what was spent: two independent RDP "
+        "implementations must agree, and for PRV ledgers the PLD accountant must agree with PRV. The spend is the "
+        "authoritative epsilon above. For a ledger enforced with PRV, the RDP bound is looser by design and can "
+        "exceed the budget although the budget held."),
     "per_dataset": (
         "A member's budget is per dataset: every ledger and federation that spent budget on the same data "
         "(the same dataset fingerprint) counts towards one total."),
@@ -288,33 +311,39 @@ def render_svg(report: dict[str, Any], width: int = 760, height: int = 360) -> s
                  'cumulative epsilon</text>')
     for ci, c in enumerate(clients):
         color = _PALETTE[ci % len(_PALETTE)]
+        dash, shape = _DASHES[ci % len(_DASHES)], _SHAPES[ci % len(_SHAPES)]
+        dodge = (ci - (len(clients) - 1) / 2) * DODGE_PX  # horizontal offset: identical curves stay apart
         name = e(str(c["client_id"] or c["source"]))
         if c["budget"]:
             yb = sy(c["budget"]["target_epsilon"])
             parts.append(f'<line x1="{left}" y1="{yb:.1f}" x2="{left + pw}" y2="{yb:.1f}" stroke="{color}" '
-                         'stroke-dasharray="6 4" stroke-width="1.5"><title>budget of '
+                         'stroke-dasharray="1 3" stroke-width="1.5" opacity="0.8"><title>budget of '
                          f'{name}: {c["budget"]["target_epsilon"]:g}</title></line>')
         pts = [(0.0, 0.0)] + [
             (xs[(ci, i)], r["cumulative_epsilon"] if r["cumulative_epsilon"] is not None else y_max)
             for i, r in enumerate(c["rounds"])
         ]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
-        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        path = " ".join(f"{sx(x) + dodge:.1f},{sy(y):.1f}" for x, y in pts)
+        dashed = f' stroke-dasharray="{dash}"' if dash else ""
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dashed}/>')
         for i, r in enumerate(c["rounds"]):
             y = r["cumulative_epsilon"]
             shown = f"{y:.4g}" if y is not None else "unbounded"
             where = (f"round {r['federation_round']} of {r['federation_id'] or 'an unnamed federation'}"
                      if r["federation_id"] is not None else f"attempt {r['round_id']}")
-            # an insecure-RNG round gets a big black-ringed red marker, whatever the client's colour
-            marker = 'r="6" fill="#d00" stroke="#000" stroke-width="2"' if not r["secure_rng"] else f'r="3.5" fill="{color}"'
-            parts.append(f'<circle cx="{sx(xs[(ci, i)]):.1f}" cy="{sy(y if y is not None else y_max):.1f}" {marker}>'
-                         f'<title>{name}, {e(where)}: cumulative epsilon {shown}'
-                         f'{" (INSECURE RNG)" if not r["secure_rng"] else ""}</title></circle>')
-        ly = top + 14 + 18 * ci  # legend
-        parts.append(f'<line x1="{left + pw + 12}" y1="{ly - 4}" x2="{left + pw + 32}" y2="{ly - 4}" '
-                     f'stroke="{color}" stroke-width="2"/>')
-        parts.append(f'<text x="{left + pw + 38}" y="{ly}">{name}</text>')
-    parts.append(f'<text x="{left + pw + 12}" y="{top + 14 + 18 * len(clients) + 6}" fill="#555">dashed: budget</text>')
+            cx, cy = sx(xs[(ci, i)]) + dodge, sy(y if y is not None else y_max)
+            title = f'{name}, {e(where)}: cumulative epsilon {shown}{" (INSECURE RNG)" if not r["secure_rng"] else ""}'
+            if not r["secure_rng"]:  # an insecure-RNG round gets a big black-ringed red marker, whatever the client's
+                parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="6" fill="#d00" stroke="#000" stroke-width="2">'
+                             f"<title>{title}</title></circle>")
+            else:
+                parts.append(_marker(shape, cx, cy, color, title))
+        ly = top + 14 + 18 * ci  # legend: the member's line pattern and marker
+        parts.append(f'<line x1="{left + pw + 10}" y1="{ly - 4}" x2="{left + pw + 34}" y2="{ly - 4}" '
+                     f'stroke="{color}" stroke-width="2"{dashed}/>')
+        parts.append(_marker(shape, left + pw + 22, ly - 4, color, name))
+        parts.append(f'<text x="{left + pw + 40}" y="{ly}">{name}</text>')
+    parts.append(f'<text x="{left + pw + 12}" y="{top + 14 + 18 * len(clients) + 6}" fill="#555">dotted: budget</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -323,9 +352,9 @@ def render_svg(report: dict[str, Any], width: int = 760, height: int = 360) -> s
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px;max-width:100%}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3}td.l{text-align:left}
+th{background:#f3f3f3}td.l{text-align:left;overflow-wrap:anywhere}tr.sub td{color:#555;font-size:12px;border-top:0}
 .ok{color:#070;font-weight:bold}.fail{color:#fff;background:#c00;font-weight:bold;padding:2px 6px}
 .alarm{background:#c00;color:#fff;padding:.6em;font-weight:bold;margin:.5em 0}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:.4em;margin:.3em 0}
@@ -467,7 +496,7 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(render_svg(report))
     out.append("<h2>Summary</h2><table><tr><th>client</th><th>verified</th><th>anchored</th><th>accountant</th>"
                "<th>delta</th><th>target &epsilon;</th><th>spent &epsilon; (authoritative)</th><th>remaining</th>"
-               "<th>rounds</th><th>RDP (Opacus)</th><th>RDP (dp-accounting, all orders)</th><th>PLD (dp-accounting)</th></tr>")
+               "<th>rounds</th></tr>")
     for c in report["clients"]:
         b = c["budget"] or {}
         status = '<span class="ok">yes</span>' if c["verification"]["ok"] else '<span class="fail">NO</span>'
@@ -476,7 +505,18 @@ def render_html(report: dict[str, Any]) -> str:
             f'<tr><td class="l">{e(str(c["client_id"]))}</td><td>{status}</td><td>{anch}</td>'
             f"<td>{e(str(b.get('accountant')))}</td>"
             f"<td>{_fmt(b.get('delta'))}</td><td>{_fmt(b.get('target_epsilon'))}</td><td>{_fmt(c['epsilon'])}</td>"
-            f"<td>{_fmt(c.get('remaining_budget'))}</td><td>{len(c['rounds'])}</td>"
+            f"<td>{_fmt(c.get('remaining_budget'))}</td><td>{len(c['rounds'])}</td></tr>"
+        )
+    out.append("</table>")
+    # Reference values that check the accounting code, kept apart from the spend: a PRV ledger's RDP bound
+    # is looser and may exceed its budget without anything being wrong.
+    out.append(f"<h3>Cross-checks of the accounting (not the spend)</h3><p>{e(EXPLANATIONS['cross_checks'])}</p>"
+               "<table><tr><th>client</th><th>enforced by</th><th>RDP (Opacus)</th>"
+               "<th>RDP (dp-accounting, all orders)</th><th>PLD (dp-accounting)</th></tr>")
+    for c in report["clients"]:
+        b = c["budget"] or {}
+        out.append(
+            f'<tr><td class="l">{e(str(c["client_id"]))}</td><td>{e(str(b.get("accountant")))}</td>'
             f"<td>{_fmt(c['epsilon_rdp_opacus'])}</td><td>{_fmt(c['epsilon_rdp_dp_accounting'])}</td>"
             # The PLD cross-check runs only for PRV-enforced ledgers: say "not computed", not infinity.
             f"<td>{_fmt(c['epsilon_prv_dp_accounting_pld']) if b.get('accountant') == 'prv' else 'n/a'}</td></tr>"
@@ -507,29 +547,33 @@ def _client_html(c: dict[str, Any], report_has_log: bool = False) -> list[str]:
     for w in c["verification"]["warnings"]:
         cls = "alarm" if w.startswith(("INSECURE", "NOT ANCHORED")) else "warn"
         out.append(f'<div class="{cls}">{e(w)}</div>')
-    out.append("<table><tr><th>#</th><th>federation</th><th>round</th><th>attempt</th><th>mode</th>"
-               "<th>cohort / t</th><th>N</th><th class='l'>contributors / dropouts / declines</th><th>&sigma;</th>"
-               "<th>q</th><th>steps</th><th>C</th><th>&delta;</th><th>round &epsilon;</th><th>cumulative &epsilon;</th>"
-               "<th>remaining</th><th>secure RNG</th><th>plan</th><th>config hash</th><th>time (UTC)</th></tr>")
+    cols = 15
+    out.append("<table><tr><th>#</th><th>round</th><th>attempt</th><th>mode</th><th>cohort / t</th><th>N</th>"
+               "<th>&sigma;</th><th>q</th><th>steps</th><th>C</th><th>&delta;</th><th>round &epsilon;</th>"
+               "<th>cumulative &epsilon;</th><th>remaining</th><th>secure RNG</th></tr>")
     for r in c["rounds"]:
         rng = "yes" if r["secure_rng"] else '<span class="fail">NO</span>'
         ctx = r["context"] or {}
         a = r["attempt"]
-        who = ("&ndash;" if a is None and not report_has_log else "not reported to this server" if a is None else
+        who = ("" if a is None and not report_has_log else "not reported to this server" if a is None else
                e(f"{a['status']}: {len(a['contributors'])} in ({', '.join(a['contributors'])}); "
                  f"{len(a['dropouts'])} dropped; {len(a['declined'])} declined"))
+        cls = "" if r["secure_rng"] else "insecure"
         out.append(
-            f'<tr class="{"" if r["secure_rng"] else "insecure"}"><td>{r["index"]}</td>'
-            f'<td class="l">{e(ctx["federation_id"] or "(unnamed)") if ctx else "&ndash;"}</td>'
-            f'<td>{ctx.get("federation_round", "&ndash;")}</td>'
+            f'<tr class="{cls}"><td>{r["index"]}</td><td>{ctx.get("federation_round", "&ndash;")}</td>'
             f'<td>{r["round_id"]}</td><td>{e(str(ctx.get("mode", "-")))}</td>'
             f'<td>{ctx.get("cohort_size", "-")} / {ctx.get("threshold", "-")}</td><td>{ctx.get("dataset_size", "-")}</td>'
-            f'<td class="l">{who}</td>'
-            f"<td>{_fmt(r['noise_multiplier'])}</td><td>{_fmt(r['sample_rate'])}</td><td>{r['steps']}</td>"
-            f"<td>{_fmt(r['clip_norm'])}</td><td>{_fmt(r['delta'])}</td>"
-            f"<td>{_fmt(r['round_epsilon'])}</td><td>{_fmt(r['cumulative_epsilon'])}</td>"
-            f"<td>{_fmt(r['remaining_budget'])}</td><td>{rng}</td><td class='l'>{_short(ctx.get('plan_sha256'), 12)}</td>"
-            f'<td class="l">{_short(r["config_hash"])}</td><td class="l">{e(r["timestamp"])}</td></tr>'
+            f"<td>{_fmt(r['noise_multiplier'], 4)}</td><td>{_fmt(r['sample_rate'], 4)}</td><td>{r['steps']}</td>"
+            f"<td>{_fmt(r['clip_norm'], 4)}</td><td>{_fmt(r['delta'], 3)}</td>"
+            f"<td>{_fmt(r['round_epsilon'], 4)}</td><td>{_fmt(r['cumulative_epsilon'], 5)}</td>"
+            f"<td>{_fmt(r['remaining_budget'], 4)}</td><td>{rng}</td></tr>"
+        )
+        # The wide, textual part of the round on a line of its own: the table fits a page.
+        fed = e(ctx["federation_id"] or "(unnamed)") if ctx else "&ndash;"
+        out.append(
+            f'<tr class="sub {cls}"><td></td><td class="l" colspan="{cols - 1}">federation {fed}; plan '
+            f'{_short(ctx.get("plan_sha256"), 12)}; config {_short(r["config_hash"], 12)}; {e(r["timestamp"])}'
+            f'{"; " + who if who else ""}</td></tr>'
         )
     out.append("</table>")
     return out

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from securefed import he
-from securefed.errors import ConfigError, ModelError
+from securefed.errors import ConfigError, ModelError, SecureFedError
 from securefed.logs import get_logger, log
+from securefed.protocol.ending import seal_end
 from securefed.protocol.plan import seal_plan
 from securefed.server.attempt import AttemptContext, RoundOutcome
 from securefed.server.ckks_driver import CkksDriver
@@ -92,10 +93,25 @@ def initial_adapter(config: ServerConfig, fingerprint: str):
             None if state is None else np.asarray(state, np.float32))
 
 
+def check_credentials(config: ServerConfig) -> tuple[RevocationWatch, tid.ServerCredentials]:
+    """The CA, the server's certificate and key, the revocation list: ``CertificateError`` (exit 2, one
+    line) for an expired or revoked certificate. Runs first, before the model is read."""
+    creds = config.server.credentials_dir
+    ca = tid.load_ca_certificate(creds)
+    revocations = RevocationWatch(Path(creds) / CRL_FILE, ca)
+    server = tid.load_server_credentials(creds)
+    days = check_own_certificate(server.certificate_pem, ca, what="the server's certificate", fix=SERVER_FIX,
+                                 revocations=revocations.current())
+    if days < EXPIRY_WARNING_DAYS:
+        log(logger, "the server's certificate expires soon: " + SERVER_FIX, level=logging.WARNING, days_left=days)
+    return revocations, server
+
+
 class ServerApp:
     """One coordinator with its callbacks (plan, driver, strategy) and its gRPC server."""
 
-    def __init__(self, config: ServerConfig, *, address: str | None = None) -> None:
+    def __init__(self, config: ServerConfig, *, address: str | None = None,
+                 credentials: tuple[RevocationWatch, tid.ServerCredentials] | None = None) -> None:
         self.config = config
         self.address = address or config.server.address
         self._strategy_cache: dict[int, Strategy] = {}
@@ -116,13 +132,15 @@ class ServerApp:
             config, initial_adapter=lambda: initial_adapter(config, self.base_fingerprint),
             settings_json=settings_json(config, self.base_fingerprint),
             payload_length=lambda dim: self.strategy(dim).payload_size, build_plan=self.build_plan,
-            driver_factory=self.make_driver, apply_update=self.apply,
+            driver_factory=self.make_driver, apply_update=self.apply, seal_end=self.seal_end,
         )
         self.grpc_server = None
         self.port: int | None = None
         # The CA-signed revocation list in credentials_dir (read at start()): checked at every call and
         # registration, shipped in every plan.
         self.revocations: RevocationWatch | None = None
+        self._checked = credentials  # check_credentials(config), when the caller ran it first
+        self._credentials: tid.ServerCredentials | None = None  # read at start(): the end is signed with its key
         self.live = LiveStatusWriter(self.coordinator)  # state_dir/live.json, for `securefed status`
 
     def strategy(self, dim: int) -> Strategy:
@@ -184,18 +202,22 @@ class ServerApp:
         state = upd.server_state
         return upd.global_vec, None if state is None else np.asarray(state, np.float32)
 
+    def seal_end(self, done: pb.Done) -> pb.Done:
+        """The end of the federation, signed with the server's TLS key (the only end members stop on)."""
+        try:
+            creds = self._credentials or tid.load_server_credentials(self.config.server.credentials_dir)
+            return seal_end(done, creds.certificate_pem, creds.private_key_pem)
+        except (SecureFedError, OSError, ValueError) as exc:
+            log(logger, "cannot sign the end of the federation: members will wait for a server that does not come "
+                "back; stop them by hand", level=logging.ERROR, error=str(exc))
+            return done
+
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> int:
+        self.revocations, self._credentials = self._checked or check_credentials(self.config)
         self.coordinator.recover()
         workers = max(16, 4 * self.config.federation.cohort_size + 8)
-        creds = self.config.server.credentials_dir
-        ca = tid.load_ca_certificate(creds)
-        self.revocations = RevocationWatch(Path(creds) / CRL_FILE, ca)
-        days = check_own_certificate(tid.load_server_credentials(creds).certificate_pem, ca, what="the server's "
-                                     "certificate", fix=SERVER_FIX, revocations=self.revocations.current())
-        if days < EXPIRY_WARNING_DAYS:
-            log(logger, "the server's certificate expires soon: " + SERVER_FIX, level=logging.WARNING, days_left=days)
-        bound = make_server(self.address, creds, max_workers=workers)
+        bound = make_server(self.address, self.config.server.credentials_dir, max_workers=workers)
         add_federation_servicer(bound.server, FederationService(self.coordinator, self.config.server.federation_id,
                                                                 revocations=self.revocations))
         bound.server.start()

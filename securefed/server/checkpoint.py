@@ -15,6 +15,7 @@ import numpy as np
 
 from securefed.errors import CheckpointError
 from securefed.protocol.bundle import read_adapter_file, write_adapter_file
+from securefed.storage import STATE_DISK_FULL, disk_write_error
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,14 @@ class CheckpointStore:
     def save(self, round: int, vector: np.ndarray, layout_json: str, settings_json: str = "",
              server_state: np.ndarray | None = None) -> Checkpoint:
         path = self.path_for(round)
-        digest = write_adapter_file(path, vector, layout_json, {"round": str(round)}, settings_json=settings_json,
-                                    server_state=server_state)
+        try:
+            digest = write_adapter_file(path, vector, layout_json, {"round": str(round)}, settings_json=settings_json,
+                                        server_state=server_state)
+        except OSError as exc:
+            full = disk_write_error(exc, path, STATE_DISK_FULL)
+            if full is None:
+                raise
+            raise full from None
         vec = np.array(vector, dtype=np.float32)
         vec.setflags(write=False)
         st = None if server_state is None else np.array(server_state, dtype=np.float32)

@@ -13,9 +13,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from securefed import exit_codes
 from securefed.errors import ConfigError
 from securefed.fsutil import SHARED_MODE, atomic_write
-from securefed.logs import route_native_stderr, setup_logging
+from securefed.logs import route_native_stderr, setup_logging, watch_native
 
 if TYPE_CHECKING:
     from securefed.server.config import ServerConfig
@@ -69,12 +70,18 @@ def _server(args: argparse.Namespace) -> int:
         setup_logging(json_lines=False, level="warning")
         return check_server(args.config).report("server")
     setup_logging(json_lines=args.log_json, level=args.log_level)
-    if args.log_json:
-        route_native_stderr()  # before grpc starts: its core logs to file descriptor 2
-    from securefed.server.app import ServerApp  # grpc, the whole coordinator
+    # Before grpc starts: its core logs to file descriptor 2. Routed in text mode too (dated lines).
+    route_native_stderr(keep_python_stderr=not args.log_json)
+    from securefed.server.app import ServerApp, check_credentials  # grpc, the whole coordinator
+    from securefed.server.handshakes import HandshakeWatch
+    from securefed.server.livestatus import StartingBeacon
 
-    app = ServerApp(_load_config(args.config))
-    port = app.start()
+    cfg = _load_config(args.config)
+    watch_native(HandshakeWatch(cfg.server.state_dir))  # a member of another CA: an alert, not only gRPC's line
+    with StartingBeacon(cfg.server.state_dir):  # `securefed status`: starting, not "not running"
+        # Certificates first: an expired one is one line at once, before minutes of reading the model.
+        app = ServerApp(cfg, credentials=check_credentials(cfg))
+        port = app.start()
     if args.port_file:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(str(port))
@@ -94,9 +101,13 @@ def _server(args: argparse.Namespace) -> int:
     finally:
         app.stop(grace=1.0)
     if stop.is_set():
-        return 0  # stopped on request: the round log is consistent; a restart resumes
-    # Every member out of budget is a clean ending (the final adapter is valid), not a failure to retry.
-    return 0 if ok or app.coordinator.ending == "budget_exhausted" else 1
+        return exit_codes.FINISHED  # stopped on request: the round log is consistent; a restart resumes
+    # Every member out of budget is a clean ending (the final adapter is valid), not a failure to retry;
+    # neither is a federation that spent its max_attempts (its signed end told the members why).
+    ending = app.coordinator.ending
+    if ok or ending == "budget_exhausted":
+        return exit_codes.FINISHED
+    return exit_codes.GAVE_UP if ending == "gave_up" else exit_codes.FAULT
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.errors import CheckpointError, ConfigError, ProtocolAbort, RoundLogError, SecureFedError
+from securefed.errors import CheckpointError, ConfigError, DiskWriteError, ProtocolAbort, RoundLogError, SecureFedError
 from securefed.faults import fault_point
 from securefed.logs import get_logger, log
 from securefed.protocol.stages import STAGE_NAMES
@@ -44,6 +44,8 @@ from securefed.server.budget_watch import BudgetWatch
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import ServerConfig
 from securefed.server.driver import DriverFactory
+from securefed.server.ending import FINAL_ENDINGS, conclude
+from securefed.server.exclusion import can_take_part, give_up_cause, left_out, note_attempt
 from securefed.server.livestatus import status_of
 from securefed.server.mailbox import Mailbox
 from securefed.server.roundlog import RoundLog
@@ -80,6 +82,7 @@ class Coordinator:
         build_plan: Callable[[AttemptContext], pb.RoundPlan],
         driver_factory: DriverFactory,
         apply_update: ApplyFn,
+        seal_end: Callable[[pb.Done], pb.Done],
     ) -> None:
         self.config = config
         self.state_dir = config.server.state_dir
@@ -91,6 +94,7 @@ class Coordinator:
         self._build_plan = build_plan
         self._driver_factory = driver_factory
         self._apply = apply_update
+        self._seal_end = seal_end  # signs the end of the federation (securefed.protocol.ending)
         self._cv = self.lock = threading.Condition()  # ``lock``: for readers of the live state (livestatus)
         self._stop = threading.Event()
         self.mailbox = Mailbox(self._cv, self._stop, poll_s=config.deadlines.poll_s,
@@ -100,7 +104,7 @@ class Coordinator:
         self.failed_attempts = 0
         self.detail = ""
         self.error: str | None = None
-        self.ending: str | None = None  # completed | budget_exhausted | failed | stopped
+        self.ending: str | None = None  # completed | budget_exhausted | gave_up (FINAL_ENDINGS) | failed | stopped
         self.budgets = BudgetWatch(config, self.mailbox)
 
     # ---------------------------------------------------------------------------------------------
@@ -132,7 +136,7 @@ class Coordinator:
 
     def linger(self, max_s: float) -> None:
         """After the last round: keep serving until every connected client has been told ``Done``."""
-        end = time.monotonic() + max_s
+        end = time.monotonic() + max_s if self.ending in FINAL_ENDINGS else 0.0  # no Done: nobody to tell
         with self._cv:
             while time.monotonic() < end and not self.mailbox.everyone_told_done():
                 self._cv.wait(0.2)
@@ -157,25 +161,19 @@ class Coordinator:
                     break
                 if self.roundlog.attempt_count() >= limit:
                     if self._wait_for_clients(patience_s=0.0) or self.ending is None:  # budgets say why, if they can
-                        self.error = (f"gave up after {limit} attempts ({done}/{rounds} rounds completed; "
-                                      "federation.max_attempts)")
+                        why = give_up_cause(self.roundlog.attempts(limit=limit), left_out(self.mailbox, self.mailbox.connected()))
+                        self.error = f"gave up after {limit} attempts ({done}/{rounds} rounds completed; max_attempts): {why}"
+                        self.ending = "gave_up"
                     break
                 if not self._wait_for_clients():
                     break
                 self._run_attempt()
+        except SecureFedError as exc:  # a full disk: stop without a Done (members wait for the restart)
+            self.error = self.error or str(exc)
+            raise
         finally:
-            with self._cv:
-                ok = self.roundlog.completed_rounds() >= rounds
-                if self.ending is None:
-                    self.ending = "completed" if ok else ("stopped" if self._stop.is_set() and not self.error else "failed")
-                self.state = ServerState.FINISHED if ok or self.ending == "budget_exhausted" else ServerState.FAILED
-                self.detail = "all rounds completed" if ok else (self.error or "stopped")
-                final = self.global_ckpt.round if self.global_ckpt else 0
-                self.mailbox.finish(pb.Done(final_round=final, reason=self.detail))
-            log(logger, "federation finished" if ok else f"federation ended ({self.ending})",
-                level=logging.INFO if ok or self.ending == "stopped" else logging.WARNING,
-                completed_rounds=self.roundlog.completed_rounds(), rounds=rounds,
-                global_digest=self.global_ckpt.digest if self.global_ckpt else None, detail=self.detail)
+            ok = conclude(self, rounds)
+            self.state = ServerState.FINISHED if ok or self.ending == "budget_exhausted" else ServerState.FAILED
         return ok
 
     def _wait_for_clients(self, patience_s: float | None = None) -> bool:
@@ -186,11 +184,12 @@ class Coordinator:
             while not self._stop.is_set():
                 connected = self.mailbox.connected()
                 n = len(connected)
-                exhausted = self.mailbox.exhausted()
-                self.detail = f"{n}/{need} clients connected"
-                if n - len(exhausted) >= need:
+                exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, connected)
+                usable = [c for c in connected if c not in exhausted and c not in out]
+                self.detail = f"{n}/{need} clients connected{can_take_part(usable, out)}"
+                if len(usable) >= need:
                     return True
-                if exhausted and n >= need:  # enough members, too few whose budget allows a round
+                if exhausted and n - len(set(out) & set(connected)) >= need:  # too few whose budget allows a round
                     if self.budgets.stops:
                         self.error = self.budgets.ending(connected, exhausted, self.roundlog.completed_rounds())
                         self.ending = "budget_exhausted"
@@ -203,7 +202,8 @@ class Coordinator:
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.error = f"only {n} of min_clients={need} clients connected within {self.config.deadlines.join_s:g} s"
+                    self.error = (f"only {n} of min_clients={need} clients connected within "
+                                  f"{self.config.deadlines.join_s:g} s{can_take_part(usable, out)}")
                     log(logger, "not enough clients", connected=n, min_clients=need)
                     return False
                 self._cv.wait(min(left, 1.0))
@@ -217,8 +217,8 @@ class Coordinator:
         attempt = self.roundlog.begin_attempt(round=ckpt.round + 1, mode=self.config.federation.mode.value,
                                               base_hash=ckpt.digest, stage="plan")
         with self._cv:
-            exhausted = self.mailbox.exhausted()
-            pool = [c for c in self.mailbox.connected() if c not in exhausted]
+            exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, self.mailbox.connected())
+            pool = [c for c in self.mailbox.connected() if c not in exhausted and c not in out]
             k = min(self.config.federation.cohort_size, len(pool))
             # Selection need not be secret, but a CSPRNG costs nothing and resists grinding.
             cohort = tuple(sorted(secrets.SystemRandom().sample(pool, k)))
@@ -238,10 +238,14 @@ class Coordinator:
             outcome = self._run_phases(ctx, timings)
             self._commit(ctx, outcome, timings, t0)
             self.budgets.round_completed()
+        except DiskWriteError:  # the server's own disk: no abort to record, stop (a restart resumes)
+            raise
         except SecureFedError as exc:  # ProtocolAbort, a refused message, bad parameters for this cohort
             self._abort(ctx, exc, timings, t0)
         finally:
             self.budgets.note(ctx)
+            note_attempt(self.mailbox, ctx, lost=ctx.dropouts)
+
 
     def _run_phases(self, ctx: AttemptContext, timings: dict[str, float]) -> RoundOutcome:
         """Plan, then the mode's stages, each until everyone answered or its deadline passed."""

@@ -33,6 +33,11 @@ class ClientInfo:
     heartbeat: pb.MemberHeartbeat | None = None  # the last one, with what it was doing
     exhausted: str | None = None  # why it declined for its budget (None: it may be asked)
     exhausted_until: float = 0.0  # monotonic; math.inf = until it registers again
+    # Left out of cohorts for other reasons (``server.exclusion``): registering again clears the first three.
+    unfit: str | None = None  # declined for a reason that cannot change while it runs (base model, versions)
+    lost_in: int | None = None  # the attempt it was lost in (silent), until it polls about another
+    storage_until: float = 0.0  # monotonic: declined for a full disk, asked again after this
+    revoked: str | None = None  # its certificate is revoked (the server refuses it at every call)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefed.protocol.stages import STAGE_NAMES
+from securefed.server.exclusion import left_out
 from securefed.transport._generated import federation_pb2 as pb
 
 if TYPE_CHECKING:  # the coordinator imports this module
@@ -63,6 +64,7 @@ def members_of(co: Coordinator) -> dict[str, dict[str, Any]]:
     with co.lock:
         mb = co.mailbox
         connected = set(mb.connected())
+        out_of_cohorts = left_out(mb, connected)
         out = {}
         for c, info in sorted(mb.clients.items()):
             m: dict[str, Any] = {"last_seen": info.last_seen_wall, "connected": c in connected}
@@ -71,10 +73,14 @@ def members_of(co: Coordinator) -> dict[str, dict[str, Any]]:
                 m["activity"] = _ACTIVITY.get(hb.activity, "working")
                 if hb.activity == pb.MEMBER_ACTIVITY_TRAINING:
                     m["step"], m["total_steps"] = int(hb.step), int(hb.total_steps)
-            if hb is not None and hb.target_epsilon:
-                m["reported_epsilon"], m["target_epsilon"] = hb.epsilon_spent, hb.target_epsilon
+            if hb is not None and hb.target_epsilon:  # the member's word; status prefers its signed entries
+                m["heartbeat_epsilon"], m["target_epsilon"] = hb.epsilon_spent, hb.target_epsilon
             if info.exhausted and info.exhausted_until > now:
                 m["sits_out"] = info.exhausted
+            if c in out_of_cohorts:  # server.exclusion: revoked, unfit, lost, or its disk is full
+                m["left_out"] = out_of_cohorts[c]
+            if info.revoked:
+                m["revoked"] = info.revoked
             if mb.ctx is not None and c in mb.liveness.refused:
                 m["refused"] = mb.liveness.refused[c]
             out[c] = m
@@ -104,6 +110,7 @@ class LiveStatusWriter:
         self._thread = threading.Thread(target=self._run, name="live-status", daemon=True)
 
     def start(self) -> None:
+        self._write(running=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -122,6 +129,50 @@ class LiveStatusWriter:
             write_live(self.path, data)
         except OSError:
             pass  # a status view that cannot be written (disk full) must not stop the federation
+
+
+class StartingBeacon:
+    """While the server starts (certificates, fingerprinting the base model, the round-0 adapter: minutes
+    for a large model), ``live.json`` says so every ``interval_s``, so that ``securefed status`` shows
+    "starting" rather than "not running". A context manager; the ``LiveStatusWriter`` takes over."""
+
+    def __init__(self, state_dir: Path, *, interval_s: float = INTERVAL_S) -> None:
+        self.path = Path(state_dir) / LIVE_FILE
+        self.interval_s = interval_s
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-starting", daemon=True)
+
+    def __enter__(self) -> StartingBeacon:
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        if exc[0] is not None:  # it did not start: say so, not "starting" until the file goes stale
+            data = self._data()
+            data["server"]["running"] = False
+            data["status"]["detail"] = "failed to start"
+            self._write(data)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._write()
+
+    def _data(self) -> dict[str, Any]:
+        return {"server": {"pid": os.getpid(), "host": socket.gethostname(), "updated_at": time.time(),
+                           "running": True, "starting_since": self.started},
+                "status": {"state": "starting", "detail": "reading certificates, fingerprinting the base model, "
+                           "building the round-0 adapter"}, "members": {}}
+
+    def _write(self, data: dict[str, Any] | None = None) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_live(self.path, data or self._data())
+        except OSError:
+            pass  # a status view that cannot be written must not stop the server from starting
 
 
 def read_live(state_dir: Path) -> dict[str, Any] | None:
@@ -145,6 +196,9 @@ def server_alive(live: dict[str, Any] | None, now: float | None = None) -> tuple
         return False, f"DEAD: {where} is gone (killed or crashed {_ago(age)}); a restart resumes from the last round"
     if age > DEAD_AFTER_S:
         return False, f"DEAD or hung: {where} silent for {age:.0f} s; a restart resumes from the last round"
+    if srv.get("starting_since"):
+        since = (now or time.time()) - float(srv["starting_since"])
+        return True, f"starting ({where}, for {_ago(since).removesuffix(' ago')})"
     return True, f"running ({where})"
 
 

@@ -62,7 +62,7 @@ class Mailbox:
 
     def __init__(self, cv: threading.Condition, stop: threading.Event, *, poll_s: float,
                  describe: Callable[[], str], silence_s: float = math.inf) -> None:
-        self._cv = cv
+        self._cv = self.lock = cv
         self._stop = stop
         self._poll_s = poll_s
         self._describe = describe  # the Wait reason: what the coordinator is doing now
@@ -100,6 +100,7 @@ class Mailbox:
                 info.identity_key, info.last_seen, info.supported_modes = identity_key, time.monotonic(), modes
                 info.certificate = certificate
                 info.exhausted = None  # restarted, perhaps with a larger budget: ask it again
+                info.unfit, info.lost_in, info.storage_until = None, None, 0.0  # perhaps fixed (server.exclusion)
             info.last_seen_wall = time.time()
             self._cv.notify_all()
 
@@ -200,6 +201,8 @@ class Mailbox:
             if client_id not in self.clients:
                 raise NotRegistered("register before polling")
             counted = self.liveness.poll_started(client_id, attempt)
+            if self.clients[client_id].lost_in not in (None, attempt):
+                self.clients[client_id].lost_in = None  # it left the attempt it was lost in: alive and free
             try:
                 while True:
                     self._touch(client_id, attempt)

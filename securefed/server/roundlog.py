@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from securefed.errors import LedgerConflict, RoundLogError
+from securefed.storage import STATE_DISK_FULL, disk_write_error
 
 SCHEMA_VERSION = 1
 
@@ -145,14 +146,21 @@ class RoundLog:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    if self._db.in_transaction:  # a failed COMMIT (disk full) already rolled back
+                        self._db.execute("ROLLBACK")
+                    raise
+                else:
+                    self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                full = disk_write_error(exc, self.path, STATE_DISK_FULL)
+                if full is None:
+                    raise
+                raise full from None
 
     # --- writes -------------------------------------------------------------------------------
     def recover(self) -> list[int]:

@@ -24,6 +24,7 @@ from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
+from securefed.server.exclusion import mark_revoked
 from securefed.server.security_log import KIND_NAMES, SecurityLog
 from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
@@ -68,6 +69,7 @@ class FederationService(pb_grpc.FederationServicer):
                 self._refused.add((p.client_id, serial))
                 log(logger, "refused a revoked member", level=logging.WARNING, client=p.client_id,
                     serial=f"{serial:x}")
+            mark_revoked(self.mailbox, p.client_id, f"serial {serial:x}")  # out of the live attempt at once
             raise CertificateRevoked(f"the certificate of {p.client_id!r} (serial {serial:x}) is revoked by the "
                                      "federation operator; ask them for a new one (securefed keys bundle)")
         return p.client_id, tid.raw_public_key(p.identity_public_key)

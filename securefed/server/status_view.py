@@ -25,17 +25,25 @@ from securefed.server.security_log import read_alerts
 
 
 def gather(state_dir: Path, rounds_target: int, last: int) -> dict[str, Any]:
-    log = RoundLog(state_dir / "rounds.sqlite", readonly=True)
-    try:
-        attempts, completed = log.attempts(limit=last), log.completed_rounds()
-        events, heads, keys = log.privacy_events(), log.ledger_heads(), log.identity_keys()
-    finally:
-        log.close()
     live = read_live(state_dir)
+    if live is not None and not (state_dir / "rounds.sqlite").exists():  # a first start: no round log yet
+        attempts, completed, events, heads, keys = [], 0, [], {}, {}
+    else:
+        log = RoundLog(state_dir / "rounds.sqlite", readonly=True)
+        try:
+            attempts, completed = log.attempts(limit=last), log.completed_rounds()
+            events, heads, keys = log.privacy_events(), log.ledger_heads(), log.identity_keys()
+        finally:
+            log.close()
     alive, line = server_alive(live)
     members: dict[str, dict[str, Any]] = {c: dict(m) for c, m in ((live or {}).get("members") or {}).items()}
+    for c, m in members.items():  # a member's heartbeat figure, until a signed entry of its ledger says more
+        if m.get("heartbeat_epsilon") is not None:
+            m["epsilon"], m["epsilon_source"] = m.pop("heartbeat_epsilon"), "heartbeat (the member's word)"
+        if not alive:  # what the server last knew; nothing is connected to a server that is not running
+            m["connected"] = None
     for c, eps in _epsilons(events).items():
-        members.setdefault(c, {})["epsilon"] = eps
+        members.setdefault(c, {}).update(epsilon=eps, epsilon_source="signed ledger entries reported here")
     return {"server": {"alive": alive, "line": line}, "rounds_target": rounds_target, "completed_rounds": completed,
             "live": (live or {}).get("status") if alive else None, "members": members,
             "attempts": [a.to_json() for a in attempts], "privacy_events": len(events),
@@ -78,12 +86,14 @@ def render(st: dict[str, Any], out: TextIO) -> None:
         p(f"{'member':<16} {'last seen':<18} {'epsilon spent':<22} state")
         for c, m in sorted(st["members"].items()):
             seen = _ago(now - m["last_seen"]) if m.get("last_seen") else "-"
-            if m.get("last_seen") and not m.get("connected", True):
+            if m.get("last_seen") and m.get("connected") is False:
                 seen += " (gone)"
             eps = m.get("epsilon")
             eps_s = "-" if eps is None else f"{eps:.4g}"
             if m.get("target_epsilon"):
                 eps_s += f" of {m['target_epsilon']:g}"
+            if eps is not None and str(m.get("epsilon_source", "")).startswith("heartbeat"):
+                eps_s += " (said)"  # not yet backed by a signed ledger entry reported here
             p(f"{c:<16} {seen:<18} {eps_s:<22} {_member_state(m)}")
     for a in st["security_alerts"]:
         who = f"reported by {a.get('client')}" if a.get("source") == "member" else f"member {a.get('client')}"
@@ -94,10 +104,17 @@ def render(st: dict[str, Any], out: TextIO) -> None:
 
 
 def _member_state(m: dict[str, Any]) -> str:
-    if m.get("refused"):
+    if m.get("revoked"):
+        return f"REVOKED ({m['revoked']}): refused at every call, never drawn again"
+    stopped = m.get("connected", False) is None  # the server is not running: only what it last decided holds
+    if m.get("refused") and not stopped:
         return f"refused in this attempt: {m['refused']}"
     if m.get("sits_out"):  # its first clause; the attempt's declines below carry the whole reason
         return f"sits out: {m['sits_out'].split(': ', 1)[0]}"
+    if m.get("left_out"):
+        return f"left out: {m['left_out']}"
+    if stopped:
+        return "unknown: the server is not running"
     if m.get("activity") == "training" and m.get("total_steps"):
         return f"training: step {m['step']} of {m['total_steps']}"
     return m.get("activity") or ("connected" if m.get("connected") else "")

@@ -371,7 +371,9 @@ def plan_steps(settings: LocalTrainingSettings, num_samples: int) -> tuple[float
         raise InvalidInput("training dataset is empty")
     if settings.batch_size > num_samples:
         raise InvalidInput(
-            f"batch_size {settings.batch_size} exceeds the {num_samples} training examples; lower batch_size"
+            f"[training] batch_size = {settings.batch_size} exceeds the {num_samples} training examples: set "
+            f"batch_size to at most {num_samples} in the [training] section of the member's config (add the section "
+            "if it has none), or give this member more data"
         )
     q = settings.batch_size / num_samples
     steps = settings.steps if settings.steps is not None else max(1, math.ceil(settings.epochs / q))

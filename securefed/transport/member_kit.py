@@ -56,10 +56,13 @@ def client_toml(name: str, server: str, *, server_name: str | None = None, state
                  '# ckks_secret_context = "ckks/federation.secret.ctx"  # only if the federation runs mode ckks')
     sn_line = (f"server_name = {_toml_str(server_name)}" if server_name else
                "# server_name = \"fl.example.org\"   # only if you dial an address the server certificate does not name")
+    where = ("state, ledgers, model and data are absolute so that the\n# configuration can live read-only in "
+             "/etc/securefed." if PurePosixPath(state_root).is_absolute() else
+             f"state, ledgers, model and data are under {state_root!r}\n# (--state-root), relative too: a trial "
+             "on one machine; a service keeps them absolute.")
     return f"""# securefed member configuration for {name}, made by `securefed keys bundle`.
 # Run: securefed client --config client.toml   (systemd: clients/securefed-client.service)
-# Relative paths are relative to THIS file; state, ledgers, model and data are absolute so that the
-# configuration can live read-only in /etc/securefed. Every key is explained in clients/client.toml.
+# Relative paths are relative to THIS file; {where} Every key is explained in clients/client.toml.
 
 [client]
 name = {_toml_str(name)}

@@ -4,7 +4,7 @@
 the honest round-0 global bundle. ``federation.member(name)`` is that member's real ``ClientDaemon``
 with its connection replaced by ``ScriptedServer``: the test queues tasks (plans bound to whatever
 bundle it serves, aborts, completions, Done) and reads back everything the member sent. ``serve`` is
-the member's real pull loop; it returns when the script ends with Done.
+the member's real pull loop; it returns when the script ends with the server's signed Done.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from securefed.client.hooks import MemberHooks
 from securefed.client.pull_loop import serve
 from securefed.federation import provision, set_client_server
 from securefed.protocol.bundle import STATE_TENSOR, TENSOR_NAME, adapter_digest
+from securefed.protocol.ending import seal_end
 from securefed.protocol.plan import seal_plan
 from securefed.server.app import initial_adapter, server_fingerprint
 from securefed.server.config import load_server_config
@@ -63,8 +64,9 @@ class Watch(MemberHooks):
 class ScriptedServer(Connection):
     """The member's connection, answered by the test."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, end: pb.Done) -> None:
         super().__init__(config)
+        self.end = end  # the server's signed end of the federation: what a script ends with
         self.tasks: deque[pb.Task] = deque()
         self.bundles: dict[int, tuple[int, bytes]] = {}  # attempt -> (round, bundle bytes); -1: any other
         self.sent: list[tuple[int, str, object]] = []  # (attempt, kind, message), in order
@@ -79,7 +81,7 @@ class ScriptedServer(Connection):
         return pb.RegisterResponse(client_id=self.name, federation_id="scripted", current_round=0)
 
     def poll(self, attempt: int, wait_s: float) -> pb.Task:
-        return self.tasks.popleft() if self.tasks else pb.Task(done=pb.Done(final_round=0, reason="script ended"))
+        return self.tasks.popleft() if self.tasks else pb.Task(done=self.end)
 
     def submit(self, header: pb.RequestHeader, **result) -> pb.SubmitResultResponse:
         (kind, msg), = result.items()
@@ -133,6 +135,12 @@ class Federation:
             key = tid.raw_public_key(tid.load_client_credentials(self.p.pki, name).identity_public_key)
             self.cohort.append(pb.CohortMember(client_id=name, identity_public_key=key, certificate=der))
 
+    def signed_end(self) -> pb.Done:
+        """The end a member stops on: signed with the federation's server key (``protocol.ending``)."""
+        creds = tid.load_server_credentials(self.p.pki)
+        return seal_end(pb.Done(final_round=0, reason="script ended", federation_id="scripted",
+                                ending=pb.FEDERATION_ENDING_COMPLETED), creds.certificate_pem, creds.private_key_pem)
+
     def honest_bundle(self, nudge: int = 0) -> tuple[bytes, bytes]:
         """The round-0 bundle; ``nudge`` ulps added to one weight give another digest for the same adapter."""
         vec = np.array(self.vector, dtype=np.float32)
@@ -155,7 +163,8 @@ class Federation:
     def member(self, name: str = "member-1") -> tuple[ClientDaemon, ScriptedServer, Watch]:
         watch = Watch()
         daemon = ClientDaemon(load_client_config(self.p.client_tomls[name]), hooks=watch)
-        daemon.connection = server = ScriptedServer(daemon.config)
+        daemon.connection = server = ScriptedServer(daemon.config, self.signed_end())
+        daemon.end._connection = server
         daemon.deps = dataclasses.replace(daemon.deps, connection=server)
         daemon.adapters.connection = daemon.deps.record_release.connection = server  # the parts that talk to it
         return daemon, server, watch

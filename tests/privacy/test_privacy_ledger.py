@@ -10,7 +10,7 @@ import pytest
 from privacy_helpers import make_event
 
 from securefed.crypto.keys import IdentityKeyPair
-from securefed.errors import LedgerError
+from securefed.errors import LedgerBudgetChanged, LedgerError
 from securefed.privacy.budget import PrivacyBudget
 from securefed.privacy.formulas import SubsampledGaussian, rdp_epsilon
 from securefed.privacy.ledger import (
@@ -118,8 +118,12 @@ def test_open_or_create(tmp_path, identity):
         led.append(make_event())
     with Ledger.open_or_create(path, identity, client_id=CID, budget=BUDGET) as led:
         assert len(led.entries()) == 1
-    with pytest.raises(LedgerError, match="restore the original budget"):
+    # A changed budget: exit 2 (a restart cannot fix it), and never the advice to start a new ledger,
+    # which would forget what the data already spent.
+    with pytest.raises(LedgerBudgetChanged, match=r"Set \[privacy\] back to the ledger's budget") as err:
         Ledger.open_or_create(path, identity, client_id=CID, budget=PrivacyBudget(target_epsilon=9, delta=1e-5))
+    assert err.value.exit_code == 2 and "start a new ledger file to change it" in str(err.value)
+    assert "has spent epsilon" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(LedgerError, match="belongs to client"):
         Ledger.open_or_create(path, identity, client_id="other", budget=BUDGET)
 

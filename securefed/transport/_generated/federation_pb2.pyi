@@ -47,6 +47,14 @@ class PlanDeclineKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: _ClassVar[PlanDeclineKind]
     PLAN_DECLINE_KIND_BASE_MODEL: _ClassVar[PlanDeclineKind]
     PLAN_DECLINE_KIND_LIBRARY_VERSIONS: _ClassVar[PlanDeclineKind]
+    PLAN_DECLINE_KIND_LOCAL_STORAGE: _ClassVar[PlanDeclineKind]
+
+class FederationEnding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEDERATION_ENDING_UNSPECIFIED: _ClassVar[FederationEnding]
+    FEDERATION_ENDING_COMPLETED: _ClassVar[FederationEnding]
+    FEDERATION_ENDING_BUDGET_EXHAUSTED: _ClassVar[FederationEnding]
+    FEDERATION_ENDING_GAVE_UP: _ClassVar[FederationEnding]
 
 class RingBits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -118,6 +126,11 @@ PLAN_DECLINE_KIND_PRIVACY_BUDGET: PlanDeclineKind
 PLAN_DECLINE_KIND_PLANNED_ROUNDS_DONE: PlanDeclineKind
 PLAN_DECLINE_KIND_BASE_MODEL: PlanDeclineKind
 PLAN_DECLINE_KIND_LIBRARY_VERSIONS: PlanDeclineKind
+PLAN_DECLINE_KIND_LOCAL_STORAGE: PlanDeclineKind
+FEDERATION_ENDING_UNSPECIFIED: FederationEnding
+FEDERATION_ENDING_COMPLETED: FederationEnding
+FEDERATION_ENDING_BUDGET_EXHAUSTED: FederationEnding
+FEDERATION_ENDING_GAVE_UP: FederationEnding
 RING_BITS_UNSPECIFIED: RingBits
 RING_BITS_32: RingBits
 RING_BITS_64: RingBits
@@ -320,12 +333,24 @@ class Wait(_message.Message):
     def __init__(self, retry_after_ms: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("final_round", "reason")
+    __slots__ = ("final_round", "reason", "federation_id", "global_adapter_sha256", "ending", "ended_at", "server_certificate", "signature")
     FINAL_ROUND_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FEDERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_ADAPTER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENDING_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     final_round: int
     reason: str
-    def __init__(self, final_round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    federation_id: str
+    global_adapter_sha256: bytes
+    ending: FederationEnding
+    ended_at: str
+    server_certificate: bytes
+    signature: bytes
+    def __init__(self, final_round: _Optional[int] = ..., reason: _Optional[str] = ..., federation_id: _Optional[str] = ..., global_adapter_sha256: _Optional[bytes] = ..., ending: _Optional[_Union[FederationEnding, str]] = ..., ended_at: _Optional[str] = ..., server_certificate: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RoundAborted(_message.Message):
     __slots__ = ("reason",)
