@@ -40,7 +40,8 @@ class SecAggDriver(RoundDriver):
             model_hash=ctx.global_digest,
             max_colluders=ctx.config.federation.max_colluding_members,
         )
-        self._masked_with: dict[str, bytes] = {}  # member -> masked-with signature, sent before its upload
+        # member -> its masked-with signature and share complaints, sent before its upload
+        self._masked_with: dict[str, tuple[bytes, tuple[sa.ShareComplaint, ...]]] = {}
 
     def first_phase(self) -> Phase:
         self.server.start()  # RoundSetup is derived by each client from the plan it receives
@@ -66,7 +67,8 @@ class SecAggDriver(RoundDriver):
         if kind == "masked_input_signature":
             if req.masked_input_signature.client_id != client:
                 raise InvalidMessage("message names a client other than the caller")
-            self._masked_with[client] = bytes(req.masked_input_signature.signature)  # checked with the upload
+            mw = req.masked_input_signature  # checked with the upload
+            self._masked_with[client] = (bytes(mw.signature), wire.complaints_from_pb(mw, self.ids))
             return
         if kind == "advertise_keys":
             msg = wire.advertise_from_pb(req.advertise_keys, session, self.ids)
@@ -94,11 +96,11 @@ class SecAggDriver(RoundDriver):
             raise StaleMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         if ring_bits != self.params.ring_bits:
             raise InvalidMessage(f"masked input in Z_2^{ring_bits}, the round uses Z_2^{self.params.ring_bits}")
-        sig = self._masked_with.get(client)
-        if sig is None:
+        got = self._masked_with.get(client)
+        if got is None:
             raise InvalidMessage("masked input refused: its masked-with signature was not sent first")
         msg = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, self.server.session_id,
-                                     self.ids.int_of(client), sig)
+                                     self.ids.int_of(client), *got)
         self.server.receive(msg)
         phase.responded.add(client)
 
