@@ -43,6 +43,7 @@ from securefed.server.attempt import AttemptContext, Phase, RoundOutcome
 from securefed.server.budget_watch import BudgetWatch
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import ServerConfig
+from securefed.server.culprits import Culprits
 from securefed.server.driver import DriverFactory
 from securefed.server.livestatus import status_of
 from securefed.server.mailbox import Mailbox
@@ -102,6 +103,7 @@ class Coordinator:
         self.error: str | None = None
         self.ending: str | None = None  # completed | budget_exhausted | failed | stopped
         self.budgets = BudgetWatch(config, self.mailbox)
+        self.culprits = Culprits(self.state_dir)  # proven protocol breakers: never drawn again
 
     # ---------------------------------------------------------------------------------------------
     # startup, shutdown
@@ -218,7 +220,7 @@ class Coordinator:
                                               base_hash=ckpt.digest, stage="plan")
         with self._cv:
             exhausted = self.mailbox.exhausted()
-            pool = [c for c in self.mailbox.connected() if c not in exhausted]
+            pool = [c for c in self.mailbox.connected() if c not in exhausted and c not in self.culprits.excluded]
             k = min(self.config.federation.cohort_size, len(pool))
             # Selection need not be secret, but a CSPRNG costs nothing and resists grinding.
             cohort = tuple(sorted(secrets.SystemRandom().sample(pool, k)))
@@ -242,6 +244,7 @@ class Coordinator:
             self._abort(ctx, exc, timings, t0)
         finally:
             self.budgets.note(ctx)
+            self.culprits.note(ctx)
 
     def _run_phases(self, ctx: AttemptContext, timings: dict[str, float]) -> RoundOutcome:
         """Plan, then the mode's stages, each until everyone answered or its deadline passed."""

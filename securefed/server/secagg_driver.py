@@ -8,10 +8,12 @@ enough survivors answered every stage.
 from __future__ import annotations
 
 import hmac
+import re
 
 import numpy as np
 
 from securefed import secagg as sa
+from securefed.secagg.attribution import describe
 from securefed.errors import InvalidMessage, ProtocolAbort, StaleMessage
 from securefed.protocol import secagg_wire as wire
 from securefed.protocol.plan import cohort_ids, plan_bytes
@@ -107,7 +109,12 @@ class SecAggDriver(RoundDriver):
     def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
         if phase.stage == pb.STAGE_PLAN:
             self.require(len(self.accepted()), "clients accepted the plan")
-        out = self.server.close_stage()  # ProtocolAbort when too few answered
+        try:
+            out = self.server.close_stage()  # ProtocolAbort when too few answered
+        except ProtocolAbort as exc:
+            self._note_culprits()
+            raise ProtocolAbort(self._named(str(exc))) from None
+        self._note_culprits()
         ctx = self.ctx
         for cid in self.server.dropouts:
             name = self.ids.name_of(cid)
@@ -126,6 +133,19 @@ class SecAggDriver(RoundDriver):
             pb.STAGE_UNMASK: ctx.config.deadlines.unmask_s,
         }[wire_stage]
         return self.open_phase(wire_stage, tasks, deadline)
+
+    def _named(self, text: str) -> str:
+        """The state machine's "client N" as the member's name, for the operator."""
+        return re.sub(r"\bclient (\d+)\b", lambda m: self.ids.by_int.get(int(m.group(1)), m.group(0)), text)
+
+    def _note_culprits(self) -> None:
+        """Members the session proved at fault, for the coordinator to exclude (``server.culprits``)."""
+        for cid, v in self.server.culprits.items():
+            names = {i: self.ids.name_of(i) for i in (v.complainer, v.accused)}
+            self.ctx.culprits.setdefault(self.ids.name_of(cid), {
+                "reason": describe(v, name=names.__getitem__),
+                "evidence": {"attempt": self.ctx.attempt, "names": {str(i): n for i, n in names.items()},
+                             **(v.evidence or {})}})
 
     def _task(self, wire_stage: int, msg: object) -> pb.Task:
         """The task that hands one client its part of the state machine's output for the next stage."""
