@@ -24,7 +24,7 @@ from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
-from securefed.server.security_log import KIND_NAMES, SecurityLog
+from securefed.server.security_log import KIND_NAMES, peer_address
 from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
@@ -56,7 +56,7 @@ class FederationService(pb_grpc.FederationServicer):
         self._refused: set[tuple[str, int]] = set()  # revoked (member, serial) already logged
         if revocations is not None:  # registration and cohort selection check the same list
             self.mailbox.is_revoked = revocations.is_revoked
-        self.alerts = SecurityLog(coordinator.state_dir)
+        self.alerts = coordinator.culprits.alerts  # one log: its per-source limits see every alert
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
@@ -76,7 +76,7 @@ class FederationService(pb_grpc.FederationServicer):
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
         cid, key = self._peer(context)
         if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
-            self.alerts.record(client=cid, kind="authentication failed", source="server",
+            self.alerts.record(client=cid, kind="failed registration", source="server", address=peer_address(context.peer()),
                                detail="registered with an identity key other than the one its certificate binds")
             raise CryptoError("identity key does not match the one bound in your certificate")
         # The certificate that authenticated this connection goes into the plans' cohort lists, so the
@@ -137,7 +137,7 @@ class FederationService(pb_grpc.FederationServicer):
             if isinstance(exc, (LedgerConflict, CryptoError)):
                 self.alerts.record(client=cid, kind="ledger conflict" if isinstance(exc, LedgerConflict)
                                    else "authentication failed", detail=str(exc), source="server",
-                                   attempt=request.header.round)
+                                   attempt=request.header.round, address=peer_address(context.peer()))
             self.mailbox.refuse(cid, request.header.round, str(exc))
             raise
 
@@ -183,7 +183,7 @@ class FederationService(pb_grpc.FederationServicer):
     def ReportSecurityAlert(self, request: pb.SecurityAlertReport, context) -> pb.SecurityAlertAck:
         cid, _ = self._peer(context)
         kind = KIND_NAMES.get(request.kind, "security alert")
-        # A member's word, not verified here: kept and shown as reported by it (one line, bounded).
-        detail = " ".join(request.detail[:300].split())
-        self.alerts.record(client=cid, kind=kind, detail=detail, source="member", attempt=request.header.round)
+        # A member's word, not verified here: kept and shown as reported by it (sanitised, bounded, rate-limited).
+        self.alerts.record(client=cid, kind=kind, detail=request.detail[:1000], source="member",
+                           attempt=request.header.round, address=peer_address(context.peer()))
         return pb.SecurityAlertAck(recorded=True)
