@@ -117,8 +117,9 @@ def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
     if config.lora is not None and config.lora != lora:
         return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
     if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows():
-        return (f"{grinding.unreleased()} sparse-graph sessions in this federation round ended before this "
-                "member's release: declining more until a round completes (graph-grinding guard)")
+        return (f"{grinding.unreleased()} sparse-graph sessions ended before this member's release since it last "
+                f"finished one (within {grinding.window_s:g} s): declining more until the window passes or a session "
+                "completes with it (graph-grinding guard)")
     if plan.mode == pb.AGGREGATION_MODE_CKKS:
         if c.ckks_secret_context is None:
             return "mode ckks needs client.ckks_secret_context"

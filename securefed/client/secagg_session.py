@@ -94,6 +94,7 @@ class SecAggSession:
             reply = self.client.handle(wire.unmask_request_from_pb(task.unmask_request, sid, ids))
             self.deps.fault("before_unmask", s.attempt)
             self._submit(stage, reply.session_id, unmask_response=wire.unmask_to_pb(reply, ids))
+            self.grinding.finished(s.attempt)  # a session seen through: the grinding guard starts afresh
 
     def _header(self, stage: int, session_id: bytes) -> pb.RequestHeader:
         return self.deps.connection.header(self.s.attempt, stage, session_id)

@@ -72,11 +72,19 @@ class _Wire:
 
 
 class _NoGuard:
+    finished_by: set[tuple[str, int]] = set()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
     def joined(self, attempt):
         pass
 
     def released(self, attempt):
         pass
+
+    def finished(self, attempt):  # the member saw the session through (the grinding guard starts afresh)
+        self.finished_by.add((self.name, attempt))
 
 
 def _garbage(session: SecAggSession, identity: IdentityKeyPair, victims: set[int]) -> None:
@@ -117,7 +125,7 @@ def _member(co, name: str, identity: IdentityKeyPair, stop: threading.Event, *, 
                         plan_decision=pb.PlanDecision(participate=True))
             rs = RoundSession(plan, plan.round, ids, ids.int_of(name), None, None)  # type: ignore[arg-type]
             deps = SessionDeps(wire, identity, name, lambda point, attempt: None, lambda s, p: None)  # type: ignore[arg-type]
-            session = SecAggSession(deps, rs, _NoGuard(), needs_all_keys=True, max_colluders=1)  # type: ignore[arg-type]
+            session = SecAggSession(deps, rs, _NoGuard(name), needs_all_keys=True, max_colluders=1)  # type: ignore[arg-type]
             session.client._attribute = attribute
             if name == CULPRIT:
                 _garbage(session, identity, {ids.int_of(v) for v in VICTIMS})
@@ -158,6 +166,7 @@ def test_one_garbage_share_member_the_round_completes_in_two_attempts_naming_it(
     assert [a.status for a in attempts] == [AttemptStatus.ABORTED, AttemptStatus.COMPLETED]
     assert re.search(r"member-3 sent a share that does not open to member-[12]", attempts[0].reason)
     assert CULPRIT not in attempts[1].cohort and len(attempts[1].survivors) == 4
+    assert {(n, 2) for n in attempts[1].survivors} <= _NoGuard.finished_by
     culprits = read_culprits(tmp_path / "state")
     assert set(culprits) == {CULPRIT}
     assert rejudge(culprits[CULPRIT]["evidence"]).culprit == int(culprits[CULPRIT]["evidence"]["accused"])
