@@ -15,11 +15,18 @@ from typing import Iterator
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage, LedgerConflict, SecureFedError
+from securefed.errors import (
+    CertificateError,
+    CertificateRevoked,
+    CryptoError,
+    InvalidMessage,
+    LedgerConflict,
+    SecureFedError,
+)
 from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
@@ -46,7 +53,7 @@ _STATE = {
 
 class FederationService(pb_grpc.FederationServicer):
     def __init__(self, coordinator: Coordinator, federation_id: str = "securefed",
-                 revocations: RevocationWatch | None = None) -> None:
+                 revocations: RevocationWatch | None = None, ca: x509.Certificate | None = None) -> None:
         self.co = coordinator
         self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
@@ -57,11 +64,16 @@ class FederationService(pb_grpc.FederationServicer):
         if revocations is not None:  # registration and cohort selection check the same list
             self.mailbox.is_revoked = revocations.is_revoked
         self.alerts = coordinator.culprits.alerts  # one log: its per-source limits see every alert
+        # The pinned CA, checked at every call besides gRPC's trust store (which trusts whatever ca.pem holds).
+        self.ca = ca if ca is not None else (revocations.ca if revocations is not None else None)
+        self._issued: set[bytes] = set()  # certificates already seen to be issued by it
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
         """The caller, from its certificate; a revoked certificate is refused at every call."""
         p = authenticate_peer(context)
+        if self.ca is not None and p.certificate is not None:
+            self._check_issuer(p.client_id, p.certificate, context)
         if self.revocations is not None and p.certificate is not None and self.revocations.is_revoked(p.certificate):
             serial = p.certificate.serial_number
             if (p.client_id, serial) not in self._refused:
@@ -71,6 +83,20 @@ class FederationService(pb_grpc.FederationServicer):
             raise CertificateRevoked(f"the certificate of {p.client_id!r} (serial {serial:x}) is revoked by the "
                                      "federation operator; ask them for a new one (securefed keys bundle)")
         return p.client_id, tid.raw_public_key(p.identity_public_key)
+
+    def _check_issuer(self, cid: str, cert: x509.Certificate, context: grpc.ServicerContext) -> None:
+        fp = cert.fingerprint(hashes.SHA256())
+        if fp in self._issued:
+            return
+        try:
+            cert.verify_directly_issued_by(self.ca)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - InvalidSignature, another issuer, another key type: all refused
+            self.alerts.record(client=cid, kind="certificate from another CA", source="server",
+                               address=peer_address(context.peer()),
+                               detail="a TLS client certificate the federation CA did not issue")
+            raise CertificateError("your certificate was not issued by this federation's CA") from None
+        if len(self._issued) < 100_000:  # bounded: one entry per certified member certificate
+            self._issued.add(fp)
 
     # --- RPCs ---------------------------------------------------------------------------------
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
