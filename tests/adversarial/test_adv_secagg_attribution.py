@@ -215,3 +215,17 @@ def test_unsigned_evidence_proves_nothing():
     record["complaint_signature"] = bytes(64).hex()
     with pytest.raises(CryptoError):
         rejudge(record)
+
+
+def test_a_culprit_already_in_the_sum_stays_in_it_and_is_asked_for_nothing_more():
+    """Member 1's masked input arrives before member 4's complaint: it cannot be taken out of the running
+    sum, so its self mask is rebuilt from the holders whose shares opened, and it gets no later stage."""
+    params = SecAggParams(threshold=3)
+    ids = list(range(1, 6))
+    inputs = _inputs(ids)
+    rnd = SimulatedRound(inputs, params, max_colluders=0)
+    out = rnd.run(corrupt=garbage_from(rnd, 1, {4}), on_client_abort=OnClientAbort.DROP)
+    assert set(out.server.culprits) == {1} and out.result.survivors == (1, 2, 3, 4, 5)
+    assert 1 not in rnd.sent[Stage.CONSISTENCY] and 1 not in rnd.sent[Stage.UNMASK]
+    assert out.result.dropouts == {1: Stage.CONSISTENCY}
+    assert np.allclose(out.result.values, sum(inputs.values()), atol=TOL)
