@@ -9,6 +9,7 @@ The negative control turns attribution off in the honest members: every attempt 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 import secrets
@@ -29,6 +30,7 @@ from securefed.server.config import ServerConfig
 from securefed.server.culprits import read_culprits
 from securefed.server.roundlog import AttemptStatus
 from securefed.server.security_log import read_alerts
+from securefed.server.status_view import show
 from securefed.transport._generated import federation_pb2 as pb
 
 NAMES = [f"member-{i}" for i in range(1, 6)]
@@ -173,6 +175,10 @@ def test_one_garbage_share_member_the_round_completes_in_two_attempts_naming_it(
     alerts = [a for a in read_alerts(tmp_path / "state") if a.get("kind") == "proven culprit"]
     assert [a["client"] for a in alerts] == [CULPRIT]
     json.dumps(culprits)  # the record is plain JSON an auditor can take away
+    out = io.StringIO()
+    show(tmp_path / "state", 1, last=5, as_json=False, watch=None, out=out)
+    assert re.search(r"EXCLUDED member-3: proven culprit, never drawn again: member-3 sent a share", out.getvalue())
+    assert "proven culprit (member member-3, attempt 1)" in out.getvalue()
 
 
 def test_control_without_attribution_every_attempt_stalls_and_nobody_is_named(tmp_path):
