@@ -76,6 +76,10 @@ class FederationService(pb_grpc.FederationServicer):
             self._check_issuer(p.client_id, p.certificate, context)
         if self.revocations is not None and p.certificate is not None and self.revocations.is_revoked(p.certificate):
             serial = p.certificate.serial_number
+            # Every attempt counted (the alert log writes a few an hour and counts the rest): the operator
+            # sees a revoked member trying to come back.
+            self.alerts.record(client=p.client_id, kind="revoked certificate used", source="server",
+                               address=peer_address(context.peer()), detail=f"certificate serial {serial:x} is revoked")
             if (p.client_id, serial) not in self._refused:
                 self._refused.add((p.client_id, serial))
                 log(logger, "refused a revoked member", level=logging.WARNING, client=p.client_id,

@@ -116,6 +116,8 @@ def test_a_revoked_member_cannot_come_back_under_its_name_with_a_new_key(pki: Pa
             _register(bound.port, ca_pem, old_cert, old_key, "alice", new_identity)
     finally:
         bound.server.stop(None)
+    tries = [a for a in read_alerts(pki.parent / "server-state") if a["kind"] == "revoked certificate used"]
+    assert [a["client"] for a in tries] == ["alice", "alice"]  # each try is in the operator's view
     # And members: the revoked certificate vouches for its old key only, never for the new one.
     old_der = x509.load_pem_x509_certificate(old_cert).public_bytes(serialization.Encoding.DER)
     with pytest.raises(errors.ProtocolAbort):
