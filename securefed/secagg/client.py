@@ -397,21 +397,24 @@ class SecAggClient:
                 self._abort(f"a delivered share comes from client {s.sender}, who is not a neighbour")
             inbox = self._inbox[s.sender]
             try:
+                # A share that opens is authentic: only its sender and this client can derive its key.
+                held[s.sender] = open_share(s, inbox_private=inbox.private_bytes(), sender_c_pk=self._keys[s.sender].c_pk,
+                                            session_id=sid, expected_x=self._graph.share_x(s.sender, me))
+                continue
+            except CryptoError as exc:
+                failure = str(exc)
+            try:
                 verify_signature(self._identities[s.sender], s.signature,
                                  share_payload(sid, s.sender, me, self._keys[s.sender].c_pk, inbox.public_bytes(),
                                                self._inbox_root, s.ciphertext))
             except CryptoError:
                 # The server checks every sender's signature on receipt: an unsigned share was altered by it.
                 self._abort(f"the share from client {s.sender} does not carry its signature")
-            try:
-                held[s.sender] = open_share(s, inbox_private=inbox.private_bytes(), sender_c_pk=self._keys[s.sender].c_pk,
-                                            session_id=sid, expected_x=self._graph.share_x(s.sender, me))
-            except CryptoError as exc:
-                if not self._attribute:
-                    self._abort(f"an encrypted share failed to decrypt or decode: {exc}")
-                # Its sender signed it: report it with the one key that opens it, and carry on without it.
-                complaints.append(make_complaint(s, identity=self._identity, inbox_private=inbox.private_bytes(),
-                                                 session_id=sid))
+            if not self._attribute:
+                self._abort(f"an encrypted share failed to decrypt or decode: {failure}")
+            # Its sender signed it: report it with the one key that opens it, and carry on without it.
+            complaints.append(make_complaint(s, identity=self._identity, inbox_private=inbox.private_bytes(),
+                                             session_id=sid))
         u2 = frozenset(s.sender for s in msg.shares)
         alive_holders = len(u2) + 1
         if alive_holders < self._t:
