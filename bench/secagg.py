@@ -142,8 +142,8 @@ def upload_bytes(n_holders: int, d: int, itemsize: int, deg: int, n: int) -> int
     """One client's payload bytes over the round (ids 8 B, session ids 32 B, stage 1 B per message)."""
     head = 32 + 1 + 8
     advertise = head + 32 + 32 + 64 + 32 + (n - 1) * 32  # c_pk, s_pk, signature, inbox root, inbox keys
-    share_ct = 8 + 8 + 12 + 2 * 74 + 16 + 64  # sender, receiver, nonce, two Shamir shares, tag, signature
-    share_keys = head + deg * share_ct
+    share_ct = 8 + 8 + 12 + 2 * 74 + 16  # sender, receiver, nonce, two Shamir shares, tag
+    share_keys = head + deg * share_ct + 64  # one signature over the root of the sender's share tree
     masked = head + d * itemsize
     consistency = head + 64
     unmask = head + n_holders * (8 + 74)  # one share per neighbour still in the round, plus its own

@@ -10,12 +10,13 @@ are defined for every n >= 1 without padding.
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 
 from securefed.crypto._checks import ensure, require_bytes, require_int
 from securefed.errors import CryptoError
 
-__all__ = ["HASH_SIZE", "MerkleTree", "leaf_hash", "verify_inclusion"]
+__all__ = ["HASH_SIZE", "MerkleTree", "leaf_hash", "root_from_proof", "verify_inclusion"]
 
 HASH_SIZE = 32
 MAX_PROOF_LENGTH = 64  # a proof of a list of 2^64 leaves; anything longer is malformed
@@ -71,16 +72,16 @@ class MerkleTree:
         return tuple(reversed(path))
 
 
-def verify_inclusion(root: bytes, leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bool:
-    """Whether ``proof`` shows ``leaf`` at ``index`` of a list of ``size`` leaves with this ``root``."""
+def root_from_proof(leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bytes | None:
+    """The root that ``proof`` yields for ``leaf`` at ``index`` of ``size`` leaves; None if malformed."""
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        return False
+        return None
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < size:
-        return False
+        return None
     if not isinstance(proof, (tuple, list)) or len(proof) > MAX_PROOF_LENGTH:
-        return False
+        return None
     if any(not isinstance(p, bytes) or len(p) != HASH_SIZE for p in proof):
-        return False
+        return None
     # Walk down from the root to find, level by level, on which side the sibling sits.
     sides: list[bool] = []  # True: the sibling is on the right
     lo, hi = 0, size
@@ -93,8 +94,14 @@ def verify_inclusion(root: bytes, leaf: bytes, index: int, size: int, proof: Seq
             sides.append(False)
             lo = lo + k
     if len(sides) != len(proof):
-        return False
+        return None
     h = leaf_hash(leaf)
     for sibling, right in zip(proof, reversed(sides)):
         h = _node(h, sibling) if right else _node(sibling, h)
-    return isinstance(root, bytes) and h == root
+    return h
+
+
+def verify_inclusion(root: bytes, leaf: bytes, index: int, size: int, proof: Sequence[bytes]) -> bool:
+    """Whether ``proof`` shows ``leaf`` at ``index`` of a list of ``size`` leaves with this ``root``."""
+    got = root_from_proof(leaf, index, size, proof)
+    return got is not None and isinstance(root, bytes) and hmac.compare_digest(got, root)

@@ -46,32 +46,35 @@ def advertise_to_pb(m: sa.AdvertiseKeys | sa.AdvertisedKeys, ids: CohortIds) -> 
 
 def _enc_share_from_pb(s: spb.EncryptedShare, ids: CohortIds) -> sa.EncryptedShare:
     return sa.EncryptedShare(ids.int_of(s.from_client_id), ids.int_of(s.to_client_id), bytes(s.ciphertext),
-                             bytes(s.signature))
+                             bytes(s.signature), tuple(bytes(h) for h in s.proof))
 
 
 def share_keys_from_pb(m: spb.ShareKeys, session: bytes, ids: CohortIds) -> sa.ShareKeys:
     shares = tuple(_enc_share_from_pb(s, ids) for s in m.shares)
-    return sa.ShareKeys(session_id=bytes(session), stage=sa.Stage.SHARE_KEYS, client_id=ids.int_of(m.client_id), shares=shares)
+    return sa.ShareKeys(session_id=bytes(session), stage=sa.Stage.SHARE_KEYS, client_id=ids.int_of(m.client_id), shares=shares,
+                        signature=bytes(m.signature))
 
 
 def share_keys_to_pb(m: sa.ShareKeys, ids: CohortIds) -> spb.ShareKeys:
-    return spb.ShareKeys(client_id=ids.name_of(m.client_id), shares=[_enc_share_to_pb(s, ids) for s in m.shares])
+    return spb.ShareKeys(client_id=ids.name_of(m.client_id), shares=[_enc_share_to_pb(s, ids) for s in m.shares],
+                         signature=m.signature)
 
 
 def _enc_share_to_pb(s: sa.EncryptedShare, ids: CohortIds) -> spb.EncryptedShare:
     return spb.EncryptedShare(from_client_id=ids.name_of(s.sender), to_client_id=ids.name_of(s.receiver),
-                              ciphertext=s.ciphertext, signature=s.signature)
+                              ciphertext=s.ciphertext, signature=s.signature, proof=list(s.proof))
 
 
 def complaints_to_pb(complaints: tuple[sa.ShareComplaint, ...], ids: CohortIds) -> list[spb.SecAggShareComplaint]:
     return [spb.SecAggShareComplaint(accused_client_id=ids.name_of(c.accused), ciphertext=c.ciphertext,
                                      share_signature=c.share_signature, inbox_private_key=c.inbox_private,
-                                     signature=c.signature) for c in complaints]
+                                     signature=c.signature, share_proof=list(c.share_proof)) for c in complaints]
 
 
 def complaints_from_pb(m: spb.SecAggMaskedWith, ids: CohortIds) -> tuple[sa.ShareComplaint, ...]:
     return tuple(sorted((sa.ShareComplaint(ids.int_of(c.accused_client_id), bytes(c.ciphertext), bytes(c.share_signature),
-                                           bytes(c.inbox_private_key), bytes(c.signature)) for c in m.complaints),
+                                           bytes(c.inbox_private_key), bytes(c.signature),
+                                           tuple(bytes(h) for h in c.share_proof)) for c in m.complaints),
                         key=lambda c: c.accused))
 
 

@@ -2,14 +2,16 @@
 
 Each member u keeps one fresh X25519 *inbox key* per other cohort member and commits to them in its
 signed round keys (a Merkle root, ``AdvertisedKeys.inbox_root``, bound into the session id). A member
-j encrypts its shares for u under ``HKDF(X25519(c_sk_j, inbox_u[j]))`` and signs the ciphertext
-together with everything that fixes how it must decrypt (its own c_pk, u's inbox key for j and u's
-root). If u cannot decrypt or decode it, u reveals the private half of ``inbox_u[j]``: that opens this
+j encrypts its shares for u under ``HKDF(X25519(c_sk_j, inbox_u[j]))`` and signs, once, the root of a
+Merkle tree whose leaves fix each ciphertext and how it must decrypt (its own c_pk, the receiver's
+inbox key for it and that receiver's root; ``session.share_leaf``); the server checks the signature on
+receipt and hands each receiver its share with the signature and the share's proof. If u cannot
+decrypt or decode it, u reveals the private half of ``inbox_u[j]``: that opens this
 one ciphertext - u's shares of j's secrets, which u already holds - and no other message, no mask key
 and none of u's secrets. Anyone holding the public round keys then decides (``judge``):
 
-* j's signature verifies, the revealed key is u's committed key for j, and the ciphertext does not
-  decrypt or decode (wrong length, wrong x-coordinate): **j** sent garbage;
+* j's signature covers the share, the revealed key is u's committed key for j, and the ciphertext does
+  not decrypt or decode (wrong length, wrong x-coordinate): **j** sent garbage;
 * it decrypts to well-formed shares, or the evidence does not check (another key, a ciphertext j never
   signed): **u** accused falsely.
 
@@ -23,7 +25,7 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -37,10 +39,11 @@ from securefed.crypto.keys import (
     verify_signature,
     x25519_shared_secret,
 )
+from securefed.crypto.merkle import MerkleTree, root_from_proof
 from securefed.crypto.shamir import SHARE_SIZE, Share
 from securefed.errors import CryptoError
 from securefed.secagg.messages import EncryptedShare, ShareComplaint
-from securefed.secagg.session import complaint_payload, share_payload
+from securefed.secagg.session import complaint_payload, share_leaf, shares_payload
 
 
 def share_key(private: bytes, peer_public: bytes, session_id: bytes, sender: int, receiver: int) -> bytes:
@@ -61,13 +64,41 @@ def decode_share_pair(data: bytes) -> tuple[Share, Share]:
     return Share.from_bytes(data[:SHARE_SIZE]), Share.from_bytes(data[SHARE_SIZE:])
 
 
-def seal_share(plaintext: bytes, *, identity: IdentityKeyPair, c_key: AgreementKeyPair, session_id: bytes,
-               sender: int, receiver: int, inbox_key: bytes, inbox_root: bytes) -> EncryptedShare:
-    """Encrypt ``plaintext`` to ``receiver``'s inbox key for ``sender`` and sign it."""
+def seal_share(plaintext: bytes, *, c_key: AgreementKeyPair, session_id: bytes, sender: int, receiver: int,
+               inbox_key: bytes) -> EncryptedShare:
+    """Encrypt ``plaintext`` to ``receiver``'s inbox key for ``sender`` (signed with the others: ``sign_shares``)."""
     key = share_key(c_key.private_bytes(), inbox_key, session_id, sender, receiver)
-    ct = encrypt_share(key, plaintext, session_id=session_id, sender=sender, receiver=receiver)
-    sig = identity.sign(share_payload(session_id, sender, receiver, c_key.public_bytes(), inbox_key, inbox_root, ct))
-    return EncryptedShare(sender, receiver, ct, sig)
+    return EncryptedShare(sender, receiver, encrypt_share(key, plaintext, session_id=session_id, sender=sender,
+                                                          receiver=receiver))
+
+
+def share_tree(shares: Sequence[EncryptedShare], *, sender_c_pk: bytes,
+               inbox: Mapping[int, tuple[bytes, bytes]]) -> MerkleTree:
+    """The tree a sender signs over its shares (sorted by receiver); ``inbox``: receiver -> (its inbox key
+    for the sender, its inbox root)."""
+    return MerkleTree([share_leaf(s.receiver, sender_c_pk, *inbox[s.receiver], s.ciphertext) for s in shares])
+
+
+def sign_shares(shares: Sequence[EncryptedShare], *, identity: IdentityKeyPair, sender_c_pk: bytes, session_id: bytes,
+                sender: int, inbox: Mapping[int, tuple[bytes, bytes]]) -> bytes:
+    """The sender's one signature over all its shares (sorted by receiver)."""
+    tree = share_tree(shares, sender_c_pk=sender_c_pk, inbox=inbox)
+    return identity.sign(shares_payload(session_id, sender, tree.root))
+
+
+def share_signed(share: EncryptedShare, *, sender_identity: bytes, session_id: bytes, sender_c_pk: bytes,
+                 inbox_key: bytes, inbox_root: bytes, index: int, count: int) -> bool:
+    """Whether the sender's signature covers ``share`` (its proof leads to the signed root): ``index`` is
+    the receiver's position among the sender's ``count`` receivers, by id."""
+    leaf = share_leaf(share.receiver, sender_c_pk, inbox_key, inbox_root, share.ciphertext)
+    root = root_from_proof(leaf, index, count, share.proof)
+    if root is None:
+        return False
+    try:
+        verify_signature(sender_identity, share.signature, shares_payload(session_id, share.sender, root))
+    except CryptoError:
+        return False
+    return True
 
 
 def open_share(share: EncryptedShare, *, inbox_private: bytes, sender_c_pk: bytes, session_id: bytes,
@@ -86,7 +117,7 @@ def make_complaint(share: EncryptedShare, *, identity: IdentityKeyPair, inbox_pr
                    session_id: bytes) -> ShareComplaint:
     """The complaint about one delivered share that failed ``open_share``."""
     sig = identity.sign(complaint_payload(session_id, share.receiver, share.sender, inbox_private, share.ciphertext))
-    return ShareComplaint(share.sender, share.ciphertext, share.signature, inbox_private, sig)
+    return ShareComplaint(share.sender, share.ciphertext, share.signature, inbox_private, sig, share.proof)
 
 
 class Fault(Enum):
@@ -125,6 +156,8 @@ class Context:
     inbox_key: bytes  # the complainer's committed inbox key for the accused (a leaf under inbox_root)
     inbox_root: bytes  # the complainer's signed inbox root
     expected_x: int  # the complainer's Shamir x-coordinate for the accused's secrets
+    share_index: int  # the complainer's position among the accused's receivers (its neighbours, by id)
+    share_count: int  # how many receivers the accused has
 
 
 def evidence_record(c: ShareComplaint, complainer: int, ctx: Context) -> dict[str, Any]:
@@ -133,17 +166,17 @@ def evidence_record(c: ShareComplaint, complainer: int, ctx: Context) -> dict[st
     out: dict[str, Any] = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars(ctx).items()}
     out.update(complainer=complainer, accused=c.accused, ciphertext=c.ciphertext.hex(),
                share_signature=c.share_signature.hex(), inbox_private=c.inbox_private.hex(),
-               complaint_signature=c.signature.hex())
+               complaint_signature=c.signature.hex(), share_proof=[h.hex() for h in c.share_proof])
     return out
 
 
 def rejudge(record: Mapping[str, Any]) -> Verdict:
     """The verdict on an ``evidence_record`` (``CryptoError``/``ValueError``/``KeyError`` if malformed)."""
-    ctx = Context(**{k: (int(record[k]) if k == "expected_x" else bytes.fromhex(record[k]))
-                     for k in Context.__dataclass_fields__})
+    ints = ("expected_x", "share_index", "share_count")
+    ctx = Context(**{k: (int(record[k]) if k in ints else bytes.fromhex(record[k])) for k in Context.__dataclass_fields__})
     c = ShareComplaint(int(record["accused"]), bytes.fromhex(record["ciphertext"]),
                        bytes.fromhex(record["share_signature"]), bytes.fromhex(record["inbox_private"]),
-                       bytes.fromhex(record["complaint_signature"]))
+                       bytes.fromhex(record["complaint_signature"]), tuple(bytes.fromhex(h) for h in record["share_proof"]))
     return judge(c, int(record["complainer"]), ctx)
 
 
@@ -162,13 +195,11 @@ def judge(c: ShareComplaint, complainer: int, ctx: Context) -> Verdict:
         return verdict(Fault.COMPLAINER, "the revealed inbox key is not an X25519 key")
     if not hmac.compare_digest(revealed, ctx.inbox_key):
         return verdict(Fault.COMPLAINER, "the revealed inbox key is not the one it committed to for the accused")
-    try:
-        verify_signature(ctx.accused_identity, c.share_signature,
-                         share_payload(ctx.session_id, c.accused, complainer, ctx.accused_c_pk, ctx.inbox_key,
-                                       ctx.inbox_root, c.ciphertext))
-    except CryptoError:
+    share = EncryptedShare(c.accused, complainer, c.ciphertext, c.share_signature, c.share_proof)
+    if not share_signed(share, sender_identity=ctx.accused_identity, session_id=ctx.session_id,
+                        sender_c_pk=ctx.accused_c_pk, inbox_key=ctx.inbox_key, inbox_root=ctx.inbox_root,
+                        index=ctx.share_index, count=ctx.share_count):
         return verdict(Fault.COMPLAINER, "the accused never signed that ciphertext")
-    share = EncryptedShare(c.accused, complainer, c.ciphertext, c.share_signature)
     try:
         open_share(share, inbox_private=c.inbox_private, sender_c_pk=ctx.accused_c_pk, session_id=ctx.session_id,
                    expected_x=ctx.expected_x)

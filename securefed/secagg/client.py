@@ -36,7 +36,14 @@ from securefed.crypto.merkle import MerkleTree, verify_inclusion
 from securefed.crypto.prg import add_masks_
 from securefed.crypto.shamir import Share, split
 from securefed.errors import CryptoError, InsecureParameters, InvalidInput, InvalidMessage, ProtocolAbort
-from securefed.secagg.attribution import encode_share_pair, make_complaint, open_share, seal_share
+from securefed.secagg.attribution import (
+    encode_share_pair,
+    make_complaint,
+    open_share,
+    seal_share,
+    share_signed,
+    sign_shares,
+)
 from securefed.secagg.messages import (
     AdvertisedKeys,
     AdvertiseKeys,
@@ -64,7 +71,6 @@ from securefed.secagg.session import (
     masked_with_payload,
     plan_digest,
     session_id,
-    share_payload,
 )
 
 SECRET_SIZE = 32
@@ -359,11 +365,13 @@ class SecAggClient:
             if v == self.client_id:
                 self._own_shares = (b_shares[i], s_shares[i])
                 continue
-            out.append(seal_share(encode_share_pair(b_shares[i], s_shares[i]), identity=self._identity,
-                                  c_key=self._c_key, session_id=sid, sender=self.client_id, receiver=v,
-                                  inbox_key=their_inbox[v], inbox_root=self._keys[v].inbox_root))
+            out.append(seal_share(encode_share_pair(b_shares[i], s_shares[i]), c_key=self._c_key, session_id=sid,
+                                  sender=self.client_id, receiver=v, inbox_key=their_inbox[v]))
+        # One signature over all of them (a Merkle root): it makes any of them that does not open its fault.
+        sig = sign_shares(out, identity=self._identity, sender_c_pk=self._c_key.public_bytes(), session_id=sid,
+                          sender=self.client_id, inbox={v: (their_inbox[v], self._keys[v].inbox_root) for v in their_inbox})
         self._stage = ClientStage.AWAIT_SHARES
-        return ShareKeys(sid, Stage.SHARE_KEYS, self.client_id, tuple(out))
+        return ShareKeys(sid, Stage.SHARE_KEYS, self.client_id, tuple(out), sig)
 
     def _check_inbox_keys(self, msg: KeyBroadcast, graph: NeighbourGraph) -> dict[int, bytes]:
         """Each neighbour's inbox key for this client, proven under that neighbour's signed root (the
@@ -403,11 +411,10 @@ class SecAggClient:
                 continue
             except CryptoError as exc:
                 failure = str(exc)
-            try:
-                verify_signature(self._identities[s.sender], s.signature,
-                                 share_payload(sid, s.sender, me, self._keys[s.sender].c_pk, inbox.public_bytes(),
-                                               self._inbox_root, s.ciphertext))
-            except CryptoError:
+            receivers = sorted(self._graph.of(s.sender))
+            if not share_signed(s, sender_identity=self._identities[s.sender], session_id=sid,
+                                sender_c_pk=self._keys[s.sender].c_pk, inbox_key=inbox.public_bytes(),
+                                inbox_root=self._inbox_root, index=receivers.index(me), count=len(receivers)):
                 # The server checks every sender's signature on receipt: an unsigned share was altered by it.
                 self._abort(f"the share from client {s.sender} does not carry its signature")
             if not self._attribute:

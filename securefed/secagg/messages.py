@@ -96,6 +96,13 @@ def _check_ids(name: str, values: object, *, sorted_unique: bool = True) -> None
         _fail(f"{name} must be strictly increasing (sorted, no duplicates)")
 
 
+def _check_proof(name: str, proof: object) -> None:
+    if not isinstance(proof, tuple) or len(proof) > MAX_PROOF_HASHES:
+        _fail(f"{name} must be a tuple of at most {MAX_PROOF_HASHES} hashes")
+    for h in proof:
+        _check_bytes(f"{name} hash", h, HASH_SIZE)
+
+
 def _check_tuple_of(name: str, values: object, kind: type) -> None:
     if not isinstance(values, tuple) or not all(isinstance(v, kind) for v in values):
         _fail(f"{name} must be a tuple of {kind.__name__}")
@@ -159,10 +166,7 @@ class InboxKey:
     def validate(self) -> None:
         _check_id("inbox key owner", self.owner)
         _check_bytes("inbox key", self.key, KEY_SIZE)
-        if not isinstance(self.proof, tuple) or len(self.proof) > MAX_PROOF_HASHES:
-            _fail(f"inbox key proof must be a tuple of at most {MAX_PROOF_HASHES} hashes")
-        for h in self.proof:
-            _check_bytes("inbox key proof hash", h, HASH_SIZE)
+        _check_proof("inbox key proof", self.proof)
 
 
 @dataclass(frozen=True)
@@ -170,15 +174,19 @@ class EncryptedShare:
     sender: int
     receiver: int
     ciphertext: bytes  # AEAD of (share of b_sender, share of s_sk_sender), AD = session, sender, receiver
-    # Ed25519 by the sender over (session, sender, receiver, its c_pk, the receiver's inbox key and root,
-    # ciphertext): what makes a share that does not decrypt the sender's fault, provably.
+    # As delivered: the sender's signature over the root of its share tree, and this share's Merkle proof
+    # in it (session.share_leaf): what makes a share that does not decrypt the sender's fault, provably.
+    # Empty in ShareKeys (the sender signs the message once; the server computes the proofs).
     signature: bytes = b""
+    proof: tuple[bytes, ...] = ()
 
     def validate(self) -> None:
         _check_id("sender", self.sender)
         _check_id("receiver", self.receiver)
         _check_bytes("ciphertext", self.ciphertext, max_size=MAX_CIPHERTEXT_BYTES)
-        _check_bytes("share signature", self.signature, SIGNATURE_SIZE)
+        if self.signature:
+            _check_bytes("share signature", self.signature, SIGNATURE_SIZE)
+        _check_proof("share proof", self.proof)
 
 
 @dataclass(frozen=True)
@@ -189,14 +197,16 @@ class ShareComplaint:
 
     accused: int
     ciphertext: bytes
-    share_signature: bytes  # the accused's signature, as delivered
+    share_signature: bytes  # the accused's signature over its share tree, as delivered
     inbox_private: bytes  # X25519 private key: the complainer's inbox key for the accused
     signature: bytes  # Ed25519 by the complainer over (session, complainer, accused, inbox_private, H(ct))
+    share_proof: tuple[bytes, ...] = ()  # the share's Merkle proof in the accused's tree, as delivered
 
     def validate(self) -> None:
         _check_id("accused", self.accused)
         _check_bytes("complaint ciphertext", self.ciphertext, max_size=MAX_CIPHERTEXT_BYTES)
         _check_bytes("complaint share signature", self.share_signature, SIGNATURE_SIZE)
+        _check_proof("complaint share proof", self.share_proof)
         _check_bytes("complaint inbox key", self.inbox_private, KEY_SIZE)
         _check_bytes("complaint signature", self.signature, SIGNATURE_SIZE)
 
@@ -401,11 +411,13 @@ class ShareKeys(_Message):
     session_id: bytes
     stage: Stage
     client_id: int
-    shares: tuple[EncryptedShare, ...]  # one per neighbour, sender = client_id
+    shares: tuple[EncryptedShare, ...]  # one per neighbour, sender = client_id, sorted by receiver
+    signature: bytes = b""  # Ed25519 by the sender over the root of its share tree (session.shares_payload)
 
     def validate(self) -> None:
         _check_head(self)
         _check_id("client_id", self.client_id)
+        _check_bytes("shares signature", self.signature, SIGNATURE_SIZE)
         _check_tuple_of("shares", self.shares, EncryptedShare)
         for s in self.shares:
             s.validate()

@@ -56,7 +56,7 @@ from securefed.secagg.session import (
     masked_with_payload,
     plan_digest,
     session_id,
-    share_payload,
+    shares_payload,
 )
 
 
@@ -305,17 +305,17 @@ class SecAggServer:
         cid = msg.client_id
         if {s.receiver for s in msg.shares} != self._graph.of(cid):
             raise InvalidMessage(f"client {cid}: shares must go to exactly its neighbours")
-        for s in msg.shares:
-            # Checked here so that what reaches a member is what its sender signed: a share that then does
-            # not open is its sender's fault, provably (secagg.attribution).
-            try:
-                verify_signature(self._identities[cid], s.signature,
-                                 share_payload(self._session_id, cid, s.receiver, self._keys[cid].c_pk,
-                                               self._inbox_key(s.receiver, cid), self._keys[s.receiver].inbox_root,
-                                               s.ciphertext))
-            except CryptoError:
-                raise InvalidMessage(f"client {cid}: the share for client {s.receiver} is not signed by it") from None
-        self._shares[cid] = msg
+        shares = tuple(sorted(msg.shares, key=lambda s: s.receiver))
+        # Checked here so that what reaches a member is what its sender signed: a share that then does not
+        # open is its sender's fault, provably (secagg.attribution). Each share goes out with its proof.
+        tree = attribution.share_tree(shares, sender_c_pk=self._keys[cid].c_pk, inbox={
+            s.receiver: (self._inbox_key(s.receiver, cid), self._keys[s.receiver].inbox_root) for s in shares})
+        try:
+            verify_signature(self._identities[cid], msg.signature, shares_payload(self._session_id, cid, tree.root))
+        except CryptoError:
+            raise InvalidMessage(f"client {cid}: its shares are not signed by it") from None
+        self._shares[cid] = ShareKeys(msg.session_id, msg.stage, cid, tuple(
+            EncryptedShare(s.sender, s.receiver, s.ciphertext, msg.signature, tree.proof(i)) for i, s in enumerate(shares)))
 
     def _recv_masked(self, msg: MaskedInput) -> None:
         cid = msg.client_id
@@ -348,7 +348,8 @@ class SecAggServer:
                 session_id=self._session_id, complainer_identity=self._identities[cid],
                 accused_identity=self._identities[c.accused], accused_c_pk=self._keys[c.accused].c_pk,
                 inbox_key=self._inbox_key(cid, c.accused), inbox_root=self._keys[cid].inbox_root,
-                expected_x=self._graph.share_x(c.accused, cid))
+                expected_x=self._graph.share_x(c.accused, cid),
+                share_index=sorted(self._graph.of(c.accused)).index(cid), share_count=len(self._graph.of(c.accused)))
             try:
                 verdicts.append(attribution.judge(c, cid, ctx))
             except CryptoError:

@@ -18,7 +18,8 @@ PLAN_DOMAIN = b"securefed/secagg/plan/v1"
 SESSION_DOMAIN = b"securefed/secagg/session/v2"
 ADVERTISE_DOMAIN = b"securefed/secagg/advertise/v2"
 INBOX_DOMAIN = b"securefed/secagg/inbox/v1"
-SHARE_DOMAIN = b"securefed/secagg/share/v1"
+SHARE_DOMAIN = b"securefed/secagg/shares/v1"
+SHARE_LEAF_DOMAIN = b"securefed/secagg/share-leaf/v1"
 COMPLAINT_DOMAIN = b"securefed/secagg/complaint/v1"
 CONSISTENCY_DOMAIN = b"securefed/secagg/consistency/v2"
 MASKED_WITH_DOMAIN = b"securefed/secagg/masked-with/v1"
@@ -84,13 +85,18 @@ def inbox_leaf(peer: int, key: bytes) -> bytes:
     return encode_fields(INBOX_DOMAIN, peer, key)
 
 
-def share_payload(session_id_: bytes, sender: int, receiver: int, sender_c_pk: bytes, inbox_key: bytes,
-                  inbox_root: bytes, ciphertext: bytes) -> bytes:
-    """What a sender signs for each encrypted share: everything that fixes how it must decrypt (its own
-    c_pk, the receiver's inbox key for it and the root that key is proven under) and the ciphertext.
-    A share that then fails to decrypt under the receiver's revealed inbox key is the sender's doing."""
-    return encode_fields(SHARE_DOMAIN, session_id_, sender, receiver, sender_c_pk, inbox_key, inbox_root,
+def share_leaf(receiver: int, sender_c_pk: bytes, inbox_key: bytes, inbox_root: bytes, ciphertext: bytes) -> bytes:
+    """One leaf of a sender's share tree: everything that fixes how the ciphertext for ``receiver`` must
+    decrypt (the sender's c_pk, the receiver's inbox key for it and the root that key is proven under) and
+    the ciphertext. The sender signs the root of its leaves in receiver order (``shares_payload``)."""
+    return encode_fields(SHARE_LEAF_DOMAIN, receiver, sender_c_pk, inbox_key, inbox_root,
                          hashlib.sha256(ciphertext).digest())
+
+
+def shares_payload(session_id_: bytes, sender: int, root: bytes) -> bytes:
+    """What a sender signs once for all its encrypted shares: the root of its share tree. A share that is
+    in the tree and then fails to decrypt under the receiver's revealed inbox key is the sender's doing."""
+    return encode_fields(SHARE_DOMAIN, session_id_, sender, root)
 
 
 def complaint_payload(session_id_: bytes, complainer: int, accused: int, inbox_private: bytes,

@@ -19,9 +19,8 @@ import pytest
 from securefed.crypto.aead import decrypt_share
 from securefed.errors import CryptoError, ProtocolAbort
 from securefed.secagg import SecAggParams, SimulatedRound, Stage, make_identities
-from securefed.secagg.attribution import Fault, make_complaint, rejudge, share_key
+from securefed.secagg.attribution import Fault, make_complaint, rejudge, share_key, sign_shares
 from securefed.secagg.messages import EncryptedShare
-from securefed.secagg.session import share_payload
 from securefed.secagg.simulation import OnClientAbort
 
 D = 12
@@ -41,17 +40,13 @@ def garbage_from(rnd: SimulatedRound, culprit: int, victims: set[int], *, keep_s
             return reply
         broadcast = rnd.sent[Stage.SHARE_KEYS][culprit]
         keys = {k.client_id: k for k in broadcast.keys}
-        inbox = {k.owner: k.key for k in broadcast.inbox_keys}
-        shares = []
-        for s in reply.shares:
-            if s.receiver in victims:
-                ct = secrets.token_bytes(len(s.ciphertext))
-                sig = s.signature if keep_signature else rnd.identities[culprit].sign(share_payload(
-                    reply.session_id, culprit, s.receiver, keys[culprit].c_pk, inbox[s.receiver],
-                    keys[s.receiver].inbox_root, ct))
-                s = EncryptedShare(culprit, s.receiver, ct, sig)
-            shares.append(s)
-        return dataclasses.replace(reply, shares=tuple(shares))
+        inbox = {k.owner: (k.key, keys[k.owner].inbox_root) for k in broadcast.inbox_keys}
+        shares = tuple(EncryptedShare(culprit, s.receiver, secrets.token_bytes(len(s.ciphertext)))
+                       if s.receiver in victims else s for s in reply.shares)
+        sig = reply.signature if keep_signature else sign_shares(
+            shares, identity=rnd.identities[culprit], sender_c_pk=keys[culprit].c_pk, session_id=reply.session_id,
+            sender=culprit, inbox=inbox)
+        return dataclasses.replace(reply, shares=shares, signature=sig)
     return corrupt
 
 
@@ -203,7 +198,7 @@ def test_the_server_cannot_make_an_honest_member_accuse_an_honest_one():
     # The unsigned garbage of a member is refused at the server: it is a dropout, not a culprit.
     rnd2 = SimulatedRound(_inputs(ids), COMPLETE_5)
     out = rnd2.run(corrupt=garbage_from(rnd2, 5, {1}, keep_signature=True), on_client_abort=OnClientAbort.DROP)
-    assert "not signed by it" in out.refused[5] and out.server.culprits == {}
+    assert "its shares are not signed by it" in out.refused[5] and out.server.culprits == {}
 
 
 def test_unsigned_evidence_proves_nothing():

@@ -23,9 +23,8 @@ from securefed.client.session import RoundSession, SessionDeps
 from securefed.config import parse_model
 from securefed.crypto.keys import IdentityKeyPair
 from securefed.protocol.plan import cohort_ids
-from securefed.secagg.attribution import rejudge
+from securefed.secagg.attribution import rejudge, sign_shares
 from securefed.secagg.messages import EncryptedShare, ShareKeys
-from securefed.secagg.session import share_payload
 from securefed.server.config import ServerConfig
 from securefed.server.culprits import read_culprits
 from securefed.server.roundlog import AttemptStatus
@@ -97,16 +96,12 @@ def _garbage(session: SecAggSession, identity: IdentityKeyPair, victims: set[int
         reply = real(msg)
         if isinstance(reply, ShareKeys):
             keys = {k.client_id: k for k in msg.keys}
-            inbox = {k.owner: k.key for k in msg.inbox_keys}
-            out = []
-            for s in reply.shares:
-                if s.receiver in victims:
-                    ct = secrets.token_bytes(len(s.ciphertext))
-                    s = EncryptedShare(s.sender, s.receiver, ct, identity.sign(share_payload(
-                        reply.session_id, s.sender, s.receiver, keys[s.sender].c_pk, inbox[s.receiver],
-                        keys[s.receiver].inbox_root, ct)))
-                out.append(s)
-            reply = dataclasses.replace(reply, shares=tuple(out))
+            inbox = {k.owner: (k.key, keys[k.owner].inbox_root) for k in msg.inbox_keys}
+            shares = tuple(EncryptedShare(s.sender, s.receiver, secrets.token_bytes(len(s.ciphertext)))
+                           if s.receiver in victims else s for s in reply.shares)
+            sig = sign_shares(shares, identity=identity, sender_c_pk=keys[reply.client_id].c_pk,
+                              session_id=reply.session_id, sender=reply.client_id, inbox=inbox)
+            reply = dataclasses.replace(reply, shares=shares, signature=sig)
         return reply
 
     client.handle = handle

@@ -23,24 +23,28 @@ class AdvertiseKeys(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., c_pk: _Optional[bytes] = ..., s_pk: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., inbox_root: _Optional[bytes] = ..., inbox_keys: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class EncryptedShare(_message.Message):
-    __slots__ = ("from_client_id", "to_client_id", "ciphertext", "signature")
+    __slots__ = ("from_client_id", "to_client_id", "ciphertext", "signature", "proof")
     FROM_CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     TO_CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     from_client_id: str
     to_client_id: str
     ciphertext: bytes
     signature: bytes
-    def __init__(self, from_client_id: _Optional[str] = ..., to_client_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, from_client_id: _Optional[str] = ..., to_client_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ShareKeys(_message.Message):
-    __slots__ = ("client_id", "shares")
+    __slots__ = ("client_id", "shares", "signature")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
-    def __init__(self, client_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, client_id: _Optional[str] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ConsistencySignature(_message.Message):
     __slots__ = ("client_id", "signature")
@@ -89,18 +93,20 @@ class SecAggInboxKey(_message.Message):
     def __init__(self, owner_client_id: _Optional[str] = ..., key: _Optional[bytes] = ..., proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class SecAggShareComplaint(_message.Message):
-    __slots__ = ("accused_client_id", "ciphertext", "share_signature", "inbox_private_key", "signature")
+    __slots__ = ("accused_client_id", "ciphertext", "share_signature", "inbox_private_key", "signature", "share_proof")
     ACCUSED_CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     SHARE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     INBOX_PRIVATE_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_PROOF_FIELD_NUMBER: _ClassVar[int]
     accused_client_id: str
     ciphertext: bytes
     share_signature: bytes
     inbox_private_key: bytes
     signature: bytes
-    def __init__(self, accused_client_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., share_signature: _Optional[bytes] = ..., inbox_private_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    share_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, accused_client_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., share_signature: _Optional[bytes] = ..., inbox_private_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., share_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ShareDelivery(_message.Message):
     __slots__ = ("shares",)
