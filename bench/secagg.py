@@ -138,12 +138,12 @@ def time_keystream(masks: int, d: int, itemsize: int, workers: int, extra_bytes_
     return lambda: run_ranges(d, CHUNK // itemsize, workers, streams)
 
 
-def upload_bytes(n_holders: int, d: int, itemsize: int, deg: int) -> int:
+def upload_bytes(n_holders: int, d: int, itemsize: int, deg: int, n: int) -> int:
     """One client's payload bytes over the round (ids 8 B, session ids 32 B, stage 1 B per message)."""
     head = 32 + 1 + 8
-    advertise = head + 32 + 32 + 64
+    advertise = head + 32 + 32 + 64 + 32 + (n - 1) * 32  # c_pk, s_pk, signature, inbox root, inbox keys
     share_ct = 8 + 8 + 12 + 2 * 74 + 16  # sender, receiver, nonce, two Shamir shares, tag
-    share_keys = head + deg * share_ct
+    share_keys = head + deg * share_ct + 64  # one signature over the root of the sender's share tree
     masked = head + d * itemsize
     consistency = head + 64
     unmask = head + n_holders * (8 + 74)  # one share per neighbour still in the round, plus its own
@@ -211,7 +211,7 @@ def run(quick: bool = False) -> list[dict]:
             for i in range(survivors):
                 np.add(total, vecs[i % 2], out=total)
             server_sum_s = time.perf_counter() - t0
-            up = upload_bytes(deg + 1, d, itemsize, deg)
+            up = upload_bytes(deg + 1, d, itemsize, deg, n)
             records.append({
                 "name": "secagg", "n": n, "d": d, "graph": g, "dropout": p, "cores": cores,
                 "threshold": params.threshold, "degree": deg, "ring_bits": bits,

@@ -2,7 +2,8 @@
 
 Both daemons log through ``get_logger(name)`` and attach fields with ``log(logger, event, **fields)``;
 the JSON formatter writes ``{"ts", "level", "logger", "event", ...fields}`` so an operator can pipe
-the stream into any log system without parsing prose. Plain-text lines start with the local date and
+the stream into any log system without parsing prose. Events and field values pass through
+``securefed.sanitize.clean`` in both formats: a peer's text cannot drive the terminal or forge a line. Plain-text lines start with the local date and
 time (``2025-12-01 14:03:07.123``): a daemon runs for days.
 
 In ``--log-json`` mode, ``route_native_stderr`` keeps stderr JSON-only: what native code writes to
@@ -28,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from securefed.sanitize import clean, clean_tree
+
 _FIELDS_ATTR = "securefed_fields"
 _ROOT = "securefed"
 
@@ -39,9 +42,10 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": clean(record.getMessage()),
         }
-        obj.update(getattr(record, _FIELDS_ATTR, {}) or {})
+        # Peers' text reaches fields (reasons, details): inert for whoever renders the JSON later.
+        obj.update(clean_tree(getattr(record, _FIELDS_ATTR, {}) or {}))
         if record.exc_info:
             obj["exception"] = self.formatException(record.exc_info)
         return json.dumps(obj, default=str, sort_keys=False)
@@ -51,8 +55,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         fields = getattr(record, _FIELDS_ATTR, {}) or {}
-        extra = " ".join(f"{k}={_short(v)}" for k, v in fields.items())
-        line = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extra = " ".join(f"{k}={clean(_short(v))}" for k, v in fields.items())
+        line = f"{ts} {record.levelname:<7} {record.name}: {clean(record.getMessage())}"
         if extra:
             line += " " + extra
         if record.exc_info:

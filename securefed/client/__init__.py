@@ -23,7 +23,7 @@ the code that must hold against a hostile server does not depend on the server's
 * ``cohort``             every listed member's certificate against the pinned federation CA and its revocation list
 * ``certificates``       own certificate at start-up, TLS failures explained, the newest revocation list kept
 * ``dataset``            the member's dataset fingerprint and its ledger (one per dataset, across federations)
-* ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per federation round
+* ``guards``             ``GraphGrindingGuard``: bounds SecAgg+ graph retries per window and per session it finished
 * ``member_state``       SQLite: last attempt acted on (replays refused), grinding counts, CKKS confirmations
 * ``global_intake``      every global adapter the server sends: decoded as untrusted input, digest-checked, kept
 * ``global_store``       the latest global adapter and SCAFFOLD's client state on disk (disk full: one line)

@@ -24,13 +24,12 @@ import hmac
 
 from cryptography import x509
 
-from securefed import versions
-
+from securefed import __version__, versions
 from securefed.client.cohort import verify_cohort
 from securefed.client.config import ClientConfig, ClientSection
 from securefed.client.guards import GraphGrindingGuard
-from securefed.errors import ProtocolAbort
-from securefed.protocol.plan import verify_plan
+from securefed.errors import ProtocolAbort, SecurityAlert
+from securefed.protocol.plan import unknown_fields, verify_plan
 from securefed.secagg.params import required_threshold
 from securefed.training.config import LoraSettings
 from securefed.transport._generated import federation_pb2 as pb
@@ -43,6 +42,10 @@ def check_plan(plan: pb.RoundPlan, name: str, identity_public_key: bytes, ca: x5
     """``ProtocolAbort`` (or ``InvalidMessage``) unless the plan is well-formed and lists this member
     with its own key, in a cohort of members certified by the pinned CA."""
     verify_plan(plan)
+    unknown = unknown_fields(plan)
+    if unknown:  # refused, never ignored: the server expects whatever it sent to be applied
+        raise SecurityAlert(f"the plan carries {', '.join(unknown[:5])}, which this member (securefed {__version__}) "
+                            "does not know: refused rather than ignored (upgrade the member if the federation needs it)")
     if plan.mode not in MODE_NAMES:
         raise ProtocolAbort("unknown aggregation mode in the plan")
     members = {m.client_id: bytes(m.identity_public_key) for m in plan.cohort}
@@ -127,8 +130,9 @@ def decline_reason(plan: pb.RoundPlan, lora: LoraSettings, config: ClientConfig,
     if config.lora is not None and config.lora != lora:
         return f"the federation's LoRA settings {lora.model_dump(mode='json')} differ from this member's [lora]"
     if plan.mode == pb.AGGREGATION_MODE_SECAGG and plan.secagg.neighbours != 0 and not grinding.allows():
-        return (f"{grinding.unreleased()} sparse-graph sessions in this federation round ended before this "
-                "member's release: declining more until a round completes (graph-grinding guard)")
+        return (f"{grinding.unreleased()} sparse-graph sessions ended before this member's release since it last "
+                f"finished one (within {grinding.window_s:g} s): declining more until the window passes or a session "
+                "completes with it (graph-grinding guard)")
     if plan.mode == pb.AGGREGATION_MODE_CKKS:
         if c.ckks_secret_context is None:
             return "mode ckks needs client.ckks_secret_context"

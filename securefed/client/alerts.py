@@ -28,6 +28,8 @@ def alert_kind(exc: BaseException) -> str | None:
 
 
 def refused_plan(exc: SecureFedError, attempt: int) -> SecurityAlert:
+    if isinstance(exc, SecurityAlert):  # it says what it is (e.g. a field this member does not know)
+        return SecurityAlert(f"attempt {attempt}: {exc}", kind=exc.kind)
     kind = "authentication" if isinstance(exc, CryptoError) else "plan"
     return SecurityAlert(f"attempt {attempt}: refused a plan no honest server sends: {exc}", kind=kind)
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import ValidationError
 
+from securefed import __version__
 from securefed.config import format_validation_error
-from securefed.errors import InvalidMessage, SecureFedError
+from securefed.errors import InvalidMessage, SecureFedError, SecurityAlert
 from securefed.protocol.bundle import Bundle, decode_bundle
 from securefed.strategies import StrategySettings, make_strategy
 from securefed.strategies.base import Strategy
@@ -27,6 +28,11 @@ from securefed.training.config import LoraSettings
 # adapter (3e38 overflows the first matmul) and is refused before anything is loaded or trained.
 MAX_ADAPTER_ABS = 1e4
 WHAT = "the global bundle from the server"
+# Every key a member of this version understands. A key it does not know is refused, never ignored: a
+# server that sends "privacy" or "dp" settings expects them applied, and a member that drops them
+# silently trains under rules nobody agreed to (issue 17, attack 5).
+KNOWN_SECTIONS = frozenset({"lora", "strategy", "base_model"})
+KNOWN_BASE_MODEL_KEYS = frozenset({"fingerprint"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,13 @@ def decode_global(data: bytes) -> Bundle:
     return bundle
 
 
+def _refuse_unknown(keys: list[str]) -> None:
+    if keys:
+        raise SecurityAlert(f"{WHAT}: its federation settings carry {', '.join(map(repr, keys))}, which this member "
+                            f"(securefed {__version__}) does not know: refused rather than ignored (upgrade the "
+                            "member if the federation needs it)", kind="plan")
+
+
 def federation_settings(bundle: Bundle) -> FederationSettings:
     """The LoRA settings and the strategy the bundle's settings JSON names, validated."""
     try:
@@ -64,10 +77,16 @@ def federation_settings(bundle: Bundle) -> FederationSettings:
         raise InvalidMessage(f"{WHAT}: its federation settings are not JSON") from None
     if not isinstance(settings, dict) or not all(isinstance(settings.get(k), dict) for k in ("lora", "strategy")):
         raise InvalidMessage(f"{WHAT}: its federation settings need 'lora' and 'strategy' objects")
+    base = settings.get("base_model")
+    base_keys = set(base) if isinstance(base, dict) else set()
+    _refuse_unknown(sorted(set(settings) - KNOWN_SECTIONS)
+                    + [f"base_model.{k}" for k in sorted(base_keys - KNOWN_BASE_MODEL_KEYS)])
     try:
         lora = LoraSettings.model_validate(settings["lora"])
         strategy_settings = StrategySettings.model_validate(settings["strategy"])
     except ValidationError as exc:
+        for section, model in (("lora", LoraSettings), ("strategy", StrategySettings)):
+            _refuse_unknown([f"{section}.{k}" for k in sorted(set(settings[section]) - set(model.model_fields))])
         raise InvalidMessage(format_validation_error(f"{WHAT}: federation settings", exc)) from None
     except RecursionError:
         raise InvalidMessage(f"{WHAT}: its federation settings nest too deeply") from None

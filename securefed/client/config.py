@@ -89,9 +89,14 @@ class ClientSection(StrictModel):
         "are in the key broadcast, so the server cannot pick which clients to drop to steer the neighbour graph"
     )
     sparse_graph_max_retries: int = Field(
-        2, ge=1, le=100, description="SecAgg+ only: sparse-graph sessions per federation round (counted on disk, "
-        "across restarts) this member joins that end before its release; then it declines more sparse plans until "
-        "a round completes (bounds graph grinding by retries)"
+        2, ge=1, le=100, description="SecAgg+ only: sparse-graph sessions that end before this member's release it "
+        "joins per sparse_graph_window_s, or since the last session it finished itself (counted on disk, across "
+        "restarts); then it declines more sparse plans (bounds graph grinding by retries; an announced round does "
+        "not reset it)"
+    )
+    sparse_graph_window_s: float = Field(
+        3600.0, gt=0, description="SecAgg+ only: the wall-clock window (this member's own clock) over which "
+        "sparse_graph_max_retries counts"
     )
     allow_plaintext_for_debugging: bool = Field(
         False, description="join rounds in which the server sees this member's update in clear (debugging only); "

@@ -99,7 +99,8 @@ class ClientDaemon:
         self.member_state = MemberState(self.state_dir / "member_state.sqlite",
                                         federation_key(self.ca.public_bytes(serialization.Encoding.DER)))
         self.adapters = GlobalIntake(self.connection, self.store, self.member_state)
-        self.grinding = GraphGrindingGuard(self.member_state, config.client.sparse_graph_max_retries)
+        self.grinding = GraphGrindingGuard(self.member_state, config.client.sparse_graph_max_retries,
+                                           config.client.sparse_graph_window_s)
         self._refused_attempt, self.library_check = 0, LibraryVersionCheck()
         self.ckks_key = MemberKey(config.client.ckks_secret_context) if config.client.ckks_secret_context else None
         release = ReleaseRecorder(self.ledger, self.connection, self.hooks, self._fault, then=lambda: self.budget.precompute_next())

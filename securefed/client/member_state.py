@@ -2,9 +2,13 @@
 
 * the highest attempt id it acted on (answered a plan for): a plan for an attempt that is not newer is a
   replay and is refused, so no plan can make it train and release twice, across sessions and restarts;
-* the highest federation round it saw complete, and the SecAgg+ sessions it joined in each such round
-  that ended before its release (the graph-grinding guard counts those; neither the attempt id nor the
-  global adapter's digest, which the server chooses freely, resets the count);
+* the highest federation round it saw complete (announced by the server: it moves the member's view of
+  the federation on, but nothing it guards);
+* every SecAgg+ session it joined, when (its own wall clock), whether its masked input left, and whether
+  it finished the session (answered the unmask request after checking t survivors' signatures): the
+  graph-grinding guard counts sessions that ended before release since the later of the last finished
+  session and one window ago. Nothing the server sends alone resets it: not an attempt id, a nudged
+  global adapter, nor a "completed round" it announces (issue 17);
 * the one CKKS contributor set it confirmed per attempt.
 
 A federation is named by the SHA-256 of the CA certificate the member pins (its own configuration, not a
@@ -25,9 +29,9 @@ from securefed.storage import MEMBER_STATE_DISK_FULL, disk_write_error
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS attempts (federation TEXT PRIMARY KEY, last_attempt INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds (federation TEXT PRIMARY KEY, last_round INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS sparse_sessions (
-    federation TEXT NOT NULL, fed_round INTEGER NOT NULL, attempt INTEGER NOT NULL, released INTEGER NOT NULL,
-    PRIMARY KEY (federation, attempt));
+CREATE TABLE IF NOT EXISTS graph_sessions (
+    federation TEXT NOT NULL, attempt INTEGER NOT NULL, joined_at REAL NOT NULL, released INTEGER NOT NULL,
+    finished_at REAL, PRIMARY KEY (federation, attempt));
 CREATE TABLE IF NOT EXISTS ckks_confirmations (
     federation TEXT NOT NULL, attempt INTEGER NOT NULL, request_sha256 BLOB NOT NULL,
     PRIMARY KEY (federation, attempt));
@@ -106,24 +110,32 @@ class MemberState:
             self._write(("INSERT INTO rounds VALUES (?, ?) ON CONFLICT(federation) DO UPDATE SET "
                          "last_round = MAX(last_round, excluded.last_round)", (self.federation, rnd)))
 
-    def sparse_joined(self, attempt: int) -> None:
-        """A SecAgg+ session of ``attempt`` got this member's round keys (in the current federation round)."""
-        fed_round = self.federation_round()
+    def sparse_joined(self, attempt: int, now: float) -> None:
+        """A SecAgg+ session of ``attempt`` got this member's round keys, at wall-clock time ``now``."""
         with self._lock:
-            self._write(("INSERT OR IGNORE INTO sparse_sessions VALUES (?, ?, ?, 0)",
-                         (self.federation, fed_round, attempt)))
+            self._write(("INSERT OR IGNORE INTO graph_sessions VALUES (?, ?, ?, 0, NULL)",
+                         (self.federation, attempt, now)))
 
     def sparse_released(self, attempt: int) -> None:
         with self._lock:
-            self._write(("UPDATE sparse_sessions SET released = 1 WHERE federation = ? AND attempt = ?",
+            self._write(("UPDATE graph_sessions SET released = 1 WHERE federation = ? AND attempt = ?",
                          (self.federation, attempt)))
 
-    def sparse_unreleased(self) -> int:
-        """SecAgg+ sessions joined in the current federation round that ended before this member's release."""
-        fed_round = self.federation_round()
+    def session_finished(self, attempt: int, now: float) -> None:
+        """This member answered the unmask request of ``attempt``: t survivors signed the list it signed."""
         with self._lock:
-            return self._one("SELECT COUNT(*) FROM sparse_sessions WHERE federation = ? AND fed_round = ? AND "
-                             "released = 0", fed_round) or 0
+            self._write(("INSERT INTO graph_sessions VALUES (?, ?, ?, 1, ?) ON CONFLICT(federation, attempt) "
+                         "DO UPDATE SET released = 1, finished_at = excluded.finished_at",
+                         (self.federation, attempt, now, now)))
+
+    def sparse_unreleased(self, window_s: float, now: float) -> int:
+        """SecAgg+ sessions that ended before this member's release, joined after both its last finished
+        session and ``now - window_s``."""
+        with self._lock:
+            last = self._one("SELECT MAX(finished_at) FROM graph_sessions WHERE federation = ?")
+            since = max(now - window_s, last if last is not None else float("-inf"))
+            return self._one("SELECT COUNT(*) FROM graph_sessions WHERE federation = ? AND released = 0 AND "
+                             "joined_at >= ?", since) or 0
 
     # --- CKKS -------------------------------------------------------------------------------------
     def confirm_once(self, attempt: int, request_sha256: bytes) -> None:

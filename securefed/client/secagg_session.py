@@ -9,6 +9,7 @@ keys), writes the ledger entry before the masked input leaves, and sends each re
 from __future__ import annotations
 
 import hmac
+import logging
 
 import numpy as np
 
@@ -16,11 +17,14 @@ from securefed import secagg as sa
 from securefed.client.guards import GraphGrindingGuard
 from securefed.client.session import RoundSession, SessionDeps
 from securefed.errors import ProtocolAbort
+from securefed.logs import get_logger, log
 from securefed.protocol import secagg_wire as wire
 from securefed.protocol.plan import plan_bytes
 from securefed.protocol.stages import SECAGG_TASK_STAGE
 from securefed.secagg.client import setup_digest
 from securefed.transport._generated import federation_pb2 as pb
+
+logger = get_logger("client")
 
 
 class SecAggSession:
@@ -71,6 +75,9 @@ class SecAggSession:
             self._submit(stage, reply.session_id, share_keys=wire.share_keys_to_pb(reply, ids))
         elif body == "share_delivery":
             masked = self.client.handle(wire.share_delivery_from_pb(task.share_delivery, sid, s.me, ids))
+            for c in masked.complaints:  # reported with the masked input, with the key that proves it
+                log(logger, "SECURITY: a peer's signed share does not open: reported to the server with evidence",
+                    level=logging.ERROR, attempt=s.attempt, peer=ids.name_of(c.accused))
             self.deps.fault("before_masked_input", s.attempt)
             self.deps.record_release(s, self.payload)  # ledger first: nothing has left the member yet
             self.payload = None
@@ -87,6 +94,7 @@ class SecAggSession:
             reply = self.client.handle(wire.unmask_request_from_pb(task.unmask_request, sid, ids))
             self.deps.fault("before_unmask", s.attempt)
             self._submit(stage, reply.session_id, unmask_response=wire.unmask_to_pb(reply, ids))
+            self.grinding.finished(s.attempt)  # a session seen through: the grinding guard starts afresh
 
     def _header(self, stage: int, session_id: bytes) -> pb.RequestHeader:
         return self.deps.connection.header(self.s.attempt, stage, session_id)

@@ -30,6 +30,7 @@ __all__ = [
     "AgreementKeyPair",
     "IdentityKeyPair",
     "derive_key",
+    "is_low_order",
     "verify_signature",
     "x25519_shared_secret",
 ]
@@ -44,9 +45,25 @@ HKDF_MAX_LENGTH = 255 * 32  # RFC 5869: L <= 255 * HashLen
 SESSION_ID_SIZE = 32
 
 PURPOSE_MASK = b"securefed/mask/v1"
-PURPOSE_SHARE_ENCRYPTION = b"securefed/share-enc/v1"
+# v2: shares are encrypted under the receiver's per-sender inbox key (secagg.attribution), not its c_pk.
+PURPOSE_SHARE_ENCRYPTION = b"securefed/share-enc/v2"
 
 _ALL_ZERO = bytes(X25519_KEY_SIZE)
+_P = 2**255 - 19
+# u-coordinates of the points of order 1, 2, 4 and 8 on Curve25519 and its twist (RFC 7748 section 6.1;
+# the list libsodium refuses): 0, 1, p - 1 and the two points of order 8.
+_LOW_ORDER_U = frozenset({0, 1, _P - 1,
+                          325606250916557431795983626356110631294008115727848805560023387167927233504,
+                          39382357235489614581723060781553021112529911719440698176882885853963445705823})
+
+
+def is_low_order(public: bytes) -> bool:
+    """Whether an X25519 public key is a point of small order (in any of its encodings): every clamped
+    scalar maps it to the all-zero output. A check without a key agreement, for keys nobody on this
+    side agrees with (tests cross-check it against ``x25519_shared_secret``)."""
+    pub = require_bytes(public, "X25519 public key", CryptoError, size=X25519_KEY_SIZE)
+    u = int.from_bytes(pub, "little") & ((1 << 255) - 1)  # RFC 7748: the top bit is ignored
+    return u % _P in _LOW_ORDER_U
 
 
 def x25519_shared_secret(private: bytes, peer_public: bytes) -> bytes:

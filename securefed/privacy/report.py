@@ -24,6 +24,7 @@ from typing import Any
 from securefed import versions
 from securefed.errors import AccountingError, InvalidInput
 from securefed.fsutil import atomic_write
+from securefed.sanitize import clean_tree
 from securefed.privacy.accountants import compute_epsilon, cumulative_epsilons
 from securefed.privacy.events import utc_timestamp
 from securefed.privacy.federation_context import RoundLogContext
@@ -586,7 +587,7 @@ def write_report(results: Sequence[LedgerVerification], out_dir: str | Path,
         raise InvalidInput("no ledgers to report on: pass at least one ledger file")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = build_report(results, round_log)
+    report = clean_tree(build_report(results, round_log))  # ledgers are members' files: their text made inert
     html_path, json_path = out_dir / "report.html", out_dir / "report.json"
     atomic_write(json_path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     atomic_write(html_path, render_html(report).encode("utf-8"))

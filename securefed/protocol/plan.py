@@ -16,6 +16,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from google.protobuf import message as pb_message
+from google.protobuf import unknown_fields as pb_unknown
+
 from securefed.errors import InvalidMessage
 from securefed.transport._generated import federation_pb2 as pb
 
@@ -49,6 +52,26 @@ def verify_plan(plan: pb.RoundPlan) -> None:
             raise InvalidMessage(f"round plan: identity key of {m.client_id!r} is not 32 bytes")
     if plan.vector_length == 0:
         raise InvalidMessage("round plan: vector_length is 0")
+
+
+def unknown_fields(msg: pb_message.Message, path: str = "") -> list[str]:
+    """Every field of ``msg`` (nested messages included) that this build's schema does not know, as
+    "RoundPlan.secagg field 250": what a newer peer sent that an older one would otherwise drop in silence."""
+    path = path or msg.DESCRIPTOR.name
+    out = [f"{path} field {f.field_number}" for f in pb_unknown.UnknownFieldSet(msg)]
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = [(f"{path}.{field.name}[{k!r}]", v) for k, v in value.items()
+                     if isinstance(v, pb_message.Message)]
+        elif field.is_repeated:
+            items = [(f"{path}.{field.name}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            items = [(f"{path}.{field.name}", value)]
+        for sub_path, sub in items:
+            out += unknown_fields(sub, sub_path)
+    return out
 
 
 @dataclass(frozen=True)

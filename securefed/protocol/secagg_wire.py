@@ -34,29 +34,52 @@ def round_setup(plan: pb.RoundPlan, ids: CohortIds, session_digest: bytes) -> sa
 
 def advertise_from_pb(m: spb.AdvertiseKeys, session: bytes, ids: CohortIds) -> sa.AdvertiseKeys:
     return sa.AdvertiseKeys(session_id=bytes(session), stage=sa.Stage.ADVERTISE_KEYS, client_id=ids.int_of(m.client_id),
-                            c_pk=bytes(m.c_pk), s_pk=bytes(m.s_pk), signature=bytes(m.signature))
+                            c_pk=bytes(m.c_pk), s_pk=bytes(m.s_pk), signature=bytes(m.signature),
+                            inbox_root=bytes(m.inbox_root), inbox_keys=tuple(bytes(k) for k in m.inbox_keys))
 
 
 def advertise_to_pb(m: sa.AdvertiseKeys | sa.AdvertisedKeys, ids: CohortIds) -> spb.AdvertiseKeys:
-    return spb.AdvertiseKeys(client_id=ids.name_of(m.client_id), c_pk=m.c_pk, s_pk=m.s_pk, signature=m.signature)
+    # In a key broadcast (AdvertisedKeys) only the root travels; members get their own inbox keys apart.
+    return spb.AdvertiseKeys(client_id=ids.name_of(m.client_id), c_pk=m.c_pk, s_pk=m.s_pk, signature=m.signature,
+                             inbox_root=m.inbox_root, inbox_keys=list(getattr(m, "inbox_keys", ())))
+
+
+def _enc_share_from_pb(s: spb.EncryptedShare, ids: CohortIds) -> sa.EncryptedShare:
+    return sa.EncryptedShare(ids.int_of(s.from_client_id), ids.int_of(s.to_client_id), bytes(s.ciphertext),
+                             bytes(s.signature), tuple(bytes(h) for h in s.proof))
 
 
 def share_keys_from_pb(m: spb.ShareKeys, session: bytes, ids: CohortIds) -> sa.ShareKeys:
-    shares = tuple(sa.EncryptedShare(ids.int_of(s.from_client_id), ids.int_of(s.to_client_id), bytes(s.ciphertext))
-                   for s in m.shares)
-    return sa.ShareKeys(session_id=bytes(session), stage=sa.Stage.SHARE_KEYS, client_id=ids.int_of(m.client_id), shares=shares)
+    shares = tuple(_enc_share_from_pb(s, ids) for s in m.shares)
+    return sa.ShareKeys(session_id=bytes(session), stage=sa.Stage.SHARE_KEYS, client_id=ids.int_of(m.client_id), shares=shares,
+                        signature=bytes(m.signature))
 
 
 def share_keys_to_pb(m: sa.ShareKeys, ids: CohortIds) -> spb.ShareKeys:
-    return spb.ShareKeys(client_id=ids.name_of(m.client_id), shares=[_enc_share_to_pb(s, ids) for s in m.shares])
+    return spb.ShareKeys(client_id=ids.name_of(m.client_id), shares=[_enc_share_to_pb(s, ids) for s in m.shares],
+                         signature=m.signature)
 
 
 def _enc_share_to_pb(s: sa.EncryptedShare, ids: CohortIds) -> spb.EncryptedShare:
-    return spb.EncryptedShare(from_client_id=ids.name_of(s.sender), to_client_id=ids.name_of(s.receiver), ciphertext=s.ciphertext)
+    return spb.EncryptedShare(from_client_id=ids.name_of(s.sender), to_client_id=ids.name_of(s.receiver),
+                              ciphertext=s.ciphertext, signature=s.signature, proof=list(s.proof))
+
+
+def complaints_to_pb(complaints: tuple[sa.ShareComplaint, ...], ids: CohortIds) -> list[spb.SecAggShareComplaint]:
+    return [spb.SecAggShareComplaint(accused_client_id=ids.name_of(c.accused), ciphertext=c.ciphertext,
+                                     share_signature=c.share_signature, inbox_private_key=c.inbox_private,
+                                     signature=c.signature, share_proof=list(c.share_proof)) for c in complaints]
+
+
+def complaints_from_pb(m: spb.SecAggMaskedWith, ids: CohortIds) -> tuple[sa.ShareComplaint, ...]:
+    return tuple(sorted((sa.ShareComplaint(ids.int_of(c.accused_client_id), bytes(c.ciphertext), bytes(c.share_signature),
+                                           bytes(c.inbox_private_key), bytes(c.signature),
+                                           tuple(bytes(h) for h in c.share_proof)) for c in m.complaints),
+                        key=lambda c: c.accused))
 
 
 def masked_from_bytes(data: bytes, ring_bits: int, expected_len: int, session: bytes, client: int,
-                      signature: bytes) -> sa.MaskedInput:
+                      signature: bytes, complaints: tuple[sa.ShareComplaint, ...] = ()) -> sa.MaskedInput:
     dt = RING_DTYPES.get(ring_bits)
     if dt is None:
         raise InvalidMessage(f"ring_bits must be 32 or 64, got {ring_bits}")
@@ -64,11 +87,12 @@ def masked_from_bytes(data: bytes, ring_bits: int, expected_len: int, session: b
         raise InvalidMessage(f"masked input is {len(data)} bytes, the round expects {expected_len * dt.itemsize}")
     vec = np.frombuffer(data, dtype=dt).astype(dt.newbyteorder("="), copy=True)
     return sa.MaskedInput(session_id=bytes(session), stage=sa.Stage.MASKED_INPUT, client_id=client, masked=vec,
-                          signature=bytes(signature))
+                          signature=bytes(signature), complaints=complaints)
 
 
 def masked_with_to_pb(m: sa.MaskedInput | sa.MaskedWith, ids: CohortIds) -> spb.SecAggMaskedWith:
-    return spb.SecAggMaskedWith(client_id=ids.name_of(m.client_id), signature=m.signature)
+    return spb.SecAggMaskedWith(client_id=ids.name_of(m.client_id), signature=m.signature,
+                                complaints=complaints_to_pb(getattr(m, "complaints", ()), ids))
 
 
 def masked_to_bytes(m: sa.MaskedInput) -> tuple[int, bytes]:
@@ -104,13 +128,18 @@ def unmask_to_pb(m: sa.UnmaskResponse, ids: CohortIds) -> spb.UnmaskResponse:
 # ---- server -> client ----------------------------------------------------------------------------
 
 def key_broadcast_to_pb(m: sa.KeyBroadcast, ids: CohortIds) -> spb.KeyBroadcast:
-    return spb.KeyBroadcast(session_id=m.session_id, keys=[advertise_to_pb(k, ids) for k in m.keys])
+    return spb.KeyBroadcast(session_id=m.session_id, keys=[advertise_to_pb(k, ids) for k in m.keys],
+                            inbox_keys=[spb.SecAggInboxKey(owner_client_id=ids.name_of(k.owner), key=k.key, proof=list(k.proof))
+                                        for k in m.inbox_keys])
 
 
 def key_broadcast_from_pb(m: spb.KeyBroadcast, ids: CohortIds) -> sa.KeyBroadcast:
-    keys = sorted((sa.AdvertisedKeys(ids.int_of(k.client_id), bytes(k.c_pk), bytes(k.s_pk), bytes(k.signature))
-                   for k in m.keys), key=lambda k: k.client_id)
-    return sa.KeyBroadcast(session_id=bytes(m.session_id), stage=sa.Stage.SHARE_KEYS, keys=tuple(keys))
+    keys = sorted((sa.AdvertisedKeys(ids.int_of(k.client_id), bytes(k.c_pk), bytes(k.s_pk), bytes(k.signature),
+                                     bytes(k.inbox_root)) for k in m.keys), key=lambda k: k.client_id)
+    inbox = sorted((sa.InboxKey(ids.int_of(k.owner_client_id), bytes(k.key), tuple(bytes(h) for h in k.proof))
+                    for k in m.inbox_keys), key=lambda k: k.owner)
+    return sa.KeyBroadcast(session_id=bytes(m.session_id), stage=sa.Stage.SHARE_KEYS, keys=tuple(keys),
+                           inbox_keys=tuple(inbox))
 
 
 def share_delivery_to_pb(m: sa.ShareDelivery, ids: CohortIds) -> spb.ShareDelivery:
@@ -118,8 +147,7 @@ def share_delivery_to_pb(m: sa.ShareDelivery, ids: CohortIds) -> spb.ShareDelive
 
 
 def share_delivery_from_pb(m: spb.ShareDelivery, session: bytes, recipient: int, ids: CohortIds) -> sa.ShareDelivery:
-    shares = tuple(sa.EncryptedShare(ids.int_of(s.from_client_id), ids.int_of(s.to_client_id), bytes(s.ciphertext))
-                   for s in m.shares)
+    shares = tuple(_enc_share_from_pb(s, ids) for s in m.shares)
     return sa.ShareDelivery(session_id=bytes(session), stage=sa.Stage.MASKED_INPUT, recipient=recipient, shares=shares)
 
 

@@ -17,6 +17,7 @@ from securefed.secagg.messages import (
     CohortMember,
     ConsistencySignature,
     EncryptedShare,
+    InboxKey,
     KeyBroadcast,
     MaskedInput,
     MaskedWith,
@@ -25,6 +26,7 @@ from securefed.secagg.messages import (
     ServerMessage,
     ServerStage,
     ShareDelivery,
+    ShareComplaint,
     ShareKeys,
     SignedSurvivors,
     Stage,
@@ -52,9 +54,9 @@ from securefed.secagg.simulation import (
 
 __all__ = [
     "CLIENT_MESSAGE_TYPES", "DEFAULT_MAX_COLLUDERS", "SERVER_MESSAGE_TYPES", "AdvertiseKeys", "AdvertisedKeys", "AggregateResult",
-    "ClientMessage", "ClientStage", "ClientStats", "CohortMember", "ConsistencySignature", "EncryptedShare",
+    "ClientMessage", "ClientStage", "ClientStats", "CohortMember", "ConsistencySignature", "EncryptedShare", "InboxKey",
     "KeyBroadcast", "MaskedInput", "MaskedWith", "NeighbourGraph", "OnClientAbort", "RevealedShare", "RoundSetup",
-    "SecAggClient", "SecAggParams", "SecAggServer", "ServerMessage", "ServerStage", "ShareDelivery", "ShareKeys",
+    "SecAggClient", "SecAggParams", "SecAggServer", "ServerMessage", "ServerStage", "ShareComplaint", "ShareDelivery", "ShareKeys",
     "ShareKind", "SignedSurvivors", "SimulatedRound", "SimulationOutcome", "Stage", "SurvivorList", "UnmaskRequest",
     "UnmaskResponse", "make_identities", "plan_digest", "required_threshold", "session_id", "simulate_round", "suggest_neighbour_degree",
     "suggest_params", "suggest_threshold",

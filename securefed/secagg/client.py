@@ -23,26 +23,32 @@ import numpy as np
 from pydantic import ValidationError
 
 from securefed.config import format_validation_error
-from securefed.crypto.aead import decrypt_share, encrypt_share
 from securefed.crypto.fixedpoint import encode_masked
 from securefed.crypto.keys import (
     PURPOSE_MASK,
-    PURPOSE_SHARE_ENCRYPTION,
     AgreementKeyPair,
     IdentityKeyPair,
     derive_key,
     verify_signature,
     x25519_shared_secret,
 )
+from securefed.crypto.merkle import MerkleTree, verify_inclusion
 from securefed.crypto.prg import add_masks_
-from securefed.crypto.shamir import SHARE_SIZE, Share, split
+from securefed.crypto.shamir import Share, split
 from securefed.errors import CryptoError, InsecureParameters, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg.attribution import (
+    encode_share_pair,
+    make_complaint,
+    open_share,
+    seal_share,
+    share_signed,
+    sign_shares,
+)
 from securefed.secagg.messages import (
     AdvertisedKeys,
     AdvertiseKeys,
     ClientStage,
     ConsistencySignature,
-    EncryptedShare,
     KeyBroadcast,
     MaskedInput,
     RevealedShare,
@@ -60,6 +66,8 @@ from securefed.secagg.session import (
     NeighbourGraph,
     advertise_payload,
     consistency_payload,
+    inbox_leaf,
+    inbox_peers,
     masked_with_payload,
     plan_digest,
     session_id,
@@ -136,16 +144,6 @@ def setup_digest(msg: RoundSetup) -> bytes:
     )
 
 
-def encode_share_pair(b_share: Share, s_share: Share) -> bytes:
-    return b_share.to_bytes() + s_share.to_bytes()
-
-
-def decode_share_pair(data: bytes) -> tuple[Share, Share]:
-    if len(data) != 2 * SHARE_SIZE:
-        raise CryptoError("share plaintext has the wrong length")
-    return Share.from_bytes(data[:SHARE_SIZE]), Share.from_bytes(data[SHARE_SIZE:])
-
-
 class SecAggClient:
     """One client in one secure-aggregation session.
 
@@ -157,11 +155,14 @@ class SecAggClient:
     trained on): ``accept_setup(setup) -> None`` may raise ``ProtocolAbort``/``InsecureParameters``.
     ``max_colluders`` is this client's own assumption of how many members may collude with the
     server; it refuses any threshold with 2t < m + c + 1, whatever the server says.
+    ``attribute``: a delivered share (signed by its sender) that does not decrypt or decode is reported
+    with evidence (``MaskedInput.complaints``) and the client carries on without it; False restores the
+    old behaviour of leaving the session on it (the negative control of the attribution tests).
     """
 
     def __init__(self, client_id: int, identity: IdentityKeyPair, *,
                  accept_setup: Callable[[RoundSetup], None] | None = None,
-                 max_colluders: int = DEFAULT_MAX_COLLUDERS) -> None:
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True) -> None:
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < 2**63:
             raise InvalidInput(f"client_id must be an integer in [0, 2^63 - 1], got {client_id!r}")
         if not isinstance(identity, IdentityKeyPair):
@@ -172,6 +173,7 @@ class SecAggClient:
         self._identity = identity
         self._accept_setup = accept_setup
         self._max_colluders = max_colluders
+        self._attribute = attribute
         self._stage = ClientStage.AWAIT_SETUP
         self._input: np.ndarray | None = None
         self._stats: ClientStats | None = None
@@ -192,7 +194,9 @@ class SecAggClient:
         self._signed_senders: tuple[int, ...] | None = None
         self._revealed: dict[int, ShareKind] = {}
         self._b_u = b""
-        self._enc_keys: dict[int, bytes] = {}  # neighbour -> share-encryption key k_uv
+        self._inbox: dict[int, AgreementKeyPair] = {}  # member -> this client's inbox key for it
+        self._inbox_root = b""
+        self._complained: frozenset[int] = frozenset()  # neighbours whose delivered share did not open
 
     # ---- public surface --------------------------------------------------------------------------
 
@@ -267,7 +271,7 @@ class SecAggClient:
         # Drop references to secrets; Python cannot zero memory, but nothing keeps them alive.
         self._c_key = self._s_key = None
         self._b_u = b""
-        self._enc_keys = {}
+        self._inbox = {}
         self._own_shares = None
         self._held = {}
         self._input = None
@@ -308,16 +312,21 @@ class SecAggClient:
         self._identities = {m.client_id: m.identity_key for m in msg.cohort}
         self._c_key, self._s_key = AgreementKeyPair.generate(), AgreementKeyPair.generate()
         c_pk, s_pk = self._c_key.public_bytes(), self._s_key.public_bytes()
-        sig = self._identity.sign(advertise_payload(digest, self.client_id, c_pk, s_pk))
+        peers = inbox_peers(self._identities, self.client_id)
+        self._inbox = {v: AgreementKeyPair.generate() for v in peers}
+        inbox = tuple(self._inbox[v].public_bytes() for v in peers)
+        self._inbox_root = MerkleTree([inbox_leaf(v, k) for v, k in zip(peers, inbox)]).root if peers else bytes(32)
+        sig = self._identity.sign(advertise_payload(digest, self.client_id, c_pk, s_pk, self._inbox_root))
         self._stage = ClientStage.AWAIT_KEYS
-        return AdvertiseKeys(digest, Stage.ADVERTISE_KEYS, self.client_id, c_pk, s_pk, sig)
+        return AdvertiseKeys(digest, Stage.ADVERTISE_KEYS, self.client_id, c_pk, s_pk, sig, self._inbox_root, inbox)
 
     def _on_keys(self, msg: KeyBroadcast) -> ShareKeys:
         assert self._c_key is not None and self._s_key is not None and self._params is not None
         mine = [k for k in msg.keys if k.client_id == self.client_id]
         if len(mine) != 1:
             self._abort("own keys are missing from (or repeated in) the key broadcast")
-        if mine[0].c_pk != self._c_key.public_bytes() or mine[0].s_pk != self._s_key.public_bytes():
+        if (mine[0].c_pk != self._c_key.public_bytes() or mine[0].s_pk != self._s_key.public_bytes()
+                or mine[0].inbox_root != self._inbox_root):
             self._abort("the key broadcast carries other keys for this client")
         all_pks = [k.c_pk for k in msg.keys] + [k.s_pk for k in msg.keys]
         if len(set(all_pks)) != len(all_pks):
@@ -328,7 +337,7 @@ class SecAggClient:
                 self._abort(f"key broadcast lists client {k.client_id}, who is not in the cohort")
             try:
                 verify_signature(self._identities[k.client_id], k.signature,
-                                 advertise_payload(self._plan_digest, k.client_id, k.c_pk, k.s_pk))
+                                 advertise_payload(self._plan_digest, k.client_id, k.c_pk, k.s_pk, k.inbox_root))
             except CryptoError:
                 self._abort("a key signature does not verify")
         sid = session_id(self._plan_digest, msg.keys)
@@ -343,6 +352,9 @@ class SecAggClient:
             self._abort(f"only {len(holders)} share holders, fewer than the threshold {self._t}")
         self._session_id, self._graph = sid, graph
         self._keys = {k.client_id: k for k in msg.keys}
+        their_inbox = self._check_inbox_keys(msg, graph)
+        # Only the inbox keys of neighbours can ever receive a share; the others are never needed.
+        self._inbox = {v: kp for v, kp in self._inbox.items() if v in graph.of(self.client_id)}
 
         b_u = secrets.token_bytes(SECRET_SIZE)
         self._b_u = b_u
@@ -353,14 +365,29 @@ class SecAggClient:
             if v == self.client_id:
                 self._own_shares = (b_shares[i], s_shares[i])
                 continue
-            key = derive_key(x25519_shared_secret(self._c_key.private_bytes(), self._keys[v].c_pk),
-                             session_id=sid, purpose=PURPOSE_SHARE_ENCRYPTION, party_a=self.client_id, party_b=v)
-            self._enc_keys[v] = key  # the same key decrypts v's shares to us next stage
-            ct = encrypt_share(key, encode_share_pair(b_shares[i], s_shares[i]), session_id=sid,
-                               sender=self.client_id, receiver=v)
-            out.append(EncryptedShare(self.client_id, v, ct))
+            out.append(seal_share(encode_share_pair(b_shares[i], s_shares[i]), c_key=self._c_key, session_id=sid,
+                                  sender=self.client_id, receiver=v, inbox_key=their_inbox[v]))
+        # One signature over all of them (a Merkle root): it makes any of them that does not open its fault.
+        sig = sign_shares(out, identity=self._identity, sender_c_pk=self._c_key.public_bytes(), session_id=sid,
+                          sender=self.client_id, inbox={v: (their_inbox[v], self._keys[v].inbox_root) for v in their_inbox})
         self._stage = ClientStage.AWAIT_SHARES
-        return ShareKeys(sid, Stage.SHARE_KEYS, self.client_id, tuple(out))
+        return ShareKeys(sid, Stage.SHARE_KEYS, self.client_id, tuple(out), sig)
+
+    def _check_inbox_keys(self, msg: KeyBroadcast, graph: NeighbourGraph) -> dict[int, bytes]:
+        """Each neighbour's inbox key for this client, proven under that neighbour's signed root (the
+        session id binds the roots). A key the server made up would let it read the shares."""
+        me = self.client_id
+        got = {k.owner: k for k in msg.inbox_keys}
+        if set(got) != set(graph.of(me)):
+            self._abort("the key broadcast does not carry exactly the neighbours' inbox keys for this client")
+        out = {}
+        for v, k in got.items():
+            peers = inbox_peers(self._identities, v)
+            if not verify_inclusion(self._keys[v].inbox_root, inbox_leaf(me, k.key), peers.index(me), len(peers),
+                                    k.proof):
+                self._abort(f"the inbox key of client {v} for this client is not under its signed root")
+            out[v] = k.key
+        return out
 
     def _on_shares(self, msg: ShareDelivery) -> MaskedInput:
         assert self._graph is not None and self._c_key is not None and self._s_key is not None
@@ -370,22 +397,32 @@ class SecAggClient:
         me, sid = self.client_id, self._session_id
         neighbours = self._graph.of(me)
         held: dict[int, tuple[Share, Share]] = {}
+        complaints = []
         for s in msg.shares:
             if s.receiver != me:
                 self._abort("a delivered share is addressed to another client")
             if s.sender not in neighbours:
                 self._abort(f"a delivered share comes from client {s.sender}, who is not a neighbour")
-            key = self._enc_keys[s.sender]
+            inbox = self._inbox[s.sender]
             try:
-                b_share, s_share = decode_share_pair(
-                    decrypt_share(key, s.ciphertext, session_id=sid, sender=s.sender, receiver=me))
-            except CryptoError:
-                self._abort("an encrypted share failed to decrypt or decode")
-            x = self._graph.share_x(s.sender, me)
-            if b_share.x != x or s_share.x != x:
-                self._abort("a delivered share has the wrong Shamir x-coordinate")
-            held[s.sender] = (b_share, s_share)
-        u2 = frozenset(held)
+                # A share that opens is authentic: only its sender and this client can derive its key.
+                held[s.sender] = open_share(s, inbox_private=inbox.private_bytes(), sender_c_pk=self._keys[s.sender].c_pk,
+                                            session_id=sid, expected_x=self._graph.share_x(s.sender, me))
+                continue
+            except CryptoError as exc:
+                failure = str(exc)
+            receivers = sorted(self._graph.of(s.sender))
+            if not share_signed(s, sender_identity=self._identities[s.sender], session_id=sid,
+                                sender_c_pk=self._keys[s.sender].c_pk, inbox_key=inbox.public_bytes(),
+                                inbox_root=self._inbox_root, index=receivers.index(me), count=len(receivers)):
+                # The server checks every sender's signature on receipt: an unsigned share was altered by it.
+                self._abort(f"the share from client {s.sender} does not carry its signature")
+            if not self._attribute:
+                self._abort(f"an encrypted share failed to decrypt or decode: {failure}")
+            # Its sender signed it: report it with the one key that opens it, and carry on without it.
+            complaints.append(make_complaint(s, identity=self._identity, inbox_private=inbox.private_bytes(),
+                                             session_id=sid))
+        u2 = frozenset(s.sender for s in msg.shares)
         alive_holders = len(u2) + 1
         if alive_holders < self._t:
             self._abort(f"only {alive_holders} of this client's share holders are still in the round, fewer than the threshold {self._t}")
@@ -396,16 +433,17 @@ class SecAggClient:
                           neighbour_mask_keys={v: self._keys[v].s_pk for v in u2})
         acc, clipped = encode_masked(self._input, self._params.fixed_point(), masks)
         self._held, self._u2_neighbours = held, u2
+        self._complained = frozenset(c.accused for c in complaints)
         self._input = None  # the plaintext update is not needed any more
         self._b_u = b""
         self._s_key = None
         self._c_key = None
-        self._enc_keys = {}
+        self._inbox = {}
         self._stats = ClientStats(clipped=clipped, neighbours_masked=len(u2), upload_bytes=int(acc.nbytes))
         self._stage = ClientStage.AWAIT_SURVIVORS
         # Binds whom this client masked with: a holder that is not listed never reveals its self-mask share.
         sig = self._identity.sign(masked_with_payload(sid, me, tuple(sorted(u2))))
-        return MaskedInput(sid, Stage.MASKED_INPUT, me, acc, sig)
+        return MaskedInput(sid, Stage.MASKED_INPUT, me, acc, sig, tuple(sorted(complaints, key=lambda c: c.accused)))
 
     def _on_survivors(self, msg: SurvivorList) -> ConsistencySignature:
         self._check_survivor_view(msg)
@@ -473,13 +511,14 @@ class SecAggClient:
             signers.add(s.client_id)
         if me not in signers:
             self._abort("this client's own consistency signature is missing")
-        for owner in sorted(self._u2_neighbours | {me}):
+        owners = sorted(set(self._held) | {me})  # not those whose share did not open: it holds none of theirs
+        for owner in owners:
             got = len(signers.intersection(graph.holders(owner)))
             if got < self._t:
                 self._abort(f"only {got} consistency signatures among the share holders of client {owner}, fewer than the threshold {self._t}")
 
         b_out, s_out = [], []
-        for owner in sorted(self._u2_neighbours | {me}):
+        for owner in owners:
             b_share, s_share = self._own_shares if owner == me else self._held[owner]
             kind = ShareKind.SELF_MASK if owner in survivors else ShareKind.MASK_KEY
             if self._revealed.get(owner, kind) is not kind:

@@ -31,6 +31,8 @@ MAX_CIPHERTEXT_BYTES = 1024  # two Shamir shares of 32-byte secrets + AEAD nonce
 MAX_SHARE_BYTES = 512
 MAX_CLIENT_ID = 2**63 - 1
 MAX_VECTOR_LENGTH = 1 << 31
+MAX_PROOF_HASHES = 64  # a Merkle proof over at most 2^64 leaves
+MAX_COHORT = 1 << 20  # inbox keys a client may advertise (one per other cohort member)
 
 
 class Stage(IntEnum):
@@ -94,6 +96,13 @@ def _check_ids(name: str, values: object, *, sorted_unique: bool = True) -> None
         _fail(f"{name} must be strictly increasing (sorted, no duplicates)")
 
 
+def _check_proof(name: str, proof: object) -> None:
+    if not isinstance(proof, tuple) or len(proof) > MAX_PROOF_HASHES:
+        _fail(f"{name} must be a tuple of at most {MAX_PROOF_HASHES} hashes")
+    for h in proof:
+        _check_bytes(f"{name} hash", h, HASH_SIZE)
+
+
 def _check_tuple_of(name: str, values: object, kind: type) -> None:
     if not isinstance(values, tuple) or not all(isinstance(v, kind) for v in values):
         _fail(f"{name} must be a tuple of {kind.__name__}")
@@ -129,15 +138,35 @@ class CohortMember:
 @dataclass(frozen=True)
 class AdvertisedKeys:
     client_id: int
-    c_pk: bytes  # X25519 public key for share encryption
+    c_pk: bytes  # X25519 public key: the sender's side of share encryption
     s_pk: bytes  # X25519 public key for pairwise masks
-    signature: bytes  # Ed25519 by the identity key over (plan digest, client_id, c_pk, s_pk)
+    signature: bytes  # Ed25519 by the identity key over (plan digest, client_id, c_pk, s_pk, inbox_root)
+    # Merkle root over this client's inbox keys, one X25519 public key per other cohort member (in id
+    # order): the member j encrypts its shares to this client under DH(c_sk_j, inbox key for j), so
+    # this client can later reveal the private half for that one pair as evidence (protocols/secagg.md).
+    inbox_root: bytes = bytes(HASH_SIZE)
 
     def validate(self) -> None:
         _check_id("client_id", self.client_id)
         _check_bytes("c_pk", self.c_pk, KEY_SIZE)
         _check_bytes("s_pk", self.s_pk, KEY_SIZE)
         _check_bytes("signature", self.signature, SIGNATURE_SIZE)
+        _check_bytes("inbox_root", self.inbox_root, HASH_SIZE)
+
+
+@dataclass(frozen=True)
+class InboxKey:
+    """``owner``'s inbox key for the recipient of the key broadcast, with its Merkle proof under
+    ``owner``'s signed inbox root."""
+
+    owner: int
+    key: bytes
+    proof: tuple[bytes, ...]
+
+    def validate(self) -> None:
+        _check_id("inbox key owner", self.owner)
+        _check_bytes("inbox key", self.key, KEY_SIZE)
+        _check_proof("inbox key proof", self.proof)
 
 
 @dataclass(frozen=True)
@@ -145,11 +174,41 @@ class EncryptedShare:
     sender: int
     receiver: int
     ciphertext: bytes  # AEAD of (share of b_sender, share of s_sk_sender), AD = session, sender, receiver
+    # As delivered: the sender's signature over the root of its share tree, and this share's Merkle proof
+    # in it (session.share_leaf): what makes a share that does not decrypt the sender's fault, provably.
+    # Empty in ShareKeys (the sender signs the message once; the server computes the proofs).
+    signature: bytes = b""
+    proof: tuple[bytes, ...] = ()
 
     def validate(self) -> None:
         _check_id("sender", self.sender)
         _check_id("receiver", self.receiver)
         _check_bytes("ciphertext", self.ciphertext, max_size=MAX_CIPHERTEXT_BYTES)
+        if self.signature:
+            _check_bytes("share signature", self.signature, SIGNATURE_SIZE)
+        _check_proof("share proof", self.proof)
+
+
+@dataclass(frozen=True)
+class ShareComplaint:
+    """Evidence that ``accused`` sent the complainer a share that does not decrypt or decode: the
+    accused's signed ciphertext and the private half of the complainer's inbox key for the accused
+    (it opens that one ciphertext and nothing else), signed by the complainer."""
+
+    accused: int
+    ciphertext: bytes
+    share_signature: bytes  # the accused's signature over its share tree, as delivered
+    inbox_private: bytes  # X25519 private key: the complainer's inbox key for the accused
+    signature: bytes  # Ed25519 by the complainer over (session, complainer, accused, inbox_private, H(ct))
+    share_proof: tuple[bytes, ...] = ()  # the share's Merkle proof in the accused's tree, as delivered
+
+    def validate(self) -> None:
+        _check_id("accused", self.accused)
+        _check_bytes("complaint ciphertext", self.ciphertext, max_size=MAX_CIPHERTEXT_BYTES)
+        _check_bytes("complaint share signature", self.share_signature, SIGNATURE_SIZE)
+        _check_proof("complaint share proof", self.share_proof)
+        _check_bytes("complaint inbox key", self.inbox_private, KEY_SIZE)
+        _check_bytes("complaint signature", self.signature, SIGNATURE_SIZE)
 
 
 @dataclass(frozen=True)
@@ -233,6 +292,7 @@ class KeyBroadcast(_Message):
     session_id: bytes
     stage: Stage
     keys: tuple[AdvertisedKeys, ...]
+    inbox_keys: tuple[InboxKey, ...] = ()  # the recipient's neighbours' inbox keys for it, sorted by owner
 
     def validate(self) -> None:
         _check_head(self)
@@ -242,6 +302,12 @@ class KeyBroadcast(_Message):
         ids = [k.client_id for k in self.keys]
         if ids != sorted(set(ids)):
             _fail("keys must be sorted by client_id with no duplicates")
+        _check_tuple_of("inbox_keys", self.inbox_keys, InboxKey)
+        for k in self.inbox_keys:
+            k.validate()
+        owners = [k.owner for k in self.inbox_keys]
+        if owners != sorted(set(owners)):
+            _fail("inbox_keys must be sorted by owner with no duplicates")
 
 
 @dataclass(frozen=True)
@@ -324,13 +390,19 @@ class AdvertiseKeys(_Message):
     c_pk: bytes
     s_pk: bytes
     signature: bytes
+    inbox_root: bytes = bytes(HASH_SIZE)
+    inbox_keys: tuple[bytes, ...] = ()  # one per other cohort member, in id order (the root's leaves)
 
     def validate(self) -> None:
         _check_head(self)
         self.keys().validate()
+        if not isinstance(self.inbox_keys, tuple) or len(self.inbox_keys) > MAX_COHORT:
+            _fail(f"inbox_keys must be a tuple of at most {MAX_COHORT} keys")
+        for k in self.inbox_keys:
+            _check_bytes("inbox key", k, KEY_SIZE)
 
     def keys(self) -> AdvertisedKeys:
-        return AdvertisedKeys(self.client_id, self.c_pk, self.s_pk, self.signature)
+        return AdvertisedKeys(self.client_id, self.c_pk, self.s_pk, self.signature, self.inbox_root)
 
 
 @dataclass(frozen=True)
@@ -339,11 +411,13 @@ class ShareKeys(_Message):
     session_id: bytes
     stage: Stage
     client_id: int
-    shares: tuple[EncryptedShare, ...]  # one per neighbour, sender = client_id
+    shares: tuple[EncryptedShare, ...]  # one per neighbour, sender = client_id, sorted by receiver
+    signature: bytes = b""  # Ed25519 by the sender over the root of its share tree (session.shares_payload)
 
     def validate(self) -> None:
         _check_head(self)
         _check_id("client_id", self.client_id)
+        _check_bytes("shares signature", self.signature, SIGNATURE_SIZE)
         _check_tuple_of("shares", self.shares, EncryptedShare)
         for s in self.shares:
             s.validate()
@@ -363,11 +437,18 @@ class MaskedInput(_Message):
     masked: np.ndarray = field(repr=False)  # uint32 (ring 32) or uint64 (ring 64), 1-D
     # Ed25519 over (session id, client_id, sorted senders whose shares it received = whom it masked with)
     signature: bytes
+    complaints: tuple[ShareComplaint, ...] = ()  # delivered shares that did not decrypt, with evidence
 
     def validate(self) -> None:
         _check_head(self)
         _check_id("client_id", self.client_id)
         _check_bytes("masked-with signature", self.signature, SIGNATURE_SIZE)
+        _check_tuple_of("complaints", self.complaints, ShareComplaint)
+        for c in self.complaints:
+            c.validate()
+        accused = [c.accused for c in self.complaints]
+        if len(set(accused)) != len(accused) or self.client_id in accused:
+            _fail("complaints must name distinct senders other than the complainer")
         if not isinstance(self.masked, np.ndarray) or self.masked.ndim != 1:
             _fail("masked must be a 1-D numpy array")
         if self.masked.dtype not in (np.dtype(np.uint32), np.dtype(np.uint64)):

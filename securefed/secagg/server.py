@@ -18,16 +18,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from securefed.crypto.fixedpoint import decode_sum
-from securefed.crypto.keys import AgreementKeyPair, verify_signature
+from securefed.crypto.keys import AgreementKeyPair, is_low_order, verify_signature
+from securefed.crypto.merkle import MerkleTree
 from securefed.crypto.prg import add_masks_, ring_dtype
 from securefed.crypto.shamir import Share, combine
 from securefed.errors import CryptoError, InvalidInput, InvalidMessage, ProtocolAbort
+from securefed.secagg import attribution
+from securefed.secagg.attribution import Fault, Verdict
 from securefed.secagg.client import SECRET_SIZE, pairwise_mask_key, self_mask_key
 from securefed.secagg.messages import (
     AdvertisedKeys,
     AdvertiseKeys,
     CohortMember,
     ConsistencySignature,
+    EncryptedShare,
+    InboxKey,
     KeyBroadcast,
     MaskedInput,
     MaskedWith,
@@ -46,9 +51,12 @@ from securefed.secagg.session import (
     NeighbourGraph,
     advertise_payload,
     consistency_payload,
+    inbox_leaf,
+    inbox_peers,
     masked_with_payload,
     plan_digest,
     session_id,
+    shares_payload,
 )
 
 
@@ -122,6 +130,15 @@ class SecAggServer:
         self._s_shares: dict[int, list[Share]] = {}
         self._sum: np.ndarray | None = None
         self._result: AggregateResult | None = None
+        # Attribution (secagg.attribution): inbox keys and their trees per member, the shares delivered
+        # (recipient -> sender -> share) until the masked inputs are in, and the verdicts on complaints.
+        self._inbox: dict[int, tuple[bytes, ...]] = {}
+        self._positions = {cid: i for i, cid in enumerate(sorted(self._identities))}
+        self._trees: dict[int, MerkleTree] = {}
+        self._delivered_shares: dict[int, dict[int, EncryptedShare]] = {}
+        self._verdicts: list[Verdict] = []
+        self._culprits: dict[int, Verdict] = {}
+        self._no_share: set[tuple[int, int]] = set()  # (holder, owner): the owner's share did not open for it
 
     # ---- public surface --------------------------------------------------------------------------
 
@@ -146,6 +163,16 @@ class SecAggServer:
     @property
     def graph(self) -> NeighbourGraph | None:
         return self._graph
+
+    @property
+    def culprits(self) -> dict[int, Verdict]:
+        """Members proven to have broken the protocol (garbage shares, a false accusation), with the
+        first verdict against each; they take no further part in this session."""
+        return dict(self._culprits)
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        return tuple(self._verdicts)
 
     @property
     def result(self) -> AggregateResult:
@@ -219,7 +246,12 @@ class SecAggServer:
     def _abort(self, reason: str):
         self._stage = ServerStage.ABORTED
         self._sum = None
-        raise ProtocolAbort(f"round aborted, no aggregate released: {reason}")
+        raise ProtocolAbort(f"round aborted, no aggregate released: {reason}{self._culprit_note()}")
+
+    def _culprit_note(self) -> str:
+        if not self._culprits:
+            return ""
+        return "; proven culprit(s): " + "; ".join(attribution.describe(v) for _, v in sorted(self._culprits.items()))
 
     def _needed(self, u3: Iterable[int]) -> frozenset[int]:
         """Clients whose secret must be rebuilt: survivors (b_u), dropped-after-sharing ones with a surviving neighbour (s_sk)."""
@@ -230,16 +262,25 @@ class SecAggServer:
     def _check_holders(self, owners: Iterable[int], alive: frozenset[int], stage: Stage) -> None:
         assert self._graph is not None
         for u in sorted(owners):
-            have = len(alive.intersection(self._graph.holders(u)))
+            # A holder whose share of u did not open (it complained, rightly) has nothing to reveal for u.
+            have = sum(1 for h in alive.intersection(self._graph.holders(u)) if (h, u) not in self._no_share)
             if have < self._t:
                 self._abort(f"after stage {stage.name} only {have} share holders of client {u} remain, fewer than the threshold {self._t}")
 
     # ---- receive handlers (check, then store) ------------------------------------------------------
 
     def _recv_keys(self, msg: AdvertiseKeys) -> None:
+        peers = inbox_peers(self._identities, msg.client_id)
+        if len(msg.inbox_keys) != len(peers):
+            raise InvalidMessage(f"client {msg.client_id}: {len(msg.inbox_keys)} inbox keys, the cohort needs {len(peers)}")
+        if any(is_low_order(k) for k in msg.inbox_keys):
+            raise InvalidMessage(f"client {msg.client_id}: an inbox key is a low-order point")
+        tree = MerkleTree([inbox_leaf(v, k) for v, k in zip(peers, msg.inbox_keys)])
+        if tree.root != msg.inbox_root:
+            raise InvalidMessage(f"client {msg.client_id}: inbox keys do not match the inbox root")
         try:
             verify_signature(self._identities[msg.client_id], msg.signature,
-                             advertise_payload(self._plan_digest, msg.client_id, msg.c_pk, msg.s_pk))
+                             advertise_payload(self._plan_digest, msg.client_id, msg.c_pk, msg.s_pk, msg.inbox_root))
         except CryptoError:
             raise InvalidMessage(f"client {msg.client_id}: key signature does not verify") from None
         if msg.c_pk == msg.s_pk:
@@ -248,26 +289,79 @@ class SecAggServer:
         if msg.c_pk in seen or msg.s_pk in seen:
             raise InvalidMessage(f"client {msg.client_id}: public key already used by another client")
         self._keys[msg.client_id] = msg.keys()
+        self._inbox[msg.client_id], self._trees[msg.client_id] = tuple(msg.inbox_keys), tree
+
+    def _inbox_index(self, owner: int, peer: int) -> int:
+        """Where ``peer`` sits among ``owner``'s inbox keys (every other cohort member, by id)."""
+        pos = self._positions
+        return pos[peer] - (1 if pos[peer] > pos[owner] else 0)
+
+    def _inbox_key(self, owner: int, peer: int) -> bytes:
+        """``owner``'s committed inbox key for ``peer``."""
+        return self._inbox[owner][self._inbox_index(owner, peer)]
 
     def _recv_shares(self, msg: ShareKeys) -> None:
         assert self._graph is not None
-        if {s.receiver for s in msg.shares} != self._graph.of(msg.client_id):
-            raise InvalidMessage(f"client {msg.client_id}: shares must go to exactly its neighbours")
-        self._shares[msg.client_id] = msg
+        cid = msg.client_id
+        if {s.receiver for s in msg.shares} != self._graph.of(cid):
+            raise InvalidMessage(f"client {cid}: shares must go to exactly its neighbours")
+        shares = tuple(sorted(msg.shares, key=lambda s: s.receiver))
+        # Checked here so that what reaches a member is what its sender signed: a share that then does not
+        # open is its sender's fault, provably (secagg.attribution). Each share goes out with its proof.
+        tree = attribution.share_tree(shares, sender_c_pk=self._keys[cid].c_pk, inbox={
+            s.receiver: (self._inbox_key(s.receiver, cid), self._keys[s.receiver].inbox_root) for s in shares})
+        try:
+            verify_signature(self._identities[cid], msg.signature, shares_payload(self._session_id, cid, tree.root))
+        except CryptoError:
+            raise InvalidMessage(f"client {cid}: its shares are not signed by it") from None
+        self._shares[cid] = ShareKeys(msg.session_id, msg.stage, cid, tuple(
+            EncryptedShare(s.sender, s.receiver, s.ciphertext, msg.signature, tree.proof(i)) for i, s in enumerate(shares)))
 
     def _recv_masked(self, msg: MaskedInput) -> None:
+        cid = msg.client_id
+        if cid in self._culprits:
+            raise InvalidMessage(f"masked input refused: {attribution.describe(self._culprits[cid])}")
         if msg.masked.dtype != self._dtype or msg.masked.shape != (self._d,):
-            raise InvalidMessage(f"client {msg.client_id}: masked input must be {self._dtype} of length {self._d}")
+            raise InvalidMessage(f"client {cid}: masked input must be {self._dtype} of length {self._d}")
         try:
-            verify_signature(self._identities[msg.client_id], msg.signature,
-                             masked_with_payload(self._session_id, msg.client_id, self._delivered[msg.client_id]))
+            verify_signature(self._identities[cid], msg.signature,
+                             masked_with_payload(self._session_id, cid, self._delivered[cid]))
         except CryptoError:
-            raise InvalidMessage(f"client {msg.client_id}: masked-with signature does not verify over the shares "
+            raise InvalidMessage(f"client {cid}: masked-with signature does not verify over the shares "
                                  "delivered to it") from None
-        self._masked_with[msg.client_id] = msg.signature
+        self._take_complaints(msg)
+        self._masked_with[cid] = msg.signature
         if self._sum is None:
             self._sum = np.zeros(self._d, dtype=self._dtype)
         np.add(self._sum, msg.masked, out=self._sum)  # unsigned wrap-around = addition mod 2^bits
+
+    def _take_complaints(self, msg: MaskedInput) -> None:
+        """Judge every complaint first; a false one refuses the complainer's input (it is the culprit),
+        right ones mark the accused and the share the complainer cannot reveal."""
+        assert self._graph is not None
+        cid, verdicts = msg.client_id, []
+        for c in msg.complaints:
+            share = self._delivered_shares.get(cid, {}).get(c.accused)
+            if share is None:
+                raise InvalidMessage(f"client {cid}: complaint about client {c.accused}, whose share it was not given")
+            ctx = attribution.Context(
+                session_id=self._session_id, complainer_identity=self._identities[cid],
+                accused_identity=self._identities[c.accused], accused_c_pk=self._keys[c.accused].c_pk,
+                inbox_key=self._inbox_key(cid, c.accused), inbox_root=self._keys[cid].inbox_root,
+                expected_x=self._graph.share_x(c.accused, cid),
+                share_index=sorted(self._graph.of(c.accused)).index(cid), share_count=len(self._graph.of(c.accused)))
+            try:
+                verdicts.append(attribution.judge(c, cid, ctx))
+            except CryptoError:
+                raise InvalidMessage(f"client {cid}: a complaint it did not sign") from None
+        self._verdicts += verdicts
+        false = [v for v in verdicts if v.fault is Fault.COMPLAINER]
+        if false:
+            self._culprits.setdefault(cid, false[0])
+            raise InvalidMessage(attribution.describe(false[0]))
+        for v in verdicts:
+            self._no_share.add((cid, v.accused))
+            self._culprits.setdefault(v.accused, v)
 
     def _recv_signature(self, msg: ConsistencySignature) -> None:
         try:
@@ -283,7 +377,7 @@ class SecAggServer:
         parsed: list[tuple[int, Share, bool]] = []
         for shares, is_b in ((msg.self_mask_shares, True), (msg.key_shares, False)):
             for r in shares:
-                if not self._graph.holds(cid, r.owner):
+                if not self._graph.holds(cid, r.owner) or (cid, r.owner) in self._no_share:
                     raise InvalidMessage(f"client {cid} holds no share of client {r.owner}")
                 if is_b != (r.owner in u3) or r.owner not in self._u2:
                     raise InvalidMessage(f"client {cid}: wrong kind of share for client {r.owner}")
@@ -305,8 +399,12 @@ class SecAggServer:
         self._graph = NeighbourGraph.build(self._session_id, sorted(u1), self.params.effective_degree(len(u1)))
         self._check_holders(u1, u1, Stage.ADVERTISE_KEYS)
         self._stage = ServerStage.COLLECT_SHARES
-        msg = KeyBroadcast(self._session_id, Stage.SHARE_KEYS, keys)
-        return {c: msg for c in sorted(u1)}
+        graph = self._graph
+        # Each member gets its neighbours' inbox keys for it, each with its proof under the signed root.
+        return {c: KeyBroadcast(self._session_id, Stage.SHARE_KEYS, keys, tuple(
+                    InboxKey(v, self._inbox_key(v, c), self._trees[v].proof(self._inbox_index(v, c)))
+                    for v in sorted(graph.of(c))))
+                for c in sorted(u1)}
 
     def _close_shares(self, u2: frozenset[int]) -> dict[int, object]:
         self._u2, self._u2_sorted = u2, tuple(sorted(u2))
@@ -318,17 +416,24 @@ class SecAggServer:
                     inbox[s.receiver].append(s)
         self._shares = {}
         self._delivered = {v: tuple(s.sender for s in inbox[v]) for v in u2}
+        self._delivered_shares = {v: {s.sender: s for s in inbox[v]} for v in u2}
         self._stage = ServerStage.COLLECT_MASKED_INPUTS
         return {v: ShareDelivery(self._session_id, Stage.MASKED_INPUT, v, tuple(inbox[v])) for v in sorted(u2)}
 
     def _close_masked(self, u3: frozenset[int]) -> dict[int, object]:
         self._u3 = tuple(sorted(u3))
         self._u3_set = u3
-        self._check_holders(self._needed(u3), u3, Stage.MASKED_INPUT)
+        self._delivered_shares = {}
+        # A proven culprit whose input is already in the sum stays in U3 (its self mask must come off) but
+        # takes no further part: it is asked for nothing, like a client that dropped after its input.
+        excluded = frozenset(self._culprits) & u3
+        for c in excluded:
+            self._dropouts[c] = Stage.CONSISTENCY
+        self._check_holders(self._needed(u3), u3 - excluded, Stage.MASKED_INPUT)
         self._stage = ServerStage.COLLECT_SIGNATURES
         assert self._graph is not None
         out: dict[int, object] = {}
-        for c in self._u3:
+        for c in sorted(u3 - excluded):
             # Each survivor checks that its surviving neighbours masked with it before it signs.
             attested = tuple(MaskedWith(u, self._masked_with[u]) for u in sorted(u3 & self._graph.of(c)))
             out[c] = SurvivorList(self._session_id, Stage.CONSISTENCY, self._u3, self._u2_sorted, attested)

@@ -15,8 +15,12 @@ from securefed import PROTOCOL_VERSION
 from securefed.secagg.messages import AdvertisedKeys, CohortMember
 
 PLAN_DOMAIN = b"securefed/secagg/plan/v1"
-SESSION_DOMAIN = b"securefed/secagg/session/v1"
-ADVERTISE_DOMAIN = b"securefed/secagg/advertise/v1"
+SESSION_DOMAIN = b"securefed/secagg/session/v2"
+ADVERTISE_DOMAIN = b"securefed/secagg/advertise/v2"
+INBOX_DOMAIN = b"securefed/secagg/inbox/v1"
+SHARE_DOMAIN = b"securefed/secagg/shares/v1"
+SHARE_LEAF_DOMAIN = b"securefed/secagg/share-leaf/v1"
+COMPLAINT_DOMAIN = b"securefed/secagg/complaint/v1"
 CONSISTENCY_DOMAIN = b"securefed/secagg/consistency/v2"
 MASKED_WITH_DOMAIN = b"securefed/secagg/masked-with/v1"
 GRAPH_DOMAIN = b"securefed/secagg/graph/v1"
@@ -61,13 +65,45 @@ def session_id(plan_digest_: bytes, keys: Iterable[AdvertisedKeys]) -> bytes:
     """
     ks = sorted(keys, key=lambda k: k.client_id)
     body = encode_fields(SESSION_DOMAIN, plan_digest_, len(ks))
-    body += b"".join(encode_fields(k.client_id, k.c_pk, k.s_pk) for k in ks)
+    body += b"".join(encode_fields(k.client_id, k.c_pk, k.s_pk, k.inbox_root) for k in ks)
     return hashlib.sha256(body).digest()
 
 
-def advertise_payload(plan_digest_: bytes, client_id: int, c_pk: bytes, s_pk: bytes) -> bytes:
+def advertise_payload(plan_digest_: bytes, client_id: int, c_pk: bytes, s_pk: bytes, inbox_root: bytes) -> bytes:
     """What a client signs with its identity key when it advertises its round keys."""
-    return encode_fields(ADVERTISE_DOMAIN, plan_digest_, client_id, c_pk, s_pk)
+    return encode_fields(ADVERTISE_DOMAIN, plan_digest_, client_id, c_pk, s_pk, inbox_root)
+
+
+def inbox_peers(cohort_ids: Sequence[int], owner: int) -> list[int]:
+    """The members ``owner`` keeps an inbox key for: every other cohort member, in id order (the
+    Merkle leaves' order)."""
+    return [c for c in sorted(cohort_ids) if c != owner]
+
+
+def inbox_leaf(peer: int, key: bytes) -> bytes:
+    """The Merkle leaf of the inbox key an owner keeps for ``peer``."""
+    return encode_fields(INBOX_DOMAIN, peer, key)
+
+
+def share_leaf(receiver: int, sender_c_pk: bytes, inbox_key: bytes, inbox_root: bytes, ciphertext: bytes) -> bytes:
+    """One leaf of a sender's share tree: everything that fixes how the ciphertext for ``receiver`` must
+    decrypt (the sender's c_pk, the receiver's inbox key for it and the root that key is proven under) and
+    the ciphertext. The sender signs the root of its leaves in receiver order (``shares_payload``)."""
+    return encode_fields(SHARE_LEAF_DOMAIN, receiver, sender_c_pk, inbox_key, inbox_root,
+                         hashlib.sha256(ciphertext).digest())
+
+
+def shares_payload(session_id_: bytes, sender: int, root: bytes) -> bytes:
+    """What a sender signs once for all its encrypted shares: the root of its share tree. A share that is
+    in the tree and then fails to decrypt under the receiver's revealed inbox key is the sender's doing."""
+    return encode_fields(SHARE_DOMAIN, session_id_, sender, root)
+
+
+def complaint_payload(session_id_: bytes, complainer: int, accused: int, inbox_private: bytes,
+                      ciphertext: bytes) -> bytes:
+    """What a complainer signs: it accuses ``accused`` of this ciphertext and reveals this key for it."""
+    return encode_fields(COMPLAINT_DOMAIN, session_id_, complainer, accused, inbox_private,
+                         hashlib.sha256(ciphertext).digest())
 
 
 def consistency_payload(session_id_: bytes, share_senders: Sequence[int], survivors: Sequence[int]) -> bytes:

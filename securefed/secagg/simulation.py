@@ -13,6 +13,8 @@ Hooks:
   the consistency check, so it is in the sum but sends no unmask shares).
 * ``tamper``: ``(stage, recipient, message) -> message``, applied to every server->client
   message before delivery: a malicious server. Returning a different object delivers that one.
+* ``corrupt``: ``(stage, sender, reply) -> reply``, applied to every client->server reply before the
+  server gets it: a malicious member (e.g. garbage shares, signed with its own identity).
 * ``on_client_abort``: RAISE (default) propagates the first client's ``ProtocolAbort``;
   DROP lets that client go silent (as a real client would) and records it in ``client_aborts``.
 
@@ -35,6 +37,7 @@ from securefed.secagg.params import DEFAULT_MAX_COLLUDERS, SecAggParams
 from securefed.secagg.server import AggregateResult, SecAggServer
 
 Tamper = Callable[[Stage, int, object], object]
+Corrupt = Callable[[Stage, int, object], object]
 
 
 class OnClientAbort(Enum):
@@ -72,7 +75,7 @@ class SimulatedRound:
     def __init__(self, inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
                  plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
                  identities: Mapping[int, IdentityKeyPair] | None = None, keep_history: bool = True,
-                 max_colluders: int = DEFAULT_MAX_COLLUDERS) -> None:
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True) -> None:
         if not inputs:
             raise InvalidInput("inputs must name at least one client")
         lengths = {np.asarray(v).size for v in inputs.values()}
@@ -82,7 +85,7 @@ class SimulatedRound:
         self.server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan,
                                    model_hash=model_hash, max_colluders=max_colluders,
                                    cohort={cid: self.identities[cid].public_bytes() for cid in inputs})
-        self.clients = {cid: SecAggClient(cid, self.identities[cid], max_colluders=max_colluders)
+        self.clients = {cid: SecAggClient(cid, self.identities[cid], max_colluders=max_colluders, attribute=attribute)
                         for cid in sorted(inputs)}
         for cid, c in self.clients.items():
             c.set_input(np.asarray(inputs[cid]))
@@ -97,7 +100,7 @@ class SimulatedRound:
         self.refused: dict[int, str] = {}
 
     def step(self, *, drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
-             on_client_abort: OnClientAbort = OnClientAbort.RAISE) -> None:
+             on_client_abort: OnClientAbort = OnClientAbort.RAISE, corrupt: Corrupt | None = None) -> None:
         if self.next_stage is None:
             raise InvalidInput("the round is already complete")
         stage, drop = self.next_stage, drop or {}
@@ -118,6 +121,8 @@ class SimulatedRound:
                     raise
                 self.client_aborts[cid] = str(exc)
                 continue
+            if corrupt is not None:
+                reply = corrupt(stage, cid, reply)
             if self.keep_history or stage is not Stage.MASKED_INPUT:
                 self.replies[stage][cid] = reply
             try:
@@ -139,14 +144,15 @@ def simulate_round(inputs: Mapping[int, np.ndarray], params: SecAggParams, *, ro
                    drop: Mapping[int, Stage] | None = None, tamper: Tamper | None = None,
                    identities: Mapping[int, IdentityKeyPair] | None = None,
                    on_client_abort: OnClientAbort = OnClientAbort.RAISE,
-                   max_colluders: int = DEFAULT_MAX_COLLUDERS) -> SimulationOutcome:
+                   max_colluders: int = DEFAULT_MAX_COLLUDERS, corrupt: Corrupt | None = None,
+                   attribute: bool = True) -> SimulationOutcome:
     """Run one full round; see the module docstring. Every party assumes ``max_colluders``."""
     drop = dict(drop or {})
     if set(drop) - set(inputs):
         raise InvalidInput(f"drop names unknown clients: {sorted(set(drop) - set(inputs))}")
     rnd = SimulatedRound(inputs, params, round_id=round_id, plan=plan, model_hash=model_hash, identities=identities,
-                         max_colluders=max_colluders)
-    return rnd.run(drop=drop, tamper=tamper, on_client_abort=on_client_abort)
+                         max_colluders=max_colluders, attribute=attribute)
+    return rnd.run(drop=drop, tamper=tamper, on_client_abort=on_client_abort, corrupt=corrupt)
 
 
 def plain_ring_sum(encoded: Mapping[int, np.ndarray], ids) -> np.ndarray:

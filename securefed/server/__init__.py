@@ -19,7 +19,8 @@ Nothing here depends on the member's package: what both sides agree on is ``secu
 * ``roundlog``          the SQLite round log (attempts, privacy events), crash-safe
 * ``checkpoint``        the global adapter after each round, one atomic bundle file per round
 * ``livestatus``        the live state: GetStatus, and ``state_dir/live.json`` (a dead server shows as dead)
-* ``security_log``      security alerts seen or reported, ERROR lines and ``security-alerts.jsonl``
+* ``security_log``      security alerts seen or reported, ERROR lines and ``security-alerts.jsonl``, limited per source
+* ``culprits``          members proven to break the protocol (``secagg.attribution``): recorded, never drawn again
 * ``status_view``       ``securefed status``: round log + live state + alerts, ``--watch``
 * ``preflight``         ``securefed server --check``: everything that can be validated offline
 * ``cli``               ``securefed server``, ``securefed status``, ``securefed ckks-init``

@@ -65,6 +65,8 @@ class AttemptContext:
     decline_kinds: dict[str, int] = field(default_factory=dict)  # pb.PlanDeclineKind per declined member
     dropouts: set[str] = field(default_factory=set)
     certificates: dict[str, bytes] = field(default_factory=dict)
+    # member -> {"reason", "evidence"}: proven to have broken the protocol in this attempt (server.culprits)
+    culprits: dict[str, dict[str, Any]] = field(default_factory=dict)
     bytes_in: int = 0
     bytes_out: int = 0
 

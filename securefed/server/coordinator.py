@@ -43,6 +43,7 @@ from securefed.server.attempt import AttemptContext, Phase, RoundOutcome
 from securefed.server.budget_watch import BudgetWatch
 from securefed.server.checkpoint import Checkpoint, CheckpointStore
 from securefed.server.config import ServerConfig
+from securefed.server.culprits import Culprits
 from securefed.server.driver import DriverFactory
 from securefed.server.ending import FINAL_ENDINGS, conclude
 from securefed.server.exclusion import can_take_part, give_up_cause, left_out, note_attempt
@@ -101,11 +102,11 @@ class Coordinator:
                                describe=lambda: self.detail or self.state.value, silence_s=config.deadlines.silence_s)
         self.state = ServerState.STARTING
         self.global_ckpt: Checkpoint | None = None
-        self.failed_attempts = 0
-        self.detail = ""
+        self.failed_attempts, self.detail = 0, ""
         self.error: str | None = None
         self.ending: str | None = None  # completed | budget_exhausted | gave_up (FINAL_ENDINGS) | failed | stopped
         self.budgets = BudgetWatch(config, self.mailbox)
+        self.culprits = Culprits(self.state_dir)  # proven protocol breakers: never drawn again
 
     # ---------------------------------------------------------------------------------------------
     # startup, shutdown
@@ -152,8 +153,7 @@ class Coordinator:
         """Run to completion; True when every round completed."""
         if self.global_ckpt is None:
             self.recover()
-        rounds = self.config.federation.rounds
-        limit = self.config.attempts_limit
+        rounds, limit = self.config.federation.rounds, self.config.attempts_limit
         try:
             while not self._stop.is_set():
                 done = self.roundlog.completed_rounds()
@@ -161,7 +161,8 @@ class Coordinator:
                     break
                 if self.roundlog.attempt_count() >= limit:
                     if self._wait_for_clients(patience_s=0.0) or self.ending is None:  # budgets say why, if they can
-                        why = give_up_cause(self.roundlog.attempts(limit=limit), left_out(self.mailbox, self.mailbox.connected()))
+                        out = left_out(self.mailbox, self.mailbox.connected(), self.culprits.excluded)
+                        why = give_up_cause(self.roundlog.attempts(limit=limit), out)
                         self.error = f"gave up after {limit} attempts ({done}/{rounds} rounds completed; max_attempts): {why}"
                         self.ending = "gave_up"
                     break
@@ -182,9 +183,8 @@ class Coordinator:
         with self._cv:
             self.state = ServerState.WAITING
             while not self._stop.is_set():
-                connected = self.mailbox.connected()
-                n = len(connected)
-                exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, connected)
+                n = len(connected := self.mailbox.connected())
+                exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, connected, self.culprits.excluded)
                 usable = [c for c in connected if c not in exhausted and c not in out]
                 self.detail = f"{n}/{need} clients connected{can_take_part(usable, out)}"
                 if len(usable) >= need:
@@ -217,7 +217,7 @@ class Coordinator:
         attempt = self.roundlog.begin_attempt(round=ckpt.round + 1, mode=self.config.federation.mode.value,
                                               base_hash=ckpt.digest, stage="plan")
         with self._cv:
-            exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, self.mailbox.connected())
+            exhausted, out = self.mailbox.exhausted(), left_out(self.mailbox, self.mailbox.connected(), self.culprits.excluded)
             pool = [c for c in self.mailbox.connected() if c not in exhausted and c not in out]
             k = min(self.config.federation.cohort_size, len(pool))
             # Selection need not be secret, but a CSPRNG costs nothing and resists grinding.
@@ -245,7 +245,7 @@ class Coordinator:
         finally:
             self.budgets.note(ctx)
             note_attempt(self.mailbox, ctx, lost=ctx.dropouts)
-
+            self.culprits.note(ctx)
 
     def _run_phases(self, ctx: AttemptContext, timings: dict[str, float]) -> RoundOutcome:
         """Plan, then the mode's stages, each until everyone answered or its deadline passed."""

@@ -68,15 +68,15 @@ def mark_revoked(mailbox: Mailbox, client_id: str, reason: str) -> None:
         mailbox.lock.notify_all()
 
 
-def left_out(mailbox: Mailbox, connected: Iterable[str]) -> dict[str, str]:
-    """Members the next cohort must not include (budgets aside), with why: those ``connected`` and the
-    revoked (named even when gone: they can never come back)."""
+def left_out(mailbox: Mailbox, connected: Iterable[str], culprits: Iterable[str] = ()) -> dict[str, str]:
+    """Members the next cohort must not include (budgets aside), with why: those ``connected``, the
+    revoked and the proven culprits (named even when gone: they can never come back)."""
     now = time.monotonic()
-    out: dict[str, str] = {}
+    out: dict[str, str] = {c: "proven to have broken the protocol (state_dir/culprits.jsonl)" for c in culprits}
     here = set(connected)
     with mailbox.lock:
         for c, info in mailbox.clients.items():
-            if c not in here and not info.revoked:
+            if c in out or (c not in here and not info.revoked):
                 continue
             if info.revoked:
                 out[c] = "revoked: it can never take part again"

@@ -8,10 +8,12 @@ enough survivors answered every stage.
 from __future__ import annotations
 
 import hmac
+import re
 
 import numpy as np
 
 from securefed import secagg as sa
+from securefed.secagg.attribution import describe
 from securefed.errors import InvalidMessage, ProtocolAbort, StaleMessage
 from securefed.protocol import secagg_wire as wire
 from securefed.protocol.plan import cohort_ids, plan_bytes
@@ -40,7 +42,8 @@ class SecAggDriver(RoundDriver):
             model_hash=ctx.global_digest,
             max_colluders=ctx.config.federation.max_colluding_members,
         )
-        self._masked_with: dict[str, bytes] = {}  # member -> masked-with signature, sent before its upload
+        # member -> its masked-with signature and share complaints, sent before its upload
+        self._masked_with: dict[str, tuple[bytes, tuple[sa.ShareComplaint, ...]]] = {}
 
     def first_phase(self) -> Phase:
         self.server.start()  # RoundSetup is derived by each client from the plan it receives
@@ -66,7 +69,8 @@ class SecAggDriver(RoundDriver):
         if kind == "masked_input_signature":
             if req.masked_input_signature.client_id != client:
                 raise InvalidMessage("message names a client other than the caller")
-            self._masked_with[client] = bytes(req.masked_input_signature.signature)  # checked with the upload
+            mw = req.masked_input_signature  # checked with the upload
+            self._masked_with[client] = (bytes(mw.signature), wire.complaints_from_pb(mw, self.ids))
             return
         if kind == "advertise_keys":
             msg = wire.advertise_from_pb(req.advertise_keys, session, self.ids)
@@ -94,18 +98,23 @@ class SecAggDriver(RoundDriver):
             raise StaleMessage(f"masked input refused: the round is at stage {pb.Stage.Name(phase.stage)}")
         if ring_bits != self.params.ring_bits:
             raise InvalidMessage(f"masked input in Z_2^{ring_bits}, the round uses Z_2^{self.params.ring_bits}")
-        sig = self._masked_with.get(client)
-        if sig is None:
+        got = self._masked_with.get(client)
+        if got is None:
             raise InvalidMessage("masked input refused: its masked-with signature was not sent first")
         msg = wire.masked_from_bytes(data, ring_bits, self.ctx.payload_length, self.server.session_id,
-                                     self.ids.int_of(client), sig)
+                                     self.ids.int_of(client), *got)
         self.server.receive(msg)
         phase.responded.add(client)
 
     def finish_phase(self, phase: Phase) -> Phase | RoundOutcome:
         if phase.stage == pb.STAGE_PLAN:
             self.require(len(self.accepted()), "clients accepted the plan")
-        out = self.server.close_stage()  # ProtocolAbort when too few answered
+        try:
+            out = self.server.close_stage()  # ProtocolAbort when too few answered
+        except ProtocolAbort as exc:
+            self._note_culprits()
+            raise ProtocolAbort(self._named(str(exc))) from None
+        self._note_culprits()
         ctx = self.ctx
         for cid in self.server.dropouts:
             name = self.ids.name_of(cid)
@@ -124,6 +133,19 @@ class SecAggDriver(RoundDriver):
             pb.STAGE_UNMASK: ctx.config.deadlines.unmask_s,
         }[wire_stage]
         return self.open_phase(wire_stage, tasks, deadline)
+
+    def _named(self, text: str) -> str:
+        """The state machine's "client N" as the member's name, for the operator."""
+        return re.sub(r"\bclient (\d+)\b", lambda m: self.ids.by_int.get(int(m.group(1)), m.group(0)), text)
+
+    def _note_culprits(self) -> None:
+        """Members the session proved at fault, for the coordinator to exclude (``server.culprits``)."""
+        for cid, v in self.server.culprits.items():
+            names = {i: self.ids.name_of(i) for i in (v.complainer, v.accused)}
+            self.ctx.culprits.setdefault(self.ids.name_of(cid), {
+                "reason": describe(v, name=names.__getitem__),
+                "evidence": {"attempt": self.ctx.attempt, "names": {str(i): n for i, n in names.items()},
+                             **(v.evidence or {})}})
 
     def _task(self, wire_stage: int, msg: object) -> pb.Task:
         """The task that hands one client its part of the state machine's output for the next stage."""

@@ -15,17 +15,24 @@ from typing import Iterator
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from securefed import __version__
 from securefed.crypto.keys import verify_signature
-from securefed.errors import CertificateRevoked, CryptoError, InvalidMessage, LedgerConflict, SecureFedError
+from securefed.errors import (
+    CertificateError,
+    CertificateRevoked,
+    CryptoError,
+    InvalidMessage,
+    LedgerConflict,
+    SecureFedError,
+)
 from securefed.logs import get_logger, log
 from securefed.privacy.events import DpEvent
 from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
 from securefed.server.exclusion import mark_revoked
-from securefed.server.security_log import KIND_NAMES, SecurityLog
+from securefed.server.security_log import KIND_NAMES, SecurityLog, peer_address
 from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
@@ -47,7 +54,7 @@ _STATE = {
 
 class FederationService(pb_grpc.FederationServicer):
     def __init__(self, coordinator: Coordinator, federation_id: str = "securefed",
-                 revocations: RevocationWatch | None = None) -> None:
+                 revocations: RevocationWatch | None = None, ca: x509.Certificate | None = None) -> None:
         self.co = coordinator
         self.mailbox = coordinator.mailbox
         self.federation_id = federation_id
@@ -57,14 +64,23 @@ class FederationService(pb_grpc.FederationServicer):
         self._refused: set[tuple[str, int]] = set()  # revoked (member, serial) already logged
         if revocations is not None:  # registration and cohort selection check the same list
             self.mailbox.is_revoked = revocations.is_revoked
-        self.alerts = SecurityLog(coordinator.state_dir)
+        self.alerts = coordinator.culprits.alerts  # one log: its per-source limits see every alert
+        # The pinned CA, checked at every call besides gRPC's trust store (which trusts whatever ca.pem holds).
+        self.ca = ca if ca is not None else (revocations.ca if revocations is not None else None)
+        self._issued: set[bytes] = set()  # certificates already seen to be issued by it
 
     # --- helpers ------------------------------------------------------------------------------
     def _peer(self, context: grpc.ServicerContext) -> tuple[str, bytes]:
         """The caller, from its certificate; a revoked certificate is refused at every call."""
         p = authenticate_peer(context)
+        if self.ca is not None and p.certificate is not None:
+            self._check_issuer(p.client_id, p.certificate, context)
         if self.revocations is not None and p.certificate is not None and self.revocations.is_revoked(p.certificate):
             serial = p.certificate.serial_number
+            # Every attempt counted (the alert log writes a few an hour and counts the rest): the operator
+            # sees a revoked member trying to come back.
+            self.alerts.record(client=p.client_id, kind="revoked certificate used", source="server",
+                               address=peer_address(context.peer()), detail=f"certificate serial {serial:x} is revoked")
             if (p.client_id, serial) not in self._refused:
                 self._refused.add((p.client_id, serial))
                 log(logger, "refused a revoked member", level=logging.WARNING, client=p.client_id,
@@ -74,11 +90,25 @@ class FederationService(pb_grpc.FederationServicer):
                                      "federation operator; ask them for a new one (securefed keys bundle)")
         return p.client_id, tid.raw_public_key(p.identity_public_key)
 
+    def _check_issuer(self, cid: str, cert: x509.Certificate, context: grpc.ServicerContext) -> None:
+        fp = cert.fingerprint(hashes.SHA256())
+        if fp in self._issued:
+            return
+        try:
+            cert.verify_directly_issued_by(self.ca)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - InvalidSignature, another issuer, another key type: all refused
+            self.alerts.record(client=cid, kind="certificate from another CA", source="server",
+                               address=peer_address(context.peer()),
+                               detail="a TLS client certificate the federation CA did not issue")
+            raise CertificateError("your certificate was not issued by this federation's CA") from None
+        if len(self._issued) < 100_000:  # bounded: one entry per certified member certificate
+            self._issued.add(fp)
+
     # --- RPCs ---------------------------------------------------------------------------------
     def Register(self, request: pb.RegisterRequest, context) -> pb.RegisterResponse:
         cid, key = self._peer(context)
         if request.identity_public_key and not hmac.compare_digest(request.identity_public_key, key):
-            self.alerts.record(client=cid, kind="authentication failed", source="server",
+            self.alerts.record(client=cid, kind="failed registration", source="server", address=peer_address(context.peer()),
                                detail="registered with an identity key other than the one its certificate binds")
             raise CryptoError("identity key does not match the one bound in your certificate")
         # The certificate that authenticated this connection goes into the plans' cohort lists, so the
@@ -139,7 +169,7 @@ class FederationService(pb_grpc.FederationServicer):
             if isinstance(exc, (LedgerConflict, CryptoError)):
                 self.alerts.record(client=cid, kind="ledger conflict" if isinstance(exc, LedgerConflict)
                                    else "authentication failed", detail=str(exc), source="server",
-                                   attempt=request.header.round)
+                                   attempt=request.header.round, address=peer_address(context.peer()))
             self.mailbox.refuse(cid, request.header.round, str(exc))
             raise
 
@@ -185,7 +215,7 @@ class FederationService(pb_grpc.FederationServicer):
     def ReportSecurityAlert(self, request: pb.SecurityAlertReport, context) -> pb.SecurityAlertAck:
         cid, _ = self._peer(context)
         kind = KIND_NAMES.get(request.kind, "security alert")
-        # A member's word, not verified here: kept and shown as reported by it (one line, bounded).
-        detail = " ".join(request.detail[:300].split())
-        self.alerts.record(client=cid, kind=kind, detail=detail, source="member", attempt=request.header.round)
+        # A member's word, not verified here: kept and shown as reported by it (sanitised, bounded, rate-limited).
+        self.alerts.record(client=cid, kind=kind, detail=request.detail[:1000], source="member",
+                           attempt=request.header.round, address=peer_address(context.peer()))
         return pb.SecurityAlertAck(recorded=True)

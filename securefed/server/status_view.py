@@ -19,9 +19,12 @@ from typing import Any, TextIO
 from securefed.errors import SecureFedError
 from securefed.privacy.accountants import compute_epsilon
 from securefed.privacy.events import DpEvent
+from securefed.sanitize import clean, clean_tree
+from securefed.server.culprits import read_culprits
 from securefed.server.livestatus import read_live, server_alive
 from securefed.server.roundlog import AttemptStatus, RoundLog
-from securefed.server.security_log import read_alerts
+from securefed.server.security_log import PER_SOURCE_PER_WINDOW
+from securefed.server.security_log import summary as alert_summary
 
 
 def gather(state_dir: Path, rounds_target: int, last: int) -> dict[str, Any]:
@@ -47,7 +50,8 @@ def gather(state_dir: Path, rounds_target: int, last: int) -> dict[str, Any]:
     return {"server": {"alive": alive, "line": line}, "rounds_target": rounds_target, "completed_rounds": completed,
             "live": (live or {}).get("status") if alive else None, "members": members,
             "attempts": [a.to_json() for a in attempts], "privacy_events": len(events),
-            "security_alerts": read_alerts(state_dir),
+            "security_alerts": alert_summary(state_dir),
+            "excluded": {m: r.get("reason") for m, r in read_culprits(state_dir).items()},
             "ledger_heads": {c: {"length": n, "entry_hash": h} for c, (n, h) in heads.items()}, "identity_keys": keys,
             "_server_seen": float(((live or {}).get("server") or {}).get("updated_at") or 0)}
 
@@ -71,7 +75,7 @@ def _epsilons(events) -> dict[str, float | None]:
 
 def render(st: dict[str, Any], out: TextIO) -> None:
     now = time.time()
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p = lambda *a: print(clean(" ".join(map(str, a))), file=out)  # noqa: E731 - peers' text, made inert
     p(f"server: {st['server']['line']}")
     live = st["live"]
     head = f"rounds completed: {st['completed_rounds']}/{st['rounds_target']}   privacy events recorded: {st['privacy_events']}"
@@ -95,12 +99,28 @@ def render(st: dict[str, Any], out: TextIO) -> None:
             if eps is not None and str(m.get("epsilon_source", "")).startswith("heartbeat"):
                 eps_s += " (said)"  # not yet backed by a signed ledger entry reported here
             p(f"{c:<16} {seen:<18} {eps_s:<22} {_member_state(m)}")
-    for a in st["security_alerts"]:
-        who = f"reported by {a.get('client')}" if a.get("source") == "member" else f"member {a.get('client')}"
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a.get("at") or 0)))
-        p(f"SECURITY {when}  {a.get('kind')} ({who}"
-          + (f", attempt {a['attempt']}" if a.get("attempt") else "") + f"): {a.get('detail')}")
+    _alerts(st, p)
     _attempts(st, out, now)
+
+
+def _alerts(st: dict[str, Any], p) -> None:
+    """The newest alert of each (source, kind) with how many came this hour: one source cannot push
+    the others out of view, however many it sends."""
+    al = st["security_alerts"]
+    for g in al["groups"]:
+        a = g["newest"]
+        who = f"reported by {g['client']}" if g["source"] == "member" else f"member {g['client']}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(a.get("at") or 0)))
+        many = f" [{g['count']} x {g['kind']} from {g['client']} in the last hour]" if g["count"] > 1 else ""
+        p(f"SECURITY {when}  {g['kind']} ({who}" + (f", attempt {a['attempt']}" if a.get("attempt") else "")
+          + f"): {a.get('detail')}{many}")
+    if al["more_groups"]:
+        p(f"SECURITY ... and {al['more_groups']} more (source, kind) groups: securefed status --json")
+    for r in al["by_address"]:
+        if int(r["count"] or 0) > PER_SOURCE_PER_WINDOW:
+            p(f"SECURITY {r['count']} x {r['kind']} from address {r['address']} in the last hour")
+    for m, why in sorted(st.get("excluded", {}).items()):
+        p(f"EXCLUDED {m}: proven culprit, never drawn again: {why}")
 
 
 def _member_state(m: dict[str, Any]) -> str:
@@ -121,7 +141,7 @@ def _member_state(m: dict[str, Any]) -> str:
 
 
 def _attempts(st: dict[str, Any], out: TextIO, now: float) -> None:
-    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p = lambda *a: print(clean(" ".join(map(str, a))), file=out)  # noqa: E731 - declines carry members' text
     dead_at = None if st["server"]["alive"] else (st["_server_seen"] or None)
     p(f"{'attempt':>7} {'round':>5} {'status':<9} {'stage':<14} {'cohort':>6} {'in':>3} {'drop':>4} "
       f"{'decl':>4} {'seconds':>8}  detail")
@@ -161,7 +181,7 @@ def show(state_dir: Path, rounds_target: int, *, last: int, as_json: bool, watch
         st = gather(state_dir, rounds_target, last)
         if as_json:
             st.pop("_server_seen", None)
-            print(json.dumps(st, indent=1, default=str), file=out)
+            print(json.dumps(clean_tree(st), indent=1, default=str), file=out)
         else:
             if watch and out.isatty():
                 out.write("\033[H\033[2J")  # redraw in place

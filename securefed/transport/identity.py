@@ -486,6 +486,15 @@ def load_ca_pem(directory: str | os.PathLike[str] | CredentialsDir) -> bytes:
     d = _as_dir(directory)
     data = _read_public(d.ca_cert, "federation CA certificate", "copy ca.pem from the operator or " + _NO_CA_HINT)
     _load_cert(data, d.ca_cert)
+    try:
+        n = len(x509.load_pem_x509_certificates(data))
+    except ValueError as exc:
+        raise ConfigError(f"{d.ca_cert} is not a PEM certificate") from exc
+    if n != 1:
+        # gRPC trusts every certificate in this file: a second CA placed beside the federation's would let
+        # certificates the federation never issued (and its revocation list never covers) in.
+        raise ConfigError(f"{d.ca_cert} holds {n} certificates; it must hold exactly one, the federation CA "
+                          "(remove the others: copy ca.pem again from the CA machine)")
     return data
 
 

@@ -184,7 +184,7 @@ class RevocationWatch:
     def __init__(self, path: str | os.PathLike[str], ca: x509.Certificate, *,
                  reload_every_s: float = _RELOAD_EVERY_S) -> None:
         self.path = Path(path)
-        self._ca = ca
+        self._ca = self.ca = ca
         self._every = reload_every_s
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None

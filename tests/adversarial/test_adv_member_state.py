@@ -3,9 +3,11 @@
 * Replayed attempts: the same plan handed again (or an older one) is refused, in the same process and
   after a restart; the control is a member whose state was lost, which trains and releases again.
 * Graph grinding: the server lets SecAgg+ sessions die after seeing their graphs and nudges the global
-  adapter by one ulp each time (a fresh digest). The member joins ``sparse_graph_max_retries`` of them per
-  federation round, also across a restart, and again after a round really completes; the control is the
-  old guard, keyed by the adapter digest (a value the server picks), which joins every one.
+  adapter by one ulp each time (a fresh digest). The member joins ``sparse_graph_max_retries`` of them,
+  also across a restart, and also when the server announces a made-up completed round between the
+  sessions (issue 17: that used to reset the count, 6 of 6 sessions joined); the controls are the old
+  guards, keyed by the adapter digest or by the announced round (values the server picks), which join
+  every one. A session the member finishes itself starts the count afresh (tests/client).
 * CKKS: one confirmed contributor set per attempt, across sessions and restarts; the control is a member
   whose state was lost, which confirms a second set (the server could then difference the two sums).
 """
@@ -82,6 +84,13 @@ class DigestKeyedGuard:
         self.done.add(attempt)
 
 
+class RoundKeyedGuard(DigestKeyedGuard):
+    """TEST ONLY: the guard before issue 17: counting per federation round the server announced."""
+
+    def _key(self) -> str:
+        return str(self.daemon.member_state.federation_round())
+
+
 def _grind(fed: Federation, srv, attempts, *, start_nudge: int = 1) -> None:
     for i, a in enumerate(attempts):
         bundle, digest = fed.honest_bundle(nudge=start_nudge + i)  # one ulp more each time: a fresh digest
@@ -101,13 +110,39 @@ def test_the_graph_grinding_guard_counts_per_federation_round_across_restarts(tm
     _grind(fed, srv2, [6], start_nudge=10)
     assert run(d2) == 0 and srv2.advertised() == []
 
-    # A round really completes (the member keeps the new global adapter): a fresh allowance.
+    # The server announces a "completed round" (a nudged adapter, round + 1) it made up: no fresh allowance.
     d3, srv3, _ = fed.member()
-    new_bundle, new_digest = fed.honest_bundle(nudge=20)
-    srv3.bundles[7] = (1, new_bundle)
-    srv3.tasks.append(pb.Task(round=7, aggregate_ready=pb.AggregateReady(total_size=len(new_bundle), sha256=new_digest)))
-    offer(srv3, 8, fed.plan(8, new_digest, neighbours=2), new_bundle)
-    assert run(d3) == 0 and srv3.advertised() == [8]
+    _announce_fake_round(fed, srv3, attempt=7, nudge=20)
+    _grind(fed, srv3, [8], start_nudge=20)
+    assert run(d3) == 0 and srv3.advertised() == []
+
+
+def _announce_fake_round(fed: Federation, srv, *, attempt: int, nudge: int) -> None:
+    bundle, digest = fed.honest_bundle(nudge=nudge)
+    srv.bundles[attempt] = (attempt, bundle)
+    srv.tasks.append(pb.Task(round=attempt, aggregate_ready=pb.AggregateReady(total_size=len(bundle), sha256=digest)))
+
+
+def test_announced_rounds_between_ground_sessions_do_not_reset_the_guard(tmp_path, tiny_model):
+    """Issue 17's sequence: session, fake round, session, fake round, ... six sessions, limit 2."""
+    fed = Federation(tmp_path, tiny_model, 5)
+    d, srv, _ = fed.member()
+    for i in range(6):
+        _announce_fake_round(fed, srv, attempt=100 + i, nudge=30 + 2 * i)
+        _grind(fed, srv, [200 + i], start_nudge=30 + 2 * i)
+    assert run(d) == 0
+    assert len(srv.advertised()) == 2
+
+
+def test_control_the_round_keyed_guard_joins_every_session_between_fake_rounds(tmp_path, tiny_model):
+    fed = Federation(tmp_path, tiny_model, 5)
+    d, srv, _ = fed.member()
+    d.grinding = RoundKeyedGuard(d, 2)
+    for i in range(6):
+        _announce_fake_round(fed, srv, attempt=100 + i, nudge=30 + 2 * i)
+        _grind(fed, srv, [200 + i], start_nudge=30 + 2 * i)
+    assert run(d) == 0
+    assert len(srv.advertised()) == 6
 
 
 def test_control_the_digest_keyed_guard_lets_every_ground_session_through(tmp_path, tiny_model):
@@ -204,12 +239,12 @@ def test_member_state_is_per_federation_and_survives_reopening(tmp_path):
         st.act_on(3)
     st.round_completed(2)
     st.round_completed(1)  # an older round announced later changes nothing
-    st.sparse_joined(10)
+    st.sparse_joined(10, now=1000.0)
     st.close()
     st = MemberState(path, "fed-A")
-    assert st.last_attempt() == 3 and st.federation_round() == 2 and st.sparse_unreleased() == 1
+    assert st.last_attempt() == 3 and st.federation_round() == 2 and st.sparse_unreleased(3600.0, 1001.0) == 1
     st.sparse_released(10)
-    assert st.sparse_unreleased() == 0
+    assert st.sparse_unreleased(3600.0, 1001.0) == 0
     other = MemberState(path, "fed-B")  # another CA: its own counters
     assert other.last_attempt() == 0 and other.federation_round() == -1
     other.act_on(1)

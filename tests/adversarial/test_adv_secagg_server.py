@@ -333,7 +333,8 @@ def test_a_different_key_set_for_one_victim_splits_the_session_and_aborts():
     victim, hidden = 1, 2
     real = rnd.outbox[victim]
     subset = tuple(k for k in real.keys if k.client_id != hidden)
-    fake = KeyBroadcast(session_id(rnd.server.plan_digest, subset), Stage.SHARE_KEYS, subset)
+    inbox = tuple(k for k in real.inbox_keys if k.owner != hidden)
+    fake = KeyBroadcast(session_id(rnd.server.plan_digest, subset), Stage.SHARE_KEYS, subset, inbox)
     victim_reply = rnd.clients[victim].handle(fake)
     assert victim_reply.session_id != real.session_id
     with pytest.raises(InvalidMessage, match="another session"):
@@ -346,7 +347,8 @@ def test_a_different_key_set_for_one_victim_splits_the_session_and_aborts():
         mine = [s for s in victim_reply.shares if s.receiver == c]
         others = [s for r in replies.values() for s in r.shares if s.receiver == c]
         delivery = ShareDelivery(real.session_id, Stage.MASKED_INPUT, c, tuple(mine + others))
-        with pytest.raises(ProtocolAbort, match="failed to decrypt"):
+        # The victim signed its shares for its own session id: they carry no valid signature here.
+        with pytest.raises(ProtocolAbort, match="does not carry its signature"):
             rnd.clients[c].handle(delivery)
         assert rnd.clients[c].stats is None  # aborted before masking anything
 
@@ -545,7 +547,7 @@ def test_keys_signed_by_an_uncertified_identity_abort_the_round():
     impostor = IdentityKeyPair.generate()
     fake_c, fake_s = AgreementKeyPair.generate(), AgreementKeyPair.generate()
     digest = rnd.server.plan_digest
-    sig = impostor.sign(advertise_payload(digest, 2, fake_c.public_bytes(), fake_s.public_bytes()))
+    sig = impostor.sign(advertise_payload(digest, 2, fake_c.public_bytes(), fake_s.public_bytes(), bytes(32)))
     keys = tuple(AdvertisedKeys(2, fake_c.public_bytes(), fake_s.public_bytes(), sig) if k.client_id == 2 else k
                  for k in rnd.outbox[1].keys)
     broadcast = KeyBroadcast(session_id(digest, keys), Stage.SHARE_KEYS, keys)

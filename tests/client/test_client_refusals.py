@@ -164,24 +164,32 @@ def test_plan_cohort_must_be_certified_members(tmp_path):
         verify_cohort(ca, pb.RoundPlan(cohort=swapped))
 
 
-def test_graph_grinding_guard_bounds_sparse_retries_per_federation_round(tmp_path):
+def test_graph_grinding_guard_bounds_sparse_retries_per_window_and_finished_session(tmp_path):
     from securefed.client.guards import GraphGrindingGuard
     from securefed.client.member_state import MemberState
 
+    now = [1000.0]
     state = MemberState(tmp_path / "member_state.sqlite", "federation")
-    g = GraphGrindingGuard(state, limit=2)
+    g = GraphGrindingGuard(state, limit=2, window_s=3600.0, clock=lambda: now[0])
     assert g.allows()
     g.joined(1)  # keys advertised, then the server let the session die
     g.joined(2)
     assert not g.allows() and g.unreleased() == 2
     state.close()
     state = MemberState(tmp_path / "member_state.sqlite", "federation")  # a restart keeps the count
-    g = GraphGrindingGuard(state, limit=2)
+    g = GraphGrindingGuard(state, limit=2, window_s=3600.0, clock=lambda: now[0])
     assert not g.allows()
-    state.round_completed(1)  # a completed round starts afresh
-    assert g.allows()
-    g.joined(3)
-    g.released(3)  # a session that reached this member's release does not count
+    state.round_completed(1)  # a round the server announces changes nothing (it can make one up)
+    assert not g.allows()
+    now[0] += 1.0
+    g.finished(3)  # a session this member saw through itself starts afresh
+    assert g.allows() and g.unreleased() == 0
+    now[0] += 1.0
     g.joined(4)
-    assert g.allows() and g.unreleased() == 1
+    g.released(4)  # a session that reached this member's release does not count
+    g.joined(5)
+    g.joined(6)
+    assert not g.allows()
+    now[0] += 3601.0  # its own clock moves past the window: the old sessions no longer count
+    assert g.allows() and g.unreleased() == 0
     state.close()

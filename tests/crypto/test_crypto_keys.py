@@ -196,3 +196,25 @@ def test_derive_key_rejects_bad_input(kwargs):
     secret = args.pop("shared_secret")
     with pytest.raises(CryptoError):
         derive_key(secret, **args)
+
+
+def test_is_low_order_agrees_with_the_key_agreement():
+    """The server's cheap check of inbox keys (no key agreement) flags exactly the points every clamped
+    scalar sends to zero: each low-order u in every encoding (reduced or not, top bit set or not), and no
+    honest key."""
+    from securefed.crypto.keys import _LOW_ORDER_U, _P, is_low_order
+
+    probe = AgreementKeyPair.generate()
+    for u in _LOW_ORDER_U:
+        for v in (u, u + _P):
+            for top in (0, 1 << 255):
+                if v >= 1 << 255:
+                    continue
+                enc = (v | top).to_bytes(32, "little")
+                assert is_low_order(enc)
+                with pytest.raises(CryptoError):
+                    x25519_shared_secret(probe.private_bytes(), enc)
+    for _ in range(200):
+        pub = AgreementKeyPair.generate().public_bytes()
+        assert not is_low_order(pub)
+        x25519_shared_secret(probe.private_bytes(), pub)

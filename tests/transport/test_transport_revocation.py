@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from securefed import cli, errors
 from securefed.config import parse_model
 from securefed.server.config import ServerConfig
+from securefed.server.culprits import Culprits
 from securefed.server.mailbox import Mailbox
 from securefed.server.service import FederationService
 from securefed.transport import identity, revocation, service, tls
@@ -127,6 +128,7 @@ class _Coordinator:
                                                             "base_model_dir": "."}})  # defaults: heartbeat interval
         self.mailbox = Mailbox(threading.Condition(threading.RLock()), threading.Event(), poll_s=1.0,
                                describe=lambda: "")
+        self.culprits = Culprits(state_dir)  # the security-alert log the service records into
 
     def status(self) -> dict:
         return {"attempt": 0}

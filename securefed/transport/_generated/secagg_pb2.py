@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19securefed/v1/secagg.proto\x12\x0csecurefed.v1\"Q\n\rAdvertiseKeys\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"R\n\x0e\x45ncryptedShare\x12\x16\n\x0e\x66rom_client_id\x18\x01 \x01(\t\x12\x14\n\x0cto_client_id\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"L\n\tShareKeys\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12,\n\x06shares\x18\x02 \x03(\x0b\x32\x1c.securefed.v1.EncryptedShare\"<\n\x14\x43onsistencySignature\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"2\n\x08KeyShare\x12\x17\n\x0fowner_client_id\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x86\x01\n\x0eUnmaskResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x30\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x16.securefed.v1.KeyShare\x12/\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x16.securefed.v1.KeyShare\"M\n\x0cKeyBroadcast\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12)\n\x04keys\x18\x02 \x03(\x0b\x32\x1b.securefed.v1.AdvertiseKeys\"=\n\rShareDelivery\x12,\n\x06shares\x18\x01 \x03(\x0b\x32\x1c.securefed.v1.EncryptedShare\"m\n\x0cSurvivorList\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x15\n\rshare_senders\x18x \x03(\t\x12\x33\n\x0bmasked_with\x18y \x03(\x0b\x32\x1e.securefed.v1.SecAggMaskedWith\"8\n\x10SecAggMaskedWith\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"k\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\x12\x36\n\nsignatures\x18\x03 \x03(\x0b\x32\".securefed.v1.ConsistencySignatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19securefed/v1/secagg.proto\x12\x0csecurefed.v1\"{\n\rAdvertiseKeys\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63_pk\x18\x02 \x01(\x0c\x12\x0c\n\x04s_pk\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\ninbox_root\x18\xe6\x01 \x01(\x0c\x12\x13\n\ninbox_keys\x18\xe7\x01 \x03(\x0c\"v\n\x0e\x45ncryptedShare\x12\x16\n\x0e\x66rom_client_id\x18\x01 \x01(\t\x12\x14\n\x0cto_client_id\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x12\n\tsignature\x18\xe8\x01 \x01(\x0c\x12\x0e\n\x05proof\x18\xeb\x01 \x03(\x0c\"`\n\tShareKeys\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12,\n\x06shares\x18\x02 \x03(\x0b\x32\x1c.securefed.v1.EncryptedShare\x12\x12\n\tsignature\x18\xec\x01 \x01(\x0c\"<\n\x14\x43onsistencySignature\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"2\n\x08KeyShare\x12\x17\n\x0fowner_client_id\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x86\x01\n\x0eUnmaskResponse\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x30\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x16.securefed.v1.KeyShare\x12/\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x16.securefed.v1.KeyShare\"\x80\x01\n\x0cKeyBroadcast\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12)\n\x04keys\x18\x02 \x03(\x0b\x32\x1b.securefed.v1.AdvertiseKeys\x12\x31\n\ninbox_keys\x18\xe9\x01 \x03(\x0b\x32\x1c.securefed.v1.SecAggInboxKey\"E\n\x0eSecAggInboxKey\x12\x17\n\x0fowner_client_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05proof\x18\x03 \x03(\x0c\"\xa1\x01\n\x14SecAggShareComplaint\x12\x19\n\x11\x61\x63\x63used_client_id\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x17\n\x0fshare_signature\x18\x03 \x01(\x0c\x12\x19\n\x11inbox_private_key\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\x12\x13\n\x0bshare_proof\x18\x06 \x03(\x0c\"=\n\rShareDelivery\x12,\n\x06shares\x18\x01 \x03(\x0b\x32\x1c.securefed.v1.EncryptedShare\"m\n\x0cSurvivorList\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x15\n\rshare_senders\x18x \x03(\t\x12\x33\n\x0bmasked_with\x18y \x03(\x0b\x32\x1e.securefed.v1.SecAggMaskedWith\"q\n\x10SecAggMaskedWith\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x37\n\ncomplaints\x18\xea\x01 \x03(\x0b\x32\".securefed.v1.SecAggShareComplaint\"k\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\x12\x36\n\nsignatures\x18\x03 \x03(\x0b\x32\".securefed.v1.ConsistencySignatureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,25 +32,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'securefed.v1.secagg_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADVERTISEKEYS']._serialized_start=43
-  _globals['_ADVERTISEKEYS']._serialized_end=124
-  _globals['_ENCRYPTEDSHARE']._serialized_start=126
-  _globals['_ENCRYPTEDSHARE']._serialized_end=208
-  _globals['_SHAREKEYS']._serialized_start=210
-  _globals['_SHAREKEYS']._serialized_end=286
-  _globals['_CONSISTENCYSIGNATURE']._serialized_start=288
-  _globals['_CONSISTENCYSIGNATURE']._serialized_end=348
-  _globals['_KEYSHARE']._serialized_start=350
-  _globals['_KEYSHARE']._serialized_end=400
-  _globals['_UNMASKRESPONSE']._serialized_start=403
-  _globals['_UNMASKRESPONSE']._serialized_end=537
-  _globals['_KEYBROADCAST']._serialized_start=539
-  _globals['_KEYBROADCAST']._serialized_end=616
-  _globals['_SHAREDELIVERY']._serialized_start=618
-  _globals['_SHAREDELIVERY']._serialized_end=679
-  _globals['_SURVIVORLIST']._serialized_start=681
-  _globals['_SURVIVORLIST']._serialized_end=790
-  _globals['_SECAGGMASKEDWITH']._serialized_start=792
-  _globals['_SECAGGMASKEDWITH']._serialized_end=848
-  _globals['_UNMASKREQUEST']._serialized_start=850
-  _globals['_UNMASKREQUEST']._serialized_end=957
+  _globals['_ADVERTISEKEYS']._serialized_end=166
+  _globals['_ENCRYPTEDSHARE']._serialized_start=168
+  _globals['_ENCRYPTEDSHARE']._serialized_end=286
+  _globals['_SHAREKEYS']._serialized_start=288
+  _globals['_SHAREKEYS']._serialized_end=384
+  _globals['_CONSISTENCYSIGNATURE']._serialized_start=386
+  _globals['_CONSISTENCYSIGNATURE']._serialized_end=446
+  _globals['_KEYSHARE']._serialized_start=448
+  _globals['_KEYSHARE']._serialized_end=498
+  _globals['_UNMASKRESPONSE']._serialized_start=501
+  _globals['_UNMASKRESPONSE']._serialized_end=635
+  _globals['_KEYBROADCAST']._serialized_start=638
+  _globals['_KEYBROADCAST']._serialized_end=766
+  _globals['_SECAGGINBOXKEY']._serialized_start=768
+  _globals['_SECAGGINBOXKEY']._serialized_end=837
+  _globals['_SECAGGSHARECOMPLAINT']._serialized_start=840
+  _globals['_SECAGGSHARECOMPLAINT']._serialized_end=1001
+  _globals['_SHAREDELIVERY']._serialized_start=1003
+  _globals['_SHAREDELIVERY']._serialized_end=1064
+  _globals['_SURVIVORLIST']._serialized_start=1066
+  _globals['_SURVIVORLIST']._serialized_end=1175
+  _globals['_SECAGGMASKEDWITH']._serialized_start=1177
+  _globals['_SECAGGMASKEDWITH']._serialized_end=1290
+  _globals['_UNMASKREQUEST']._serialized_start=1292
+  _globals['_UNMASKREQUEST']._serialized_end=1399
 # @@protoc_insertion_point(module_scope)
