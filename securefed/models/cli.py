@@ -54,7 +54,14 @@ def get_model(name: str, out: Path, say=_say):
     path, _ = locate(model)
     say(f"{model.title}")
     say(f"weights: {model.weights_note}")
-    return import_gguf(path, out, say=say, weights_note=model.weights_note, title=model.title)
+    result = import_gguf(path, out, say=say, weights_note=model.weights_note, title=model.title)
+    if model.fingerprint and result.fingerprint != model.fingerprint:
+        say(f"WARNING: the fingerprint differs from the one securefed recorded for {model.name} "
+            f"({model.fingerprint[:16]}...; other library versions than requirements.lock's?): members that "
+            "convert on their own would decline each other's plans; copy this one directory to every party")
+    elif model.fingerprint:
+        say(f"fingerprint matches the one securefed recorded for {model.name}")
+    return result
 
 
 def _report(result) -> int:

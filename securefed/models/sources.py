@@ -33,6 +33,9 @@ class PackagedModel:
     # Said wherever the model is named: what these weights are, and are not.
     weights_note: str
     aliases: tuple[str, ...] = ()
+    # The fingerprint of the converted checkpoint with the locked library versions: every member that
+    # converts on its own gets this one, or the federation's members would decline each other's plans.
+    fingerprint: str = ""
 
 
 SMOLLM2 = PackagedModel(
@@ -45,6 +48,7 @@ SMOLLM2 = PackagedModel(
     weights_note=("the GGUF's Q4_1 weights (token embedding Q8_0) dequantised to float32, not the original "
                   "bf16 release: a slightly different model from HuggingFaceTB/SmolLM2-135M-Instruct"),
     aliases=("smollm2", "smollm2-135m"),
+    fingerprint="dd1bab067d503f08d45fdf2f07f3b6b98c2172c420b1a278ec5e3aa90b521933",
 )
 
 PACKAGED: dict[str, PackagedModel] = {SMOLLM2.name: SMOLLM2}
