@@ -148,6 +148,7 @@ def close_phase(driver, phase: Phase, silent: list[str], lost: dict[str, str]) -
         at_deadline = [c for c in silent if c not in lost]
         if not at_deadline or not phase.deadline_key:
             raise
-        raise ProtocolAbort(f"{exc} ({', '.join(at_deadline)} silent when the {stage_name(phase.stage)} stage "
-                            f"closed after {phase.deadline_s:g} s: deadlines.{phase.deadline_key}; raise it if "
-                            "members need longer)") from None
+        also = ", and training_max_s for members reporting progress" if phase.deadline_key == "training_s" else ""
+        raise ProtocolAbort(f"{exc} ({', '.join(at_deadline)} had not answered when the {stage_name(phase.stage)} "
+                            f"stage closed after {phase.deadline_s:g} s: deadlines.{phase.deadline_key}{also}; raise "
+                            "it if members need longer)") from None

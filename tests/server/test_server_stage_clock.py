@@ -107,7 +107,7 @@ def test_members_reporting_training_progress_keep_the_plan_stage_open(tmp_path, 
         if not report_progress:
             th.join(5)
             assert rec.status is AttemptStatus.ABORTED
-            assert "deadlines.training_s" in rec.reason and "a, b, c silent" in rec.reason
+            assert "deadlines.training_s" in rec.reason and "a, b, c had not answered" in rec.reason
             return
         assert rec.status is AttemptStatus.RUNNING and co.mailbox.ctx is not None
         for n in NAMES:
