@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "securefed.server.cli",
     "securefed.client.cli",
     "securefed.training.cli",
+    "securefed.tasks.cli",
+    "securefed.evaluation.cli",
 )
 
 
