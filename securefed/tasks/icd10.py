@@ -81,10 +81,13 @@ def chapter_titles() -> dict[int, str]:
 def tabular_items() -> list[Item]:
     """One item per (billable code, phrase): its description and each inclusion term."""
     _require()
-    items = []
+    items: list[Item] = []
+    seen: set[str] = set()
     for code in icd.get_all_codes(True):
-        if not (icd.is_category_or_subcategory(code) and icd.is_leaf(code)):
+        # A few names are both a block and its only category (B20, F99, ...): listed twice, one code.
+        if code in seen or not (icd.is_category_or_subcategory(code) and icd.is_leaf(code)):
             continue
+        seen.add(code)
         chapter = int(icd.get_ancestors(code)[-1])
         items.append(Item(code, icd.get_description(code), chapter, "description"))
         for term in icd.get_inclusion_term(code):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from securefed.data.encode import DEFAULT_TEMPLATE, Encoder, pack
+from securefed.data.encode import DEFAULT_TEMPLATE, Encoded, Encoder, pack
 from securefed.data.records import Record, RecordKind, read_jsonl
 from securefed.data.settings import DataSettings
 from securefed.errors import InvalidInput
@@ -67,6 +67,18 @@ class TokenDataset:
             "attention_mask": self.attention_mask[idx],
             "labels": self.labels[idx],
         }
+
+
+def trim_padding(batch: dict) -> dict:
+    """``batch`` without the padding columns every row has at its end (evaluation only: training keeps
+    the fixed ``max_seq_len`` shape, so its step time does not depend on which records were sampled)."""
+    width = max(1, int(batch["attention_mask"].sum(dim=1).max()))
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    target = max(1, int(labelled.max()) + 1) if labelled.numel() else 1
+    if batch["labels"].shape[1] == batch["input_ids"].shape[1] and target <= width:  # causal: one sequence
+        return {k: v[:, :width] for k, v in batch.items()}
+    return {"input_ids": batch["input_ids"][:, :width], "attention_mask": batch["attention_mask"][:, :width],
+            "labels": batch["labels"][:, :target]}
 
 
 def _stack(rows: list[tuple[list[int], list[int], list[int]]]) -> TokenDataset:
@@ -148,7 +160,8 @@ class LoadStats:
 class LoadedData:
     dataset: TokenDataset
     stats: LoadStats
-    records: list[Record]
+    records: list[Record]  # the records behind the first len(encoded) examples (packed text is not among them)
+    encoded: list[Encoded]  # their untruncated ids and generation prompts
 
 
 def load_records(
@@ -161,20 +174,31 @@ def load_records(
     template: str = DEFAULT_TEMPLATE,
 ) -> LoadedData:
     """Read a member's JSONL file (chat, Alpaca, instruction/response or text records; see
-    :mod:`securefed.data.records`) into fixed-length examples of ``max_seq_len`` tokens.
+    :mod:`securefed.data.records`) into fixed-length examples of ``max_seq_len`` tokens
+    (:func:`examples_from_records`). Every refusal names the file and line."""
+    return examples_from_records(read_jsonl(path), tokenizer, max_seq_len, kind=kind, settings=settings,
+                                 template=template, source=str(path))
 
-    Conversations are rendered with the model's chat template and learned on the assistant turns only
-    (:mod:`securefed.data.encode`); text records are learned in full. A record longer than
+
+def examples_from_records(
+    records: list[Record],
+    tokenizer,
+    max_seq_len: int,
+    *,
+    kind: ModelKind = ModelKind.CAUSAL,
+    settings: DataSettings | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    source: str = "records",
+) -> LoadedData:
+    """Records as examples: conversations rendered with the model's chat template and learned on the
+    assistant turns only (:mod:`securefed.data.encode`), text learned in full. A record longer than
     ``max_seq_len`` is truncated and counted, or refused (``settings.long_records``); with
-    ``settings.pack_text`` text records are packed into full blocks instead. Every refusal names the
-    file and line.
-    """
+    ``settings.pack_text`` text records are packed into full blocks instead."""
     settings = settings or DataSettings()
-    records = read_jsonl(path)
     seq2seq = kind is ModelKind.SEQ2SEQ
     enc = Encoder(tokenizer, seq2seq=seq2seq, template=template)
     pad = tokenizer.pad_token_id
-    rows, streams = [], []
+    rows, streams, encoded = [], [], []
     truncated = lost = longest = 0
     packing = settings.pack_text and not seq2seq
     for rec in records:
@@ -183,6 +207,7 @@ def load_records(
         if packing and rec.kind is RecordKind.TEXT:
             streams.append(e.ids)
             continue
+        encoded.append(e)
         fit = enc.fit(e, max_seq_len)
         if fit.truncated:
             if settings.long_records == "refuse":
@@ -200,8 +225,9 @@ def load_records(
                       packed=len(streams), longest=longest, unit="token-block" if streams else "record")
     if truncated:
         log.warning("%s: %d of %d records truncated to max_seq_len=%d (%d left with no answer); longest %d tokens",
-                    path, truncated, len(records), max_seq_len, lost, longest)
-    return LoadedData(_stack(rows), stats, records)
+                    source, truncated, len(records), max_seq_len, lost, longest)
+    return LoadedData(_stack(rows), stats, [r for r in records if not (packing and r.kind is RecordKind.TEXT)],
+                      encoded)
 
 
 def load_jsonl(path: str | Path, tokenizer, max_seq_len: int, *, template: str = DEFAULT_TEMPLATE,
@@ -285,7 +311,7 @@ def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples
                 base = model.get_base_model() if hasattr(model, "get_base_model") else model
                 loss = SequenceLoss(model, kind or model_kind(base.config))
             for start in range(0, n, batch_size):
-                b = dataset.batch(list(range(start, min(n, start + batch_size))))
+                b = trim_padding(dataset.batch(list(range(start, min(n, start + batch_size)))))
                 b = {k: v.to(device) for k, v in b.items()}
                 sums, counts = loss.token_sums(model, b)
                 total += float(sums.sum())
