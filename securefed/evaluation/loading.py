@@ -21,6 +21,7 @@ from securefed.errors import ModelError
 from securefed.protocol.bundle import read_adapter_file
 from securefed.training.adapter import AdapterLayout, load_adapter_vector
 from securefed.training.config import LoraSettings, ModelSettings
+from securefed.training.fingerprint import compute_fingerprint
 from securefed.training.model import LoadedModel, load_model
 
 
@@ -54,10 +55,17 @@ def load_for_eval(model_dir: str | Path, adapter: str | Path | None = None,
                                      loaded.dtype, loaded.quantization), str(path), "peft")
     bundle = read_adapter_file(path)
     try:
-        lora = LoraSettings.model_validate(json.loads(bundle.settings_json)["lora"])
+        fed = json.loads(bundle.settings_json)
+        lora = LoraSettings.model_validate(fed["lora"])
     except (ValueError, KeyError, TypeError):
         raise ModelError(f"--adapter {path}: the adapter file names no LoRA settings; is it a securefed "
                          "global adapter?") from None
+    expected = (fed.get("base_model") or {}).get("fingerprint")
+    if expected:  # the federation's base: an adapter on another base would evaluate as noise
+        mine = compute_fingerprint(model_dir)
+        if mine != expected:
+            raise ModelError(f"--adapter {path} was trained on base model {expected[:16]}..., but {model_dir} is "
+                             f"{mine[:16]}...; evaluate it on the federation's base model")
     loaded = load_model(model_dir, lora=lora, settings=settings)
     load_adapter_vector(loaded.model, np.array(bundle.vector, dtype=np.float32),
                         AdapterLayout.from_json(bundle.layout_json))
