@@ -11,7 +11,7 @@ TORCH_WHEELS ?= /opt/wheels
 UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
              --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS)
 
-.PHONY: venv test test-fast demo demo-real model bench lock stubs clean
+.PHONY: venv test test-fast demo demo-real model bench lock stubs clean task
 
 venv: $(STAMP)
 
@@ -65,8 +65,13 @@ lock: $(STAMP)
 	$(MAKE) stubs
 	$(MAKE) test
 
+# The shipped real task: ICD-10-CM coding as 3 members' JSONL files (split by chapter) plus held-out splits,
+# written offline from the installed simple_icd_10_cm package (public-domain data).
+task: $(STAMP)
+	$(BIN)/securefed task icd10 --members 3 --out task-data/icd10
+
 stubs: $(STAMP)
 	$(BIN)/python -m securefed.transport.codegen
 
 clean:
-	rm -rf $(VENV) demo-output demo-real-output models .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-output demo-real-output models .pytest_cache .hypothesis task-data

@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "securefed.client.cli",
     "securefed.training.cli",
     "securefed.export.cli",
+    "securefed.tasks.cli",
+    "securefed.evaluation.cli",
 )
 
 

@@ -56,7 +56,8 @@ def ledger_dir(config: ClientConfig) -> Path:
 def member_dataset(config: ClientConfig) -> MemberDataset:
     d = config.data
     if d.path is not None:
-        digests, unit = jsonl_record_digests(d.path), PrivacyUnit.RECORD
+        # Packing puts several text records in one example: the unit DP protects is then the block.
+        digests, unit = jsonl_record_digests(d.path), PrivacyUnit.TOKEN_BLOCK if d.pack_text else PrivacyUnit.RECORD
     else:
         topics = demo_corpus()
         names = split_demo_corpus(d.demo_clients).clients[d.demo_client]

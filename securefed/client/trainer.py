@@ -46,6 +46,7 @@ class Trainer:
         self._fingerprint: str | None = None
         self.plan: MemoryPlan | None = None
         self.data: td.TokenDataset | None = None
+        self.data_stats: td.LoadStats | None = None  # JSONL only: truncation and packing counts
         self.heldout: td.TokenDataset | None = None
         self.kind = None
 
@@ -80,12 +81,16 @@ class Trainer:
             self.kind = model_kind(load_config(self.model_dir, self.config.model.trust_remote_code)[0])
             d, block = self.config.data, self.config.training.max_seq_len
             if d.path is not None:
-                self.data = td.load_jsonl(d.path, self._tokenizer, block, kind=self.kind)
+                loaded = td.load_records(d.path, self._tokenizer, block, kind=self.kind, settings=d)
+                self.data, self.data_stats = loaded.dataset, loaded.stats
             else:
                 self.data = td.demo_client_dataset(self._tokenizer, d.demo_client, d.demo_clients, block, kind=self.kind)
                 if self.config.client.eval_heldout:
                     self.heldout = td.demo_heldout_dataset(self._tokenizer, d.demo_clients, block, kind=self.kind)
-            log(logger, "training data loaded", examples=len(self.data), block_size=block, kind=self.kind.value)
+            stats = self.data_stats
+            log(logger, "training data loaded", examples=len(self.data), block_size=block, kind=self.kind.value,
+                **({"records": stats.records, "truncated": stats.truncated, "answer_lost": stats.answer_lost,
+                    "packed": stats.packed, "longest_tokens": stats.longest} if stats else {}))
         return self.data
 
     def memory_plan(self, lora: LoraSettings) -> MemoryPlan:

@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from securefed.config import StrictModel
 
@@ -115,7 +115,14 @@ class ModelSettings(StrictModel):
 class LocalTrainingSettings(StrictModel):
     """One client's DP-SGD local-training settings for one round."""
 
-    learning_rate: float = Field(0.05, gt=0, description="SGD learning rate on the LoRA weights.")
+    learning_rate: float = Field(0.05, gt=0, description="Learning rate on the LoRA weights (SGD's default 0.05; "
+                                 "Adam/AdamW want ~100x less, e.g. 5e-4 to 2e-3).")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="What steps on the privatised (clipped, noised) gradient: 'sgd', 'adam' or 'adamw'. "
+        "Post-processing of the DP gradient, so the accounting is the same for all three; Adam's per-coordinate "
+        "scaling often copes better with DP noise at a small learning rate.",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (0 for sgd and adam).")
     batch_size: int = Field(
         8,
         ge=1,
@@ -146,3 +153,10 @@ class LocalTrainingSettings(StrictModel):
         description="Draw DP noise and Poisson sampling from a CSPRNG (AES-CTR keyed from os.urandom). Turn off "
         "only for tests and benchmarks.",
     )
+
+    @model_validator(mode="after")
+    def _decay_needs_adamw(self) -> "LocalTrainingSettings":
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay: only optimizer = 'adamw' decays weights (not {self.optimizer!r}); "
+                             "remove it or use adamw")
+        return self
