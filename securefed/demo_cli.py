@@ -35,6 +35,8 @@ from securefed.models.sources import PackagedModel, lookup
 
 MARKER = ".securefed-demo"
 MODELS = "models"  # packaged models converted by the demo: kept across reruns, like the built preset
+TASK_DIR = "task-icd10"  # the shipped task's files (`securefed task icd10`): kept across reruns too
+TASK_EVAL_RECORDS = 48
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,7 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "converted into OUT/models/ once)")
     p.add_argument("--steps", type=int, help="local DP-SGD steps per member and round (default 24; 8 with --model)")
     p.add_argument("--batch-size", type=int, default=16, help="expected (Poisson) batch size of a step (default 16)")
-    p.add_argument("--seq-len", type=int, default=32, help="tokens per training example (default 32)")
+    p.add_argument("--seq-len", type=int, help="tokens per training example (default 32; 96 with --task icd10)")
+    p.add_argument("--task", choices=["pydoc", "icd10"], default="pydoc", help="the members' data: pydoc (Python's "
+                   "pydoc topics split by topic; held-out perplexity) or icd10 (the shipped ICD-10-CM coding task split "
+                   "by chapter, written into OUT/task-icd10 once; perplexity on the answers and exact match of greedy "
+                   "generations on codes no member trains on)")
     p.add_argument("--learning-rate", type=float, default=0.2, help="members' learning rate (default 0.2)")
     p.add_argument("--training-deadline", type=float, metavar="S", help="server deadlines.training_s: members that "
                    "report no training progress by then are dropouts (default 120; 300 with --model)")
@@ -77,7 +83,7 @@ def _prepare_out(out: Path) -> None:
                 for sub in child.iterdir():
                     if sub.name != "model":
                         shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
-            elif child.name not in (MARKER, MODELS):
+            elif child.name not in (MARKER, MODELS, TASK_DIR):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by securefed demo\n")
@@ -138,20 +144,31 @@ def _packaged(arg: str | None) -> PackagedModel | None:
         return None
 
 
-def _settings(args: argparse.Namespace, real: bool) -> tuple[int, float, float]:
-    """(steps, training deadline, timeout) for the tiny preset or a real model, checked."""
+def _settings(args: argparse.Namespace, real: bool) -> tuple[int, float, float, int]:
+    """(steps, training deadline, timeout, sequence length) for the tiny preset or a real model, checked."""
+    task = getattr(args, "task", "pydoc") == "icd10"
     steps = args.steps if args.steps is not None else (8 if real else 24)
     deadline = args.training_deadline if args.training_deadline is not None else (300.0 if real else 120.0)
-    timeout = args.timeout if args.timeout is not None else (2400.0 if real else 600.0)
+    timeout = args.timeout if args.timeout is not None else (3600.0 if real and task else 2400.0 if real else 600.0)
+    seq_len = args.seq_len if args.seq_len is not None else (96 if task else 32)
     for flag, value, lo, hi in (("--steps", steps, 1, 100_000), ("--batch-size", args.batch_size, 1, 100_000),
-                                ("--seq-len", args.seq_len, 8, 32_768)):
+                                ("--seq-len", seq_len, 8, 32_768)):
         if not lo <= value <= hi:
             raise ConfigError(f"{flag}: use {lo}..{hi}")
     for flag, value in (("--learning-rate", args.learning_rate), ("--training-deadline", deadline),
                         ("--training-max", args.training_max), ("--timeout", timeout)):
         if not value > 0:
             raise ConfigError(f"{flag}: must be positive")
-    return steps, deadline, timeout
+    return steps, deadline, timeout, seq_len
+
+
+def _icd10_task(task_dir: Path, members: int) -> Path:
+    """The shipped ICD-10-CM task for ``members`` members (``securefed task icd10``; a no-op when there)."""
+    from securefed.cli import main as securefed_main
+
+    if securefed_main(["task", "icd10", "--members", str(members), "--out", str(task_dir)]) != 0:
+        raise ConfigError(f"could not write the ICD-10-CM task into {task_dir}; delete it and run again")
+    return task_dir
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -164,11 +181,15 @@ def _demo(args: argparse.Namespace) -> int:
     packaged = _packaged(args.model)
     user_model = None if packaged else _user_model(args.model, out)
     real = packaged is not None or user_model is not None
-    steps, training_s, timeout = _settings(args, real)
+    if args.task == "icd10" and not real:
+        raise ConfigError("--task icd10 needs a real model with a chat template (--model smollm2): the tiny preset's "
+                          "512-token vocabulary cuts most records before their answer")
+    steps, training_s, timeout, seq_len = _settings(args, real)
     targets = _targets(args.target_modules, real)
     _prepare_out(out)
     if packaged is not None:
         user_model = get_model(packaged.name, out / MODELS / packaged.name, say=_say).out_dir
+    task = _icd10_task(out / TASK_DIR, args.clients) if args.task == "icd10" else None
     work = out / "work"
     logs = out / "logs"
     ledgers = out / "ledgers"
@@ -176,7 +197,8 @@ def _demo(args: argparse.Namespace) -> int:
     from securefed.secagg.params import suggest_threshold
 
     _say(f"provisioning: CA + certificates, {user_model or 'tiny preset model'}, {args.clients} members, "
-         f"mode={args.mode} -> {out}")
+         f"mode={args.mode}, data: {task or 'pydoc topics'}, {steps} DP-SGD steps of ~{args.batch_size} x {seq_len} "
+         f"tokens per round -> {out}")
     n = args.clients
     # secagg: the smallest threshold a member with the default max_colluding_members (1) accepts;
     # ckks: a strict majority of the members.
@@ -187,10 +209,12 @@ def _demo(args: argparse.Namespace) -> int:
         model_dir=user_model,
         # planned_rounds = rounds + 1: the noise leaves room for one retried round (an abort or crash
         # spends budget too), so a hiccup does not lock members out of the last round.
-        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1}}
+        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1},
+                         **({"data": {"path": str(task / nm / "train.jsonl"), "demo_client": None, "demo_clients": None}}
+                            if task is not None else {})}
                     for nm in names},
         client={"training": {"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
-                             "max_seq_len": args.seq_len},
+                             "max_seq_len": seq_len},
                 "connection": {"give_up_after_s": 60.0}},
         server={"deadlines": {"join_s": 300.0 if real else 120.0, "training_s": training_s,
                               "training_max_s": args.training_max},
@@ -252,7 +276,8 @@ def _demo(args: argparse.Namespace) -> int:
                 client_rc[nm] = None
         for line in watch.poll(procs):  # what the members logged after the last round
             _say(line)
-        rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start, watch)
+        rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start, watch,
+                        task_heldout=task / "heldout.jsonl" if task is not None else None, seq_len=seq_len)
         return rc
     finally:
         for pr in [server, *procs.values()]:
@@ -264,7 +289,8 @@ def _demo(args: argparse.Namespace) -> int:
                     pr.kill()
 
 
-def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float, watch: MemberWatch) -> int:
+def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float, watch: MemberWatch, *,
+               task_heldout: Path | None = None, seq_len: int = 32) -> int:
     from securefed.privacy.federation_context import read_round_log
     from securefed.privacy.ledger import Ledger
     from securefed.privacy.report import write_report
@@ -285,7 +311,7 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     if completed and last is not None and last.checkpoint:
         shutil.copyfile(last.checkpoint, final)
     peft_src = Path(p.root) / "clients" / "member-1" / "global" / "peft"
-    if peft_src.exists():
+    if completed and peft_src.exists():  # before a completed round it holds the initial adapter only
         shutil.copytree(peft_src, out / "final_adapter_peft", dirs_exist_ok=True)
 
     ledger_files = sorted(ledgers.glob("*.sqlite"))
@@ -303,12 +329,16 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     if results:
         html, js = write_report(results, out / "audit", round_log)
 
-    before = after = None
+    from securefed.demo_eval import evaluate_demo
+
+    measures = []
     try:
-        _say("evaluating held-out perplexity before and after ...")
-        before, after = _perplexity(p, final if final.exists() else None)
+        _say("evaluating on held-out data before and after ...")
+        measures = evaluate_demo(p.server_toml, p.model_dir, final if final.exists() else None,
+                                 n_clients=len(p.client_tomls), seq_len=seq_len, task_heldout=task_heldout,
+                                 limit=TASK_EVAL_RECORDS)
     except Exception as exc:  # the demo's summary must not hide the federation result
-        _say(f"could not evaluate perplexity: {exc}")
+        _say(f"could not evaluate: {exc}")
 
     print()
     _say(f"finished in {time.monotonic() - t_start:.1f} s: {len(completed)}/{cfg.federation.rounds} rounds completed, "
@@ -318,9 +348,11 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
              f"dropouts {len(a.dropouts)}, bytes in/out {a.bytes_in}/{a.bytes_out}")
     for a in failed:
         _say(f"  attempt {a.attempt} (round {a.round}) {a.status.value}: {a.reason}")
-    if before is not None:
-        _say(f"held-out perplexity: before {before:.3f} -> after {after:.3f}" if final.exists() else
-             f"held-out perplexity: {before:.3f} before; no round completed, so no after")
+    if measures and task_heldout is not None:
+        _say(f"on the first {TASK_EVAL_RECORDS} records of {task_heldout} (codes no member trained on):")
+    for m in measures:
+        _say(f"{m.name}: before {m.before:.3f} -> after {m.after:.3f}" if m.after is not None else
+             f"{m.name}: {m.before:.3f} before; no round completed, so no after")
     for cid, (e, target, k, delta) in sorted(eps.items()):
         _say(f"  {cid}: epsilon spent {e:.4f} of {target:g} (delta {delta:g}) over {k} DP release(s)")
     member_lines = watch.summary()
@@ -346,32 +378,3 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     if not ok:
         _say(f"FEDERATION FAILED (server exit code {server_rc})")
     return 0 if ok and audit_ok and not bad_clients else 1
-
-
-def _perplexity(p, final: Path | None) -> tuple[float, float]:
-    """Held-out perplexity with the initial (round 0) adapter and with the final one."""
-    import numpy as np
-
-    from securefed.protocol.bundle import read_adapter_file
-    from securefed.server.config import load_server_config
-    from securefed.training.adapter import AdapterLayout, load_adapter_vector
-    from securefed.training.config import LoraSettings
-    from securefed.training.data import demo_heldout_dataset, evaluate
-    from securefed.training.model import load_model
-
-    cfg = load_server_config(p.server_toml)
-    b0 = read_adapter_file(cfg.checkpoint_dir / "global-r000000.safetensors")
-    lora = LoraSettings.model_validate(json.loads(b0.settings_json)["lora"])
-    loaded = load_model(p.model_dir, lora=lora)
-    held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32, kind=loaded.kind)
-    layout = AdapterLayout.from_json(b0.layout_json)
-    load_adapter_vector(loaded.model, np.array(b0.vector), layout)
-    # The tiny preset: 128 blocks in a second; a real model: 64, a minute or two on a shared CPU.
-    n_eval = 128 if (Path(p.model_dir) / "securefed_preset.json").is_file() else 64
-    _, before = evaluate(loaded.model, held, max_examples=n_eval, kind=loaded.kind)
-    after = before
-    if final is not None:
-        bf = read_adapter_file(final)
-        load_adapter_vector(loaded.model, np.array(bf.vector), layout)
-        _, after = evaluate(loaded.model, held, max_examples=n_eval, kind=loaded.kind)
-    return before, after

@@ -21,8 +21,8 @@ from securefed.server.roundlog import RoundLog
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(steps=None, batch_size=16, seq_len=32, learning_rate=0.2, training_deadline=None, training_max=1800.0,
-                timeout=None)
+    base = dict(steps=None, batch_size=16, seq_len=None, learning_rate=0.2, training_deadline=None, training_max=1800.0,
+                timeout=None, task="pydoc")
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -36,8 +36,9 @@ def test_a_packaged_model_is_named_by_its_short_name_unless_a_directory_is(tmp_p
 
 
 def test_settings_follow_the_model_and_bad_values_are_one_line():
-    assert demo_cli._settings(_args(), real=False) == (24, 120.0, 600.0)
-    assert demo_cli._settings(_args(), real=True) == (8, 300.0, 2400.0)
+    assert demo_cli._settings(_args(), real=False) == (24, 120.0, 600.0, 32)
+    assert demo_cli._settings(_args(), real=True) == (8, 300.0, 2400.0, 32)
+    assert demo_cli._settings(_args(task="icd10"), real=True) == (8, 300.0, 3600.0, 96)
     assert demo_cli._settings(_args(steps=3, training_deadline=50.0), real=True)[:2] == (3, 50.0)
     for bad, flag in ((dict(steps=0), "--steps"), (dict(seq_len=2), "--seq-len"),
                       (dict(training_deadline=-1.0), "--training-deadline")):

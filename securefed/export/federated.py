@@ -13,14 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from securefed.errors import CheckpointError, ModelError
+from securefed.errors import CheckpointError
+from securefed.evaluation.loading import load_for_eval
 from securefed.protocol.bundle import Bundle, read_adapter_file
-from securefed.training.adapter import AdapterLayout, load_adapter_vector
 from securefed.training.config import LoraSettings
-from securefed.training.fingerprint import compute_fingerprint, short
-from securefed.training.model import LoadedModel, load_model
+from securefed.training.model import LoadedModel
 
 
 @dataclass
@@ -40,30 +37,24 @@ class FederatedModel:
         return self.loaded.tokenizer
 
 
-def read_settings(bundle: Bundle, source: Path) -> tuple[LoraSettings, str | None]:
-    """(LoRA settings, base-model fingerprint or None) recorded in a global bundle."""
+def read_settings(bundle: Bundle, source: Path) -> LoraSettings:
+    """The LoRA settings recorded in a global bundle."""
     try:
         settings = json.loads(bundle.settings_json or "{}")
         lora = LoraSettings.model_validate(settings["lora"])
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{source}: the adapter records no usable LoRA settings; export a global adapter "
                               "written by securefed (server checkpoint, member's global/adapter.safetensors)") from None
-    base = settings.get("base_model") or {}
-    return lora, base.get("fingerprint") if isinstance(base, dict) else None
+    return lora
 
 
 def load_federated(model_dir: str | Path, adapter_file: str | Path) -> FederatedModel:
-    """``model_dir`` (fp32, CPU) with LoRA as the adapter file says, set to its values."""
+    """``model_dir`` (fp32, CPU) with LoRA as the adapter file says, set to its values: the same loading
+    ``securefed eval`` does (fingerprint checked, layout checked)."""
     model_dir, adapter_file = Path(model_dir), Path(adapter_file)
     bundle = read_adapter_file(adapter_file)
-    lora, want_fp = read_settings(bundle, adapter_file)
-    if want_fp:
-        have = compute_fingerprint(model_dir)
-        if have != want_fp:
-            raise ModelError(f"{adapter_file} was trained on the base model {short(want_fp)}..., but {model_dir} is "
-                             f"{short(have)}...; export it with the federation's base checkpoint")
-    loaded = load_model(model_dir, lora=lora)
-    load_adapter_vector(loaded.model, np.array(bundle.vector, dtype=np.float32), AdapterLayout.from_json(bundle.layout_json))
+    lora = read_settings(bundle, adapter_file)
+    loaded = load_for_eval(model_dir, adapter_file).loaded
     loaded.model.eval()
     rnd = bundle.meta.get("round")
     return FederatedModel(loaded, bundle, lora, adapter_file, int(rnd) if rnd and rnd.isdigit() else None)

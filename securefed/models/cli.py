@@ -55,6 +55,8 @@ def get_model(name: str, out: Path, say=_say):
     say(f"{model.title}")
     say(f"weights: {model.weights_note}")
     result = import_gguf(path, out, say=say, weights_note=model.weights_note, title=model.title)
+    if not result.converted:
+        say(f"{result.out_dir} already holds this conversion (fingerprint re-checked); nothing to do")
     if model.fingerprint and result.fingerprint != model.fingerprint:
         say(f"WARNING: the fingerprint differs from the one securefed recorded for {model.name} "
             f"({model.fingerprint[:16]}...; other library versions than requirements.lock's?): members that "
@@ -67,8 +69,6 @@ def get_model(name: str, out: Path, say=_say):
 def _report(result) -> int:
     if result.converted:
         _say(f"wrote {result.out_dir} in {result.seconds:.0f} s")
-    else:
-        _say(f"{result.out_dir} already holds this conversion (fingerprint re-checked); nothing to do")
     _say(f"base-model fingerprint: {result.fingerprint}")
     _say(f"use it: base_model_dir = \"{result.out_dir}\" (server and members), or securefed demo --model {result.out_dir}")
     return 0
@@ -81,4 +81,7 @@ def _get(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from securefed.models.gguf_import import import_gguf
 
-    return _report(import_gguf(args.file, args.out, say=_say))
+    result = import_gguf(args.file, args.out, say=_say)
+    if not result.converted:
+        _say(f"{result.out_dir} already holds this conversion (fingerprint re-checked); nothing to do")
+    return _report(result)
