@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from securefed.export.federated import FederatedModel
-from securefed.export.peft_dir import make_shared
+from securefed.fsutil import share_tree
 from securefed.training.model import checkpoint_dtype
 
 _TORCH = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -36,5 +36,5 @@ def save_merged(model, tokenizer, base_model_dir: Path, out_dir: Path) -> Path:
     gen = Path(base_model_dir) / "generation_config.json"
     if gen.is_file():
         shutil.copyfile(gen, Path(out_dir) / "generation_config.json")
-    make_shared(Path(out_dir))
+    share_tree(Path(out_dir))
     return Path(out_dir)

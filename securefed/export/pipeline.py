@@ -15,7 +15,8 @@ from securefed.export import checks
 from securefed.export.federated import load_federated
 from securefed.export.gguf_file import check_exportable, write_gguf
 from securefed.export.merged import merge, save_merged
-from securefed.export.peft_dir import make_shared, save_peft_dir
+from securefed.export.peft_dir import save_peft_dir
+from securefed.fsutil import share_tree
 from securefed.models.gguf_import import probe_ids
 
 MARKER = "securefed-export.json"
@@ -89,7 +90,7 @@ def export(model_dir: Path, adapter: Path, out: Path, *, merge_model: bool = Fal
                 record["artefacts"]["gguf"] = name
                 say(f"GGUF ({gguf_type}): {out / name}{note}")
         (tmp / MARKER).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        make_shared(tmp)
+        share_tree(tmp)
         if out.exists():
             shutil.rmtree(out)  # an earlier export (checked above)
         os.replace(tmp, out)

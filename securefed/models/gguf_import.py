@@ -37,6 +37,7 @@ from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURE
 from transformers.utils import logging as hf_logging
 
 from securefed.errors import ModelError
+from securefed.fsutil import share_tree
 from securefed.models.sources import sha256_file
 from securefed.training.families import model_kind
 from securefed.training.fingerprint import compute_fingerprint
@@ -161,7 +162,7 @@ def import_gguf(path: str | Path, out_dir: str | Path, *, say: Say = print, weig
                     "parameters": params, "transformers": transformers.__version__, "gguf_package": dist_version("gguf"), "torch": torch.__version__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(_model_card(title or info.name, info, manifest))
-        _make_shared(tmp)
+        share_tree(tmp)  # the daemons often run as other users
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked by _existing): replaced by the finished directory
         os.replace(tmp, out_dir)
@@ -274,16 +275,6 @@ def _check(tmp: Path, gguf_model, gguf_tokenizer, say: Say) -> int:
     say(f"checked: logits of the written checkpoint equal the GGUF load's on {len(ids)} probe tokens "
         "(bit for bit), and its tokenizer encodes the probe identically")
     return len(ids)
-
-
-def _make_shared(root: Path) -> None:
-    """Readable by the daemons' users whatever the umask: directories 0755, files 0644."""
-    os.chmod(root, 0o755)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), 0o755)
-        for f in filenames:
-            os.chmod(os.path.join(dirpath, f), 0o644)
 
 
 def _model_card(title: str, info: GgufInfo, manifest: dict) -> str:
