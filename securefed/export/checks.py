@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from securefed.errors import ModelError
 from securefed.models.gguf_import import probe_ids
-from securefed.training.model import load_model
+from securefed.training.model import load_model, tie_head
 
 PROMPTS = ("What is the capital of France?", "Name three primary colours.", "Write one sentence about the sea.",
            "What is 7 plus 5?")
@@ -94,6 +94,7 @@ def check_gguf(path: Path, merged_model, tokenizer, *, exact: bool) -> Generatio
             served = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
                                                           local_files_only=True).eval()
             served_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+            tie_head(served, served.config)  # a GGUF without output.weight is tied; transformers may not tie it
         except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the file is not servable
             raise ModelError(f"{path}: transformers' GGUF loader cannot read the exported file "
                              f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None

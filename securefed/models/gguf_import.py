@@ -41,7 +41,7 @@ from securefed.fsutil import share_tree
 from securefed.models.sources import sha256_file
 from securefed.training.families import model_kind
 from securefed.training.fingerprint import compute_fingerprint
-from securefed.training.model import auto_class, load_model, load_tokenizer
+from securefed.training.model import auto_class, load_model, load_tokenizer, tie_head
 
 MANIFEST = "securefed-model.json"
 MANIFEST_FORMAT = "securefed-model/v1"
@@ -147,6 +147,9 @@ def import_gguf(path: str | Path, out_dir: str | Path, *, say: Say = print, weig
             raise ModelError(f"{path}: transformers cannot load this GGUF ({exc.__class__.__name__}: "
                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
     gguf_model.eval()
+    # transformers' loader can leave a tied head untied and newly initialised (we have seen its load report
+    # say "lm_head.weight MISSING" in a long-lived process): tie it, or the check would compare against noise.
+    tie_head(gguf_model, gguf_model.config)
     params = sum(p.numel() for p in gguf_model.parameters())
     say(f"loaded {params / 1e6:.1f}M parameters in {time.monotonic() - t0:.0f} s; writing the checkpoint ...")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -216,8 +219,10 @@ def _write_plain(gguf_model, tokenizer, kind, tmp: Path) -> None:
         plain = auto_class(kind).from_config(config, dtype=torch.float32)
     # assign: the plain model takes the dequantised tensors themselves (no copy into meta tensors).
     plain.load_state_dict(gguf_model.state_dict(), strict=True, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        plain.tie_weights()
+    tie_head(plain, config)
+    meta = [n for n, t in plain.state_dict().items() if t.is_meta]
+    if meta:
+        raise ModelError(f"the GGUF gave no values for {', '.join(meta[:3])}; not converted")
     gen = gguf_model.generation_config
     plain.generation_config = GenerationConfig(bos_token_id=gen.bos_token_id, eos_token_id=gen.eos_token_id,
                                                pad_token_id=gen.pad_token_id)

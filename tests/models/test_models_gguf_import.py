@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
+import transformers.modeling_utils as modeling_utils
 from model_helpers import build_tiny_llama
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
@@ -152,3 +153,16 @@ def test_a_packaged_file_changed_after_installation_is_refused(tmp_path, monkeyp
     (site / "pkg" / "m.gguf").write_bytes(data[:-1] + b"\x01")
     with pytest.raises(ModelError, match="differs from the one fake-model recorded"):
         sources.locate(model)
+
+
+def test_a_tied_head_the_loader_left_untied_is_tied_not_saved_as_noise(gguf_path, tmp_path, monkeypatch):
+    """In a long-lived process transformers' GGUF load has reported ``lm_head.weight MISSING`` and left a
+    newly initialised head (the full suite hit it): simulated by switching its tying off. The conversion
+    ties the head itself, so the checkpoint still computes what the GGUF's tied model computes."""
+    ckpt, path = gguf_path
+    monkeypatch.setattr(modeling_utils.PreTrainedModel, "tie_weights", lambda self, *a, **k: None)
+    out = import_gguf(path, tmp_path / "out", say=lambda _: None).out_dir
+    monkeypatch.undo()
+    ids = torch.tensor([probe_ids(load_model(ckpt).tokenizer)])
+    with torch.no_grad():
+        assert torch.equal(load_model(ckpt).model(input_ids=ids).logits, load_model(out).model(input_ids=ids).logits)
