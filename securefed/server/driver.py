@@ -61,12 +61,13 @@ class RoundDriver(abc.ABC):
         if n < need:
             raise ProtocolAbort(f"only {n} {what}, threshold is {need}: no aggregate is released")
 
-    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline_key: str, label: str | None = None) -> Phase:
-        """The next phase: every client with a task is expected to answer by the deadline that the
-        ``[deadlines]`` setting ``deadline_key`` gives."""
+    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline: str | float, label: str | None = None) -> Phase:
+        """The next phase: every client with a task is expected to answer by the deadline: the ``[deadlines]``
+        setting named ``deadline`` (so an abort can name it), or that many seconds."""
         log(logger, "stage opened", attempt=self.ctx.attempt, stage=label or stage_name(stage), participants=sorted(tasks))
-        return Phase(stage, tasks, frozenset(tasks), getattr(self.ctx.config.deadlines, deadline_key),
-                     deadline_key=deadline_key)
+        key = deadline if isinstance(deadline, str) else ""
+        seconds = getattr(self.ctx.config.deadlines, key) if key else float(deadline)
+        return Phase(stage, tasks, frozenset(tasks), seconds, deadline_key=key)
 
     # --- mode specific ---------------------------------------------------------------------------
     @abc.abstractmethod
