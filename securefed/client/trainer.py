@@ -19,6 +19,7 @@ import numpy as np
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
 from securefed.errors import InvalidInput, ModelError
+from securefed.export.peft_dir import save_peft_dir
 from securefed.logs import get_logger, log
 from securefed.protocol.bundle import Bundle
 from securefed.strategies.base import ClientPayload, Strategy, load_vector
@@ -164,8 +165,7 @@ class Trainer:
         if self._model is None:
             return None
         self._set_adapter(bundle)
-        self._model.save_pretrained(str(out_dir))
-        return out_dir
+        return save_peft_dir(self._model, out_dir, base_model_dir=self.model_dir)  # as `securefed export` writes it
 
     def _set_adapter(self, bundle: Bundle) -> None:
         load_adapter_vector(self._model, np.array(bundle.vector, dtype=np.float32), AdapterLayout.from_json(bundle.layout_json))

@@ -47,6 +47,7 @@ from securefed.server.driver import DriverFactory
 from securefed.server.livestatus import status_of
 from securefed.server.mailbox import Mailbox
 from securefed.server.roundlog import RoundLog
+from securefed.server.stage_clock import close_phase, extend_for_work, wait_until_idle
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server.coordinator")
@@ -231,6 +232,7 @@ class Coordinator:
             )
 
     def _run_attempt(self) -> None:
+        wait_until_idle(self.mailbox, self.config.deadlines, self._stop.is_set)  # or a busy member misses the plan
         ctx = self._new_attempt()
         t0 = time.monotonic()
         timings: dict[str, float] = {}
@@ -269,7 +271,7 @@ class Coordinator:
                     log(logger, "stage closed early: dropouts" if len(early) == len(silent) else "stage deadline: dropouts",
                         level=logging.WARNING, attempt=ctx.attempt, round=ctx.round, stage=STAGE_NAMES[phase.stage],
                         dropouts=silent, why={c: early.get(c, "silent at the stage deadline") for c in silent})
-                result = driver.finish_phase(phase)
+                result = close_phase(driver, phase, silent, lost)
                 outcome = result if isinstance(result, RoundOutcome) else None
                 phase = None if outcome is not None else result
                 self.roundlog.update_attempt(
@@ -295,9 +297,9 @@ class Coordinator:
                 if phase.expected <= phase.responded | lost.keys():
                     return lost
                 left = phase.deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 and not extend_for_work(self.mailbox, phase, self.config.deadlines):
                     return lost
-                self._cv.wait(min(left, 0.25))
+                self._cv.wait(min(max(left, 0.05), 0.25))
         return lost
 
     def _commit(self, ctx: AttemptContext, outcome: RoundOutcome, timings: dict[str, float], t0: float) -> None:

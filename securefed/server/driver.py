@@ -33,7 +33,7 @@ class RoundDriver(abc.ABC):
     def plan_phase(self) -> Phase:
         c = self.ctx
         tasks = {cid: c.task(pb.STAGE_PLAN, plan=c.plan) for cid in c.cohort}
-        return Phase(pb.STAGE_PLAN, tasks, frozenset(c.cohort), c.config.deadlines.training_s)
+        return Phase(pb.STAGE_PLAN, tasks, frozenset(c.cohort), c.config.deadlines.training_s, deadline_key="training_s")
 
     def on_decision(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
         if phase.stage != pb.STAGE_PLAN:
@@ -61,10 +61,12 @@ class RoundDriver(abc.ABC):
         if n < need:
             raise ProtocolAbort(f"only {n} {what}, threshold is {need}: no aggregate is released")
 
-    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline_s: float, label: str | None = None) -> Phase:
-        """The next phase: every client with a task is expected to answer by the deadline."""
+    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline_key: str, label: str | None = None) -> Phase:
+        """The next phase: every client with a task is expected to answer by the deadline that the
+        ``[deadlines]`` setting ``deadline_key`` gives."""
         log(logger, "stage opened", attempt=self.ctx.attempt, stage=label or stage_name(stage), participants=sorted(tasks))
-        return Phase(stage, tasks, frozenset(tasks), deadline_s)
+        return Phase(stage, tasks, frozenset(tasks), getattr(self.ctx.config.deadlines, deadline_key),
+                     deadline_key=deadline_key)
 
     # --- mode specific ---------------------------------------------------------------------------
     @abc.abstractmethod
