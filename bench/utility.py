@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-records", type=int, help="global held-out records evaluated (default 300, quick 48)")
     ap.add_argument("--max-new-tokens", type=int, default=10, help="greedy generation budget (codes: <= 9 tokens)")
     ap.add_argument("--max-per-chapter", type=int, default=2000, help="ICD-10 codes per chapter (as the task CLI)")
+    ap.add_argument("--options", type=int, default=4,
+                    help="multiple-choice options per held-out record (choice_accuracy; 0: none)")
+    ap.add_argument("--metric", default="auto", help="the task metric (auto: exact match for codes)")
     ap.add_argument("--secagg", choices=["on", "off"], default="on",
                     help="sum the members' payloads through the pairwise-masking state machines (off: a plain sum)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
