@@ -71,9 +71,9 @@ class Runner:
         self.model_dir = Path(args.model)
         quick = args.quick
         self.rounds = args.rounds or (1 if quick else 2)
-        self.steps = args.steps or (2 if quick else 4)
-        self.batch = args.batch or (32 if quick else 128)
-        self.eval_n = args.eval_records or (48 if quick else 300)
+        self.steps = args.steps or (2 if quick else 3)
+        self.batch = args.batch or (32 if quick else 64)
+        self.eval_n = args.eval_records or (32 if quick else 64)
         self.task = load_task(args)
         self.models: dict[bool, object] = {}
         self.base_eval: dict | None = None
