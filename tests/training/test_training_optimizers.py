@@ -54,19 +54,24 @@ def test_adam_steps_on_the_clipped_gradient(setup, name):
     settings = LocalTrainingSettings(learning_rate=0.01, optimizer=name, weight_decay=0.1 if name == "adamw" else 0.0,
                                      batch_size=4, steps=2, clip_norm=clip, clipping="hooks", secure_mode=False,
                                      max_seq_len=16)
-    # Reference: torch's own optimizer on the clipped mean gradients, computed by hand.
-    load_adapter_vector(model, start, layout)
-    params = [p for p in model.parameters() if p.requires_grad]
-    ref_opt = (torch.optim.Adam(params, lr=0.01) if name == "adam" else
+    def by_hand(c: float) -> np.ndarray:
+        """torch's own optimizer on the mean gradients clipped to ``c`` per example, computed by hand."""
+        load_adapter_vector(model, start, layout)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = (torch.optim.Adam(params, lr=0.01) if name == "adam" else
                torch.optim.AdamW(params, lr=0.01, weight_decay=0.1))
-    for b in batches:
-        g = _clipped_mean(model, b, clip)
-        at = 0
-        for p in params:
-            p.grad = g[at:at + p.numel()].view_as(p).clone()
-            at += p.numel()
-        ref_opt.step()
-    expected, _ = adapter_to_vector(model)
+        for b in batches:
+            g = _clipped_mean(model, b, c)
+            at = 0
+            for p in params:
+                p.grad = g[at:at + p.numel()].view_as(p).clone()
+                at += p.numel()
+            opt.step()
+        return adapter_to_vector(model)[0]
+
+    expected = by_hand(clip)
+    raw = by_hand(1e9)  # negative control: the same optimizer on the unclipped gradient lands elsewhere
+    assert np.abs(raw - expected).max() > 1e-3
     load_adapter_vector(model, start, layout)
     trainer = DPTrainer(model, settings, 0.0, 4, ClippingMode.HOOKS, TorchSource())
     try:
