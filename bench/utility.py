@@ -138,20 +138,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a reduced run (under 15 minutes on a 2-core CPU)")
     ap.add_argument("--settings", help=f"comma-separated subset of {','.join(REAL_SETTINGS)}")
     ap.add_argument("--rounds", type=int, help="federated rounds (default 3 tiny, 2 real, 1 quick)")
-    ap.add_argument("--steps", type=int, help="local DP-SGD steps per round (default 4, quick 2)")
-    ap.add_argument("--batch", type=int, help="expected logical (Poisson) batch per member (default 128, quick 32)")
+    ap.add_argument("--steps", type=int, help="local DP-SGD steps per round (default 3, quick 2)")
+    ap.add_argument("--batch", type=int, help="expected logical (Poisson) batch per member (default 64, quick 32)")
     ap.add_argument("--physical", type=int, default=32, help="rows per micro-batch")
     ap.add_argument("--max-seq-len", type=int, default=80, help="tokens per record (ICD records: mean ~63)")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
     ap.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
     ap.add_argument("--lora-layers", type=int, default=10, help="LoRA on q/v of the top N layers (0: all)")
     ap.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
-    ap.add_argument("--lr", type=float, default=2e-3, help="learning rate (every setting)")
+    ap.add_argument("--lr", type=float, default=1e-2, help="learning rate (every setting)")
     ap.add_argument("--clip", type=float, default=1.0, help="DP clipping norm C")
     ap.add_argument("--delta", type=float, default=DELTA, help="DP delta (below 1/N of every member)")
-    ap.add_argument("--eval-records", type=int, help="global held-out records evaluated (default 300, quick 48)")
+    ap.add_argument("--eval-records", type=int, help="global held-out records evaluated (default 64, quick 32)")
     ap.add_argument("--max-new-tokens", type=int, default=10, help="greedy generation budget (codes: <= 9 tokens)")
     ap.add_argument("--max-per-chapter", type=int, default=2000, help="ICD-10 codes per chapter (as the task CLI)")
+    ap.add_argument("--options", type=int, help="multiple-choice options per held-out record (choice_accuracy; "
+                    "default 4, quick 0: none)")
+    ap.add_argument("--metric", default="auto", help="the task metric (auto: exact match for codes)")
     ap.add_argument("--secagg", choices=["on", "off"], default="on",
                     help="sum the members' payloads through the pairwise-masking state machines (off: a plain sum)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         print(json.dumps(tiny_main(args.rounds or 3), indent=1))
         return 0
+    if args.options is None:
+        args.options = 0 if args.quick else 4
     if args.threads:
         torch.set_num_threads(args.threads)
     from bench.utility_task import run_real

@@ -43,10 +43,15 @@ def load_task(args) -> Task:
         manifest = json.loads((args.data / "task.json").read_text())
         members = [read_jsonl(args.data / m["train"]) for m in manifest["members"]]
         return Task(members, read_jsonl(args.data / manifest["heldout"]["path"]))
-    split = icd10.split_items(icd10.tabular_items(), 3, max_per_chapter=args.max_per_chapter)
-    as_records = lambda items, name: [parse_record(r, f"{name}:{i + 1}")  # noqa: E731
-                                      for i, r in enumerate(icd10.records(items))]
-    return Task([as_records(m.train, m.name) for m in split.members], as_records(split.heldout, "heldout"))
+    items = icd10.tabular_items()
+    split = icd10.split_items(items, 3, max_per_chapter=args.max_per_chapter)
+    pool = icd10.chapter_codes(items)
+
+    def as_records(its, name, k=0):
+        return [parse_record(r, f"{name}:{i + 1}") for i, r in enumerate(icd10.records(its, pool=pool, k=k))]
+
+    return Task([as_records(m.train, m.name) for m in split.members],
+                as_records(split.heldout, "heldout", args.options))
 
 
 def _targets(model_dir, layers: int):
@@ -66,9 +71,9 @@ class Runner:
         self.model_dir = Path(args.model)
         quick = args.quick
         self.rounds = args.rounds or (1 if quick else 2)
-        self.steps = args.steps or (2 if quick else 4)
-        self.batch = args.batch or (32 if quick else 128)
-        self.eval_n = args.eval_records or (48 if quick else 300)
+        self.steps = args.steps or (2 if quick else 3)
+        self.batch = args.batch or (32 if quick else 64)
+        self.eval_n = args.eval_records or (32 if quick else 64)
         self.task = load_task(args)
         self.models: dict[bool, object] = {}
         self.base_eval: dict | None = None
@@ -100,7 +105,7 @@ class Runner:
         lm, loss, _, layout = self.model(ffa)
         load_adapter_vector(lm.model, vec, layout)
         r = evaluate_records(lm.model, lm.tokenizer, self.held, kind=lm.kind, max_seq_len=self.args.max_seq_len,
-                             max_new_tokens=self.args.max_new_tokens, batch_size=16)
+                             max_new_tokens=self.args.max_new_tokens, batch_size=16, metric=self.args.metric)
         return {"ppl": r.perplexity, "metric": r.metric, "value": r.task_metric, "metrics": r.metrics,
                 "samples": r.samples[:3]}
 
@@ -152,7 +157,8 @@ class Runner:
                 "batch": extra.pop("batch", self.batch), "members": len(self.data),
                 "heldout_ppl_before": round(before["ppl"], 4), "heldout_ppl_after": round(after["ppl"], 4),
                 "task_metric": before["metric"], "task_metric_before": before["value"],
-                "task_metric_after": after["value"], "metrics_after": after["metrics"],
+                "task_metric_after": after["value"], "metrics_before": before["metrics"],
+                "metrics_after": after["metrics"],
                 "lora": "ffa-lora" if setting.startswith("fed-ffa") else "lora", "rank": self.args.rank,
                 "lora_layers": self.args.lora_layers, "optimizer": self.args.optimizer, "lr": self.args.lr,
                 "clip": self.args.clip, "max_seq_len": self.args.max_seq_len, "eval_records": len(self.held),
@@ -168,7 +174,8 @@ class Runner:
             each = [self.evaluate(False, self.alone(d, self.batch)) for d in self.data]
             best = max(range(len(each)), key=lambda i: (each[i]["value"], -each[i]["ppl"]))
             mean = {"ppl": float(np.mean([e["ppl"] for e in each])), "value": float(np.mean([e["value"] for e in each])),
-                    "metric": each[0]["metric"], "metrics": {}, "samples": each[best]["samples"]}
+                    "metric": each[0]["metric"], "samples": each[best]["samples"],
+                    "metrics": {k: float(np.mean([e["metrics"][k] for e in each])) for k in each[0]["metrics"]}}
             return self.record("local-only", None, t0, mean, best_member={
                 "member": best + 1, "task_metric_after": each[best]["value"], "heldout_ppl_after": each[best]["ppl"]},
                 member_results=[{"member": i + 1, "task_metric_after": e["value"], "heldout_ppl_after": e["ppl"],
@@ -202,10 +209,16 @@ def run_real(args, chosen: list[str]) -> list[dict]:
             with open(args.out, "a") as f:
                 f.write(json.dumps(rec) + "\n")
     fed = next((x for x in records if x["setting"] == "federated"), None)
-    gain = fed["task_metric_after"] - fed["task_metric_before"] if fed else None
     for x in records:
-        x["kept"] = (round((x["task_metric_after"] - x["task_metric_before"]) / gain, 3)
-                     if gain and gain > 0 and x["task_metric_after"] is not None else None)
+        # The share of the federated non-private gain each setting keeps, on every metric measured.
+        x["kept"] = {}
+        for name, after in x["metrics_after"].items():
+            gain = fed["metrics_after"].get(name, 0) - fed["metrics_before"].get(name, 0) if fed else 0
+            if gain > 0 and name in x["metrics_before"]:
+                x["kept"][name] = round((after - x["metrics_before"][name]) / gain, 3)
+        ppl_gain = fed["heldout_ppl_before"] - fed["heldout_ppl_after"] if fed else 0
+        if ppl_gain > 0:
+            x["kept"]["perplexity"] = round((x["heldout_ppl_before"] - x["heldout_ppl_after"]) / ppl_gain, 3)
         if not (isinstance(x["heldout_ppl_after"], float) and math.isfinite(x["heldout_ppl_after"])):
             x["heldout_ppl_after"] = None
     return records

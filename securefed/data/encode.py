@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from securefed.data.records import Record, RecordKind, Turn
+from securefed.data.records import Record, RecordKind
 from securefed.errors import InvalidInput
 
 IGNORE_INDEX = -100
@@ -164,7 +164,3 @@ def pack(streams: list[list[int]], block: int) -> list[list[int]]:
     flat = [t for s in streams for t in s]
     return [flat[i:i + block] for i in range(0, len(flat), block)]
 
-
-def conversation(turns: tuple[Turn, ...]) -> list[dict[str, str]]:
-    """``turns`` as the list of ``{"role", "content"}`` dicts chat templates take."""
-    return _messages(turns)

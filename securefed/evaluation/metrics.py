@@ -4,6 +4,8 @@
   ``J45.909`` must be right to the last character);
 - ``category_match``: the first three characters agree (an ICD-10-CM category: right chapter and
   condition, wrong detail), for code-like references;
+- ``prefix1_match``: the first character agrees (for ICD-10-CM the letter, roughly the chapter:
+  the right specialty), for code-like references;
 - ``token_f1``: SQuAD's bag-of-tokens F1;
 - ``rouge_l``: ROUGE-L F1 (longest common subsequence of tokens; Lin 2004, beta = 1);
 - ``choice_accuracy``: multiple choice by log-likelihood (computed in ``task``; here the argmax).
@@ -17,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-METRICS = ("exact_match", "category_match", "token_f1", "rouge_l", "choice_accuracy")
+METRICS = ("exact_match", "category_match", "prefix1_match", "token_f1", "rouge_l", "choice_accuracy")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_/]{0,15}$")
 
@@ -41,6 +43,11 @@ def exact_match(prediction: str, reference: str) -> float:
 def category_match(prediction: str, reference: str) -> float:
     p, r = normalize(prediction), normalize(reference)
     return float(len(r) >= 3 and p[:3] == r[:3])
+
+
+def prefix1_match(prediction: str, reference: str) -> float:
+    p, r = normalize(prediction), normalize(reference)
+    return float(bool(r) and p[:1] == r[:1])
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -102,4 +109,5 @@ def score_generations(predictions: list[str], references: list[str]) -> dict[str
            "rouge_l": sum(map(rouge_l, predictions, references)) / n}
     if code_like(references):
         out["category_match"] = sum(map(category_match, predictions, references)) / n
+        out["prefix1_match"] = sum(map(prefix1_match, predictions, references)) / n
     return out

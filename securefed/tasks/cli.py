@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     icd.add_argument("--out", required=True, type=Path, help="directory to write (absent or empty)")
     icd.add_argument("--seed", type=int, default=0, help="seed of the split (public; default 0)")
     icd.add_argument("--max-per-chapter", type=int, default=2000, metavar="N",
-                     help="codes used per chapter (default 2000; 0: all 74,719 billable codes, of which the injury "
+                     help="codes used per chapter, as whole categories (default 2000; 0: all 74,719 billable codes, of which the injury "
                      "and external-cause chapters hold two thirds)")
     icd.add_argument("--heldout-fraction", type=float, default=0.05,
                      help="share of each chapter's codes in the global held-out split (default 0.05)")

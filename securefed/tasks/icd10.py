@@ -11,8 +11,9 @@ phrase that names it: its description and each of its inclusion terms. An item b
 
 Non-IID by chapter (= specialty): whole chapters go to members, the largest first to the member with
 the fewest codes so far. Within each chapter codes are ordered by a seeded hash (public, *not
-secret*: this is a data split, not a key); the first ``max_per_chapter`` are used (the injury and
-external-cause chapters alone hold 65% of all codes), a share of them is the global held-out split
+secret*: this is a data split, not a key); whole categories (the first three characters), in
+seeded-hash order, are kept until a chapter has ``max_per_chapter`` codes (the injury and
+external-cause chapters alone hold 65% of all codes), so a kept code's siblings are kept too; a share of them is the global held-out split
 no member trains on, a further share each member's own held-out split, the rest its training data.
 Codes, not phrases, are split, so a held-out code was never seen in training under any phrase: the
 model has to generalise from its siblings (``S72.321A`` from ``S72.322A``, ``S72.321D``).
@@ -120,9 +121,14 @@ def split_items(items: list[Item], members: int, *, seed: int = 0, max_per_chapt
     if members > len(chapters):
         raise ConfigError(f"--members {members}: the list has only {len(chapters)} chapters to deal out")
     for ch in chapters:
+        if max_per_chapter:  # whole categories, so that a code's siblings come along
+            kept: list[str] = []
+            for cat in sorted({c[:3] for c in chapters[ch]}, key=lambda c: _rank(seed, c)):
+                if len(kept) >= max_per_chapter:
+                    break
+                kept += [c for c in chapters[ch] if c[:3] == cat]
+            chapters[ch] = kept
         chapters[ch].sort(key=lambda c: _rank(seed, c))
-        if max_per_chapter:
-            chapters[ch] = chapters[ch][:max_per_chapter]
     # Largest chapter first, to the member with the fewest codes so far (ties: the lower number).
     load = [0] * members
     owned: list[list[int]] = [[] for _ in range(members)]

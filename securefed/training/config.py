@@ -112,11 +112,15 @@ class ModelSettings(StrictModel):
         return v
 
 
+# SGD's step is lr x gradient (a clipped, averaged gradient is small); Adam's is about lr per coordinate.
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.002, "adamw": 0.002}
+
+
 class LocalTrainingSettings(StrictModel):
     """One client's DP-SGD local-training settings for one round."""
 
-    learning_rate: float = Field(0.05, gt=0, description="Learning rate on the LoRA weights (SGD's default 0.05; "
-                                 "Adam/AdamW want ~100x less, e.g. 5e-4 to 2e-3).")
+    learning_rate: float = Field(0.05, gt=0, description="Learning rate on the LoRA weights. Default: 0.05 for "
+                                 "sgd, 0.002 for adam and adamw (which move every coordinate by about the rate).")
     optimizer: Literal["sgd", "adam", "adamw"] = Field(
         "sgd", description="What steps on the privatised (clipped, noised) gradient: 'sgd', 'adam' or 'adamw'. "
         "Post-processing of the DP gradient, so the accounting is the same for all three; Adam's per-coordinate "
@@ -153,6 +157,13 @@ class LocalTrainingSettings(StrictModel):
         description="Draw DP noise and Poisson sampling from a CSPRNG (AES-CTR keyed from os.urandom). Turn off "
         "only for tests and benchmarks.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rate_for_the_optimizer(cls, data):
+        if isinstance(data, dict) and "learning_rate" not in data and data.get("optimizer") in DEFAULT_LEARNING_RATE:
+            data = {**data, "learning_rate": DEFAULT_LEARNING_RATE[data["optimizer"]]}
+        return data
 
     @model_validator(mode="after")
     def _decay_needs_adamw(self) -> "LocalTrainingSettings":

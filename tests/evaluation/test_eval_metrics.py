@@ -18,6 +18,7 @@ def test_exact_match_is_strict_about_the_code_but_not_about_framing():
 def test_category_is_the_first_three_characters():
     assert m.category_match("J45.20", "J45.909") == 1.0
     assert m.category_match("J44.9", "J45.909") == 0.0
+    assert m.prefix1_match("J44.9", "J45.909") == 1.0 and m.prefix1_match("I10", "J45.909") == 0.0
 
 
 def test_token_f1_and_rouge_l_known_answers():
@@ -39,4 +40,5 @@ def test_metric_choice_and_means():
         m.choose_metric(["x"], False, "bleu")
     s = m.score_generations(["J45.909", "J45.0", "nonsense"], ["J45.909", "J45.909", "I10"])
     assert s["exact_match"] == pytest.approx(1 / 3) and s["category_match"] == pytest.approx(2 / 3)
+    assert s["prefix1_match"] == pytest.approx(2 / 3)
     assert "category_match" not in m.score_generations(["a b"], ["a b c"])
