@@ -41,7 +41,7 @@ def _task(loaded: LoadedModel, records, seq_len: int) -> dict[str, float]:
     r = evaluate_records(loaded.model, loaded.tokenizer, records, kind=loaded.kind, max_seq_len=seq_len,
                          max_new_tokens=NEW_TOKENS, batch_size=16)
     out = {"held-out perplexity (answer tokens)": r.perplexity}
-    out.update({k: r.metrics[k] for k in ("exact_match", "category_match") if k in r.metrics})
+    out.update({k: r.metrics[k] for k in ("exact_match", "category_match", "prefix1_match") if k in r.metrics})
     return out
 
 
