@@ -18,6 +18,10 @@ peak resident memory (``ru_maxrss``: model, both steps, the framework).
 like the released checkpoint) at batch 16, seq 256 under ``max_memory_gb = 8``: fp32, bf16 and nf4
 side by side. It is heavy on a CPU (a step is minutes on two cores); ``--steps`` keeps it short.
 
+``smollm2`` is the real SmolLM2-135M-Instruct (``securefed model get``: its Q4_1 GGUF weights dequantised
+to fp32) at the real demo's batch 16 x seq 32; ``--smollm2-dir`` reuses a converted directory (e.g.
+``models/smollm2-135m-instruct`` after ``make model``) instead of converting into the temp folder.
+
 ``kind="adapter"`` records: trainable LoRA parameters and bytes per round for the presets and a
 7B-Llama shape, computed on torch's meta device (no weights).
 """
@@ -44,6 +48,7 @@ MODELS = {
     "tiny": (16, 64, [("fp32", "none", "hooks"), ("fp32", "none", "ghost")], None),
     "small": (16, 128, [("fp32", "none", "hooks"), ("fp32", "none", "ghost")], None),
     "qwen2-0.5b": (16, 256, [("fp32", "none", "hooks"), ("bf16", "none", "hooks"), ("fp32", "nf4", "hooks")], 8.0),
+    "smollm2": (16, 32, [("fp32", "none", "hooks")], None),
 }
 # On a CPU without bf16/4-bit kernels those steps take hours: --probe-others times only the first
 # combination in full and measures the others' peak memory with one micro-batch.
@@ -194,7 +199,9 @@ def adapter_records(model_dirs: dict[str, str]) -> list[dict]:
     return recs
 
 
-def run(models: list[str], steps: int, threads: int, probe_others: bool = False) -> list[dict]:
+def run(models: list[str], steps: int, threads: int, probe_others: bool = False,
+        smollm2_dir: str | None = None) -> list[dict]:
+    from securefed.models.cli import get_model
     from securefed.training.preset import build_tiny_model
 
     records: list[dict] = []
@@ -204,6 +211,8 @@ def run(models: list[str], steps: int, threads: int, probe_others: bool = False)
             t0 = time.perf_counter()
             if name == "qwen2-0.5b":
                 dirs[name] = str(build_qwen05(Path(tmp) / name))
+            elif name == "smollm2":
+                dirs[name] = str(get_model(name, Path(smollm2_dir or Path(tmp) / name), say=lambda _: None).out_dir)
             else:
                 dirs[name] = str(build_tiny_model(Path(tmp) / name, name, pretrain=False))
             print(f"[bench] built {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -231,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON array (the default output)")
     ap.add_argument("--quick", action="store_true", help="tiny preset only, fewer steps")
-    ap.add_argument("--models", default="tiny,small,qwen2-0.5b", help="comma-separated: tiny, small, qwen2-0.5b")
+    ap.add_argument("--models", default="tiny,small,qwen2-0.5b",
+                    help="comma-separated: tiny, small, qwen2-0.5b, smollm2 (the real model, not in the default)")
+    ap.add_argument("--smollm2-dir", help="smollm2: a `securefed model get` directory (converted if absent)")
     ap.add_argument("--steps", type=int, default=8, help="timed steps per record (a quarter of them for qwen2-0.5b)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")),
                     help="torch threads per worker (default 1: stable ratios on a shared machine)")
@@ -246,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         ap.error(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
-    print(json.dumps(run(models, 3 if args.quick else args.steps, args.threads, args.probe_others), indent=1))
+    print(json.dumps(run(models, 3 if args.quick else args.steps, args.threads, args.probe_others,
+                         args.smollm2_dir), indent=1))
     return 0
 
 

@@ -24,6 +24,9 @@ COMMAND_MODULES = (
     "securefed.server.cli",
     "securefed.client.cli",
     "securefed.training.cli",
+    "securefed.export.cli",
+    "securefed.tasks.cli",
+    "securefed.evaluation.cli",
 )
 
 

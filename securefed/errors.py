@@ -144,3 +144,8 @@ class CertificateError(ConfigError):
 
 class CertificateRevoked(CertificateError):
     """The federation operator revoked this certificate (it is on the CA-signed revocation list)."""
+
+
+class AttemptEnded(ProtocolAbort):
+    """The server ended the attempt this member works on (aborted it, or went on without this member): the
+    member stops training it at its next step and releases nothing of it."""

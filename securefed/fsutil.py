@@ -89,3 +89,19 @@ def read_secret(path: str | Path, what: str) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         _refuse_shared(path, os.fstat(fh.fileno()), what)
         return fh.read()
+
+
+def share_tree(root: str | Path) -> None:
+    """Make a written artefact (a file, or a directory and all below it) readable by other users whatever
+    the umask: directories 0755, files 0644. For what is meant to be shared (a converted model, an export),
+    never for secrets."""
+    root = Path(root)
+    if not root.is_dir():
+        os.chmod(root, SHARED_MODE)
+        return
+    os.chmod(root, 0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), SHARED_MODE)

@@ -11,7 +11,8 @@ Example (see clients/client.toml for the annotated version)::
     base_model_dir = "models/base"
 
     [data]
-    path = "data/train.jsonl"           # {"text": ...} or {"instruction": ..., "response": ...}
+    path = "data/train.jsonl"           # chat {"messages": [...]}, Alpaca, instruction/response or {"text": ...}
+    long_records = "truncate"           # or "refuse": a record longer than training.max_seq_len
 
     [privacy]                           # securefed.privacy.PrivacyBudget
     target_epsilon = 8.0
@@ -36,6 +37,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from securefed.config import StrictModel, check_address, load_toml
+from securefed.data.settings import DataSettings
 from securefed.errors import ConfigError
 from securefed.privacy.budget import PrivacyBudget
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS
@@ -110,7 +112,9 @@ class ClientSection(StrictModel):
         return check_address(v, allow_port_zero=True)
 
 
-class DataSection(StrictModel):
+class DataSection(DataSettings):
+    """Where the member's records are, and (inherited) what to do with over-long ones and text packing."""
+
     path: Path | None = Field(None, description="JSONL training data")
     demo_client: int | None = Field(None, ge=0, description="use the built-in pydoc_data split: this client's index")
     demo_clients: int | None = Field(None, ge=1, description="built-in split: number of clients")

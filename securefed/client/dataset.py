@@ -69,7 +69,8 @@ def existing_member_dataset(config: ClientConfig) -> MemberDataset | None:
 def _dataset(config: ClientConfig, salt: bytes) -> MemberDataset:
     d = config.data
     if d.path is not None:
-        digests, unit = jsonl_record_digests(d.path), PrivacyUnit.RECORD
+        # Packing puts several text records in one example: the unit DP protects is then the block.
+        digests, unit = jsonl_record_digests(d.path), PrivacyUnit.TOKEN_BLOCK if d.pack_text else PrivacyUnit.RECORD
     else:
         topics = demo_corpus()
         names = split_demo_corpus(d.demo_clients).clients[d.demo_client]

@@ -6,7 +6,9 @@ stage deadline. While the daemon works on an attempt, or handles any task (a lon
 previous round's adapter, say), this thread sends the attempt (0: none in particular), what the
 member is doing and its training progress (step i of n) every ``interval_s`` seconds, so the server
 can drop a dead member after a few missed heartbeats. A heartbeat that fails is dropped (the next
-one is the retry) and nothing here ever raises into the round.
+one is the retry) and nothing here ever raises into the round, but one: when the server answers that the
+attempt is over (aborted, or it went on without this member), the next training step raises
+``AttemptEnded``, so the member stops at once instead of training for an attempt nobody waits for.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from securefed.client.connection import Connection
-from securefed.errors import SecureFedError
+from securefed.errors import AttemptEnded, SecureFedError
 from securefed.transport._generated import federation_pb2 as pb
 
 ACTIVITY_NAMES = {pb.MEMBER_ACTIVITY_PREPARING: "preparing", pb.MEMBER_ACTIVITY_TRAINING: "training",
@@ -39,6 +41,7 @@ class Heartbeat:
         self.activity = pb.MEMBER_ACTIVITY_PREPARING
         self.step = self.total_steps = 0
         self.sent = 0
+        self.ended_attempt = 0  # the server said this attempt is over (HeartbeatAck.attempt_over)
         self._busy = 0
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -85,6 +88,10 @@ class Heartbeat:
         self.poke()
 
     def training_step(self, step: int, total_steps: int) -> None:
+        attempt = self._attempt_fn()
+        if attempt and attempt == self.ended_attempt:
+            raise AttemptEnded(f"the server ended attempt {attempt}: stopped training it after step {step} of "
+                               f"{total_steps}; nothing of it is released")
         self.doing(pb.MEMBER_ACTIVITY_TRAINING, step, total_steps)
 
     # --- the thread ---------------------------------------------------------------------------------
@@ -110,4 +117,6 @@ class Heartbeat:
         except Exception:  # noqa: BLE001 - a heartbeat must never take the daemon down (e.g. a channel being reopened)
             return
         self.sent += 1
+        if ack.attempt_over and attempt:
+            self.ended_attempt = attempt
         self.set_interval(ack.heartbeat_interval_ms / 1000.0)

@@ -52,6 +52,11 @@ def check_client(config_path: str | Path) -> Checks:
     n = len(data)
     checks.ok("model and data", f"tokenizer from {c.base_model_dir}; {n} training examples of "
               f"{cfg.training.max_seq_len} tokens from {cfg.data.path or 'the built-in demo split'}")
+    stats = trainer.data_stats
+    if stats is not None:
+        line = checks.warn if stats.truncated else checks.ok
+        line("records", stats.summary() + (f"; raise training.max_seq_len to {stats.longest} to keep them whole"
+                                           if stats.truncated else ""))
     before = len(checks.items)
     sigma = checks.run("privacy budget", lambda: check_feasible(cfg, n))
     if len(checks.items) == before:  # no FAIL line: feasible

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from securefed import exit_codes
 from securefed.client import alerts
 from securefed.errors import (
+    AttemptEnded,
     CertificateError,
     CryptoError,
     DiskWriteError,
@@ -109,6 +110,8 @@ def _serve(daemon: ClientDaemon) -> int:
         except NotRegistered as exc:  # the server restarted or forgot us: register again
             daemon.drop_session(str(exc))
             registered = False
+        except AttemptEnded as exc:  # the server ended the attempt while we trained it: nothing was released
+            daemon.drop_session(str(exc))
         except SESSION_ENDING as exc:
             # The server refused one of our messages, or what it sent failed a check: this session is
             # over for us. Keep serving; the next plan starts fresh.

@@ -19,6 +19,7 @@ import numpy as np
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
 from securefed.errors import InvalidInput, ModelError
+from securefed.export.peft_dir import save_peft_dir
 from securefed.logs import get_logger, log
 from securefed.protocol.bundle import Bundle
 from securefed.strategies.base import ClientPayload, Strategy, load_vector
@@ -46,6 +47,7 @@ class Trainer:
         self._fingerprint: str | None = None
         self.plan: MemoryPlan | None = None
         self.data: td.TokenDataset | None = None
+        self.data_stats: td.LoadStats | None = None  # JSONL only: truncation and packing counts
         self.heldout: td.TokenDataset | None = None
         self.kind = None
 
@@ -80,12 +82,16 @@ class Trainer:
             self.kind = model_kind(load_config(self.model_dir, self.config.model.trust_remote_code)[0])
             d, block = self.config.data, self.config.training.max_seq_len
             if d.path is not None:
-                self.data = td.load_jsonl(d.path, self._tokenizer, block, kind=self.kind)
+                loaded = td.load_records(d.path, self._tokenizer, block, kind=self.kind, settings=d)
+                self.data, self.data_stats = loaded.dataset, loaded.stats
             else:
                 self.data = td.demo_client_dataset(self._tokenizer, d.demo_client, d.demo_clients, block, kind=self.kind)
                 if self.config.client.eval_heldout:
                     self.heldout = td.demo_heldout_dataset(self._tokenizer, d.demo_clients, block, kind=self.kind)
-            log(logger, "training data loaded", examples=len(self.data), block_size=block, kind=self.kind.value)
+            stats = self.data_stats
+            log(logger, "training data loaded", examples=len(self.data), block_size=block, kind=self.kind.value,
+                **({"records": stats.records, "truncated": stats.truncated, "answer_lost": stats.answer_lost,
+                    "packed": stats.packed, "longest_tokens": stats.longest} if stats else {}))
         return self.data
 
     def memory_plan(self, lora: LoraSettings) -> MemoryPlan:
@@ -159,8 +165,7 @@ class Trainer:
         if self._model is None:
             return None
         self._set_adapter(bundle)
-        self._model.save_pretrained(str(out_dir))
-        return out_dir
+        return save_peft_dir(self._model, out_dir, base_model_dir=self.model_dir)  # as `securefed export` writes it
 
     def _set_adapter(self, bundle: Bundle) -> None:
         load_adapter_vector(self._model, np.array(bundle.vector, dtype=np.float32), AdapterLayout.from_json(bundle.layout_json))

@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     r = sub.add_parser("report", help="write report.html (inline SVG) and report.json, with the same checks")
     common(r)
     r.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    r.add_argument("--metrics", action="append", default=[], metavar="FILE",
+                   help="a `securefed eval --json` result to show in the federation context; repeat it (before, "
+                        "then after) to show what the federation's training changed")
     r.set_defaults(handler=_report)
 
 
@@ -158,10 +161,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from securefed.evaluation.summary import read_evaluations
     from securefed.privacy import report
 
+    evaluations = read_evaluations(args.metrics)
     results, ctx = _checked(args)
-    html_path, json_path = report.write_report(results, args.out, ctx)
+    html_path, json_path = report.write_report(results, args.out, ctx, evaluations)
     print(f"report: {html_path}")
     print(f"data:   {json_path}")
     failed = [r for r in results if not r.ok]

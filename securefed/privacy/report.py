@@ -68,8 +68,9 @@ EXPLANATIONS = {
         "true epsilon; members calibrate their noise with a margin so that both stay within the target."),
     "unit_of_privacy": (
         "Every guarantee protects one training example of the member's dataset of N examples: one JSONL record "
-        "(truncated to max_seq_len tokens), or one token block of the demo corpus. Someone with k examples in "
-        "the data is protected as a group of k, which costs roughly k times the epsilon."),
+        "(truncated to max_seq_len tokens) - for chat data one whole conversation, every turn of it - or one "
+        "token block of the demo corpus or of packed text records (unit 'token-block'). Someone with k examples "
+        "in the data is protected as a group of k, which costs roughly k times the epsilon."),
     "cross_checks": (
         "These numbers check the code that computes epsilon, not what was spent: two independent RDP "
         "implementations must agree, and for PRV ledgers the PLD accountant must agree with PRV. The spend is the "
@@ -225,7 +226,8 @@ def library_versions(clients: list[dict[str, Any]]) -> dict[str, Any]:
             "differ": differ}
 
 
-def build_report(results: Sequence[LedgerVerification], round_log: RoundLogContext | None = None) -> dict[str, Any]:
+def build_report(results: Sequence[LedgerVerification], round_log: RoundLogContext | None = None,
+                 evaluations: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     clients = [client_report(r, round_log) for r in results]
     return {
         "format": REPORT_FORMAT,
@@ -240,6 +242,7 @@ def build_report(results: Sequence[LedgerVerification], round_log: RoundLogConte
         "library_versions": library_versions(clients),
         "explanations": EXPLANATIONS,
         "clients": clients,
+        "evaluation": list(evaluations),  # securefed eval results given with --metrics, in order
     }
 
 
@@ -420,6 +423,25 @@ def _context_html(report: dict[str, Any]) -> list[str]:
     else:
         out.append('<p class="warn">No round log given (--round-log): contributors, dropouts and declines per round '
                    "are not shown.</p>")
+    return out + _evaluation_html(report.get("evaluation") or [])
+
+
+def _evaluation_html(evals: list[dict[str, Any]]) -> list[str]:
+    """What the privacy bought: each evaluated model's task metric and perplexity (securefed eval)."""
+    if not evals:
+        return []
+    e = html.escape
+    out = ["<h3>Task evaluation (securefed eval, in the order given: before, then after)</h3>",
+           "<table><tr><th class='l'>model / adapter</th><th class='l'>data</th><th>records</th><th>metric</th>"
+           "<th>task metric</th><th>change</th><th>perplexity</th><th>change</th></tr>"]
+    for ev in evals:
+        change = ev.get("task_metric_change")
+        pchange = ev.get("perplexity_change")
+        out.append(f'<tr><td class="l">{e(ev["adapter"] or ev["model"] + " (no adapter)")}</td>'
+                   f'<td class="l">{e(ev["data"])}</td><td>{ev["records"]}</td><td>{e(str(ev["metric"]))}</td>'
+                   f'<td>{_fmt(ev["task_metric"], 4)}</td><td>{"&ndash;" if change is None else f"{change:+.4f}"}</td>'
+                   f'<td>{_fmt(ev["perplexity"], 5)}</td><td>{"&ndash;" if pchange is None else f"{pchange:+.3f}"}</td></tr>')
+    out.append("</table>")
     return out
 
 
@@ -581,13 +603,14 @@ def _client_html(c: dict[str, Any], report_has_log: bool = False) -> list[str]:
 
 
 def write_report(results: Sequence[LedgerVerification], out_dir: str | Path,
-                 round_log: RoundLogContext | None = None) -> tuple[Path, Path]:
+                 round_log: RoundLogContext | None = None,
+                 evaluations: Sequence[dict[str, Any]] = ()) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.json`` into ``out_dir``; return their paths."""
     if not results:
         raise InvalidInput("no ledgers to report on: pass at least one ledger file")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = clean_tree(build_report(results, round_log))  # ledgers are members' files: their text made inert
+    report = clean_tree(build_report(results, round_log, evaluations))  # ledgers are members' files: their text made inert
     html_path, json_path = out_dir / "report.html", out_dir / "report.json"
     atomic_write(json_path, (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))
     atomic_write(html_path, render_html(report).encode("utf-8"))

@@ -129,6 +129,10 @@ def decode_request(parts: list[bytes]) -> tuple[list[Contribution], bytes]:
         manifest = json.loads(parts[0])
         if manifest.get("format") != MANIFEST_FORMAT:
             raise ValueError("format")
+        # One encoding per manifest (the one encode_request writes): members confirm the request by its
+        # digest, so the same contributors in other bytes (whitespace, key order) are not the same request.
+        if json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode("utf-8") != bytes(parts[0]):
+            raise ValueError("not canonical")
         entries = manifest["contributors"]
         if not isinstance(entries, list) or len(parts) != 2 + len(entries):
             raise ValueError("part count")

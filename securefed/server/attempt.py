@@ -30,6 +30,7 @@ class Phase:
     started: float = field(default_factory=time.monotonic)
     responded: set[str] = field(default_factory=set)  # answered this stage (a driver adds them)
     touched: set[str] = field(default_factory=set)  # sent anything in this stage: stop handing them the task
+    deadline_key: str = ""  # the [deadlines] setting that gave deadline_s (named when it fires)
 
     @property
     def deadline(self) -> float:

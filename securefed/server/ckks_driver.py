@@ -158,7 +158,7 @@ class CkksDriver(RoundDriver):
         size = sum(len(p) for p in self.request_parts)
         ready = pb.AggregateReady(total_size=size, sha256=self.request_digest)
         tasks = {c: ctx.task(pb.STAGE_CONSISTENCY_CHECK, aggregate_ready=ready) for c in names}
-        return self.open_phase(pb.STAGE_CONSISTENCY_CHECK, tasks, ctx.config.deadlines.decrypt_s, "confirm")
+        return self.open_phase(pb.STAGE_CONSISTENCY_CHECK, tasks, "decrypt_s", "confirm")
 
     def _decrypt_phase(self) -> Phase:
         """Hand the confirmations back to those who confirmed: each decrypts once it sees enough."""
@@ -168,7 +168,7 @@ class CkksDriver(RoundDriver):
         req = pb.DecryptRequest(request_sha256=self.request_digest, confirmations=[
             secagg_pb.ConsistencySignature(client_id=c, signature=self.confirmations[c]) for c in confirmed])
         tasks = {c: ctx.task(pb.STAGE_AGGREGATE, decrypt_request=req) for c in confirmed}
-        return self.open_phase(pb.STAGE_AGGREGATE, tasks, ctx.config.deadlines.decrypt_s, "decrypt")
+        return self.open_phase(pb.STAGE_AGGREGATE, tasks, "decrypt_s", "decrypt")
 
     def _outcome(self) -> RoundOutcome:
         """The decrypted sum, when every decryption returned agrees."""

@@ -150,6 +150,10 @@ class DeadlinesSection(StrictModel):
 
     join_s: float = Field(300.0, gt=0, description="wait for min_clients to connect")
     training_s: float = Field(300.0, gt=0, description="plan -> round keys (includes local training)")
+    training_max_s: float = Field(
+        3600.0, gt=0, description="the plan stage waits past training_s, up to this long, for cohort members "
+        "whose heartbeats report training progress, as long as their step rate projects an answer within it "
+        "(members that report none are dropouts at training_s)")
     share_keys_s: float = Field(30.0, gt=0)
     masked_input_s: float = Field(60.0, gt=0)
     unmask_s: float = Field(30.0, gt=0)

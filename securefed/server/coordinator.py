@@ -7,11 +7,10 @@ global-adapter version:
     WAIT FOR CLIENTS -> PLAN -> mode stages (secagg: keys, shares, masked inputs, consistency,
     unmasking; ckks: ciphertexts, decryption; plaintext: uploads) -> APPLY -> commit
 
-Each phase has a deadline; a cohort member silent past it is a dropout (a decline is not), and so is
-at once one silent for a few heartbeats or refused by the server (``liveness``). When a mode driver
-finds too few survivors it raises ``ProtocolAbort``: nothing is released, the attempt is logged
-``aborted`` and the next attempt starts with a fresh session (new plan digest, new round keys).
-Members out of budget sit out; with too few left the federation ends or waits (``budget_watch``).
+Each phase has a deadline (extended for members reporting training progress: ``stage_clock``); a
+cohort member silent past it is a dropout (a decline is not), and so is at once one silent for a few
+heartbeats or refused by the server. Too few survivors: ``ProtocolAbort``, nothing is released, and
+the next attempt is a fresh session. Who is left out of cohorts: ``exclusion``, ``budget_watch``.
 
 Crash safety: the new global adapter is written as a checkpoint file first (atomic rename), then one
 SQLite transaction marks the attempt ``completed``. On restart the last completed attempt's checkpoint
@@ -19,8 +18,7 @@ is the global adapter; a newer checkpoint file (written, not committed) is delet
 left ``running``, becomes ``abandoned``. So an update is applied at most once, whatever instant the
 process dies at, and a resumed round never reuses the keys or masks of the abandoned one.
 
-Locking: one condition variable, shared with the mailbox, guards the live attempt; drivers run under
-it. The loop never blocks holding it: it waits on it, and trains, applies and writes outside it.
+Locking: one condition variable, shared with the mailbox, guards the live attempt (drivers run under it).
 """
 
 from __future__ import annotations
@@ -50,6 +48,7 @@ from securefed.server.exclusion import can_take_part, give_up_cause, left_out, n
 from securefed.server.livestatus import status_of
 from securefed.server.mailbox import Mailbox
 from securefed.server.roundlog import RoundLog
+from securefed.server.stage_clock import close_phase, extend_for_work, wait_until_idle
 from securefed.transport._generated import federation_pb2 as pb
 
 logger = get_logger("server.coordinator")
@@ -231,6 +230,7 @@ class Coordinator:
             )
 
     def _run_attempt(self) -> None:
+        wait_until_idle(self.mailbox, self.config.deadlines, self._stop.is_set)  # or a busy member misses the plan
         ctx = self._new_attempt()
         t0 = time.monotonic()
         timings: dict[str, float] = {}
@@ -273,7 +273,7 @@ class Coordinator:
                     log(logger, "stage closed early: dropouts" if len(early) == len(silent) else "stage deadline: dropouts",
                         level=logging.WARNING, attempt=ctx.attempt, round=ctx.round, stage=STAGE_NAMES[phase.stage],
                         dropouts=silent, why={c: early.get(c, "silent at the stage deadline") for c in silent})
-                result = driver.finish_phase(phase)
+                result = close_phase(driver, phase, silent, lost)
                 outcome = result if isinstance(result, RoundOutcome) else None
                 phase = None if outcome is not None else result
                 self.roundlog.update_attempt(
@@ -299,9 +299,9 @@ class Coordinator:
                 if phase.expected <= phase.responded | lost.keys():
                     return lost
                 left = phase.deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 and not extend_for_work(self.mailbox, phase, self.config.deadlines):
                     return lost
-                self._cv.wait(min(left, 0.25))
+                self._cv.wait(min(max(left, 0.05), 0.25))
         return lost
 
     def _commit(self, ctx: AttemptContext, outcome: RoundOutcome, timings: dict[str, float], t0: float) -> None:

@@ -33,7 +33,7 @@ class RoundDriver(abc.ABC):
     def plan_phase(self) -> Phase:
         c = self.ctx
         tasks = {cid: c.task(pb.STAGE_PLAN, plan=c.plan) for cid in c.cohort}
-        return Phase(pb.STAGE_PLAN, tasks, frozenset(c.cohort), c.config.deadlines.training_s)
+        return Phase(pb.STAGE_PLAN, tasks, frozenset(c.cohort), c.config.deadlines.training_s, deadline_key="training_s")
 
     def on_decision(self, phase: Phase, client: str, req: pb.SubmitResultRequest) -> None:
         if phase.stage != pb.STAGE_PLAN:
@@ -61,10 +61,13 @@ class RoundDriver(abc.ABC):
         if n < need:
             raise ProtocolAbort(f"only {n} {what}, threshold is {need}: no aggregate is released")
 
-    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline_s: float, label: str | None = None) -> Phase:
-        """The next phase: every client with a task is expected to answer by the deadline."""
+    def open_phase(self, stage: int, tasks: dict[str, pb.Task], deadline: str | float, label: str | None = None) -> Phase:
+        """The next phase: every client with a task is expected to answer by the deadline: the ``[deadlines]``
+        setting named ``deadline`` (so an abort can name it), or that many seconds."""
         log(logger, "stage opened", attempt=self.ctx.attempt, stage=label or stage_name(stage), participants=sorted(tasks))
-        return Phase(stage, tasks, frozenset(tasks), deadline_s)
+        key = deadline if isinstance(deadline, str) else ""
+        seconds = getattr(self.ctx.config.deadlines, key) if key else float(deadline)
+        return Phase(stage, tasks, frozenset(tasks), seconds, deadline_key=key)
 
     # --- mode specific ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -31,6 +31,8 @@ class ClientInfo:
     certificate: bytes = b""  # DER, from the TLS handshake
     last_seen_wall: float = 0.0  # time.time() of its last request (for status)
     heartbeat: pb.MemberHeartbeat | None = None  # the last one, with what it was doing
+    heartbeat_at: float = 0.0  # monotonic time the last heartbeat arrived
+    polled_at: float = 0.0  # monotonic time of its last poll (a member busy in an attempt does not poll)
     exhausted: str | None = None  # why it declined for its budget (None: it may be asked)
     exhausted_until: float = 0.0  # monotonic; math.inf = until it registers again
     # Left out of cohorts for other reasons (``server.exclusion``): registering again clears the first three.

@@ -127,7 +127,7 @@ class Mailbox:
             info = self.clients.get(client_id)
             if info is None:
                 raise NotRegistered("register before sending heartbeats")
-            info.heartbeat = hb
+            info.heartbeat, info.heartbeat_at = hb, time.monotonic()
             self._touch(client_id, hb.header.round)
 
     def refuse(self, client_id: str, attempt: int, reason: str) -> None:
@@ -201,6 +201,7 @@ class Mailbox:
             if client_id not in self.clients:
                 raise NotRegistered("register before polling")
             counted = self.liveness.poll_started(client_id, attempt)
+            self.clients[client_id].polled_at = time.monotonic()
             if self.clients[client_id].lost_in not in (None, attempt):
                 self.clients[client_id].lost_in = None  # it left the attempt it was lost in: alive and free
             try:

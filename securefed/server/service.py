@@ -33,6 +33,7 @@ from securefed.privacy.ledger import ENTRY_CONTEXT, entry_hash
 from securefed.server.coordinator import Coordinator, ServerState
 from securefed.server.exclusion import mark_revoked
 from securefed.server.security_log import KIND_NAMES, SecurityLog, peer_address
+from securefed.server.stage_clock import attempt_over
 from securefed.server.transfers import Downloads, UploadIntake
 from securefed.transport import identity as tid
 from securefed.transport._generated import federation_pb2 as pb
@@ -210,7 +211,8 @@ class FederationService(pb_grpc.FederationServicer):
     def SendHeartbeat(self, request: pb.MemberHeartbeat, context) -> pb.HeartbeatAck:
         cid, _ = self._peer(context)
         self.mailbox.heartbeat(cid, request)
-        return pb.HeartbeatAck(heartbeat_interval_ms=int(self.co.config.deadlines.heartbeat_s * 1000))
+        return pb.HeartbeatAck(heartbeat_interval_ms=int(self.co.config.deadlines.heartbeat_s * 1000),
+                               attempt_over=attempt_over(self.mailbox, cid, request.header.round))
 
     def ReportSecurityAlert(self, request: pb.SecurityAlertReport, context) -> pb.SecurityAlertAck:
         cid, _ = self._peer(context)

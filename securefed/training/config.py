@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from securefed.config import StrictModel
 
@@ -112,10 +112,21 @@ class ModelSettings(StrictModel):
         return v
 
 
+# SGD's step is lr x gradient (a clipped, averaged gradient is small); Adam's is about lr per coordinate.
+DEFAULT_LEARNING_RATE = {"sgd": 0.05, "adam": 0.002, "adamw": 0.002}
+
+
 class LocalTrainingSettings(StrictModel):
     """One client's DP-SGD local-training settings for one round."""
 
-    learning_rate: float = Field(0.05, gt=0, description="SGD learning rate on the LoRA weights.")
+    learning_rate: float = Field(0.05, gt=0, description="Learning rate on the LoRA weights. Default: 0.05 for "
+                                 "sgd, 0.002 for adam and adamw (which move every coordinate by about the rate).")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        "sgd", description="What steps on the privatised (clipped, noised) gradient: 'sgd', 'adam' or 'adamw'. "
+        "Post-processing of the DP gradient, so the accounting is the same for all three; Adam's per-coordinate "
+        "scaling often copes better with DP noise at a small learning rate.",
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay (0 for sgd and adam).")
     batch_size: int = Field(
         8,
         ge=1,
@@ -146,3 +157,17 @@ class LocalTrainingSettings(StrictModel):
         description="Draw DP noise and Poisson sampling from a CSPRNG (AES-CTR keyed from os.urandom). Turn off "
         "only for tests and benchmarks.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rate_for_the_optimizer(cls, data):
+        if isinstance(data, dict) and "learning_rate" not in data and data.get("optimizer") in DEFAULT_LEARNING_RATE:
+            data = {**data, "learning_rate": DEFAULT_LEARNING_RATE[data["optimizer"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _decay_needs_adamw(self) -> "LocalTrainingSettings":
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(f"weight_decay: only optimizer = 'adamw' decays weights (not {self.optimizer!r}); "
+                             "remove it or use adamw")
+        return self

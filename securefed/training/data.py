@@ -1,8 +1,10 @@
 """Training data: JSONL files and the built-in demo corpus, tokenised into fixed-length examples.
 
-One example = one sequence of ``max_seq_len`` tokens: the privacy unit of DP-SGD. Every example has
+One example = one sequence of ``max_seq_len`` tokens: the privacy unit of DP-SGD (one JSONL record, a
+whole conversation for chat data; one block with packing or for the demo corpus). Every example has
 ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` where no loss is taken: padding and, for
-instruction data, the prompt).
+conversations, everything but the assistant's turns). Records are read and rendered by
+:mod:`securefed.data`.
 
 For an encoder-decoder (seq2seq) model the same records become (encoder input, decoder target) pairs:
 an instruction record is instruction -> response; plain text (a ``{"text": ...}`` record, or a block of
@@ -18,7 +20,7 @@ evaluation.
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import math
 import pydoc_data.topics
 from dataclasses import dataclass
@@ -26,11 +28,15 @@ from pathlib import Path
 
 import torch
 
+from securefed.data.encode import DEFAULT_TEMPLATE, Encoded, Encoder, pack
+from securefed.data.records import Record, RecordKind, read_jsonl
+from securefed.data.settings import DataSettings
 from securefed.errors import InvalidInput
 from securefed.training.families import ModelKind, model_kind
 from securefed.training.loss import IGNORE_INDEX, SequenceLoss
 
-DEFAULT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Response:\n"
+log = logging.getLogger(__name__)
+
 
 
 class TokenDataset:
@@ -61,6 +67,18 @@ class TokenDataset:
             "attention_mask": self.attention_mask[idx],
             "labels": self.labels[idx],
         }
+
+
+def trim_padding(batch: dict) -> dict:
+    """``batch`` without the padding columns every row has at its end (evaluation only: training keeps
+    the fixed ``max_seq_len`` shape, so its step time does not depend on which records were sampled)."""
+    width = max(1, int(batch["attention_mask"].sum(dim=1).max()))
+    labelled = (batch["labels"] != IGNORE_INDEX).any(dim=0).nonzero()
+    target = max(1, int(labelled.max()) + 1) if labelled.numel() else 1
+    if batch["labels"].shape[1] == batch["input_ids"].shape[1] and target <= width:  # causal: one sequence
+        return {k: v[:, :width] for k, v in batch.items()}
+    return {"input_ids": batch["input_ids"][:, :width], "attention_mask": batch["attention_mask"][:, :width],
+            "labels": batch["labels"][:, :target]}
 
 
 def _stack(rows: list[tuple[list[int], list[int], list[int]]]) -> TokenDataset:
@@ -115,93 +133,107 @@ def _pad_pair(enc: list[int], target: list[int], length: int, pad_id: int) -> tu
             target + [IGNORE_INDEX] * (length - len(target)))
 
 
-def load_jsonl(
+@dataclass(frozen=True)
+class LoadStats:
+    """What loading a member's JSONL did to its records (logged, and shown by ``client --check``)."""
+
+    records: int
+    examples: int
+    truncated: int = 0  # records cut to max_seq_len
+    answer_lost: int = 0  # of those, left without any labelled token (they teach nothing)
+    packed: int = 0  # text records packed into blocks
+    longest: int = 0  # tokens of the longest record before truncation
+    unit: str = "record"  # what one example is: "record" or, with packing, "token-block"
+
+    def summary(self) -> str:
+        parts = [f"{self.examples} training examples from {self.records} records"]
+        if self.packed:
+            parts.append(f"{self.packed} text records packed into blocks (unit of privacy: one block)")
+        if self.truncated:
+            lost = f", {self.answer_lost} of them with no answer left" if self.answer_lost else ""
+            parts.append(f"{self.truncated} truncated to max_seq_len{lost}")
+        parts.append(f"longest record {self.longest} tokens")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    dataset: TokenDataset
+    stats: LoadStats
+    records: list[Record]  # the records behind the first len(encoded) examples (packed text is not among them)
+    encoded: list[Encoded]  # their untruncated ids and generation prompts
+
+
+def load_records(
     path: str | Path,
     tokenizer,
     max_seq_len: int,
     *,
-    template: str = DEFAULT_TEMPLATE,
     kind: ModelKind = ModelKind.CAUSAL,
-) -> TokenDataset:
-    """Read a JSONL file of ``{"text": ...}`` or ``{"instruction": ..., "response": ...}`` records.
+    settings: DataSettings | None = None,
+    template: str = DEFAULT_TEMPLATE,
+) -> LoadedData:
+    """Read a member's JSONL file (chat, Alpaca, instruction/response or text records; see
+    :mod:`securefed.data.records`) into fixed-length examples of ``max_seq_len`` tokens
+    (:func:`examples_from_records`). Every refusal names the file and line."""
+    return examples_from_records(read_jsonl(path), tokenizer, max_seq_len, kind=kind, settings=settings,
+                                 template=template, source=str(path))
 
-    Text records are learned in full; instruction records take loss only on the response tokens (the
-    prompt, formatted by ``template``, gets label -100). Each record is one example, truncated/padded to
-    ``max_seq_len``. A blank or malformed line raises :class:`InvalidInput` naming the line number.
-    Seq2seq (``kind``): text -> (first half, continuation); instruction -> (instruction, response), the
-    encoder reading the bare instruction (no template) and each side up to ``max_seq_len`` tokens.
-    """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: data file not found") from None
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read data file ({exc.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path}: data file is not UTF-8") from None
+
+def examples_from_records(
+    records: list[Record],
+    tokenizer,
+    max_seq_len: int,
+    *,
+    kind: ModelKind = ModelKind.CAUSAL,
+    settings: DataSettings | None = None,
+    template: str = DEFAULT_TEMPLATE,
+    source: str = "records",
+) -> LoadedData:
+    """Records as examples: conversations rendered with the model's chat template and learned on the
+    assistant turns only (:mod:`securefed.data.encode`), text learned in full. A record longer than
+    ``max_seq_len`` is truncated and counted, or refused (``settings.long_records``); with
+    ``settings.pack_text`` text records are packed into full blocks instead."""
+    settings = settings or DataSettings()
+    seq2seq = kind is ModelKind.SEQ2SEQ
+    enc = Encoder(tokenizer, seq2seq=seq2seq, template=template)
     pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
-    rows = []
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline does not make an empty record
-    for lineno, line in enumerate(lines, start=1):
-        where = f"{path}:{lineno}"
-        if not line.strip():
-            raise InvalidInput(f"{where}: empty line; remove it (one JSON object per line)")
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{where}: invalid JSON ({exc.msg}); one JSON object per line") from None
-        if not isinstance(rec, dict):
-            raise InvalidInput(f"{where}: expected a JSON object with 'text' or 'instruction'/'response'")
-        if "text" in rec and set(rec) <= {"text"}:
-            if not isinstance(rec["text"], str) or not rec["text"].strip():
-                raise InvalidInput(f"{where}: 'text' must be a non-empty string")
-            ids = tokenizer(rec["text"], add_special_tokens=False, verbose=False)["input_ids"]
-            if eos is not None:
-                ids = ids + [eos]
-            if kind is ModelKind.SEQ2SEQ:
-                if len(ids) < 2:
-                    raise InvalidInput(f"{where}: text too short to split into input and continuation")
-                half = len(ids) // 2
-                rows.append(_pad_pair(ids[:half], ids[half:], max_seq_len, pad))
-                continue
-            labels = list(ids)
-        elif set(rec) == {"instruction", "response"}:
-            ins, resp = rec["instruction"], rec["response"]
-            if not isinstance(ins, str) or not isinstance(resp, str) or not resp.strip():
-                raise InvalidInput(f"{where}: 'instruction' and 'response' must be strings (response non-empty)")
-            r_ids = tokenizer(resp, add_special_tokens=False)["input_ids"]
-            if eos is not None:
-                r_ids = r_ids + [eos]
-            if kind is ModelKind.SEQ2SEQ:
-                e_ids = tokenizer(ins, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
-                rows.append(_pad_pair(e_ids, r_ids, max_seq_len, pad))
-                continue
-            try:
-                prompt = template.format(instruction=ins)
-            except (KeyError, IndexError, ValueError):
-                raise InvalidInput("prompt template must contain only the {instruction} placeholder") from None
-            p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if len(p_ids) >= max_seq_len:
-                raise InvalidInput(
-                    f"{where}: prompt is {len(p_ids)} tokens, no room for the response within "
-                    f"max_seq_len={max_seq_len}; shorten it or raise max_seq_len"
-                )
-            ids = p_ids + r_ids
-            labels = [IGNORE_INDEX] * len(p_ids) + r_ids
-        else:
-            raise InvalidInput(
-                f"{where}: expected keys 'text' or 'instruction'+'response', got {sorted(rec)}"
-            )
-        rows.append(_pad(ids, labels, max_seq_len, pad))
-    if not rows:
-        raise InvalidInput(f"{path}: no records; add JSON lines")
-    return _stack(rows)
+    rows, streams, encoded = [], [], []
+    truncated = lost = longest = 0
+    packing = settings.pack_text and not seq2seq
+    for rec in records:
+        e = enc.encode(rec)
+        longest = max(longest, len(e.ids), len(e.labels) if seq2seq else 0)
+        if packing and rec.kind is RecordKind.TEXT:
+            streams.append(e.ids)
+            continue
+        encoded.append(e)
+        fit = enc.fit(e, max_seq_len)
+        if fit.truncated:
+            if settings.long_records == "refuse":
+                what = (f"the prompt alone is {len(e.prompt)} tokens, no room for the answer" if fit.answer_lost
+                        else f"the record is {max(len(e.ids), len(e.labels))} tokens")
+                raise InvalidInput(f"{rec.where}: {what} within max_seq_len={max_seq_len}; shorten it, raise "
+                                   "max_seq_len, or set [data] long_records = \"truncate\"")
+            truncated += 1
+            lost += fit.answer_lost
+        rows.append(_pad_pair(fit.ids, fit.labels, max_seq_len, pad) if seq2seq
+                    else _pad(fit.ids, fit.labels, max_seq_len, pad))
+    blocks = pack(streams, max_seq_len)
+    rows += [_pad(b, list(b), max_seq_len, pad) for b in blocks]
+    stats = LoadStats(records=len(records), examples=len(rows), truncated=truncated, answer_lost=lost,
+                      packed=len(streams), longest=longest, unit="token-block" if streams else "record")
+    if truncated:
+        log.warning("%s: %d of %d records truncated to max_seq_len=%d (%d left with no answer); longest %d tokens",
+                    source, truncated, len(records), max_seq_len, lost, longest)
+    return LoadedData(_stack(rows), stats, [r for r in records if not (packing and r.kind is RecordKind.TEXT)],
+                      encoded)
+
+
+def load_jsonl(path: str | Path, tokenizer, max_seq_len: int, *, template: str = DEFAULT_TEMPLATE,
+               kind: ModelKind = ModelKind.CAUSAL, settings: DataSettings | None = None) -> TokenDataset:
+    """The examples of :func:`load_records` alone."""
+    return load_records(path, tokenizer, max_seq_len, kind=kind, settings=settings, template=template).dataset
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -279,7 +311,7 @@ def evaluate(model, dataset: TokenDataset, *, batch_size: int = 16, max_examples
                 base = model.get_base_model() if hasattr(model, "get_base_model") else model
                 loss = SequenceLoss(model, kind or model_kind(base.config))
             for start in range(0, n, batch_size):
-                b = dataset.batch(list(range(start, min(n, start + batch_size))))
+                b = trim_padding(dataset.batch(list(range(start, min(n, start + batch_size)))))
                 b = {k: v.to(device) for k, v in b.items()}
                 sums, counts = loss.token_sums(model, b)
                 total += float(sums.sum())

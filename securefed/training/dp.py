@@ -57,7 +57,7 @@ from securefed.training.model import LoadedModel
 from securefed.training.rng import CsprngSource, RandomSource, TorchSource
 
 __all__ = ["DPTrainer", "GradientCorrection", "LocalTrainResult", "per_sample_loss", "plan_steps", "train_local",
-           "enable_gradient_checkpointing"]
+           "enable_gradient_checkpointing", "make_optimizer"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,16 @@ def _noise_add(optimizer, source: RandomSource) -> None:
         p.summed_grad._processed = True  # type: ignore[attr-defined]
 
 
+def make_optimizer(settings: LocalTrainingSettings, params) -> torch.optim.Optimizer:
+    """The optimizer ``settings`` name over ``params``; Opacus wraps it, so it steps on the clipped,
+    noised gradient (post-processing: the mechanism and its accounting do not depend on it)."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.learning_rate)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(params, lr=settings.learning_rate)
+
+
 class DPTrainer:
     """Opacus-wrapped model + optimizer for one round; :meth:`step` takes one DP-SGD step on a given batch.
 
@@ -199,7 +209,7 @@ class DPTrainer:
         with torch.no_grad():
             self.initial = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
         model.train()
-        optimizer = torch.optim.SGD(self.params, lr=settings.learning_rate)
+        optimizer = make_optimizer(settings, self.params)
         # The loader only tells Opacus what a batch looks like; we sample batches ourselves (Poisson).
         dummy = DataLoader(TensorDataset(torch.zeros(self.expected_batch_size, 1)), batch_size=self.expected_batch_size)
         with warnings.catch_warnings():

@@ -7,9 +7,9 @@ Computing it the obvious way (``model(...).logits`` then cross-entropy) holds th
 ``[B, S, V]`` logits in float32 plus its softmax for the backward pass: for a 151,936-token vocabulary
 at batch 16 x 256 that is ~2.5 GB per copy, more than the rest of a 0.5B model's step. Instead the
 output head's *input* (the final hidden states, ``[B, S, H]``) is captured by swapping the head for a
-stub during the forward pass, and the head and the cross-entropy run chunk by chunk over the
-sequence, each chunk under activation checkpointing, so at most one chunk's logits exist at a time,
-forward or backward. The few families that post-process the head's output (BART's
+stub during the forward pass, and the head and the cross-entropy run on the labelled positions only
+(for chat data, loss on the answers, a small share of the sequence), chunk by chunk, each chunk under
+activation checkpointing, so at most one chunk's logits exist at a time, forward or backward. The few families that post-process the head's output (BART's
 ``final_logits_bias``, Gemma-2's soft-capping, Cohere's logit scale) get the same post-processing per
 chunk; a probe at set-up compares the chunked loss with the model's own logits on a short input and
 falls back to full logits (logged) if they differ, so an unknown family is slower, never wrong.
@@ -126,16 +126,20 @@ class SequenceLoss:
         hidden = self._hidden(module, batch)
         if self.kind is ModelKind.CAUSAL:
             hidden = hidden[:, :-1, :]
-        b, s = targets.shape
+        b = targets.shape[0]
+        # Only the labelled positions go through the head: for chat data (loss on the answer only) that is
+        # a small share of the sequence, and the head is a large part of a small model's step. Each kept
+        # row still belongs to one example (index_add below), so per-sample gradients stay separate.
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+        kept, wanted = hidden[rows, cols], targets[rows, cols]
+        k = int(rows.shape[0])
         vocab = int(self.head.weight.shape[0])
-        step = max(1, self.chunk_bytes // max(1, 3 * 4 * b * vocab))
-        if step >= s or not torch.is_grad_enabled():
-            step = s if step >= s else step
-            total = sum(self._chunk(hidden[:, i:i + step], targets[:, i:i + step]) for i in range(0, s, step))
-            return total, count
+        step = max(1, self.chunk_bytes // max(1, 3 * 4 * vocab))
         total = hidden.new_zeros(b, dtype=torch.float32)
-        for i in range(0, s, step):
-            total = total + checkpoint(self._chunk, hidden[:, i:i + step], targets[:, i:i + step], use_reentrant=False)
+        for i in range(0, k, step):
+            part = (self._rows(kept[i:i + step], wanted[i:i + step]) if step >= k or not torch.is_grad_enabled()
+                    else checkpoint(self._rows, kept[i:i + step], wanted[i:i + step], use_reentrant=False))
+            total = total.index_add(0, rows[i:i + step], part)
         return total, count
 
     def __call__(self, module, batch: dict):
@@ -143,7 +147,9 @@ class SequenceLoss:
         total, count = self.token_sums(module, batch)
         return total / count.clamp(min=1)
 
-    def _chunk(self, hidden, targets):
+    def _rows(self, hidden, targets):
+        """Cross-entropy of each row of ``hidden`` [K, H] against ``targets`` [K], with the family's own
+        post-processing of the head's output."""
         logits = self.head(hidden)
         if self.bias is not None:
             logits = logits + self.bias.to(logits.device, logits.dtype)
@@ -152,9 +158,7 @@ class SequenceLoss:
         logits = logits.float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                               ignore_index=IGNORE_INDEX, reduction="none")
-        return ce.view(targets.shape).sum(dim=1)
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
     @contextlib.contextmanager
     def _swapped(self):

@@ -116,3 +116,20 @@ def test_check_of_a_config_that_does_not_load_is_one_fail_line(tmp_path, capsys)
     assert main(["client", "--config", str(bad), "--check"]) == 2
     out = capsys.readouterr().out
     assert out.startswith("FAIL  config:") and "client.server" in out
+
+
+def test_check_counts_truncated_records_or_names_the_line_it_refuses(kit, tmp_path, capsys):
+    import json
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"say {i}", "response": "ok" if i % 4 else "a long answer " * 6})
+                            + "\n" for i in range(200)))
+    source = {"path": str(data), "demo_client": None, "demo_clients": None}
+    assert main(["client", "--config", str(_variant(kit, tmp_path, data=source, training={"max_seq_len": 64})),
+                 "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "warn  records: 200 training examples from 200 records; 50 truncated to max_seq_len" in out
+    assert "raise training.max_seq_len to" in out
+    refuse = _variant(kit, tmp_path, data={**source, "long_records": "refuse"}, training={"max_seq_len": 64})
+    assert main(["client", "--config", str(refuse), "--check"]) == 2
+    assert f"FAIL  model and data: {data}:1: the record is" in capsys.readouterr().out

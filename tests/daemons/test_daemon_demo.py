@@ -21,6 +21,8 @@ def test_demo_runs_and_its_ledgers_verify(tmp_path):
     for m in ("member-1", "member-2", "member-3"):
         assert f"{m}: epsilon spent" in text
     assert (out / "final_adapter.safetensors").is_file()
+    assert f"final adapter:   {out / 'final_adapter.safetensors'}" in text
+    assert text.count("s per step (mean of 2 round(s)), peak RSS") == 3  # each member's step time and memory
     assert (out / "final_adapter_peft" / "adapter_model.safetensors").is_file()
     assert (out / "audit" / "report.html").is_file()
     report = json.loads((out / "audit" / "report.json").read_text())

@@ -151,7 +151,7 @@ def test_log_lines_carry_no_raw_control_characters(formatter, monkeypatch):
 
 def test_audit_report_html_and_json_carry_no_raw_control_characters(tmp_path, monkeypatch):
     hostile = {"format": "x", "clients": [{"client_id": HOSTILE, "notes": [HOSTILE]}]}
-    monkeypatch.setattr(report_mod, "build_report", lambda results, round_log=None: hostile)
+    monkeypatch.setattr(report_mod, "build_report", lambda results, round_log=None, evaluations=(): hostile)
     monkeypatch.setattr(report_mod, "render_html", lambda r: "<p>" + report_mod.html.escape(r["clients"][0]["client_id"]) + "</p>")
     html_path, json_path = report_mod.write_report([object()], tmp_path)  # type: ignore[list-item]
     for path in (html_path, json_path):

@@ -611,10 +611,12 @@ class MemberHeartbeat(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., activity: _Optional[_Union[MemberActivity, str]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., target_epsilon: _Optional[float] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
-    __slots__ = ("heartbeat_interval_ms",)
+    __slots__ = ("heartbeat_interval_ms", "attempt_over")
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_OVER_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_ms: int
-    def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    attempt_over: bool
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., attempt_over: _Optional[bool] = ...) -> None: ...
 
 class SecurityAlertReport(_message.Message):
     __slots__ = ("header", "kind", "detail")
