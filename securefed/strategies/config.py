@@ -23,3 +23,8 @@ class StrategySettings(StrictModel):
         None, ge=1, description="SCAFFOLD: number of clients in the federation (default: the cohort size)."
     )
     tau_max: int = Field(1000, ge=1, description="FedNova: declared maximum local steps per round.")
+    heterogeneous: bool = Field(
+        False, description="Members may train part of the adapter (their top layers, or a lower LoRA rank: "
+        "[capacity] in client.toml). Every payload then carries per-group sums of who trained what (under the "
+        "same secure aggregation), and each parameter is averaged over the members that trained it.",
+    )
