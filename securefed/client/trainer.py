@@ -10,6 +10,8 @@ and never talks to the network.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,8 @@ import numpy as np
 
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
-from securefed.errors import InvalidInput, ModelError
+from securefed.errors import ConfigError, InvalidInput, ModelError
+from securefed.heterogeneous.partial import PartialAdapter, partial_adapter
 from securefed.logs import get_logger, log
 from securefed.protocol.bundle import Bundle
 from securefed.strategies.base import ClientPayload, Strategy, load_vector
@@ -48,6 +51,7 @@ class Trainer:
         self.data: td.TokenDataset | None = None
         self.heldout: td.TokenDataset | None = None
         self.kind = None
+        self._partial: PartialAdapter | None = None  # this member trains part of the adapter
 
     @property
     def dataset_size(self) -> int:
@@ -89,27 +93,36 @@ class Trainer:
         return self.data
 
     def memory_plan(self, lora: LoraSettings) -> MemoryPlan:
-        """Physical batch, checkpointing and quantization for a step of this member's batch
-        (``ConfigError`` naming what would fit when nothing does)."""
+        """Physical batch, checkpointing and quantization (and, with ``[capacity] layers = "auto"``, how
+        many top layers) for a step of this member's batch (``ConfigError`` naming what would fit when
+        nothing does)."""
         t = self.config.training
         return plan_for_checkpoint(self.model_dir, self.config.model, lora, logical_batch=t.batch_size,
-                                   seq_len=t.max_seq_len)
+                                   seq_len=t.max_seq_len, layers=self.config.capacity.layers)
 
     def load_global(self, lora: LoraSettings, bundle: Bundle) -> None:
-        """The base model with the federation's LoRA settings, its adapter set to ``bundle``."""
+        """The base model with the federation's LoRA settings, its adapter set to ``bundle``;
+        ``ConfigError`` when this member would train part of the adapter and the federation's strategy
+        (in the bundle's settings, checked at intake) takes whole adapters only."""
         lj = lora.model_dump_json()
         if self._model is None or self._lora_json != lj:
             plan = self.memory_plan(lora)
             loaded = load_model(self.model_dir, lora=lora, settings=self.config.model, quantization=plan.quantization)
             if plan.gradient_checkpointing:
                 enable_gradient_checkpointing(loaded.model)
+            self._partial = partial_adapter(loaded.model, bundle.layout_json, self.config.capacity, plan)
             self._model, self._tokenizer, self._lora_json, self._loaded = loaded.model, loaded.tokenizer, lj, loaded
             self._loss = SequenceLoss(loaded.model, loaded.kind)
             self.plan = plan
             log(logger, "base model loaded", device=loaded.device, dtype=loaded.dtype, quantization=loaded.quantization,
                 kind=loaded.kind.value, physical_batch_size=plan.physical_batch_size,
                 gradient_checkpointing=plan.gradient_checkpointing, estimated_step_gib=round(plan.estimated_gb, 2),
-                max_memory_gb=self.config.model.max_memory_gb, chunked_loss=self._loss.chunked)
+                max_memory_gb=self.config.model.max_memory_gb, chunked_loss=self._loss.chunked,
+                trains=self._partial.capacity.describe(self._partial.groups) if self._partial else "the whole adapter")
+        if self._partial is not None and not json.loads(bundle.settings_json)["strategy"].get("heterogeneous"):
+            raise ConfigError(f"this member trains {self._partial.capacity.describe(self._partial.groups)} "
+                              "([capacity] / its memory plan) and the federation aggregates whole adapters only: the "
+                              "operator can set [strategy] heterogeneous = true, or this member can train everything")
         self._set_adapter(bundle)
 
     def train(self, strategy: Strategy, bundle: Bundle, sigma: float, attempt: int,
@@ -125,6 +138,9 @@ class Trainer:
         hooks = strategy.client_hooks(client_state, bundle.server_state)
         _, steps = plan_steps(self.config.training, len(data))
         physical = self.plan.physical_batch_size if self.plan else None
+        part = self._partial
+        if part is not None:
+            hooks = part.correction(hooks)
 
         def progress(i: int, n: int, loss: float) -> None:
             prog.update(1, loss=loss)
@@ -133,8 +149,12 @@ class Trainer:
 
         with Progress("training", steps, "step", attempt=attempt) as prog:
             result = train_local(self._model, data, self.config.training, sigma, strategy_state=hooks,
-                                 progress=progress, physical_batch_size=physical, loss=self._loss)
-        payload = strategy.client_payload(result, client_state=client_state, server_state=bundle.server_state)
+                                 progress=progress, physical_batch_size=physical, loss=self._loss,
+                                 grad_mask=part.grad_masks() if part else None)
+        if part is not None:  # the trained part's update in the federation's layout, zeros elsewhere
+            result = dataclasses.replace(result, delta=part.embed(result.delta))
+        payload = strategy.client_payload(result, client_state=client_state, server_state=bundle.server_state,
+                                          trained=part.indicator if part else None)
         log(logger, "local training done", attempt=attempt, steps=result.steps, sample_rate=round(result.sample_rate, 5),
             noise_multiplier=round(result.noise_multiplier, 4), train_loss=round(result.train_loss, 4),
             seconds=round(result.seconds, 2), clipping=result.clipping_mode.value)
@@ -163,4 +183,10 @@ class Trainer:
         return out_dir
 
     def _set_adapter(self, bundle: Bundle) -> None:
-        load_adapter_vector(self._model, np.array(bundle.vector, dtype=np.float32), AdapterLayout.from_json(bundle.layout_json))
+        vec = np.array(bundle.vector, dtype=np.float32)
+        if self._partial is not None:
+            if bundle.layout_json != self._partial.layout.to_json():
+                raise ModelError("the global adapter's layout changed: use the federation's LoRA settings")
+            self._partial.load(vec)
+        else:
+            load_adapter_vector(self._model, vec, AdapterLayout.from_json(bundle.layout_json))
