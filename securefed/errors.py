@@ -130,3 +130,10 @@ class CertificateError(ConfigError):
 
 class CertificateRevoked(CertificateError):
     """The federation operator revoked this certificate (it is on the CA-signed revocation list)."""
+
+
+class RankFailed(ModelError):
+    """One of a member's training ranks (``[model] processes``) ended, hung or disagreed during an attempt:
+    the attempt ends before anything is released or spent; the ranks restart for the next one."""
+
+    exit_code = 1

@@ -135,6 +135,7 @@ class ClientDaemon:
         """Before joining: budget feasibility (a config that can never train: ``ConfigError``, exit 2),
         base fingerprint, memory plan, data and noise calibration, so that rounds only train."""
         self.budget.check_feasible()
+        self.trainer.check_ranks()  # [model] processes this machine cannot run: exit 2 now, not at the first plan
         self.trainer.base_fingerprint()
         if self.config.model.max_memory_gb is not None:
             plan = self.trainer.memory_plan(self.config.lora or LoraSettings())

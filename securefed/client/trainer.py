@@ -20,20 +20,22 @@ import numpy as np
 
 from securefed.client.config import ClientConfig
 from securefed.client.progress import Progress
-from securefed.errors import ConfigError, InvalidInput, ModelError
-from securefed.heterogeneous.partial import PartialAdapter, partial_adapter
+from securefed.distributed.checks import RankLayout, rank_layout
+from securefed.distributed.group import RankGroup
+from securefed.errors import ConfigError, InvalidInput, ModelError, RankFailed
+from securefed.heterogeneous.partial import PartialAdapter, load_for_training
 from securefed.logs import get_logger, log
 from securefed.protocol.bundle import Bundle
 from securefed.strategies.base import ClientPayload, Strategy, load_vector
 from securefed.training import data as td
 from securefed.training.adapter import AdapterLayout, load_adapter_vector
 from securefed.training.config import LoraSettings
-from securefed.training.dp import LocalTrainResult, enable_gradient_checkpointing, plan_steps, train_local
+from securefed.training.dp import LocalTrainResult, plan_steps, train_local
 from securefed.training.families import model_kind
 from securefed.training.fingerprint import base_fingerprint
 from securefed.training.loss import SequenceLoss
 from securefed.training.memory import MemoryPlan, plan_for_checkpoint
-from securefed.training.model import load_config, load_model, load_tokenizer
+from securefed.training.model import load_config, load_tokenizer
 
 logger = get_logger("client.trainer")
 
@@ -52,6 +54,7 @@ class Trainer:
         self.heldout: td.TokenDataset | None = None
         self.kind = None
         self._partial: PartialAdapter | None = None  # this member trains part of the adapter
+        self._ranks: RankGroup | None = None  # [model] processes > 1: the worker ranks (this process is rank 0)
 
     @property
     def dataset_size(self) -> int:
@@ -107,10 +110,13 @@ class Trainer:
         lj = lora.model_dump_json()
         if self._model is None or self._lora_json != lj:
             plan = self.memory_plan(lora)
-            loaded = load_model(self.model_dir, lora=lora, settings=self.config.model, quantization=plan.quantization)
-            if plan.gradient_checkpointing:
-                enable_gradient_checkpointing(loaded.model)
-            self._partial = partial_adapter(loaded.model, bundle.layout_json, self.config.capacity, plan)
+            loaded, self._partial = load_for_training(self.model_dir, self.config.model, lora, plan,
+                                                      self.config.capacity, bundle.layout_json)
+            if self._ranks is not None:
+                self._ranks.close()
+            self._ranks = (RankGroup(self.check_ranks(), model_dir=self.model_dir, model=self.config.model, lora=lora,
+                                     plan=plan, capacity=self.config.capacity, layout_json=bundle.layout_json)
+                           if self.config.model.processes > 1 else None)
             self._model, self._tokenizer, self._lora_json, self._loaded = loaded.model, loaded.tokenizer, lj, loaded
             self._loss = SequenceLoss(loaded.model, loaded.kind)
             self.plan = plan
@@ -123,7 +129,16 @@ class Trainer:
             raise ConfigError(f"this member trains {self._partial.capacity.describe(self._partial.groups)} "
                               "([capacity] / its memory plan) and the federation aggregates whole adapters only: the "
                               "operator can set [strategy] heterogeneous = true, or this member can train everything")
+        if self._ranks is not None and not self._ranks.up:  # first plan, or the ranks failed in the last attempt
+            try:
+                self._ranks.start()
+            except RankFailed as exc:
+                raise ConfigError(f"this member's training ranks did not start: {exc}") from None
         self._set_adapter(bundle)
+
+    def check_ranks(self) -> RankLayout:
+        """Where ``[model] processes`` ranks run on this machine (``ConfigError`` when they cannot)."""
+        return rank_layout(self.config.model, self.config.training.batch_size)
 
     def train(self, strategy: Strategy, bundle: Bundle, sigma: float, attempt: int,
               client_state_path: Path, on_step: Callable[[int, int], None] | None = None,
@@ -139,8 +154,6 @@ class Trainer:
         _, steps = plan_steps(self.config.training, len(data))
         physical = self.plan.physical_batch_size if self.plan else None
         part = self._partial
-        if part is not None:
-            hooks = part.correction(hooks)
 
         def progress(i: int, n: int, loss: float) -> None:
             prog.update(1, loss=loss)
@@ -148,9 +161,13 @@ class Trainer:
                 on_step(i, n)
 
         with Progress("training", steps, "step", attempt=attempt) as prog:
-            result = train_local(self._model, data, self.config.training, sigma, strategy_state=hooks,
-                                 progress=progress, physical_batch_size=physical, loss=self._loss,
-                                 grad_mask=part.grad_masks() if part else None)
+            kw = dict(strategy_state=part.correction(hooks) if part else hooks, progress=progress,
+                      physical_batch_size=physical, loss=self._loss, grad_mask=part.grad_masks() if part else None)
+            if self._ranks is not None:
+                result = self._ranks.train(self._model, data, self.config.training, sigma, attempt=attempt,
+                                           correction=hooks, **kw)
+            else:
+                result = train_local(self._model, data, self.config.training, sigma, **kw)
         if part is not None:  # the trained part's update in the federation's layout, zeros elsewhere
             result = dataclasses.replace(result, delta=part.embed(result.delta))
         payload = strategy.client_payload(result, client_state=client_state, server_state=bundle.server_state,

@@ -23,7 +23,10 @@ from securefed.errors import ModelError
 from securefed.heterogeneous.config import CapacitySettings
 from securefed.heterogeneous.groups import ParameterGroups, layer_of
 from securefed.training.adapter import AdapterLayout, adapter_layout
+from securefed.training.config import LoraSettings, ModelSettings
+from securefed.training.dp import enable_gradient_checkpointing
 from securefed.training.memory import MemoryPlan
+from securefed.training.model import LoadedModel, load_model
 
 
 @dataclass(frozen=True)
@@ -157,3 +160,13 @@ def partial_adapter(model, layout_json: str, settings: CapacitySettings, plan: M
     if capacity.clamp(ParameterGroups.from_layout(layout.names, layout.shapes)).whole:
         return None
     return PartialAdapter(model, layout, capacity)
+
+
+def load_for_training(model_dir, settings: ModelSettings, lora: LoraSettings, plan, capacity: CapacitySettings,
+                      layout_json: str) -> tuple[LoadedModel, PartialAdapter | None]:
+    """The base model with LoRA as ``plan`` (a ``MemoryPlan``, or rank 0's choice sent to a worker) says,
+    and this member's part of the adapter trainable: the same on every rank of a member."""
+    loaded = load_model(model_dir, lora=lora, settings=settings, quantization=plan.quantization)
+    if plan.gradient_checkpointing:
+        enable_gradient_checkpointing(loaded.model)
+    return loaded, partial_adapter(loaded.model, layout_json, capacity, plan)
