@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from test_training_dp import _per_sample_grads
+
 from securefed.heterogeneous.groups import ParameterGroups
 from securefed.heterogeneous.partial import Capacity, PartialAdapter
 from securefed.training.adapter import adapter_layout, adapter_to_vector, load_adapter_vector
 from securefed.training.config import ClippingMode, LocalTrainingSettings, LoraSettings
 from securefed.training.data import blocks_from_texts, demo_corpus
-from securefed.training.dp import DPTrainer, enable_gradient_checkpointing, per_sample_loss
+from securefed.training.dp import DPTrainer, enable_gradient_checkpointing
 from securefed.training.model import load_model
 from securefed.training.preset import build_tiny_model
 from securefed.training.rng import TorchSource
@@ -39,18 +41,6 @@ def batch(tiny_dir):
     topics = demo_corpus()
     data = blocks_from_texts([topics[k] for k in sorted(topics)[:4]], load_model(tiny_dir).tokenizer, 32)
     return data.batch([0, 2, 5, 7])
-
-
-def _per_sample_grads(model, batch) -> torch.Tensor:
-    params = [p for p in model.parameters() if p.requires_grad]
-    out = []
-    for i in range(batch["input_ids"].shape[0]):
-        model.zero_grad(set_to_none=True)
-        logits = model(input_ids=batch["input_ids"][i : i + 1], attention_mask=batch["attention_mask"][i : i + 1]).logits
-        per_sample_loss(logits, batch["labels"][i : i + 1]).sum().backward()
-        out.append(torch.cat([p.grad.reshape(-1) for p in params]).clone())
-    model.zero_grad(set_to_none=True)
-    return torch.stack(out)
 
 
 def test_heterogeneous_partial_member_clips_and_trains_only_its_groups(lm, batch):
