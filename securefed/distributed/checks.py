@@ -55,9 +55,6 @@ def rank_layout(settings: ModelSettings, logical_batch: int, *, cores: int | Non
     nccl = dist.is_available() and dist.is_nccl_available() if nccl is None else nccl
     if n == 1:
         return RankLayout(1, "none", (str(device),), threads or torch.get_num_threads())
-    if logical_batch < n:
-        raise ConfigError(f"[model] processes = {n}: the logical batch (training.batch_size = {logical_batch}) is "
-                          f"smaller than the number of ranks; lower processes or raise batch_size to at least {n}")
     if device.type == "mps":
         raise ConfigError(f"[model] processes = {n}: torch.distributed has no backend for MPS; use processes = 1")
     backend = settings.backend if settings.backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
@@ -73,10 +70,14 @@ def rank_layout(settings: ModelSettings, logical_batch: int, *, cores: int | Non
         have = torch.cuda.device_count() if cuda_devices is None else cuda_devices
         if n > have:
             raise ConfigError(f"[model] processes = {n}: only {have} CUDA device(s) visible; lower processes to {have}")
-        return RankLayout(n, backend, tuple(f"cuda:{k}" for k in range(n)), 1)
-    have = cpu_cores() if cores is None else cores
-    if n > have:
-        raise ConfigError(f"[model] processes = {n}: this machine has {have} CPU core(s) for its ranks; lower "
-                          f"processes to {have} or fewer")
-    per_rank = max(1, (threads or torch.get_num_threads()) // n)
-    return RankLayout(n, backend, ("cpu",) * n, per_rank)
+        layout = RankLayout(n, backend, tuple(f"cuda:{k}" for k in range(n)), 1)
+    else:
+        have = cpu_cores() if cores is None else cores
+        if n > have:
+            raise ConfigError(f"[model] processes = {n}: this machine has {have} CPU core(s) for its ranks; lower "
+                              f"processes to {have} or fewer")
+        layout = RankLayout(n, backend, ("cpu",) * n, max(1, (threads or torch.get_num_threads()) // n))
+    if logical_batch < n:
+        raise ConfigError(f"[model] processes = {n}: the logical batch (training.batch_size = {logical_batch}) is "
+                          f"smaller than the number of ranks; lower processes or raise batch_size to at least {n}")
+    return layout
