@@ -1,8 +1,10 @@
-"""The daemon tests' helpers (fast settings, recorders of what each member released)."""
+"""Helpers of the daemon tests (fast settings, recorders) and of the adversarial suite (a real member
+daemon whose server is played by the test)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemons"))
+for helpers in ("daemons", "adversarial"):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / helpers))
