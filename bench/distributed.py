@@ -5,8 +5,8 @@
 One ``kind="ranks"`` record per (model, setting) with the fields ``model``, ``ranks``,
 ``threads_per_rank``, ``batch``, ``seq``, ``steps``, ``step_s`` (median DP-SGD step, one logical
 batch), ``tokens_per_s``, ``start_s`` (workers' start: import, rendezvous, model load; once per
-member, not per round) and ``vs_one_rank_all_threads`` (this setting's tokens/s over 1 rank using
-every core's threads, measured in the same run). Settings: 1 rank x 1 thread, 1 rank x all threads,
+member, not per round), ``vs_one_rank_all_threads`` and ``vs_one_rank_one_thread`` (this setting's
+tokens/s over 1 rank using every core's threads, or one thread, measured in the same run). Settings: 1 rank x 1 thread, 1 rank x all threads,
 N ranks x (all threads / N). Every step is the member's production path: Poisson sampling with
 q = 1 (each step takes the whole fixed batch, so every setting sees the same rows), per-sample
 clipping, noise once (secure mode), the ranks' clipped sums all-reduced. The tiny preset is built in
@@ -92,13 +92,15 @@ def bench_model(name: str, model_dir: Path, *, batch: int, seq: int, steps: int,
         group.close()
     med = {k: statistics.median(v) for k, v in times.items()}
     base = batch * seq / med[(1, cores)]
+    single = batch * seq / med[(1, 1)]
     out = []
     for _label, r, t in setups:
         tps = batch * seq / med[(r, t)]
         out.append({"kind": "ranks", "model": name, "ranks": r, "threads_per_rank": t, "batch": batch, "seq": seq,
                     "steps": len(times[(r, t)]), "step_s": round(med[(r, t)], 4), "tokens_per_s": round(tps, 1),
                     "start_s": round(start_s, 2) if r > 1 else None,
-                    "vs_one_rank_all_threads": round(tps / base, 3), "cores": cores})
+                    "vs_one_rank_all_threads": round(tps / base, 3), "vs_one_rank_one_thread": round(tps / single, 3),
+                    "cores": cores})
     return out
 
 
