@@ -27,7 +27,7 @@ from securefed.training.data import blocks_from_texts, demo_corpus
 from securefed.training.dp import DPTrainer
 from securefed.training.loss import SequenceLoss
 from securefed.training.memory import plan_for_checkpoint
-from securefed.training.model import layout_for_config
+from securefed.training.model import layout_for_config, tie_head
 from securefed.training.rng import TorchSource
 
 pytestmark = [pytest.mark.slow,
@@ -52,6 +52,7 @@ def smollm2(tmp_path_factory) -> Path:
     # dequantized on load: plain float32 tensors from here on, saved as such
     del model.config.quantization_config
     model.hf_quantizer = None
+    assert tie_head(model, model.config)  # transformers skips the tie in a long-lived process (model.py says)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
