@@ -126,6 +126,7 @@ class ClientDaemon:
         return serve(self)
 
     def close(self) -> None:
+        self.trainer.close()  # stops its worker ranks, if any
         self.heartbeat.close()
         self.connection.close()
         self.ledger.close()

@@ -136,6 +136,10 @@ class Trainer:
                 raise ConfigError(f"this member's training ranks did not start: {exc}") from None
         self._set_adapter(bundle)
 
+    def close(self) -> None:
+        if self._ranks is not None:
+            self._ranks.close()
+
     def check_ranks(self) -> RankLayout:
         """Where ``[model] processes`` ranks run on this machine (``ConfigError`` when they cannot)."""
         return rank_layout(self.config.model, self.config.training.batch_size)

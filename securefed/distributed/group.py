@@ -74,6 +74,9 @@ class RankGroup:
     def start(self) -> None:
         """Start the workers and join them; ``RankFailed`` if one does not come up."""
         self.close()
+        if dist.is_initialized():
+            raise RankFailed("this process already belongs to another torch.distributed group; one member's ranks "
+                             "per process")
         self._dir = tempfile.mkdtemp(prefix="securefed-ranks-")  # 0700: the rendezvous is this user's
         store = os.path.join(self._dir, "store")
         env = dict(os.environ, OMP_NUM_THREADS=str(self.ranks.threads))

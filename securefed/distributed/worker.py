@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import sys
 from typing import TextIO
@@ -24,6 +25,7 @@ import torch.distributed as dist
 from securefed.distributed.collective import NoNoise, RankCollective, adapters_agree, broadcast_adapter
 from securefed.distributed.collective import broadcast_vector, receive_rows
 from securefed.distributed.wire import Stop, TrainCommand, WorkerSetup, build_correction, decode_command
+from securefed.errors import SecureFedError
 from securefed.faults import fault_point
 from securefed.heterogeneous.partial import PartialAdapter, load_for_training
 from securefed.logs import get_logger, log, setup_logging
@@ -102,7 +104,7 @@ def main(stdin: TextIO = sys.stdin) -> int:
     setup_logging(json_lines=False, level="warning")
     setup = decode_command(stdin.readline())
     if not isinstance(setup, WorkerSetup):
-        log(logger, "worker: the first message was not a setup", level=40)
+        log(logger, "worker: the first message was not a setup", level=logging.ERROR)
         return 2
     torch.set_num_threads(setup.threads)
     say({"joining": setup.rank})
@@ -117,6 +119,10 @@ def main(stdin: TextIO = sys.stdin) -> int:
                 break
             if isinstance(cmd, TrainCommand):
                 worker.train(cmd)
+    except (RuntimeError, SecureFedError) as exc:  # rank 0 ended the group, or this rank failed: rank 0 says why
+        log(logger, "worker rank ended", level=logging.WARNING, rank=setup.rank,
+            error=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return 1
     finally:
         dist.destroy_process_group()
     return 0
