@@ -178,3 +178,12 @@ def test_heterogeneous_round_under_secure_aggregation_equals_the_clear_average(c
     num, den = _clear_average(g, members, lambda d, t: d)
     ref = g + np.divide(num, den, out=np.zeros(DIM), where=den > 0)
     np.testing.assert_allclose(upd.global_vec, ref, rtol=0, atol=1e-6)
+
+
+def test_heterogeneous_off_leaves_the_bound_settings_json_as_before():
+    """Federations started before the key existed resume: their settings JSON (in every bundle digest,
+    compared when the coordinator resumes) does not gain it while it is false."""
+    assert "heterogeneous" not in StrategySettings().model_dump(mode="json")
+    assert StrategySettings(heterogeneous=True).model_dump(mode="json")["heterogeneous"] is True
+    assert StrategySettings.model_validate(StrategySettings().model_dump(mode="json")) == StrategySettings()
+
