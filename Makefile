@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/utility.py --json
 	$(BIN)/python bench/round.py --json
 	$(BIN)/python bench/transfer.py --json
+	$(BIN)/python bench/distributed.py --json
 
 # Renew the lock: the newest versions pyproject.toml's ranges admit (torch stays 2.13.0), installed,
 # the gRPC stubs regenerated with the locked grpcio-tools, then the whole suite against the new set.

@@ -149,3 +149,10 @@ class CertificateRevoked(CertificateError):
 class AttemptEnded(ProtocolAbort):
     """The server ended the attempt this member works on (aborted it, or went on without this member): the
     member stops training it at its next step and releases nothing of it."""
+
+
+class RankFailed(ModelError):
+    """One of a member's training ranks (``[model] processes``) ended, hung or disagreed during an attempt:
+    the attempt ends before anything is released or spent; the ranks restart for the next one."""
+
+    exit_code = 1

@@ -91,7 +91,7 @@ def federation_settings(bundle: Bundle) -> FederationSettings:
     except RecursionError:
         raise InvalidMessage(f"{WHAT}: its federation settings nest too deeply") from None
     try:
-        strategy = make_strategy(strategy_settings, dim=bundle.vector.size)
+        strategy = make_strategy(strategy_settings, dim=bundle.vector.size, layout_json=bundle.layout_json)
     except (SecureFedError, ValueError) as exc:
         raise InvalidMessage(f"{WHAT}: its strategy settings are unusable ({exc})") from None
     state = bundle.server_state

@@ -39,6 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from securefed.config import StrictModel, check_address, load_toml
 from securefed.data.settings import DataSettings
 from securefed.errors import ConfigError
+from securefed.heterogeneous.config import CapacitySettings
 from securefed.privacy.budget import PrivacyBudget
 from securefed.secagg.params import DEFAULT_MAX_COLLUDERS
 from securefed.training.config import LocalTrainingSettings, LoraSettings, ModelSettings
@@ -156,6 +157,10 @@ class ClientConfig(StrictModel):
         None, description="optional: the LoRA settings this member expects; a federation using others is refused"
     )
     connection: ConnectionSection = ConnectionSection()
+    capacity: CapacitySettings = Field(
+        CapacitySettings(), description="how much of the federation's adapter this member trains (top layers, "
+        "rank); the rest keeps the global values and the upload keeps the whole layout"
+    )
 
     @property
     def ledger_path(self) -> Path | None:

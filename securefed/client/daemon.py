@@ -131,6 +131,7 @@ class ClientDaemon:
         return serve(self)
 
     def close(self) -> None:
+        self.trainer.close()  # stops its worker ranks, if any
         self.heartbeat.close()
         self.connection.close()
         self.ledger.close()
@@ -140,6 +141,7 @@ class ClientDaemon:
         """Before joining: budget feasibility (a config that can never train: ``ConfigError``, exit 2),
         base fingerprint, memory plan, data and noise calibration, so that rounds only train."""
         self.budget.check_feasible()
+        self.trainer.check_ranks()  # [model] processes this machine cannot run: exit 2 now, not at the first plan
         self.trainer.base_fingerprint()
         if self.config.model.max_memory_gb is not None:
             plan = self.trainer.memory_plan(self.config.lora or LoraSettings())

@@ -46,6 +46,9 @@ def check_client(config_path: str | Path) -> Checks:
     if c.ckks_secret_context is not None:
         _secret_context(checks, c.ckks_secret_context)
     trainer = Trainer(cfg)
+    ranks = checks.run("processes", trainer.check_ranks)
+    if ranks is not None and ranks.processes > 1:
+        checks.ok("processes", ranks.describe())
     data = checks.run("model and data", trainer.load_data)
     if data is None:
         return checks

@@ -87,7 +87,7 @@ def initial_adapter(config: ServerConfig, fingerprint: str):
     except ModelError as exc:
         raise ConfigError(f"server.base_model_dir: {exc}") from None
     vec = initial_vector(layout, config.lora.init_seed)
-    strategy = make_strategy(config.strategy, dim=layout.total_size)
+    strategy = make_strategy(config.strategy, dim=layout.total_size, layout_json=layout.to_json())
     state = strategy.initial_server_state()
     return (vec, layout.to_json(), settings_json(config, fingerprint),
             None if state is None else np.asarray(state, np.float32))
@@ -146,7 +146,10 @@ class ServerApp:
     def strategy(self, dim: int) -> Strategy:
         s = self._strategy_cache.get(dim)
         if s is None:
-            s = self._strategy_cache[dim] = make_strategy(self.config.strategy, dim=dim)
+            ckpt = self.coordinator.global_ckpt  # its layout fixes the groups of a heterogeneous payload
+            s = make_strategy(self.config.strategy, dim=dim, layout_json=ckpt.layout_json if ckpt else None)
+            if ckpt is not None or not s.heterogeneous:
+                self._strategy_cache[dim] = s
         return s
 
     # --- coordinator callbacks --------------------------------------------------------------------

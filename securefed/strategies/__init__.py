@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from securefed.heterogeneous.groups import ParameterGroups
 from securefed.strategies.base import (
     ClientPayload,
     ServerUpdate,
@@ -30,10 +31,12 @@ STRATEGIES: dict[StrategyKind, type[Strategy]] = {
 }
 
 
-def make_strategy(settings: StrategySettings, *, dim: int) -> Strategy:
-    """Instantiate the configured strategy for an adapter of ``dim`` elements."""
+def make_strategy(settings: StrategySettings, *, dim: int, layout_json: str | None = None) -> Strategy:
+    """Instantiate the configured strategy for an adapter of ``dim`` elements. A heterogeneous one needs
+    the layout (``AdapterLayout.to_json()``) for its payload size; without it, only its bound and checks."""
+    groups = ParameterGroups.from_layout_json(layout_json) if settings.heterogeneous and layout_json else None
     common = dict(dim=dim, max_samples=settings.max_samples, delta_bound=settings.delta_bound,
-                  server_lr=settings.server_lr)
+                  server_lr=settings.server_lr, heterogeneous=settings.heterogeneous, groups=groups)
     if settings.kind is StrategyKind.FEDPROX:
         return FedProx(mu=settings.mu, **common)
     if settings.kind is StrategyKind.SCAFFOLD:

@@ -13,6 +13,20 @@ cohort size to size the fixed-point range.
 
 A strategy that needs one client's individual update (robust aggregation such as median or Krum) sets
 ``requires_individual_updates = True`` and :func:`check_secure_aggregation` refuses it.
+
+Members of unequal capacity (``heterogeneous``: built with the layout's
+:class:`~securefed.heterogeneous.groups.ParameterGroups`). A member may train only part of the adapter
+(its top layers, or a lower LoRA rank); it still sends the whole layout, zeros where it trained
+nothing, so every upload has one size and the server cannot tell members apart by it. After the core
+payload it appends per-group sums (``w_i`` times its 0/1 indicator of trained groups, and what the
+strategy needs besides), so the server divides each parameter's sum by the weight of only the members
+that trained it. A parameter nobody in the cohort trained keeps its global value. How each strategy
+treats untrained parts: FedAvg and FedProx average each parameter over the members that trained it
+(FedProx's proximal term cannot move a frozen coordinate anyway); FedNova normalises each parameter
+by the step counts of the members that trained it (``tau_eff`` per parameter); SCAFFOLD updates the
+server's control variate per parameter over its trainers (the federation size scaled by the
+cohort's fraction that trained it) and a member's own ``c_i`` stays put where it did not train.
+With every member training everything the result is bit-for-bit the plain strategy's.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import numpy as np
 
 from securefed.errors import ConfigError, InvalidInput
 from securefed.fsutil import atomic_write
+from securefed.heterogeneous.groups import ParameterGroups
 
 
 class StrategyKind(str, Enum):
@@ -57,7 +72,11 @@ class Strategy(ABC):
     kind: ClassVar[StrategyKind]
     requires_individual_updates: ClassVar[bool] = False
 
-    def __init__(self, *, dim: int, max_samples: int, delta_bound: float, server_lr: float = 1.0) -> None:
+    # Per-group sums a heterogeneous payload appends (w * indicator first; see _tail_parts).
+    tail_parts: ClassVar[int] = 1
+
+    def __init__(self, *, dim: int, max_samples: int, delta_bound: float, server_lr: float = 1.0,
+                 heterogeneous: bool = False, groups: ParameterGroups | None = None) -> None:
         if dim < 1:
             raise ConfigError("strategy: dim must be >= 1 (the adapter vector length)")
         if max_samples < 1:
@@ -66,10 +85,14 @@ class Strategy(ABC):
             raise ConfigError("strategy.delta_bound: must be a finite value > 0")
         if not (np.isfinite(server_lr) and server_lr > 0):
             raise ConfigError("strategy.server_lr: must be a finite value > 0")
+        if groups is not None and groups.dim != dim:
+            raise ConfigError(f"strategy: the layout's groups cover {groups.dim} values, the adapter has {dim}")
         self.dim = int(dim)
         self.max_samples = int(max_samples)
         self.delta_bound = float(delta_bound)
         self.server_lr = float(server_lr)
+        self.heterogeneous = bool(heterogeneous or groups is not None)
+        self._groups = groups
 
     # ----------------------------------------------------------------------------------- shared helpers
     def weight(self, num_samples: int) -> float:
@@ -107,11 +130,60 @@ class Strategy(ABC):
             raise InvalidInput("summed client weight is 0: no client contributed")
         return float(sw)
 
+    # ----------------------------------------------------------------------------------- partial members
+    @property
+    def groups(self) -> ParameterGroups:
+        if self._groups is None:
+            raise ConfigError("strategy: heterogeneous aggregation needs the adapter layout (its parameter groups)")
+        return self._groups
+
+    @property
+    def tail_size(self) -> int:
+        return self.tail_parts * self.groups.size if self.heterogeneous else 0
+
+    @property
+    def payload_size(self) -> int:
+        """Length of the flat payload vector: the strategy's core, then the per-group sums."""
+        return self.core_size + self.tail_size
+
+    def _trained(self, trained: np.ndarray | None) -> np.ndarray | None:
+        """The member's 0/1 indicator over the groups (all ones when it trained everything); None when
+        the federation does not aggregate per group, where a partial member is refused."""
+        if not self.heterogeneous:
+            if trained is not None and not np.all(np.asarray(trained) == 1):
+                raise InvalidInput("this federation aggregates whole adapters only ([strategy] heterogeneous = "
+                                   "false): train every layer at the full rank")
+            return None
+        return self.groups.check_indicator(np.ones(self.groups.size) if trained is None else trained)
+
+    def _masked(self, values: np.ndarray, trained: np.ndarray | None) -> np.ndarray:
+        """Zeros where the member trained nothing: what it sends there says nothing and adds nothing."""
+        return values if trained is None else values * self.groups.expand(trained)
+
+    def _tail(self, w: float, trained: np.ndarray | None, *extra: np.ndarray) -> list[np.ndarray]:
+        return [] if trained is None else [w * trained, *extra]
+
+    def _element_weights(self, s: np.ndarray, total: float, part: int = 0) -> np.ndarray | float:
+        """Per element, the summed weight of the members that trained it (``total`` when not heterogeneous)."""
+        if not self.heterogeneous:
+            return total
+        g = self.groups.size
+        start = self.core_size + part * g
+        return self.groups.expand(s[start : start + g])
+
+    def _ratio(self, numerator: np.ndarray, weights: np.ndarray | float) -> np.ndarray:
+        """numerator / weights, and 0 where no member trained the element (its weight sum decodes to ~0:
+        a trained one is at least 1 / max_samples)."""
+        if np.isscalar(weights):
+            return numerator / weights
+        trained = weights > 0.5 / self.max_samples
+        return np.divide(numerator, weights, out=np.zeros_like(numerator), where=trained)
+
     # ----------------------------------------------------------------------------------- interface
     @property
     @abstractmethod
-    def payload_size(self) -> int:
-        """Length of the flat payload vector."""
+    def core_size(self) -> int:
+        """Length of the strategy's own payload (the whole payload without heterogeneous group sums)."""
 
     @abstractmethod
     def payload_bound(self) -> float:
@@ -128,8 +200,10 @@ class Strategy(ABC):
         return None
 
     @abstractmethod
-    def client_payload(self, result, *, client_state: Any = None, server_state: Any = None) -> ClientPayload:
-        """Build the payload from a ``LocalTrainResult`` (uses delta, num_samples, steps, learning_rate)."""
+    def client_payload(self, result, *, client_state: Any = None, server_state: Any = None,
+                       trained: np.ndarray | None = None) -> ClientPayload:
+        """Build the payload from a ``LocalTrainResult`` (uses delta, num_samples, steps, learning_rate).
+        ``trained``: the member's 0/1 indicator over ``groups`` (None: it trained everything)."""
 
     @abstractmethod
     def server_apply(self, global_vec: np.ndarray, summed_payload: np.ndarray, n_clients: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from securefed.config import StrictModel
 from securefed.strategies.base import StrategyKind
@@ -23,3 +23,17 @@ class StrategySettings(StrictModel):
         None, ge=1, description="SCAFFOLD: number of clients in the federation (default: the cohort size)."
     )
     tau_max: int = Field(1000, ge=1, description="FedNova: declared maximum local steps per round.")
+    heterogeneous: bool = Field(
+        False, description="Members may train part of the adapter (their top layers, or a lower LoRA rank: "
+        "[capacity] in client.toml). Every payload then carries per-group sums of who trained what (under the "
+        "same secure aggregation), and each parameter is averaged over the members that trained it.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_heterogeneous(self, handler):
+        # Left out while false: the settings JSON of federations started before the key existed stays the
+        # same (it is bound into every bundle digest and checked when a coordinator resumes).
+        out = handler(self)
+        if not self.heterogeneous:
+            out.pop("heterogeneous", None)
+        return out

@@ -10,6 +10,10 @@ Payload (length 2*dim + 1): ``[w_i * clip(delta_i), clip(c_i+ - c_i), w_i]``; th
 ``c_i + clip(c_i+ - c_i)`` so its state matches what the server summed.
 Server: ``x <- x + eta_g * sum(w_i delta_i) / sum(w_i)``, ``c <- c + sum(delta c_i) / N`` with N the total
 number of clients in the federation (``total_clients``; full participation when it equals the cohort).
+Heterogeneous: ``[w_i * m_i * clip(delta_i), m_i * clip(dc_i), w_i, w_i * t_i, t_i]``; a member's ``c_i``
+moves only where it trained, and the server updates ``c`` per parameter over its trainers: divided by
+``N * (cohort members that trained it) / (cohort size)``, the federation size scaled by the cohort's
+fraction, so ``c`` stays the mean control variate of those who train that parameter.
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ class Scaffold(Strategy):
         self.control_bound = float(control_bound)
         self.total_clients = total_clients
 
+    tail_parts = 2
+
     @property
-    def payload_size(self) -> int:
+    def core_size(self) -> int:
         return 2 * self.dim + 1
 
     def payload_bound(self) -> float:
@@ -72,9 +78,10 @@ class Scaffold(Strategy):
         ci = self._state(client_state, "client control variate c_i")
         return ControlCorrection(torch.from_numpy((c - ci).astype(np.float32)))
 
-    def client_payload(self, result, *, client_state=None, server_state=None) -> ClientPayload:
+    def client_payload(self, result, *, client_state=None, server_state=None, trained=None) -> ClientPayload:
         w = self.weight(result.num_samples)
-        d = self._check_delta(result.delta)
+        t = self._trained(trained)
+        d = self._masked(self._check_delta(result.delta), t)
         c = self._state(server_state, "server control variate c").astype(np.float64)
         ci = self._state(client_state, "client control variate c_i").astype(np.float64)
         if result.steps < 1 or not result.learning_rate > 0:
@@ -82,16 +89,24 @@ class Scaffold(Strategy):
         # Uses the unclipped (but DP) delta, as in the paper; the clip below bounds what is sent.
         raw = np.asarray(result.delta, dtype=np.float64)
         ci_new = ci - c - raw / (result.steps * result.learning_rate)
-        dc = np.clip(ci_new - ci, -self.control_bound, self.control_bound)
-        return ClientPayload(np.concatenate([w * d, dc, [w]]), client_state=(ci + dc).astype(np.float32))
+        dc = self._masked(np.clip(ci_new - ci, -self.control_bound, self.control_bound), t)
+        tail = self._tail(w, t, t)
+        return ClientPayload(np.concatenate([w * d, dc, [w], *tail]), client_state=(ci + dc).astype(np.float32))
 
     def server_apply(self, global_vec, summed_payload, n_clients, server_state=None) -> ServerUpdate:
         g, s = self._check_sum(global_vec, summed_payload, n_clients)
         c = self._state(server_state, "server control variate c").astype(np.float64)
-        sw = self._total_weight(s[-1])
+        sw = self._total_weight(s[2 * self.dim])
         n_total = self.total_clients if self.total_clients is not None else n_clients
         if n_clients > n_total:
             raise InvalidInput(f"{n_clients} clients summed but total_clients is {n_total}")
-        new = g + self.server_lr * s[: self.dim] / sw
-        c_new = c + s[self.dim : 2 * self.dim] / n_total
+        new = g + self.server_lr * self._ratio(s[: self.dim], self._element_weights(s, sw))
+        dc = s[self.dim : 2 * self.dim]
+        if self.heterogeneous:
+            # members of the cohort that trained each element (a count: 1 / max_samples scale does not apply)
+            trainers = self._element_weights(s, n_clients, part=1)
+            share = np.where(trainers > 0.5, n_total * trainers / n_clients, 0.0)
+            c_new = c + np.divide(dc, share, out=np.zeros_like(dc), where=share > 0)
+        else:
+            c_new = c + dc / n_total
         return ServerUpdate(new.astype(np.float32), c_new.astype(np.float32))

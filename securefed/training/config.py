@@ -104,6 +104,16 @@ class ModelSettings(StrictModel):
         "model is refused. Turn on only for code you have reviewed.",
     )
 
+    processes: int = Field(
+        1, ge=1, le=1024, description="Ranks this member trains with (torch.distributed, data-parallel over one "
+        "Poisson-sampled logical batch: each rank clips its rows, the clipped sums are added, the noise is added "
+        "once, so the privacy accounting is the single process's). One per CUDA device, or per CPU core; "
+        "rank 0 is the daemon, which alone talks to the server and writes the ledger.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend for processes > 1: 'auto' (nccl on CUDA, gloo on CPU).",
+    )
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:

@@ -62,6 +62,14 @@ __all__ = ["DPTrainer", "GradientCorrection", "LocalTrainResult", "per_sample_lo
 log = logging.getLogger(__name__)
 
 
+class Collective(Protocol):
+    """How the ranks of one member combine their clipped sums (:mod:`securefed.distributed`); None in a
+    single process. Called once per step by every rank, in the same order."""
+
+    def all_reduce_sum(self, flat: Any) -> Any:
+        """Elementwise sum over the ranks of a flat float tensor (in place, returned)."""
+
+
 class GradientCorrection(Protocol):
     """A data-independent term added to the (already private) gradient at every local step."""
 
@@ -140,8 +148,11 @@ def _unwrap(model):
     return model.model if isinstance(model, LoadedModel) else model
 
 
-def _noise_add(optimizer, source: RandomSource) -> None:
-    """Replacement for ``DPOptimizer.add_noise``: same contract, our random source."""
+def _noise_add(optimizer, source: RandomSource, collective: Collective | None = None) -> None:
+    """Replacement for ``DPOptimizer.add_noise``: same contract, our random source. With several ranks
+    (``collective``) only rank 0's source draws noise (the others' yield zeros) and the noisy sum is
+    reduced over the ranks before Opacus scales it: clipped sums of every rank plus one noise draw, the
+    single-process mechanism (Opacus' ``DistributedDPOptimizer`` places its noise the same way)."""
     std = optimizer.noise_multiplier * optimizer.max_grad_norm
     params = optimizer.params
     for p in params:
@@ -160,6 +171,13 @@ def _noise_add(optimizer, source: RandomSource) -> None:
         p.grad = (summed + chunk).view_as(p)
         # Opacus marks summed_grad as processed; mirror that so its own checks stay meaningful.
         p.summed_grad._processed = True  # type: ignore[attr-defined]
+    if collective is not None:  # one flat buffer: one collective a step, not one per LoRA tensor
+        flat = collective.all_reduce_sum(torch.cat([p.grad.reshape(-1) for p in params]))
+        offset = 0
+        for p in params:
+            k = p.grad.numel()
+            p.grad = flat[offset : offset + k].view_as(p).clone()
+            offset += k
 
 
 def make_optimizer(settings: LocalTrainingSettings, params) -> torch.optim.Optimizer:
@@ -190,6 +208,8 @@ class DPTrainer:
         *,
         loss: SequenceLoss | None = None,
         physical_batch_size: int | None = None,
+        grad_mask: list | None = None,
+        collective: Collective | None = None,
     ) -> None:
         if mode is ClippingMode.AUTO:
             raise ValueError("DPTrainer needs a concrete clipping mode")
@@ -205,6 +225,12 @@ class DPTrainer:
         self.clip_norm = float(settings.clip_norm)
         self.expected_batch_size = int(expected_batch_size)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # Per trainable tensor, a 0/1 mask broadcastable to it (None: all of it trains): the coordinates a
+        # partial member trains (securefed.heterogeneous); the rest never move.
+        self.grad_mask = grad_mask if grad_mask is not None and any(m is not None for m in grad_mask) else None
+        if self.grad_mask is not None and len(self.grad_mask) != len(self.params):
+            raise ValueError("grad_mask needs one entry per trainable parameter")
+        self.collective = collective
         self._last_norms = None
         with torch.no_grad():
             self.initial = torch.cat([p.detach().reshape(-1) for p in self.params]).clone()
@@ -233,7 +259,8 @@ class DPTrainer:
         self.optimizer.expected_batch_size = self.expected_batch_size
         # Opacus' own accountant would count steps at its dummy sample rate; accounting is the caller's job.
         self.optimizer.step_hook = None
-        self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source), self.optimizer)
+        self.optimizer.add_noise = types.MethodType(lambda opt: _noise_add(opt, self.source, self.collective),
+                                                    self.optimizer)
         if self._recompute is not None:
             self._recompute.module = self.module
 
@@ -266,6 +293,16 @@ class DPTrainer:
     def _flat(self):
         return torch.cat([p.detach().reshape(-1) for p in self.params])
 
+    def _mask(self, attr: str) -> None:
+        """Zero the untrained coordinates of ``p.<attr>`` (per-sample gradients before clipping, so
+        they spend none of the clipping budget; the final gradient, so noise and corrections stay off)."""
+        if self.grad_mask is None:
+            return
+        for p, m in zip(self.params, self.grad_mask):
+            t = getattr(p, attr, None)
+            if m is not None and isinstance(t, torch.Tensor):
+                t.mul_(m)
+
     def _apply_correction(self) -> None:
         if self.correction is None:
             return
@@ -295,7 +332,7 @@ class DPTrainer:
         """
         opt = self.optimizer
         opt.zero_grad(set_to_none=True)
-        loss_value: float | None = None
+        total, n = 0.0, 0
         if batch is None or batch["input_ids"].shape[0] == 0:
             # Pure noise step: the clipped sum of an empty batch is 0.
             for p in self.params:
@@ -308,7 +345,7 @@ class DPTrainer:
             size = min(n, self.physical or n)
             starts = list(range(0, n, size))
             dev = self.params[0].device
-            total, norms = 0.0, []
+            norms = []
             for k, start in enumerate(starts):
                 micro = {key: v[start:start + size].to(dev) for key, v in batch.items()}
                 losses = self.loss(self.module, micro)
@@ -319,6 +356,7 @@ class DPTrainer:
                         if p.grad is None:
                             raise ModelError("ghost clipping produced no gradient for an adapter parameter")
                     norms.append(self.module.per_sample_gradient_norms.detach().clone())
+                    self._mask("grad")  # ghost norms saw every coordinate: conservative clipping, same bound
                 else:
                     losses.mean().backward()
                     for p in self.params:
@@ -333,6 +371,7 @@ class DPTrainer:
                     with torch.no_grad():
                         norms.append(torch.stack([p.grad_sample.reshape(p.grad_sample.shape[0], -1).float()
                                                   .pow(2).sum(1) for p in self.params]).sum(0).sqrt())
+                    self._mask("grad_sample")
                 last = k == len(starts) - 1
                 if not last:
                     opt.signal_skip_step(do_skip=True)  # sum this micro-batch's clipped gradients, no noise yet
@@ -341,11 +380,14 @@ class DPTrainer:
                     raise ModelError("DP optimizer skipped or took a step out of turn")
                 if not last:
                     opt.zero_grad(set_to_none=True)  # keeps the summed clipped gradients (skipped step)
-            loss_value = total / n
             self._last_norms = torch.cat(norms).cpu()
+        if self.collective is not None:  # the logical batch's loss, over every rank's rows
+            total, n = (float(v) for v in self.collective.all_reduce_sum(torch.tensor([total, float(n)],
+                                                                                       dtype=torch.float64)))
         self._apply_correction()
+        self._mask("grad")
         opt.original_optimizer.step()
-        return loss_value
+        return total / n if n else None
 
 
 # Per-sample gradients of a LoRA adapter are small (batch x adapter size), and ghost clipping pays a second
@@ -400,13 +442,19 @@ def train_local(
     progress: ProgressFn | None = None,
     physical_batch_size: int | None = None,
     loss: SequenceLoss | None = None,
+    grad_mask: list | None = None,
+    collective: Collective | None = None,
+    shard: Callable[[dict | None], dict | None] | None = None,
 ) -> LocalTrainResult:
     """Train the adapter of ``model`` (a peft model, or a ``LoadedModel``) with DP-SGD for one round.
 
     The adapter currently loaded in ``model`` is the starting point (load the global adapter first);
     on return the model holds the locally trained adapter and ``result.delta`` is new - start.
     ``physical_batch_size`` caps the rows of one forward/backward pass (micro-batches under the one
-    Poisson-sampled logical batch; the privacy accounting is unchanged).
+    Poisson-sampled logical batch; the privacy accounting is unchanged). ``grad_mask``: see
+    :class:`DPTrainer`. Several ranks (:mod:`securefed.distributed`): ``shard`` hands the other ranks
+    their rows of each sampled batch and returns this rank's, ``collective`` sums the clipped sums;
+    sampling and noise stay on this rank (rank 0).
     """
     model = _unwrap(model)
     sigma = _resolve_sigma(settings, noise_multiplier)
@@ -424,20 +472,22 @@ def train_local(
 
     physical = min(settings.batch_size, physical_batch_size) if physical_batch_size else None
     modes = choose_clipping(settings.clipping, physical or settings.batch_size, _layout.total_size)
+    if collective is not None:
+        modes = modes[:1]  # every rank must run the same mode: no per-rank fallback
     last_error: Exception | None = None
     for mode in modes:
         t0 = time.perf_counter()
         trainer = None
         try:
             trainer = DPTrainer(model, settings, sigma, settings.batch_size, mode, source, strategy_state,
-                                loss=loss, physical_batch_size=physical)
+                                loss=loss, physical_batch_size=physical, grad_mask=grad_mask, collective=collective)
             losses: list[float] = []
             empty = 0
             for step in range(steps):
                 mask = source.bernoulli(n, q)
                 idx = np.flatnonzero(mask)
                 batch = train_data.batch(idx.tolist()) if idx.size else None
-                loss = trainer.step(batch)
+                loss = trainer.step(shard(batch) if shard is not None else batch)
                 if loss is None:
                     empty += 1
                 else:
