@@ -388,6 +388,7 @@ def train_local(
     progress: ProgressFn | None = None,
     physical_batch_size: int | None = None,
     loss: SequenceLoss | None = None,
+    source: RandomSource | None = None,
 ) -> LocalTrainResult:
     """Train the adapter of ``model`` (a peft model, or a ``LoadedModel``) with DP-SGD for one round.
 
@@ -395,6 +396,8 @@ def train_local(
     on return the model holds the locally trained adapter and ``result.delta`` is new - start.
     ``physical_batch_size`` caps the rows of one forward/backward pass (micro-batches under the one
     Poisson-sampled logical batch; the privacy accounting is unchanged).
+    ``source``: where noise and sampling come from (default: the CSPRNG in secure mode, torch's RNG
+    otherwise); a source that is not secure is refused in secure mode, as Opacus refuses a seeded RNG.
     """
     model = _unwrap(model)
     sigma = _resolve_sigma(settings, noise_multiplier)
@@ -403,10 +406,14 @@ def train_local(
     n = len(train_data)
     q, steps = plan_steps(settings, n)
     start_vec, _layout = adapter_to_vector(model)
-    source: RandomSource = CsprngSource() if settings.secure_mode else TorchSource()
+    if source is None:
+        source = CsprngSource() if settings.secure_mode else TorchSource()
+    elif settings.secure_mode and not source.secure:
+        raise ConfigError("secure_mode = true refuses a reproducible (seeded) noise source: its noise can be "
+                          "recomputed by whoever knows the seed; set secure_mode = false only for tests and simulations")
     if not source.secure:
-        log.warning("DP-SGD noise and sampling use torch's NON-cryptographic RNG (secure_mode=false): "
-                    "for testing only, not a production privacy guarantee")
+        log.warning("DP-SGD noise and sampling use a reproducible, NON-secret RNG (%s, secure_mode=false): "
+                    "for testing only, not a production privacy guarantee", type(source).__name__)
     if sigma == 0.0:
         log.warning("noise_multiplier is 0: this training is NOT differentially private")
 
