@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "securefed.server.cli",
     "securefed.client.cli",
     "securefed.training.cli",
+    "securefed.simulation.cli",
 )
 
 

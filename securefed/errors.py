@@ -130,3 +130,7 @@ class CertificateError(ConfigError):
 
 class CertificateRevoked(CertificateError):
     """The federation operator revoked this certificate (it is on the CA-signed revocation list)."""
+
+
+class SimulationError(SecureFedError):
+    """``securefed simulate`` cannot go on: every worker of its engine is gone, or a round cannot be planned."""
