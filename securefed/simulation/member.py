@@ -24,6 +24,7 @@ import torch
 
 from securefed.errors import BudgetExceeded, ConfigError, SecureFedError
 from securefed.privacy.budget import BudgetGuard, PrivacyBudget, calibrate_noise
+from securefed.privacy.accountants import mechanism_of
 from securefed.privacy.events import AccountantName, DpEvent, event_from_training
 from securefed.privacy.independent import second_opinion
 from securefed.simulation.metrics import resolve_metric
@@ -111,6 +112,7 @@ class Workspace:
         self.strategy = make_strategy(spec.strategy, dim=self.layout.total_size)
         self.metric = resolve_metric(spec.metric)
         self._sigmas: dict[tuple, float] = {}
+        self._verdicts: dict[tuple, str | None] = {}
         # train_local warns on every call about the reproducible RNG; the simulation says it once.
         logging.getLogger("securefed.training.dp").setLevel(logging.ERROR)
 
@@ -128,6 +130,21 @@ class Workspace:
                                                 task.accountant, second_opinion=second_opinion(task.accountant))
         return self._sigmas[key]
 
+    def check_budget(self, task: MemberTask, planned: DpEvent, dataset_size: int) -> None:
+        """The member's budget guard on its own events (``BudgetExceeded``: it declines). Members with the
+        same history and plan get the same verdict, so it is computed once per distinct case."""
+        key = (tuple(mechanism_of(e) for e in task.prior), mechanism_of(planned), task.target_epsilon, task.delta,
+               task.accountant, dataset_size)
+        if key not in self._verdicts:
+            budget = PrivacyBudget(target_epsilon=task.target_epsilon, delta=task.delta, accountant=task.accountant)
+            try:
+                BudgetGuard(budget, dataset_size=dataset_size).check(task.prior, planned)
+                self._verdicts[key] = None
+            except BudgetExceeded as exc:
+                self._verdicts[key] = str(exc)
+        if self._verdicts[key] is not None:
+            raise BudgetExceeded(self._verdicts[key])
+
     def run(self, shared: RoundShared, task: MemberTask) -> MemberOutcome:
         t0 = time.perf_counter()
         if task.fault == "exit":
@@ -140,9 +157,7 @@ class Workspace:
         try:
             sigma = self.noise_multiplier(task, q, steps)
             if private:
-                budget = PrivacyBudget(target_epsilon=task.target_epsilon, delta=task.delta, accountant=task.accountant)
-                planned = _event(task, settings, sigma, q, steps)
-                BudgetGuard(budget, dataset_size=len(data)).check(task.prior, planned)
+                self.check_budget(task, _event(task, settings, sigma, q, steps), len(data))
         except (BudgetExceeded, ConfigError) as exc:
             return MemberOutcome(task.member, "declined", reason=str(exc), seconds=time.perf_counter() - t0,
                                  worker=os.getpid())
