@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from securefed.simulation.member import WorkspaceSpec
-from securefed.simulation.settings import SimulationSettings
+from securefed.simulation.settings import SimulationSettings, default_training
 from securefed.simulation.split import DataSource
 
 
 def small_settings(model_dir: Path, **over) -> SimulationSettings:
-    base = dict(members=6, rounds=2, epsilons=(3.0,), model_dir=model_dir, reproducible=True, eval_examples=16)
+    base = dict(members=6, rounds=2, epsilons=(3.0,), model_dir=model_dir, reproducible=True, eval_examples=16,
+                training=default_training().model_copy(update={"steps": 2}))
     base.update(over)
     return SimulationSettings(**base)
 

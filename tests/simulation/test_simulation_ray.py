@@ -18,6 +18,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray")
 from securefed.simulation.ray_engine import RayEngine  # noqa: E402
 
+# Ray starts processes (a local Ray, and one worker per actor that imports torch): seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def local_ray():
