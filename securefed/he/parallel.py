@@ -15,13 +15,12 @@ unusable state). The secret context reaches them through the pool's own pipe, ne
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from securefed.errors import InvalidInput
+from securefed.crypto import prg
 from securefed.fsutil import read_secret
 from securefed.he.keys import ClientContext, _resolve
 from securefed.he.params import CkksParams
@@ -34,13 +33,7 @@ _worker_ctx: ClientContext | None = None  # in a worker process: its copy of the
 
 def default_workers() -> int:
     """The cores this process may use (``SECUREFED_CKKS_WORKERS`` overrides; 1 = no worker processes)."""
-    env = os.environ.get("SECUREFED_CKKS_WORKERS", "").strip()
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise InvalidInput(f"SECUREFED_CKKS_WORKERS must be an integer, got {env!r}") from None
-    return max(1, len(os.sched_getaffinity(0)))
+    return prg.default_workers("SECUREFED_CKKS_WORKERS")
 
 
 def _start_worker(secret: bytes, params_name: str) -> None:
