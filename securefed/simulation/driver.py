@@ -150,8 +150,8 @@ class Simulation:
                               seed_key=self.seed_key if s.reproducible else None)
         if s.mode == "ckks":
             self._ckks = self._ckks or CkksSummer()
-            return self._ckks.sum(cohort, payloads, drops, length=payload_length, max_colluders=s.max_colluders,
-                                  round_id=r)
+            return self._ckks.sum(cohort, payloads, drops, length=payload_length, bound=self.ws.strategy.payload_bound(),
+                                  max_colluders=s.max_colluders, round_id=r)
         return plaintext_sum(cohort, payloads, drops)
 
     # --- reporting ----------------------------------------------------------------------------------

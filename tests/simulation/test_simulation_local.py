@@ -109,3 +109,11 @@ def test_refusals_before_anything_trains(workspace, sim_model):
     with pytest.raises(ConfigError, match="--delta 0.1 is not below"):
         Simulation(small_settings(sim_model, delta=0.1), workspace).check()
     Simulation(small_settings(sim_model, cohort_fraction=0.3, mode="plaintext"), workspace).check()
+
+
+def test_ckks_and_plaintext_modes_sum_the_same_members(workspace, sim_model):
+    # CKKS cannot be seeded; its sum is the plain one to within CKKS noise, so the held-out loss agrees closely.
+    ckks = run(workspace, small_settings(sim_model, mode="ckks", reproducible=False, rounds=1))[-1]
+    plain = run(workspace, small_settings(sim_model, mode="plaintext", rounds=1))[-1]
+    assert ckks.summed == plain.summed == 6 and ckks.aborted is None and ckks.threshold == 4
+    assert ckks.mode == "ckks" and abs(ckks.heldout_loss - plain.heldout_loss) < 0.05
