@@ -22,7 +22,7 @@ from securefed.privacy.accountants import accountant_class, mechanism_of
 from securefed.privacy.budget import check_delta_for_dataset, suggest_delta
 from securefed.privacy.events import DpEvent
 from securefed.secagg.messages import Stage
-from securefed.simulation.aggregation import CONTRIBUTING, CkksSummer, SumResult, plaintext_sum, secagg_sum
+from securefed.simulation.aggregation import CkksSummer, SumResult, plaintext_sum, secagg_sum
 from securefed.simulation.draws import draw_round
 from securefed.simulation.engine import Engine, ProgressLine
 from securefed.simulation.member import MemberOutcome, MemberTask, RoundShared, Workspace
@@ -99,7 +99,8 @@ class Simulation:
         for r in range(1, s.rounds + 1):
             t0 = time.perf_counter()
             draw = draw_round(s.seed, r, s.members, s.cohort_size, s.dropout_rate)
-            early = {m for m, st in draw.drops.items() if st not in CONTRIBUTING and st is not Stage.MASKED_INPUT}
+            # Members that go silent before the masked-input stage release nothing: they need not train.
+            early = {m for m, st in draw.drops.items() if st < Stage.MASKED_INPUT}
             tasks = [self._task(eps, r, m, events[m], client_states.get(m)) for m in draw.cohort if m not in early]
             label = f"[{'non-private' if eps is None else f'eps {eps:g}'}] round {r}"
             shared = RoundShared(r, global_vec, server_state)
