@@ -27,7 +27,7 @@ from securefed.crypto._checks import require_bytes, require_int
 from securefed.errors import CryptoError, InvalidInput
 
 __all__ = ["BLOCK_BYTES", "CIPHER", "KEY_SIZE", "RING_DTYPES", "MaskStreams", "add_mask_", "add_masks_",
-           "default_workers", "expand_mask", "keystream", "ring_dtype", "run_ranges", "stream_at"]
+           "default_workers", "expand_mask", "usable_cores", "keystream", "ring_dtype", "run_ranges", "stream_at"]
 
 CIPHER: Final = "AES-256-CTR"
 KEY_SIZE: Final = 32
@@ -61,6 +61,11 @@ def default_workers(variable: str = "SECUREFED_MASK_WORKERS") -> int:
             return max(1, int(env))
         except ValueError:
             raise InvalidInput(f"{variable} must be an integer, got {env!r}") from None
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -62,3 +62,28 @@ def test_small_vectors_stay_in_process():
     total.add(par.encrypt(np.ones(100)), sender="a")
     np.testing.assert_allclose(par.decrypt(total.result()), np.ones(100), atol=1e-5)
     assert par._pool is None
+
+
+def test_a_broken_pool_falls_back_to_this_process(monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Broken:
+        def map(self, *a, **k):
+            raise BrokenProcessPool("a worker was killed")
+
+    monkeypatch.setattr(parallel, "MIN_CHUNKS_PER_WORKER", 1)
+    base = he.generate_client_context(DEFAULT)
+    par = he.ParallelClientContext(base._ctx, DEFAULT, workers=2)
+    monkeypatch.setattr(he.ParallelClientContext, "_executor", lambda self: Broken())
+    enc = par.encrypt(np.full(3 * CHUNK, 0.25))
+    assert par.workers == 1 and len(enc.c0) == len(base.encrypt(np.zeros(3 * CHUNK)).c0)
+
+
+def test_worker_count_defaults_to_the_cores_from_four_on_and_the_variable_overrides(monkeypatch):
+    monkeypatch.delenv("SECUREFED_CKKS_WORKERS", raising=False)
+    monkeypatch.setattr(parallel.prg, "usable_cores", lambda: 2)
+    assert parallel.default_workers() == 1
+    monkeypatch.setattr(parallel.prg, "usable_cores", lambda: 8)
+    assert parallel.default_workers() == 8
+    monkeypatch.setenv("SECUREFED_CKKS_WORKERS", "3")
+    assert parallel.default_workers() == 3
