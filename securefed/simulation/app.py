@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -93,9 +94,14 @@ def simulate(args: argparse.Namespace, engine_factory: EngineFactory | None) -> 
         say(f"starting {settings.workers} Ray workers" + (f" on {settings.address}" if settings.address else "") + " ...")
         engine = engine_factory(spec, workers=settings.workers, address=settings.address,
                                 connect_timeout_s=settings.connect_timeout_s, threads=settings.threads_per_worker)
+    # train_local warns on every call about the reproducible RNG; this run said it once above.
+    dp_log = logging.getLogger("securefed.training.dp")
+    level = dp_log.level
+    dp_log.setLevel(logging.ERROR)
     try:
         records = sim.run(engine)
     finally:
+        dp_log.setLevel(level)
         engine.close()
     if args.json:
         print(json.dumps([r.to_dict() for r in records]), flush=True)

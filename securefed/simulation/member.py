@@ -13,7 +13,6 @@ outcomes are small frozen records, so an engine can ship them between processes.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -113,8 +112,6 @@ class Workspace:
         self.metric = resolve_metric(spec.metric)
         self._sigmas: dict[tuple, float] = {}
         self._verdicts: dict[tuple, str | None] = {}
-        # train_local warns on every call about the reproducible RNG; the simulation says it once.
-        logging.getLogger("securefed.training.dp").setLevel(logging.ERROR)
 
     @property
     def sizes(self) -> tuple[int, ...]:
