@@ -56,6 +56,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/round.py --json
 	$(BIN)/python bench/transfer.py --json
 	$(BIN)/python bench/distributed.py --json
+	$(BIN)/python bench/simulate.py --json
+	$(BIN)/python bench/secagg_scale.py --json
 
 # Renew the lock: the newest versions pyproject.toml's ranges admit (torch stays 2.13.0), installed,
 # the gRPC stubs regenerated with the locked grpcio-tools, then the whole suite against the new set.

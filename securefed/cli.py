@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "securefed.export.cli",
     "securefed.tasks.cli",
     "securefed.evaluation.cli",
+    "securefed.simulation.cli",
 )
 
 

@@ -156,3 +156,7 @@ class RankFailed(ModelError):
     the attempt ends before anything is released or spent; the ranks restart for the next one."""
 
     exit_code = 1
+
+
+class SimulationError(SecureFedError):
+    """``securefed simulate`` cannot go on: every worker of its engine is gone, or a round cannot be planned."""

@@ -49,7 +49,8 @@ class MemberKey:
                          and p.global_scale_bits == c.global_scale_bits), None)
             if name is None:
                 raise ProtocolAbort("the plan names CKKS parameters this client does not know")
-            self._ctx = he.load_secret_context(self.path, name)
+            # SEAL work on every core for LLM-sized vectors (he.parallel); small ones stay in process.
+            self._ctx = he.ParallelClientContext.load(self.path, name)
         if not hmac.compare_digest(hashlib.sha256(self._ctx.public_bytes()).digest(),
                                    bytes(plan.ckks.public_context_sha256)):
             raise ProtocolAbort("the server's CKKS context is not this federation's (public context digest differs)")

@@ -195,7 +195,7 @@ def encode_masked(values: object, params: FixedPointParams, masks: Sequence[tupl
     Returns (ring vector, shape of ``values``, as uint32/uint64; number of values clipped). The
     rounding randomness is the AES-CTR keystream of a fresh ``secrets`` key (4 bytes per value),
     drawn block by block in the same pass as the masks, never numpy's RNG. ``rounding_key`` is for
-    known-answer tests only. Every core works on its own range (``workers``); the result does not
+    known-answer tests and reproducible simulations only. Every core works on its own range (``workers``); the result does not
     depend on how many.
     """
     if not isinstance(params, FixedPointParams):

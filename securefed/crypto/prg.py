@@ -27,7 +27,7 @@ from securefed.crypto._checks import require_bytes, require_int
 from securefed.errors import CryptoError, InvalidInput
 
 __all__ = ["BLOCK_BYTES", "CIPHER", "KEY_SIZE", "RING_DTYPES", "MaskStreams", "add_mask_", "add_masks_",
-           "default_workers", "expand_mask", "keystream", "ring_dtype", "run_ranges", "stream_at"]
+           "default_workers", "expand_mask", "usable_cores", "keystream", "ring_dtype", "run_ranges", "stream_at"]
 
 CIPHER: Final = "AES-256-CTR"
 KEY_SIZE: Final = 32
@@ -51,15 +51,21 @@ def ring_dtype(ring_bits: int) -> np.dtype:
     return RING_DTYPES[ring_bits]
 
 
-def default_workers() -> int:
-    """Worker threads for mask expansion: the cores this process may run on
-    (``SECUREFED_MASK_WORKERS`` overrides, e.g. to keep cores free for training)."""
-    env = os.environ.get("SECUREFED_MASK_WORKERS", "").strip()
+def default_workers(variable: str = "SECUREFED_MASK_WORKERS") -> int:
+    """Workers for parallel crypto work: the cores this process may run on, unless the environment
+    ``variable`` overrides it (mask expansion: ``SECUREFED_MASK_WORKERS``, e.g. to keep cores free for
+    training)."""
+    env = os.environ.get(variable, "").strip()
     if env:
         try:
             return max(1, int(env))
         except ValueError:
-            raise InvalidInput(f"SECUREFED_MASK_WORKERS must be an integer, got {env!r}") from None
+            raise InvalidInput(f"{variable} must be an integer, got {env!r}") from None
+    return usable_cores()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -10,6 +10,7 @@ Safe, whole operations only::
     total = client.decrypt(agg.result())                       # c1 regenerated from the seeds
 
 Members check a sum before decrypting it with the linear tags of ``he.tags`` (protocols/ckks.md).
+``ParallelClientContext`` (``he.parallel``) runs a member's SEAL work for large vectors on several processes.
 ``params`` and ``vector`` are pure Python; everything else imports TenSEAL lazily on first use.
 """
 
@@ -25,6 +26,7 @@ _LAZY = {
     "ServerContext": "securefed.he.keys",
     "generate_client_context": "securefed.he.keys",
     "load_secret_context": "securefed.he.keys",
+    "ParallelClientContext": "securefed.he.parallel",
     "ServerAggregator": "securefed.he.aggregate",
     "EncryptedVector": "securefed.he.vector",
     "EncryptedSum": "securefed.he.vector",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = frozenset({"keys", "aggregate", "vector", "tags", "params"})
+_SUBMODULES = frozenset({"keys", "aggregate", "vector", "tags", "params", "parallel"})
 
 
 def __getattr__(name: str) -> Any:

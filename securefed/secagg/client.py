@@ -158,18 +158,25 @@ class SecAggClient:
     ``attribute``: a delivered share (signed by its sender) that does not decrypt or decode is reported
     with evidence (``MaskedInput.complaints``) and the client carries on without it; False restores the
     old behaviour of leaving the session on it (the negative control of the attribution tests).
+    ``rounding_key`` (32 bytes) replaces the fresh ``secrets`` key of the stochastic rounding, so the
+    encoded input (and a sum of them) repeats exactly: for reproducible simulations and known-answer
+    tests only; the member daemon never sets it. Masks and keys stay fresh whatever it is.
     """
 
     def __init__(self, client_id: int, identity: IdentityKeyPair, *,
                  accept_setup: Callable[[RoundSetup], None] | None = None,
-                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True) -> None:
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True,
+                 rounding_key: bytes | None = None) -> None:
         if isinstance(client_id, bool) or not isinstance(client_id, int) or not 0 <= client_id < 2**63:
             raise InvalidInput(f"client_id must be an integer in [0, 2^63 - 1], got {client_id!r}")
         if not isinstance(identity, IdentityKeyPair):
             raise InvalidInput("identity must be an IdentityKeyPair")
         if isinstance(max_colluders, bool) or not isinstance(max_colluders, int) or max_colluders < 0:
             raise InvalidInput(f"max_colluders must be an integer >= 0, got {max_colluders!r}")
+        if rounding_key is not None and (not isinstance(rounding_key, bytes) or len(rounding_key) != SECRET_SIZE):
+            raise InvalidInput(f"rounding_key must be {SECRET_SIZE} bytes")
         self.client_id = client_id
+        self._rounding_key = rounding_key
         self._identity = identity
         self._accept_setup = accept_setup
         self._max_colluders = max_colluders
@@ -431,7 +438,7 @@ class SecAggClient:
         masks = mask_keys(session_id=sid, client_id=me, self_mask_seed=self._b_u,
                           mask_private_key=self._s_key.private_bytes(),
                           neighbour_mask_keys={v: self._keys[v].s_pk for v in u2})
-        acc, clipped = encode_masked(self._input, self._params.fixed_point(), masks)
+        acc, clipped = encode_masked(self._input, self._params.fixed_point(), masks, rounding_key=self._rounding_key)
         self._held, self._u2_neighbours = held, u2
         self._complained = frozenset(c.accused for c in complaints)
         self._input = None  # the plaintext update is not needed any more

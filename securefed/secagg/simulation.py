@@ -19,10 +19,17 @@ Hooks:
   DROP lets that client go silent (as a real client would) and records it in ``client_aborts``.
 
 Returns a ``SimulationOutcome`` or raises ``ProtocolAbort`` (the server's, or a client's with RAISE).
+
+For many clients or long vectors (``securefed simulate``, ``bench/secagg_scale.py``), ``SimulatedRound``
+also takes each input as a zero-argument callable, called only when that client masks (so at most one
+plaintext input is alive at a time; give ``vector_length``), and per-client ``rounding_keys`` for a
+reproducible sum (``SecAggClient``'s rounding key); ``server_seconds`` holds the time spent in the
+server's own calls, stage by stage.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -38,6 +45,7 @@ from securefed.secagg.server import AggregateResult, SecAggServer
 
 Tamper = Callable[[Stage, int, object], object]
 Corrupt = Callable[[Stage, int, object], object]
+Input = np.ndarray | Callable[[], np.ndarray]  # a vector, or a callable that makes it when the client masks
 
 
 class OnClientAbort(Enum):
@@ -72,24 +80,34 @@ class SimulatedRound:
     ``clients[cid].handle(...)`` and ``server.receive(...)``.
     """
 
-    def __init__(self, inputs: Mapping[int, np.ndarray], params: SecAggParams, *, round_id: int = 1,
+    def __init__(self, inputs: Mapping[int, Input], params: SecAggParams, *, round_id: int = 1,
                  plan: bytes = b"simulated-plan", model_hash: bytes = bytes(32),
                  identities: Mapping[int, IdentityKeyPair] | None = None, keep_history: bool = True,
-                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True) -> None:
+                 max_colluders: int = DEFAULT_MAX_COLLUDERS, attribute: bool = True, vector_length: int | None = None,
+                 rounding_keys: Mapping[int, bytes] | None = None) -> None:
         if not inputs:
             raise InvalidInput("inputs must name at least one client")
-        lengths = {np.asarray(v).size for v in inputs.values()}
+        lengths = {np.asarray(v).size for v in inputs.values() if not callable(v)}
+        if vector_length is not None:
+            lengths.add(vector_length)
         if len(lengths) != 1:
-            raise InvalidInput("every client input must have the same length")
+            raise InvalidInput("every client input must have the same length (give vector_length with lazy inputs)")
         self.identities = dict(identities) if identities is not None else make_identities(inputs)
+        self.server_seconds: dict[Stage, float] = {}
+        t0 = time.perf_counter()
         self.server = SecAggServer(params, round_id=round_id, vector_length=lengths.pop(), plan=plan,
                                    model_hash=model_hash, max_colluders=max_colluders,
                                    cohort={cid: self.identities[cid].public_bytes() for cid in inputs})
-        self.clients = {cid: SecAggClient(cid, self.identities[cid], max_colluders=max_colluders, attribute=attribute)
+        keys = rounding_keys or {}
+        self.clients = {cid: SecAggClient(cid, self.identities[cid], max_colluders=max_colluders, attribute=attribute,
+                                          rounding_key=keys.get(cid))
                         for cid in sorted(inputs)}
+        self._lazy = {cid: v for cid, v in inputs.items() if callable(v)}
         for cid, c in self.clients.items():
-            c.set_input(np.asarray(inputs[cid]))
+            if cid not in self._lazy:
+                c.set_input(np.asarray(inputs[cid]))
         self.outbox: dict[int, object] = self.server.start()
+        self.server_seconds[Stage.ADVERTISE_KEYS] = time.perf_counter() - t0
         self.next_stage: Stage | None = Stage.ADVERTISE_KEYS
         # What each client was given and answered, per stage (for replay tests); keep_history=False
         # keeps only the current stage, so large masked vectors are not all held at once.
@@ -114,6 +132,8 @@ class SimulatedRound:
             if tamper is not None:
                 msg = tamper(stage, cid, msg)
             self.sent[stage][cid] = msg
+            if stage is Stage.MASKED_INPUT and cid in self._lazy:
+                self.clients[cid].set_input(np.asarray(self._lazy.pop(cid)()))
             try:
                 reply = self.clients[cid].handle(msg)
             except ProtocolAbort as exc:
@@ -125,12 +145,23 @@ class SimulatedRound:
                 reply = corrupt(stage, cid, reply)
             if self.keep_history or stage is not Stage.MASKED_INPUT:
                 self.replies[stage][cid] = reply
+            t0 = time.perf_counter()
             try:
                 self.server.receive(reply)
             except InvalidMessage as exc:
                 self.refused[cid] = str(exc)
-        self.outbox = self.server.close_stage()
+            finally:
+                self._count(stage, t0)
+            del reply  # a masked vector is summed on arrival; nothing here keeps it
+        t0 = time.perf_counter()
+        try:
+            self.outbox = self.server.close_stage()
+        finally:
+            self._count(stage, t0)
         self.next_stage = Stage(stage + 1) if stage < Stage.UNMASK else None
+
+    def _count(self, stage: Stage, t0: float) -> None:
+        self.server_seconds[stage] = self.server_seconds.get(stage, 0.0) + time.perf_counter() - t0
 
     def run(self, **kwargs) -> SimulationOutcome:
         while self.next_stage is not None:

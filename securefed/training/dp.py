@@ -445,6 +445,7 @@ def train_local(
     grad_mask: list | None = None,
     collective: Collective | None = None,
     shard: Callable[[dict | None], dict | None] | None = None,
+    source: RandomSource | None = None,
 ) -> LocalTrainResult:
     """Train the adapter of ``model`` (a peft model, or a ``LoadedModel``) with DP-SGD for one round.
 
@@ -455,6 +456,9 @@ def train_local(
     :class:`DPTrainer`. Several ranks (:mod:`securefed.distributed`): ``shard`` hands the other ranks
     their rows of each sampled batch and returns this rank's, ``collective`` sums the clipped sums;
     sampling and noise stay on this rank (rank 0).
+    Poisson-sampled logical batch; the privacy accounting is unchanged).
+    ``source``: where noise and sampling come from (default: the CSPRNG in secure mode, torch's RNG
+    otherwise); a source that is not secure is refused in secure mode, as Opacus refuses a seeded RNG.
     """
     model = _unwrap(model)
     sigma = _resolve_sigma(settings, noise_multiplier)
@@ -463,10 +467,14 @@ def train_local(
     n = len(train_data)
     q, steps = plan_steps(settings, n)
     start_vec, _layout = adapter_to_vector(model)
-    source: RandomSource = CsprngSource() if settings.secure_mode else TorchSource()
+    if source is None:
+        source = CsprngSource() if settings.secure_mode else TorchSource()
+    elif settings.secure_mode and not source.secure:
+        raise ConfigError("secure_mode = true refuses a reproducible (seeded) noise source: its noise can be "
+                          "recomputed by whoever knows the seed; set secure_mode = false only for tests and simulations")
     if not source.secure:
-        log.warning("DP-SGD noise and sampling use torch's NON-cryptographic RNG (secure_mode=false): "
-                    "for testing only, not a production privacy guarantee")
+        log.warning("DP-SGD noise and sampling use a reproducible, NON-secret RNG (%s, secure_mode=false): "
+                    "for testing only, not a production privacy guarantee", type(source).__name__)
     if sigma == 0.0:
         log.warning("noise_multiplier is 0: this training is NOT differentially private")
 

@@ -7,7 +7,8 @@ secure mode, returns the sum of four draws divided by two (same variance) to res
 attacks on the Gaussian mechanism (Mironov 2012; Holohan & Braghin 2021, sec. 5.1).
 
 :class:`TorchSource` is the fast, *not* cryptographically secure path (torch's Mersenne-Twister/Philox),
-for tests and benchmarks only; training results record which one was used (``secure_rng``).
+for tests and benchmarks only; :class:`SeededSource` is the CSPRNG's sampler on a caller's key, for
+reproducible simulations. Training results record whether the source was secure (``secure_rng``).
 """
 
 from __future__ import annotations
@@ -37,9 +38,7 @@ class CsprngSource:
     secure = True
 
     def __init__(self) -> None:
-        key = os.urandom(32)
-        nonce = os.urandom(16)
-        self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
+        self._enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(os.urandom(16))).encryptor()
 
     def _uint64(self, n: int) -> np.ndarray:
         # CTR keystream = encryption of zeros; never reused (one encryptor, advancing counter).
@@ -65,6 +64,20 @@ class CsprngSource:
 
     def bernoulli(self, n: int, p: float) -> np.ndarray:
         return self.uniform_open(n) <= p
+
+
+class SeededSource(CsprngSource):
+    """The same sampler as :class:`CsprngSource` on the keystream of a key the caller chose: two runs with
+    one key draw the same noise and batches, in any process. Whoever knows the key can subtract the
+    noise, so it is NOT secret (``secure = False``) and ``train_local`` refuses it in secure mode: for
+    reproducible simulations (``securefed simulate --reproducible``) and tests only."""
+
+    secure = False
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes) or len(key) != 32:
+            raise ValueError("SeededSource needs a 32-byte key")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
 
 
 class TorchSource:
