@@ -19,6 +19,8 @@ member trains on, and ``seconds``. Settings (``--settings`` picks some):
 - ``centralised``: non-private on the pooled data, the same rounds and steps with the members' summed
   batch (the upper bound);
 - ``federated``: FedAvg, non-private;
+- ``fed-clip``: FedAvg, per-example clipping at C but no noise (not private): separates what clipping
+  does from what the noise does;
 - ``fed-dp-8``, ``fed-dp-3``, ``fed-dp-1``: FedAvg with DP-SGD at that epsilon (each member calibrates its
   noise so that all rounds spend it; delta below 1/N);
 - ``fed-ffa-8``, ``fed-ffa-1``: the same with FFA-LoRA (only B trained and aggregated).
@@ -57,7 +59,7 @@ TRAIN = dict(learning_rate=0.2, batch_size=16, steps=24, max_seq_len=32, clip_no
              secure_mode=False)
 LORA = dict(rank=4, alpha=8.0, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
 SETTINGS = [(None, False), (8.0, False), (3.0, False), (1.0, False), (8.0, True)]
-REAL_SETTINGS = ("base", "local-only", "centralised", "federated", "fed-dp-8", "fed-dp-3", "fed-dp-1",
+REAL_SETTINGS = ("base", "local-only", "centralised", "federated", "fed-clip", "fed-dp-8", "fed-dp-3", "fed-dp-1",
                  "fed-ffa-8", "fed-ffa-1")
 QUICK_SETTINGS = ("base", "local-only", "federated", "fed-dp-8", "fed-dp-1")
 

@@ -122,9 +122,9 @@ class Runner:
         out = simulate_round({i + 1: p for i, p in enumerate(payloads)}, params)
         return np.asarray(out.result.values, dtype=np.float64)
 
-    def federated(self, epsilon: float | None, ffa: bool) -> dict:
+    def federated(self, epsilon: float | None, ffa: bool, clip: bool = False) -> dict:
         _, _, vec0, layout = self.model(ffa)
-        settings = self.settings(self.batch, epsilon is not None)
+        settings = self.settings(self.batch, epsilon is not None or clip)
         sigmas = []
         for d in self.data:
             q, steps = plan_steps(settings, len(d))
@@ -183,6 +183,9 @@ class Runner:
         if setting == "centralised":
             vec = self.alone(_concat(self.data), self.batch * len(self.data))
             return self.record("centralised", None, t0, self.evaluate(False, vec), batch=self.batch * len(self.data))
+        if setting == "fed-clip":  # non-private but clipped: what clipping alone does, without noise
+            fed = self.federated(None, False, clip=True)
+            return self.record(setting, None, t0, self.evaluate(False, fed["vec"]), noise_multipliers=fed["noise_multipliers"])
         kind, _, eps = setting.partition("-")[2].partition("-") if setting != "federated" else ("", "", "")
         epsilon = float(eps) if eps else None
         ffa = kind == "ffa"
