@@ -11,7 +11,7 @@ TORCH_WHEELS ?= /opt/wheels
 UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --no-header --python-version 3.11 \
              --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS)
 
-.PHONY: venv test test-fast demo demo-real model bench lock stubs clean task
+.PHONY: venv test test-fast durations demo demo-real model bench lock stubs clean task
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not slow'
+
+# Re-measure each test file's seconds (tests/durations.json): the suite runs the longest files first, so
+# both workers stay busy to the end. Renew it when a test file gets much slower or faster.
+durations: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --record-durations
 
 demo: $(STAMP)
 	$(BIN)/securefed demo --out demo-output

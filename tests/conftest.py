@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 VECTORS = Path(__file__).parent / "vectors"
+# Seconds each test file took in the last `make durations` run: the order the suite hands files out in.
+DURATIONS = Path(__file__).parent / "durations.json"
 
 
 def load_vectors(primitive: str, kind: str) -> list[dict]:
@@ -33,3 +35,37 @@ def tiny_model(tmp_path_factory) -> Path:
     from securefed.federation import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--record-durations", action="store_true",
+                     help=f"write each test file's seconds to {DURATIONS.name} (the order files are run in)")
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first. `--dist loadfile` hands whole files to the two workers in collection order, so
+    a long end-to-end file collected last ran alone at the end while the other worker idled (~70 s of a
+    344 s run); longest-first keeps both busy to the end. A file not yet measured counts as long, so a
+    new slow file cannot end the run alone either."""
+    costs = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    unknown = max(costs.values(), default=0.0)
+    first_seen = {f: i for i, f in enumerate(dict.fromkeys(_test_file(it.nodeid) for it in items))}
+    items.sort(key=lambda it: (-costs.get(_test_file(it.nodeid), unknown), first_seen[_test_file(it.nodeid)]))
+
+
+_seconds_per_file: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _seconds_per_file[_test_file(report.nodeid)] = _seconds_per_file.get(_test_file(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Only the controlling process (xdist workers have `workerinput`) sees every file's reports.
+    if session.config.getoption("--record-durations") and not hasattr(session.config, "workerinput"):
+        costs = {f: round(s, 2) for f, s in sorted(_seconds_per_file.items(), key=lambda kv: -kv[1])}
+        DURATIONS.write_text(json.dumps(costs, indent=0) + "\n")
