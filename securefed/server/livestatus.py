@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securefed.protocol.stages import STAGE_NAMES
+from securefed.sanitize import clean
 from securefed.server.exclusion import left_out
 from securefed.transport._generated import federation_pb2 as pb
 
@@ -191,7 +192,7 @@ def server_alive(live: dict[str, Any] | None, now: float | None = None) -> tuple
     age = (now or time.time()) - float(srv.get("updated_at") or 0)
     where = f"pid {srv.get('pid')} on {srv.get('host')}"
     if not srv.get("running"):
-        return False, f"stopped ({where}, {_ago(age)})"
+        return False, f"stopped ({where}, {_ago(age)}){_how_it_ended(live.get('status') or {})}"
     if srv.get("host") == socket.gethostname() and not _pid_alive(srv.get("pid")):
         return False, f"DEAD: {where} is gone (killed or crashed {_ago(age)}); a restart resumes from the last round"
     if age > DEAD_AFTER_S:
@@ -200,6 +201,16 @@ def server_alive(live: dict[str, Any] | None, now: float | None = None) -> tuple
         since = (now or time.time()) - float(srv["starting_since"])
         return True, f"starting ({where}, for {_ago(since).removesuffix(' ago')})"
     return True, f"running ({where})"
+
+
+def _how_it_ended(status: dict[str, Any]) -> str:
+    """After a stop, whether the federation is over (the members got its signed end) or resumes."""
+    ending, detail = status.get("ending"), clean(status.get("detail") or "", 200)
+    if ending == "completed":
+        return f": the federation is finished ({detail}; members were told)"
+    if ending in ("budget_exhausted", "gave_up"):
+        return f": the federation is over, {ending.replace('_', ' ')} ({detail}; members were told)"
+    return "; the federation is not over: a restart resumes it from the last completed round"
 
 
 def _ago(seconds: float) -> str:

@@ -75,3 +75,25 @@ def test_a_revoked_member_is_named_revoked(tmp_path):
         assert "REVOKED (serial 1f)" in row and "never drawn again" in row
     finally:
         co.roundlog.close()
+
+
+@pytest.mark.parametrize("ending, says", [
+    ("completed", "the federation is finished (all rounds completed; members were told)"),
+    ("budget_exhausted", "the federation is over, budget exhausted ("),
+    ("stopped", "the federation is not over: a restart resumes it"),
+    (None, "the federation is not over: a restart resumes it"),
+])
+def test_a_stopped_server_says_whether_the_federation_is_over(tmp_path, ending, says):
+    """A finished federation is not shown as a server that merely stopped (the by-hand trial's status)."""
+    co = _coordinator(tmp_path)
+    state = tmp_path / "state"
+    try:
+        data = snapshot(co)
+        data["server"]["running"] = False
+        data["status"].update(ending=ending, detail="all rounds completed" if ending == "completed" else "x\x1b[2J")
+        write_live(state / LIVE_FILE, data)
+        first = _status(state).splitlines()[0]
+        assert first.startswith("server: stopped") and says in first
+        assert "\x1b" not in first  # the detail is printed inert
+    finally:
+        co.roundlog.close()
