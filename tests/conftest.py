@@ -46,26 +46,33 @@ def _test_file(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected: the cost of a file is that of what runs of it
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest files first. `--dist loadfile` hands whole files to the two workers in collection order, so
-    a long end-to-end file collected last ran alone at the end while the other worker idled (~70 s of a
-    344 s run); longest-first keeps both busy to the end. A file not yet measured counts as long, so a
-    new slow file cannot end the run alone either."""
-    costs = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    """Longest files first. `--dist loadfile` hands whole files to the two workers in collection order
+    (pyproject turns off xdist's own reordering by test count), so a long end-to-end file collected last
+    ran alone at the end while the other worker idled (~70 s of a 344 s run); longest-first keeps both
+    busy to the end. A file not yet measured counts as long, so a new slow file cannot end the run alone."""
+    recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    with_slow = {_test_file(it.nodeid) for it in items if it.get_closest_marker("slow")}
+    costs = {f: c["seconds"] if f in with_slow else c["seconds"] - c["slow"] for f, c in recorded.items()}
     unknown = max(costs.values(), default=0.0)
     first_seen = {f: i for i, f in enumerate(dict.fromkeys(_test_file(it.nodeid) for it in items))}
     items.sort(key=lambda it: (-costs.get(_test_file(it.nodeid), unknown), first_seen[_test_file(it.nodeid)]))
 
 
-_seconds_per_file: dict[str, float] = {}
+_measured: dict[str, dict[str, float]] = {}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _seconds_per_file[_test_file(report.nodeid)] = _seconds_per_file.get(_test_file(report.nodeid), 0.0) + report.duration
+    cost = _measured.setdefault(_test_file(report.nodeid), {"seconds": 0.0, "slow": 0.0})
+    cost["seconds"] += report.duration
+    if "slow" in report.keywords:
+        cost["slow"] += report.duration
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Only the controlling process (xdist workers have `workerinput`) sees every file's reports.
     if session.config.getoption("--record-durations") and not hasattr(session.config, "workerinput"):
-        costs = {f: round(s, 2) for f, s in sorted(_seconds_per_file.items(), key=lambda kv: -kv[1])}
-        DURATIONS.write_text(json.dumps(costs, indent=0) + "\n")
+        ordered = sorted(_measured.items(), key=lambda kv: -kv[1]["seconds"])
+        DURATIONS.write_text("{\n" + ",\n".join(
+            f'"{f}": {{"seconds": {c["seconds"]:.2f}, "slow": {c["slow"]:.2f}}}' for f, c in ordered) + "\n}\n")

@@ -19,6 +19,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from securefed.errors import ModelError
+from securefed.training import hf_tying  # noqa: F401  (thread-safe weight tying, installed on import)
 
 log = logging.getLogger(__name__)
 

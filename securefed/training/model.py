@@ -120,9 +120,9 @@ def load_config(model_dir: str | Path, trust_remote_code: bool = False):
 def tie_head(model, config) -> bool:
     """Tie the output head to the input embeddings when the config says so; True if they are tied.
 
-    transformers ties them while building the model, but we have seen that skipped in a long-lived
-    process (a bare GPT-2 save then reported its head missing, a tied Qwen2 counted twice), so the
-    loader and the memory planner do not rely on it."""
+    transformers ties them while building the model; overlapping loads in threads used to switch that
+    off for the whole process (``hf_tying`` fixes the cause). The loader and the memory planner still
+    check, as a model built by code that bypasses ``from_pretrained`` may not be tied."""
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     head = model.get_output_embeddings()
     emb = model.get_input_embeddings()

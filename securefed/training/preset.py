@@ -21,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from securefed.errors import InvalidInput, ModelError
+from securefed.training import hf_tying  # noqa: F401  (thread-safe weight tying, installed on import)
 from securefed.training.data import blocks_from_texts, demo_corpus
 from securefed.training.loss import per_sample_loss
 
