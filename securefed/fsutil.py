@@ -1,5 +1,6 @@
 """Crash-safe file writes (the one write-then-rename used for keys, checkpoints, ledger exports and
-reports), and the one read of a secret file, refused when group or others can reach it."""
+reports; the one durable append of a log line), and the one read of a secret file, refused when group
+or others can reach it."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def atomic_write(path: str | Path, data: bytes, *, mode: int = SECRET_MODE) -> N
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def append_durably(path: Path, line: bytes, *, mode: int = SHARED_MODE) -> None:
+    """Append ``line`` to ``path`` (created with ``mode``) and fsync it: a record that must survive a
+    crash once written (security alerts, culprits). One ``write`` of an ``O_APPEND`` file, so lines
+    from several writers never interleave. Raises ``OSError`` (a full disk) for the caller to report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _refuse_shared(path: Path, st: os.stat_result, what: str) -> None:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from securefed.fsutil import append_durably
 from securefed.logs import get_logger, log
 from securefed.server.attempt import AttemptContext
 from securefed.server.security_log import SecurityLog
@@ -72,13 +72,7 @@ class Culprits:
     def _append(self, rec: dict[str, Any]) -> None:
         line = (json.dumps(rec, sort_keys=True) + "\n").encode()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(self.path, line)
         except OSError as exc:  # the exclusion holds in memory; the ERROR line says it is not kept
             log(logger, "could not keep the culprit record", level=logging.ERROR, path=str(self.path),
                 error=exc.strerror or str(exc))

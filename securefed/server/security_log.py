@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from securefed.fsutil import append_durably
 from securefed.logs import get_logger, log
 from securefed.sanitize import clean, clean_tree
 from securefed.transport._generated import federation_pb2 as pb
@@ -109,18 +110,12 @@ class SecurityLog:
     def _append(self, line: bytes) -> None:
         with self._lock:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     if self.path.stat().st_size + len(line) > MAX_FILE_BYTES:
                         os.replace(self.path, self.path.with_name(ALERTS_FILE + ".1"))
                 except FileNotFoundError:
                     pass
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                try:
-                    os.write(fd, line)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                append_durably(self.path, line)
             except OSError as exc:  # the ERROR line stands; the federation goes on
                 log(logger, "could not keep the security alert", level=logging.ERROR, path=str(self.path),
                     error=exc.strerror or str(exc))
