@@ -73,6 +73,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Only the controlling process (xdist workers have `workerinput`) sees every file's reports.
     if session.config.getoption("--record-durations") and not hasattr(session.config, "workerinput"):
-        ordered = sorted(_measured.items(), key=lambda kv: -kv[1]["seconds"])
+        # A partial run updates the files it ran; files that no longer exist are dropped.
+        recorded = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        root = Path(session.config.rootpath)
+        merged = {f: c for f, c in {**recorded, **_measured}.items() if (root / f).exists()}
+        ordered = sorted(merged.items(), key=lambda kv: -kv[1]["seconds"])
         DURATIONS.write_text("{\n" + ",\n".join(
             f'"{f}": {{"seconds": {c["seconds"]:.2f}, "slow": {c["slow"]:.2f}}}' for f, c in ordered) + "\n}\n")
