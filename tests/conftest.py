@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,25 @@ def tiny_model(tmp_path_factory) -> Path:
     from securefed.federation import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct converted by `securefed model get` once per test run, shared read-only by the
+    xdist workers (the first to take the lock converts, ~25 s; the others wait and reuse it). The
+    conversion itself is tested from scratch in tests/models/test_models_smollm2.py."""
+    from filelock import FileLock
+
+    from securefed.models.cli import get_model
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, not the user's
+    out, done = shared / "smollm2-checkpoint", shared / "smollm2-checkpoint.done"
+    with FileLock(str(shared / "smollm2-checkpoint.lock")):
+        if not done.exists():
+            get_model("smollm2", out, say=lambda _: None)
+            done.touch()
+    return out
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

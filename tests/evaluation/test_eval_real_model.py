@@ -13,7 +13,6 @@ import torch
 
 from securefed.cli import main
 from securefed.data.records import parse_record
-from securefed.models.cli import get_model
 from securefed.protocol.bundle import write_adapter_file
 from securefed.tasks import icd10
 from securefed.training.adapter import adapter_to_vector
@@ -26,9 +25,8 @@ from securefed.training.model import load_model
 pytestmark = pytest.mark.slow
 
 
-def test_dp_lora_on_icd10_lowers_the_answer_perplexity_of_held_out_codes(tmp_path, capsys):
-    model_dir = tmp_path / "smollm2"
-    get_model("smollm2", model_dir, say=lambda s: None)
+def test_dp_lora_on_icd10_lowers_the_answer_perplexity_of_held_out_codes(tmp_path, capsys, smollm2_checkpoint):
+    model_dir = smollm2_checkpoint  # converted by `securefed model get`, once per run
     split = icd10.split_items(icd10.tabular_items(), 3, max_per_chapter=40)
     train = [parse_record(r, f"train:{i}") for i, r in enumerate(icd10.records(split.members[0].train))]
     held = tmp_path / "heldout.jsonl"

