@@ -38,6 +38,7 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
+@pytest.mark.slow  # a fresh interpreter loading bitsandbytes and an nf4 model
 @pytest.mark.timeout(300)
 def test_an_nf4_load_reaches_no_hub_and_prints_no_kernel_warning(tmp_path) -> None:
     r = _run(_LOAD_NF4, str(tmp_path / "tiny"))
@@ -52,6 +53,7 @@ def test_an_nf4_load_reaches_no_hub_and_prints_no_kernel_warning(tmp_path) -> No
     assert int(dropped) >= (1 if avx_bf16 == "1" else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_control_without_securefeds_switches_bitsandbytes_asks_the_hub_and_warns() -> None:
     code = _NO_NETWORK + "import bitsandbytes.functional as F\nprint('AVX', int(bool(F.has_avx512bf16())))\n"

@@ -54,6 +54,7 @@ def _event(result):
     return e
 
 
+@pytest.mark.slow  # starts two gloo rank processes
 @pytest.mark.parametrize("with_correction", [False, True], ids=["fedavg", "scaffold-correction"])
 def test_distributed_two_ranks_equal_one_process(member, with_correction):
     loaded, layout, data, ranks = member
