@@ -59,6 +59,7 @@ def crafted(fed: Federation) -> dict[str, tuple[bytes, bytes]]:
     }
 
 
+@pytest.mark.slow  # a member daemon serving nine sessions, training the honest one
 def test_crafted_global_bundles_end_the_session_and_the_member_keeps_serving(tmp_path, tiny_model, caplog):
     fed = Federation(tmp_path, tiny_model)
     daemon, server, watch = fed.member()

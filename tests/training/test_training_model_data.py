@@ -268,6 +268,7 @@ def test_default_preset_is_pretrained_on_public_text(tmp_path, loaded):
     assert ppl_pre < 150 < 300 < ppl_random
 
 
+@pytest.mark.slow  # builds and trains the preset through the CLI
 def test_model_preset_cli_builds_a_loadable_checkpoint_and_refuses_a_used_dir(tmp_path, capsys):
     from securefed.cli import main
     from securefed.training.model import load_model
