@@ -26,7 +26,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib.metadata import version as dist_version
 from pathlib import Path
 
 import gguf
@@ -42,6 +41,7 @@ from securefed.models.sources import sha256_file
 from securefed.training.families import model_kind
 from securefed.training.fingerprint import compute_fingerprint
 from securefed.training.model import auto_class, load_model, load_tokenizer, tie_head
+from securefed.versions import version_of
 
 MANIFEST = "securefed-model.json"
 MANIFEST_FORMAT = "securefed-model/v1"
@@ -162,7 +162,8 @@ def import_gguf(path: str | Path, out_dir: str | Path, *, say: Say = print, weig
         manifest = {"format": MANIFEST_FORMAT, "source_file": path.name, "source_sha256": source_sha,
                     "fingerprint": fingerprint, "gguf": asdict(info), "weights": weights_note or
                     f"the GGUF's {info.file_type} weights dequantised to float32", "dtype": "float32",
-                    "parameters": params, "transformers": transformers.__version__, "gguf_package": dist_version("gguf"), "torch": torch.__version__}
+                    "parameters": params, "transformers": version_of("transformers"), "gguf_package": version_of("gguf"),
+                    "torch": version_of("torch")}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / "README.md").write_text(_model_card(title or info.name, info, manifest))
         share_tree(tmp)  # the daemons often run as other users

@@ -102,8 +102,22 @@ def _trust(model_dir: Path, trust_remote_code: bool) -> bool:
     if not trust_remote_code:
         raise ModelError(f"{model_dir}: this model ships its own Python code (auto_map, model_type {model_type!r}); "
                          "refused: set [model] trust_remote_code = true only if you have reviewed that code")
+    _refuse_code_from_elsewhere(model_dir, raw["auto_map"])
     log.warning("%s: running the model's own code (trust_remote_code = true)", model_dir)
     return True
+
+
+def _refuse_code_from_elsewhere(model_dir: Path, auto_map: object) -> None:
+    """Trusted code runs only from the checkpoint directory itself: an ``auto_map`` entry naming another
+    repository (``owner/repo--module.Class``) is code transformers would fetch from a hub, and a module
+    missing here would be looked up there too. Refused before transformers sees either."""
+    entries = auto_map.values() if isinstance(auto_map, dict) else []
+    refs = [r for e in entries for r in (e if isinstance(e, (list, tuple)) else [e]) if isinstance(r, str)]
+    for ref in refs:
+        module = ref.rsplit(".", 1)[0]
+        if "--" in ref or "/" in module or not (model_dir / f"{module}.py").is_file():
+            raise ModelError(f"{model_dir}/config.json: auto_map names {ref!r}, code that is not a file in this "
+                             "directory; securefed never fetches code: put the module beside config.json")
 
 
 def load_config(model_dir: str | Path, trust_remote_code: bool = False):

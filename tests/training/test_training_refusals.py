@@ -65,6 +65,16 @@ def test_custom_code_needs_trust_remote_code(llama, tmp_path):
     # Control: the same directory loads once the member opts in (its code runs).
     lm = load_model(d, LoraSettings(rank=2), ModelSettings(device="cpu", dtype="fp32", trust_remote_code=True))
     assert type(lm.model.get_base_model()).__name__ == "AcmeForCausalLM"
+    # Trusted code is only ever the directory's own: code in another repository (which transformers would
+    # fetch from a hub) or a module missing here is refused, trust_remote_code or not.
+    trusted = ModelSettings(device="cpu", dtype="fp32", trust_remote_code=True)
+    for ref in ("acme/remote-llm--modeling_acme.AcmeForCausalLM", "modeling_absent.AcmeForCausalLM"):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["auto_map"]["AutoModelForCausalLM"] = ref
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ModelError, match="securefed never fetches code") as e:
+            load_model(d, LoraSettings(rank=2), trusted)
+        assert ref in _one_line(e)
     # A known family whose config also names custom code loads with transformers' own class.
     known = tmp_path / "known"
     shutil.copytree(llama, known)
